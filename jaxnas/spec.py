@@ -1,0 +1,476 @@
+"""Architecture spec: the one currency of jaxnas.
+
+An `ArchSpec` is a small, immutable, JSON-serialisable description of a concrete CNN.  Every block is
+the same shape of graph: a chain of `Conv` layers (each conv -> optional BN -> activation), an optional
+squeeze-and-excitation after one of them, an optional shortcut (identity or a projection conv) added to
+the chain's output, and an activation after the add.  That one shape covers plain convs, VGG convs,
+MBConv / inverted residuals (+SE), ResNet basic and bottleneck blocks, and the arbitrary merged convs
+(large kernels, asymmetric padding, bias, no BN) that depth compression produces.  Pooling is a block
+with no layers.
+
+Padding follows PyTorch: explicit (top, bottom), (left, right) amounts; `None` means k // 2 on every
+side.  MACs count multiply-accumulates of convs and dense layers (the convention of all five papers).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+ACTIVATIONS = ("relu", "relu6", "identity", "swish", "hswish", "sigmoid")
+BLOCK_KINDS = ("conv", "vgg", "mbconv", "basic", "bottleneck", "merged", "maxpool", "avgpool", "choice")
+SCHEMA_VERSION = 1
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+class SpecError(ValueError):
+    """An architecture spec that cannot describe a working network."""
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """TF-slim channel rounding: nearest multiple of `divisor`, at least `min_value`, never < 0.9x."""
+    min_value = divisor if min_value is None else min_value
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return new
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
+
+
+@dataclass(frozen=True)
+class Conv:
+    """One conv -> (BN) -> activation layer.
+
+    `depthwise=True` means groups == input channels == output channels.  `width` names an elastic
+    width group (a supernet masks this layer's output channels with `choices['masks'][width]`);
+    `act_slot` names an activation a supernet can switch to identity with `choices['acts'][act_slot]`.
+    """
+
+    out: int
+    kernel: tuple[int, int] = (3, 3)
+    stride: int = 1
+    padding: Padding | None = None
+    depthwise: bool = False
+    act: str = "relu"
+    norm: bool = True
+    bias: bool = False
+    width: str | None = None
+    act_slot: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "kernel", _pair(self.kernel))
+        if self.padding is not None:
+            p = self.padding
+            if isinstance(p, int):
+                p = ((p, p), (p, p))
+            object.__setattr__(self, "padding", (_pair(p[0]), _pair(p[1])))
+
+    @property
+    def pads(self) -> Padding:
+        if self.padding is not None:
+            return self.padding
+        kh, kw = self.kernel
+        return ((kh // 2, kh // 2), (kw // 2, kw // 2))
+
+
+@dataclass(frozen=True)
+class SE:
+    """Squeeze-and-excitation after layer `after`: GAP -> 1x1 (bias) -> act -> 1x1 (bias) -> gate."""
+
+    channels: int
+    after: int = 1
+    act: str = "relu"
+    gate: str = "sigmoid"
+
+
+@dataclass(frozen=True)
+class Pool:
+    kernel: int = 2
+    stride: int = 2
+    padding: int = 0
+
+
+@dataclass(frozen=True)
+class Block:
+    """A chain of convs with optional SE, shortcut and post-add activation, or a pooling layer.
+
+    shortcut: None, "identity", or a `Conv` (projection applied to the block input).  With
+    `crop_shortcut` an identity shortcut larger than the chain output is centre-cropped (used when
+    depth compression moves all padding of a merged segment to its first conv).
+    `choice`: for op-choice supernets (kind "choice"), the candidate blocks; the block's own layers are
+    then empty and `choices['ops'][name]` weighs the candidates.
+    """
+
+    kind: str
+    layers: tuple[Conv, ...] = ()
+    shortcut: Conv | str | None = None
+    se: SE | None = None
+    post_act: str = "identity"
+    pool: Pool | None = None
+    crop_shortcut: bool = False
+    name: str | None = None
+    candidates: tuple["Block", ...] = ()
+
+    @property
+    def out_channels_delta(self) -> bool:
+        return bool(self.layers)
+
+
+@dataclass(frozen=True)
+class Head:
+    """Classifier: pooling, optional hidden dense layers (ReLU + dropout), final dense layer.
+
+    pool "global": global average pool.  pool "adaptive7": PyTorch AdaptiveAvgPool2d(7) + flatten
+    (VGG's classifier).
+    """
+
+    num_classes: int = 1000
+    pool: str = "global"
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named run of blocks [start, end) whose depth a supernet may choose (sink connecting)."""
+
+    name: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    blocks: tuple[Block, ...]
+    head: Head = Head()
+    input_size: tuple[int, int] = (224, 224)
+    in_channels: int = 3
+    stages: tuple[Stage, ...] = ()
+    meta: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_size", _pair(self.input_size))
+        if isinstance(self.meta, dict):
+            object.__setattr__(self, "meta", tuple(sorted(self.meta.items())))
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return dict(self.meta)
+
+    def replace(self, **kw) -> "ArchSpec":
+        return dataclasses.replace(self, **kw)
+
+    def with_input(self, resolution: int | tuple[int, int] | None = None,
+                   num_classes: int | None = None, in_channels: int | None = None) -> "ArchSpec":
+        spec = self
+        if resolution is not None:
+            spec = dataclasses.replace(spec, input_size=_pair(resolution))
+        if num_classes is not None:
+            spec = dataclasses.replace(spec, head=dataclasses.replace(spec.head, num_classes=num_classes))
+        if in_channels is not None:
+            spec = dataclasses.replace(spec, in_channels=in_channels)
+        return spec
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(to_dict(self), indent=indent)
+
+    @staticmethod
+    def from_json(text: str) -> "ArchSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"arch spec is not valid JSON ({e}); write it with ArchSpec.to_json") from None
+        return from_dict(data)
+
+    def save(self, path) -> None:
+        from jaxnas.io_utils import atomic_write_text
+        atomic_write_text(path, self.to_json())
+
+    @staticmethod
+    def load(path) -> "ArchSpec":
+        import pathlib
+        p = pathlib.Path(path)
+        if not p.is_file():
+            raise SpecError(f"arch spec file {p} not found; pass a model name or an arch.json path")
+        return ArchSpec.from_json(p.read_text())
+
+
+# ----------------------------------------------------------------------------------------------------
+# JSON
+# ----------------------------------------------------------------------------------------------------
+
+def _encode(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if v == f.default and f.name not in ("out", "kind", "name", "blocks"):
+                continue
+            out[f.name] = _encode(v)
+        return out
+    if isinstance(obj, tuple):
+        return [_encode(v) for v in obj]
+    return obj
+
+
+def to_dict(spec: ArchSpec) -> dict:
+    d = _encode(spec)
+    d["schema_version"] = SCHEMA_VERSION
+    d["meta"] = {k: v for k, v in spec.meta}
+    return d
+
+
+def _tuplify(v):
+    if isinstance(v, list):
+        return tuple(_tuplify(x) for x in v)
+    return v
+
+
+def _known(cls, d: dict, where: str) -> dict:
+    if not isinstance(d, dict):
+        raise SpecError(f"{where}: expected an object, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        import difflib
+        hint = difflib.get_close_matches(unknown[0], names, n=1)
+        raise SpecError(f"{where}: unknown field '{unknown[0]}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+    return d
+
+
+def _conv_from(d: dict, where: str) -> Conv:
+    d = dict(_known(Conv, d, where))
+    if "out" not in d:
+        raise SpecError(f"{where}: conv needs 'out' channels")
+    for k in ("kernel", "padding"):
+        if k in d and d[k] is not None:
+            d[k] = _tuplify(d[k])
+    return Conv(**d)
+
+
+def _block_from(d: dict, where: str) -> Block:
+    d = dict(_known(Block, d, where))
+    if "kind" not in d:
+        raise SpecError(f"{where}: block needs a 'kind' (one of {', '.join(BLOCK_KINDS)})")
+    d["layers"] = tuple(_conv_from(c, f"{where}.layers[{j}]") for j, c in enumerate(d.get("layers", ())))
+    sc = d.get("shortcut")
+    if isinstance(sc, dict):
+        d["shortcut"] = _conv_from(sc, f"{where}.shortcut")
+    if d.get("se") is not None:
+        d["se"] = SE(**_known(SE, d["se"], f"{where}.se"))
+    if d.get("pool") is not None:
+        d["pool"] = Pool(**_known(Pool, d["pool"], f"{where}.pool"))
+    d["candidates"] = tuple(_block_from(c, f"{where}.candidates[{j}]")
+                            for j, c in enumerate(d.get("candidates", ())))
+    return Block(**d)
+
+
+def from_dict(data: dict) -> ArchSpec:
+    data = dict(data)
+    version = data.pop("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise SpecError(f"arch spec schema_version {version} is not supported (this jaxnas reads {SCHEMA_VERSION})")
+    data = _known(ArchSpec, data, "spec")
+    if "blocks" not in data or "name" not in data:
+        raise SpecError("spec: needs 'name' and 'blocks'")
+    blocks = tuple(_block_from(b, f"blocks[{i}]") for i, b in enumerate(data["blocks"]))
+    head = Head(**{k: _tuplify(v) for k, v in _known(Head, data.get("head", {}), "head").items()})
+    stages = tuple(Stage(**_known(Stage, s, f"stages[{i}]")) for i, s in enumerate(data.get("stages", ())))
+    meta = data.get("meta", {}) or {}
+    spec = ArchSpec(name=data["name"], blocks=blocks, head=head,
+                    input_size=_tuplify(data.get("input_size", (224, 224))),
+                    in_channels=data.get("in_channels", 3), stages=stages,
+                    meta=tuple(sorted((k, _tuplify(v)) for k, v in meta.items())))
+    validate(spec)
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shapes, validation, cost
+# ----------------------------------------------------------------------------------------------------
+
+def conv_out_hw(hw: tuple[int, int], conv: Conv) -> tuple[int, int]:
+    (pt, pb), (pl, pr) = conv.pads
+    kh, kw = conv.kernel
+    h = (hw[0] + pt + pb - kh) // conv.stride + 1
+    w = (hw[1] + pl + pr - kw) // conv.stride + 1
+    return h, w
+
+
+def pool_out_hw(hw: tuple[int, int], pool: Pool) -> tuple[int, int]:
+    return tuple((s + 2 * pool.padding - pool.kernel) // pool.stride + 1 for s in hw)
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    name: str
+    in_shape: tuple[int, int, int]
+    out_shape: tuple[int, int, int]
+    macs: int
+    params: int
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    index: int
+    kind: str
+    in_shape: tuple[int, int, int]
+    out_shape: tuple[int, int, int]
+    macs: int
+    params: int
+    layers: tuple[LayerCost, ...] = field(default=())
+
+
+def conv_cost(conv: Conv, in_shape: tuple[int, int, int], name: str = "conv") -> LayerCost:
+    h, w, cin = in_shape
+    if conv.depthwise and conv.out != cin:
+        raise SpecError(f"{name}: depthwise conv needs out == in channels ({conv.out} != {cin})")
+    ho, wo = conv_out_hw((h, w), conv)
+    if ho < 1 or wo < 1:
+        raise SpecError(f"{name}: input {h}x{w} is too small for kernel {conv.kernel} stride {conv.stride}; "
+                        "use a larger --resolution or the small-input variant")
+    kh, kw = conv.kernel
+    per_out = kh * kw * (1 if conv.depthwise else cin)
+    weights = per_out * conv.out
+    params = weights + (conv.out if conv.bias else 0) + (2 * conv.out if conv.norm else 0)
+    return LayerCost(name, in_shape, (ho, wo, conv.out), ho * wo * conv.out * per_out, params)
+
+
+def _block_layers_cost(block: Block, in_shape, where: str) -> list[LayerCost]:
+    costs = []
+    shape = in_shape
+    for j, conv in enumerate(block.layers):
+        c = conv_cost(conv, shape, f"{where}.conv{j}")
+        costs.append(c)
+        shape = c.out_shape
+        if block.se is not None and block.se.after == j:
+            ch = shape[2]
+            p = ch * block.se.channels * 2 + block.se.channels + ch
+            costs.append(LayerCost(f"{where}.se", shape, shape, ch * block.se.channels * 2, p))
+    return costs
+
+
+def block_cost(block: Block, in_shape: tuple[int, int, int], index: int = 0) -> BlockCost:
+    where = f"blocks[{index}]"
+    if block.kind not in BLOCK_KINDS:
+        raise SpecError(f"{where}: unknown block kind '{block.kind}' (one of {', '.join(BLOCK_KINDS)})")
+    if block.kind in ("maxpool", "avgpool"):
+        if block.pool is None:
+            raise SpecError(f"{where}: a {block.kind} block needs 'pool'")
+        hw = pool_out_hw(in_shape[:2], block.pool)
+        if min(hw) < 1:
+            raise SpecError(f"{where}: input {in_shape[:2]} too small for pooling")
+        out = (*hw, in_shape[2])
+        return BlockCost(index, block.kind, in_shape, out, 0, 0)
+    if block.kind == "choice":
+        if not block.candidates:
+            raise SpecError(f"{where}: a choice block needs candidates")
+        costs = [block_cost(c, in_shape, index) for c in block.candidates]
+        if len({c.out_shape for c in costs}) != 1:
+            raise SpecError(f"{where}: choice candidates have different output shapes "
+                            f"{sorted({c.out_shape for c in costs})}")
+        # A choice block's cost is that of its largest candidate (the supernet's upper bound).
+        big = max(costs, key=lambda c: c.macs)
+        return BlockCost(index, "choice", in_shape, big.out_shape, big.macs, sum(c.params for c in costs))
+    if not block.layers:
+        raise SpecError(f"{where}: a {block.kind} block needs at least one conv layer")
+    for conv in block.layers + ((block.shortcut,) if isinstance(block.shortcut, Conv) else ()):
+        if conv.act not in ACTIVATIONS:
+            raise SpecError(f"{where}: unknown activation '{conv.act}' (one of {', '.join(ACTIVATIONS)})")
+        if conv.out < 1 or min(conv.kernel) < 1 or conv.stride < 1:
+            raise SpecError(f"{where}: channels, kernel and stride must be positive")
+    if block.post_act not in ACTIVATIONS:
+        raise SpecError(f"{where}: unknown post_act '{block.post_act}'")
+    if block.se is not None and not 0 <= block.se.after < len(block.layers):
+        raise SpecError(f"{where}: se.after={block.se.after} is not a layer index")
+    layers = _block_layers_cost(block, in_shape, where)
+    out = layers[-1].out_shape
+    if block.shortcut == "identity":
+        ok = in_shape[2] == out[2] and (in_shape[:2] == out[:2] or (
+            block.crop_shortcut and all(i >= o and (i - o) % 2 == 0 for i, o in zip(in_shape[:2], out[:2]))))
+        if not ok:
+            raise SpecError(f"{where}: identity shortcut cannot add input {in_shape} to output {out}; "
+                            "use a projection shortcut (a Conv) or matching channels/stride")
+    elif isinstance(block.shortcut, Conv):
+        sc = conv_cost(block.shortcut, in_shape, f"{where}.shortcut")
+        if sc.out_shape != out:
+            raise SpecError(f"{where}: projection shortcut gives {sc.out_shape} but the block gives {out}")
+        layers.append(sc)
+    elif block.shortcut is not None:
+        raise SpecError(f"{where}: shortcut must be null, 'identity' or a conv")
+    return BlockCost(index, block.kind, in_shape, out, sum(c.macs for c in layers),
+                     sum(c.params for c in layers), tuple(layers))
+
+
+def head_cost(head: Head, in_shape: tuple[int, int, int]) -> LayerCost:
+    feat = in_shape[2] * (49 if head.pool == "adaptive7" else 1)
+    if head.pool not in ("global", "adaptive7"):
+        raise SpecError(f"head: unknown pool '{head.pool}' (global or adaptive7)")
+    macs = params = 0
+    for width in (*head.hidden, head.num_classes):
+        macs += feat * width
+        params += feat * width + width
+        feat = width
+    return LayerCost("head", in_shape, (1, 1, head.num_classes), macs, params)
+
+
+@dataclass(frozen=True)
+class SpecCost:
+    macs: int
+    params: int
+    blocks: tuple[BlockCost, ...]
+    head: LayerCost
+
+    def table(self) -> list[dict]:
+        rows = [dict(index=b.index, kind=b.kind, in_shape=list(b.in_shape), out_shape=list(b.out_shape),
+                     macs=b.macs, params=b.params) for b in self.blocks]
+        rows.append(dict(index=len(self.blocks), kind="head", in_shape=list(self.head.in_shape),
+                         out_shape=list(self.head.out_shape), macs=self.head.macs, params=self.head.params))
+        return rows
+
+
+def analyze(spec: ArchSpec) -> SpecCost:
+    """Shapes, MACs and parameters of every block; raises SpecError on any inconsistency."""
+    shape = (*spec.input_size, spec.in_channels)
+    costs = []
+    for i, block in enumerate(spec.blocks):
+        c = block_cost(block, shape, i)
+        costs.append(c)
+        shape = c.out_shape
+    head = head_cost(spec.head, shape)
+    for s in spec.stages:
+        if not 0 <= s.start < s.end <= len(spec.blocks):
+            raise SpecError(f"stage {s.name}: block range [{s.start}, {s.end}) is outside the network")
+    return SpecCost(sum(c.macs for c in costs) + head.macs, sum(c.params for c in costs) + head.params,
+                    tuple(costs), head)
+
+
+def validate(spec: ArchSpec) -> ArchSpec:
+    if not spec.blocks:
+        raise SpecError("spec has no blocks")
+    analyze(spec)
+    return spec
+
+
+def macs(spec: ArchSpec) -> int:
+    return analyze(spec).macs
+
+
+def params(spec: ArchSpec) -> int:
+    return analyze(spec).params
+
+
+def iter_convs(spec: ArchSpec) -> Iterator[tuple[int, int, Conv]]:
+    """(block index, layer index, conv) for every chain conv (not shortcuts)."""
+    for i, b in enumerate(spec.blocks):
+        for j, c in enumerate(b.layers):
+            yield i, j, c

@@ -1,0 +1,27 @@
+"""Training library: optimizers, jitted steps, checkpointed/resumable `fit`, `evaluate`.
+
+    from jaxnas.train import fit, evaluate, OptimConfig, ScheduleConfig, TrainLoopConfig
+    state, history = fit(model, variables, dataset, workdir="runs/x",
+                         optim=OptimConfig(), schedule=ScheduleConfig(), loop=TrainLoopConfig(epochs=5))
+"""
+
+from jaxnas.train.checkpoint import CheckpointError, CheckpointStore, load_variables, save_final
+from jaxnas.train.config import DistillConfig, OptimConfig, ScheduleConfig, TrainLoopConfig, coerce
+from jaxnas.train.loop import StepInfo, evaluate, fit
+from jaxnas.train.metrics import CSV_FIELDS, MetricsWriter, read_metrics
+from jaxnas.train.optim import make_optimizer, make_schedule, multi_optimizer, path_labels, weight_decay_mask
+from jaxnas.train.parallel import check_batch_size, make_mesh, replicate, shard_batch
+from jaxnas.train.progress import Progress
+from jaxnas.train.state import TrainState, data_position
+from jaxnas.train.steps import (
+    LossContext, classification_loss, cross_entropy, distillation_kl, eval_metrics, make_eval_step,
+    make_train_step)
+
+__all__ = [
+    "CSV_FIELDS", "CheckpointError", "CheckpointStore", "DistillConfig", "LossContext", "MetricsWriter",
+    "OptimConfig", "Progress", "ScheduleConfig", "StepInfo", "TrainLoopConfig", "TrainState",
+    "check_batch_size", "classification_loss", "coerce", "cross_entropy", "data_position", "distillation_kl",
+    "eval_metrics", "evaluate", "fit", "load_variables", "make_eval_step", "make_mesh", "make_optimizer",
+    "make_schedule", "make_train_step", "multi_optimizer", "path_labels", "read_metrics", "replicate",
+    "save_final", "shard_batch", "weight_decay_mask",
+]

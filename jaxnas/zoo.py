@@ -1,0 +1,249 @@
+"""Model zoo as architecture specs: MobileNetV2, ResNet-18/34/50, VGG-19-BN, POP's DF1/DF2/DF2A.
+
+Channel counts, strides and parameter counts follow the torchvision reference implementations (and the
+POP Caffe prototxts for the DF nets).  Every conv carries a `width` group name so the same spec serves
+as a supernet for channel pruning: convs whose outputs must agree (residual chains) share a group.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from jaxnas.spec import ArchSpec, Block, Conv, Head, Pool, SpecError, Stage, make_divisible
+
+MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                 (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def mbv2_block(cin: int, mid: int, cout: int, stride: int, *, kernel: int = 3, expand: bool = True,
+               act: str = "relu6", in_group: str | None = None, mid_group: str | None = None,
+               out_group: str | None = None, residual: bool | None = None, name: str | None = None) -> Block:
+    """Inverted residual: [1x1 expand] -> kxk depthwise -> 1x1 project (+ identity when shapes allow)."""
+    layers = []
+    if expand:
+        layers.append(Conv(mid, (1, 1), act=act, width=mid_group))
+    layers.append(Conv(mid, (kernel, kernel), stride, depthwise=True, act=act,
+                       width=mid_group if expand else in_group))
+    if residual is None:
+        residual = stride == 1 and cin == cout
+    layers.append(Conv(cout, (1, 1), act="identity", width=in_group if residual else out_group))
+    return Block("mbconv", tuple(layers), "identity" if residual else None, name=name)
+
+
+def mobilenet_v2(width: float = 1.0, num_classes: int = 1000, resolution: int = 224,
+                 small_input: bool = False, dropout: float = 0.2, in_channels: int = 3) -> ArchSpec:
+    """torchvision MobileNetV2.  `small_input`: stem stride 1 and stage 2 stride 1 (for 28-32 px)."""
+    stem_c = make_divisible(32 * width)
+    blocks = [Block("conv", (Conv(stem_c, (3, 3), 1 if small_input else 2, act="relu6", width="stem"),),
+                    name="stem")]
+    cin, group = stem_c, "stem"
+    stages = []
+    for si, (t, c, n, s) in enumerate(MBV2_SETTINGS):
+        cout = make_divisible(c * width)
+        start = len(blocks)
+        for k in range(n):
+            idx = len(blocks)
+            stride = s if k == 0 else 1
+            if small_input and si == 1 and k == 0:
+                stride = 1
+            residual = stride == 1 and cin == cout
+            out_group = group if residual else f"b{idx}.out"
+            blocks.append(mbv2_block(cin, int(round(cin * t)), cout, stride, expand=t != 1,
+                                     in_group=group, mid_group=f"b{idx}.mid", out_group=out_group,
+                                     name=f"b{idx}"))
+            cin, group = cout, out_group
+        stages.append(Stage(f"stage{si + 1}", start, len(blocks)))
+    last = make_divisible(1280 * max(1.0, width))
+    blocks.append(Block("conv", (Conv(last, (1, 1), act="relu6", width="last"),), name="last"))
+    name = f"mobilenet_v2_{width:g}" + ("_small" if small_input else "")
+    return ArchSpec(name, tuple(blocks), Head(num_classes, dropout=dropout), (resolution, resolution),
+                    in_channels, tuple(stages), meta={"family": "mobilenet_v2", "width": width,
+                                                      "small_input": small_input})
+
+
+def resnet_basic(cin: int, cout: int, stride: int, *, in_group: str, mid_group: str, out_group: str,
+                 projection: bool | None = None, name: str | None = None) -> Block:
+    if projection is None:
+        projection = stride != 1 or cin != cout
+    group = out_group if projection else in_group
+    shortcut = Conv(cout, (1, 1), stride, padding=0, act="identity", width=group) if projection else "identity"
+    return Block("basic", (Conv(cout if mid_group is None else cout, (3, 3), stride, act="relu", width=mid_group),
+                           Conv(cout, (3, 3), act="identity", width=group)),
+                 shortcut, post_act="relu", name=name)
+
+
+def resnet_bottleneck(cin: int, mid: int, cout: int, stride: int, *, in_group: str, mid_group: str,
+                      out_group: str, projection: bool | None = None, name: str | None = None) -> Block:
+    if projection is None:
+        projection = stride != 1 or cin != cout
+    group = out_group if projection else in_group
+    shortcut = Conv(cout, (1, 1), stride, padding=0, act="identity", width=group) if projection else "identity"
+    return Block("bottleneck", (Conv(mid, (1, 1), act="relu", width=f"{mid_group}1"),
+                                Conv(mid, (3, 3), stride, act="relu", width=f"{mid_group}2"),
+                                Conv(cout, (1, 1), act="identity", width=group)),
+                 shortcut, post_act="relu", name=name)
+
+
+def _resnet(name: str, depths: tuple[int, ...], bottleneck: bool, num_classes: int, resolution: int,
+            width: float, in_channels: int, small_input: bool) -> ArchSpec:
+    stem_c = make_divisible(64 * width)
+    if small_input:
+        blocks = [Block("conv", (Conv(stem_c, (3, 3), 1, act="relu", width="stem"),), name="stem")]
+    else:
+        blocks = [Block("conv", (Conv(stem_c, (7, 7), 2, act="relu", width="stem"),), name="stem"),
+                  Block("maxpool", pool=Pool(3, 2, 1), name="pool")]
+    cin, group = stem_c, "stem"
+    stages = []
+    for si, n in enumerate(depths):
+        planes = make_divisible(64 * 2 ** si * width)
+        cout = planes * 4 if bottleneck else planes
+        start = len(blocks)
+        for k in range(n):
+            idx = len(blocks)
+            stride = 2 if si > 0 and k == 0 else 1
+            projection = stride != 1 or cin != cout
+            out_group = f"s{si + 1}.out" if projection else group
+            if bottleneck:
+                blocks.append(resnet_bottleneck(cin, planes, cout, stride, in_group=group,
+                                                mid_group=f"b{idx}.mid", out_group=out_group, name=f"b{idx}"))
+            else:
+                blocks.append(resnet_basic(cin, cout, stride, in_group=group, mid_group=f"b{idx}.mid",
+                                           out_group=out_group, name=f"b{idx}"))
+            cin, group = cout, out_group
+        stages.append(Stage(f"layer{si + 1}", start, len(blocks)))
+    return ArchSpec(name, tuple(blocks), Head(num_classes), (resolution, resolution), in_channels,
+                    tuple(stages), meta={"family": "resnet", "width": width, "small_input": small_input})
+
+
+def resnet18(num_classes: int = 1000, resolution: int = 224, width: float = 1.0, in_channels: int = 3,
+             small_input: bool = False) -> ArchSpec:
+    return _resnet("resnet18", (2, 2, 2, 2), False, num_classes, resolution, width, in_channels, small_input)
+
+
+def resnet34(num_classes: int = 1000, resolution: int = 224, width: float = 1.0, in_channels: int = 3,
+             small_input: bool = False) -> ArchSpec:
+    return _resnet("resnet34", (3, 4, 6, 3), False, num_classes, resolution, width, in_channels, small_input)
+
+
+def resnet50(num_classes: int = 1000, resolution: int = 224, width: float = 1.0, in_channels: int = 3,
+             small_input: bool = False) -> ArchSpec:
+    return _resnet("resnet50", (3, 4, 6, 3), True, num_classes, resolution, width, in_channels, small_input)
+
+
+VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+             512, 512, 512, 512, "M")
+
+
+def vgg19_bn(num_classes: int = 1000, resolution: int = 224, width: float = 1.0, in_channels: int = 3,
+             small_input: bool = False) -> ArchSpec:
+    """torchvision vgg19_bn (convs keep their bias; classifier 25088-4096-4096-classes).
+
+    `small_input` replaces the 7x7-pooled 4096-wide classifier by global pooling + one dense layer.
+    """
+    blocks = []
+    for v in VGG19_CFG:
+        if v == "M":
+            blocks.append(Block("maxpool", pool=Pool(2, 2, 0), name=f"pool{len(blocks)}"))
+        else:
+            idx = len(blocks)
+            blocks.append(Block("vgg", (Conv(make_divisible(v * width), (3, 3), act="relu", bias=True,
+                                             width=f"b{idx}"),), name=f"b{idx}"))
+    head = Head(num_classes) if small_input else Head(num_classes, "adaptive7", (4096, 4096), 0.5)
+    return ArchSpec("vgg19_bn", tuple(blocks), head, (resolution, resolution), in_channels,
+                    meta={"family": "vgg", "width": width, "small_input": small_input})
+
+
+# POP "Dongfeng" backbones: (width or (mid, out), stride) per block of res2/res3/res4.
+DF_NETS = {
+    "df1": ([64, 64, 64], [128, 128, 128], [256, 256, 256, 512]),
+    "df2": ([64, 64, 128], [128] * 10 + [256], [256, 256, 256, 256, 512, 512]),
+    "df2a": ([64, 64, 128], [(128, 512)] * 10 + [(256, 1024)],
+             [(256, 1024)] * 4 + [(512, 1024)] * 2),
+}
+
+
+def dfnet(variant: str, num_classes: int = 1000, resolution: int = 224, in_channels: int = 3,
+          widths: tuple | None = None) -> ArchSpec:
+    """POP's DF1 / DF2 / DF2A; `widths` overrides the per-stage block list (the POP search space).
+
+    A block gets a projection shortcut whenever its stride is 2 or its configured width differs from
+    the previous block's (for bottlenecks: mid or out width), as in the released prototxts.
+    """
+    stages_cfg = widths if widths is not None else DF_NETS[variant]
+    blocks = [Block("conv", (Conv(32, (3, 3), 2, act="relu", width="conv1"),), name="conv1"),
+              Block("conv", (Conv(64, (3, 3), 2, act="relu", width="conv2"),), name="conv2")]
+    cin, prev_cfg, group = 64, None, "conv2"
+    stages = []
+    for si, cfg in enumerate(stages_cfg):
+        start = len(blocks)
+        for k, w in enumerate(cfg):
+            idx = len(blocks)
+            stride = 2 if k == 0 else 1
+            projection = stride != 1 or w != prev_cfg or (isinstance(w, int) and w != cin)
+            out_group = f"b{idx}.out" if projection else group
+            if isinstance(w, int):
+                blocks.append(resnet_basic(cin, w, stride, in_group=group, mid_group=f"b{idx}.mid",
+                                           out_group=out_group, projection=projection, name=f"b{idx}"))
+                cin = w
+            else:
+                mid, out = w
+                blocks.append(resnet_bottleneck(cin, mid, out, stride, in_group=group, mid_group=f"b{idx}.mid",
+                                                out_group=out_group, projection=projection, name=f"b{idx}"))
+                cin = out
+            prev_cfg, group = w, out_group
+        stages.append(Stage(f"res{si + 2}", start, len(blocks)))
+    return ArchSpec(variant, tuple(blocks), Head(num_classes), (resolution, resolution), in_channels,
+                    tuple(stages), meta={"family": "dfnet", "bn_eps": 1e-4})
+
+
+def df1(**kw) -> ArchSpec:
+    return dfnet("df1", **kw)
+
+
+def df2(**kw) -> ArchSpec:
+    return dfnet("df2", **kw)
+
+
+def df2a(**kw) -> ArchSpec:
+    return dfnet("df2a", **kw)
+
+
+ZOO: dict[str, Callable[..., ArchSpec]] = {
+    "mobilenet_v2": mobilenet_v2, "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50,
+    "vgg19_bn": vgg19_bn, "df1": df1, "df2": df2, "df2a": df2a,
+}
+
+
+def get_spec(name: str, *, resolution: int | None = None, num_classes: int | None = None,
+             width: float | None = None, small_input: bool | None = None,
+             in_channels: int | None = None) -> ArchSpec:
+    """A zoo model by name, e.g. get_spec('mobilenet_v2', width=0.5, resolution=32, small_input=True)."""
+    if name not in ZOO:
+        import difflib
+        hint = difflib.get_close_matches(name, ZOO, n=1)
+        raise SpecError(f"unknown model '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                        + f"; known: {', '.join(ZOO)}, or a path to an arch spec JSON")
+    kw = {}
+    if resolution is not None:
+        kw["resolution"] = resolution
+    if num_classes is not None:
+        kw["num_classes"] = num_classes
+    if in_channels is not None:
+        kw["in_channels"] = in_channels
+    if name.startswith("df"):
+        if width not in (None, 1.0) or small_input:
+            raise SpecError(f"{name} has fixed widths: --width and small_input do not apply")
+    else:
+        if width is not None:
+            kw["width"] = width
+        if small_input is not None:
+            kw["small_input"] = small_input
+    return ZOO[name](**kw)
+
+
+def resolve_spec(model_or_path: str, **kw) -> ArchSpec:
+    """A zoo name or an arch spec JSON file (then resolution/num_classes override its input/head)."""
+    import os
+    if model_or_path.endswith(".json") or os.path.sep in model_or_path:
+        spec = ArchSpec.load(model_or_path)
+        return spec.with_input(kw.get("resolution"), kw.get("num_classes"), kw.get("in_channels"))
+    return get_spec(model_or_path, **kw)

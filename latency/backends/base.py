@@ -1,0 +1,172 @@
+"""The backend protocol, its error type and the shared timing loop."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Optional, Protocol, Sequence, Union, runtime_checkable
+
+import numpy as np
+
+from ..fingerprint import Fingerprint
+from ..stats import TimingStats
+
+__all__ = [
+    "BackendError",
+    "LatencyBackend",
+    "ModelLike",
+    "collect_samples",
+    "resolve_shape",
+    "random_input",
+    "read_model_bytes",
+    "DEFAULT_WARMUP",
+    "DEFAULT_RUNS",
+    "DEFAULT_MAX_RUNS",
+]
+
+DEFAULT_WARMUP = 10
+DEFAULT_RUNS = 50
+# Upper bound on timed runs when ``min_time_s`` asks for more than ``runs``.
+DEFAULT_MAX_RUNS = 100_000
+
+ModelLike = Union[str, "os.PathLike[str]", bytes, Callable[..., Any]]
+
+
+class BackendError(RuntimeError):
+    """A latency backend cannot run: runtime missing, provider inactive, bad model, …"""
+
+
+@runtime_checkable
+class LatencyBackend(Protocol):
+    """A way of timing a model on one runtime/device.
+
+    ``measure`` returns milliseconds **per batch**: warm-up runs first (never
+    timed), then at least ``runs`` timed runs (more while less than
+    ``min_time_s`` seconds of timed runs have elapsed), each timed on its own.
+    ``input_shape`` is the full input shape including the batch dimension
+    (NHWC for images); ``batch_size``, when given, replaces dimension 0.
+    """
+
+    name: str
+
+    def fingerprint(self, batch_size: int = 1) -> Fingerprint: ...
+
+    def measure(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
+                warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS,
+                batch_size: Optional[int] = None, min_time_s: float = 0.0) -> TimingStats: ...
+
+
+def _check_loop_args(warmup: int, runs: int, min_time_s: float) -> None:
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"runs must be an int >= 1, got {runs!r}")
+    if min_time_s is None or min_time_s < 0:
+        raise ValueError(f"min_time_s must be >= 0, got {min_time_s!r}")
+
+
+def collect_samples(run_once: Callable[[], Optional[float]], *, warmup: int = DEFAULT_WARMUP,
+                    runs: int = DEFAULT_RUNS, min_time_s: float = 0.0,
+                    max_runs: int = DEFAULT_MAX_RUNS, self_timed: bool = False) -> list[float]:
+    """Warm up, then time ``run_once`` repeatedly; returns per-run times in ms.
+
+    With ``self_timed=False`` each call is bracketed by ``time.perf_counter_ns``.
+    With ``self_timed=True`` ``run_once`` returns its own elapsed milliseconds
+    (e.g. measured with CUDA events).  Timing stops once ``runs`` samples exist
+    and the timed runs add up to at least ``min_time_s`` seconds (or at
+    ``max_runs`` samples, whichever first).
+    """
+    _check_loop_args(warmup, runs, min_time_s)
+    max_runs = max(int(max_runs), runs)
+    for _ in range(warmup):
+        run_once()
+    samples: list[float] = []
+    total_ms = 0.0
+    min_ms = float(min_time_s) * 1e3
+    perf = time.perf_counter_ns
+    while len(samples) < runs or (total_ms < min_ms and len(samples) < max_runs):
+        if self_timed:
+            ms = float(run_once())
+        else:
+            t0 = perf()
+            run_once()
+            ms = (perf() - t0) / 1e6
+        samples.append(ms)
+        total_ms += ms
+    return samples
+
+
+def resolve_shape(input_shape: Optional[Sequence[Any]], model_shape: Optional[Sequence[Any]],
+                  batch_size: Optional[int], *, what: str = "model") -> tuple[int, ...]:
+    """Concrete input shape from the requested shape, the model's declared shape and the batch.
+
+    ``model_shape`` may hold ``None``/``-1``/strings for dynamic dims.  The
+    requested shape must agree with every static model dim; dynamic dims are
+    taken from the request (dim 0 from ``batch_size`` first).  Raises
+    :class:`BackendError` with both shapes on a mismatch.
+    """
+    def dyn(v: Any) -> bool:
+        return v is None or isinstance(v, str) or (isinstance(v, (int, np.integer)) and v < 0)
+
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    if input_shape is None:
+        if model_shape is None:
+            raise BackendError(f"no input_shape given and the {what} declares none")
+        shape = list(model_shape)
+    else:
+        shape = list(input_shape)
+    if not shape:
+        raise BackendError(f"input shape of the {what} is a scalar; expected at least a batch dim")
+    if batch_size is not None:
+        shape[0] = int(batch_size)
+    elif dyn(shape[0]):
+        shape[0] = 1
+    if model_shape is not None:
+        ms = list(model_shape)
+        if len(ms) != len(shape):
+            raise BackendError(f"input rank mismatch: requested shape {tuple(shape)} but the {what} "
+                               f"expects rank {len(ms)} {tuple(ms)}")
+        for i, (want, have) in enumerate(zip(shape, ms)):
+            if dyn(want):
+                if dyn(have):
+                    raise BackendError(f"input dim {i} is dynamic in the {what} {tuple(ms)}; "
+                                       f"pass input_shape with a concrete value")
+                shape[i] = int(have)
+            elif not dyn(have) and int(have) != int(want):
+                hint = ""
+                if len(ms) == 4 and not any(dyn(v) for v in ms[1:] + shape[1:]) and \
+                        sorted(int(v) for v in shape[1:]) == sorted(int(v) for v in ms[1:]):
+                    hint = " (same dims in another order: is the model NCHW? jaxnas measures NHWC)"
+                raise BackendError(f"input shape mismatch: requested {tuple(shape)} but the {what} "
+                                   f"has static input shape {tuple(ms)}{hint}")
+    if any(dyn(v) for v in shape):
+        raise BackendError(f"input shape {tuple(shape)} still has dynamic dims; pass input_shape")
+    return tuple(int(v) for v in shape)
+
+
+def random_input(shape: Sequence[int], dtype: Any = np.float32, seed: int = 0) -> np.ndarray:
+    """A fixed (seeded) random input; integers for integer dtypes."""
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    if np.issubdtype(dt, np.integer):
+        info = np.iinfo(dt)
+        return rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=shape).astype(dt)
+    if dt == np.bool_:
+        return rng.integers(0, 2, size=shape).astype(bool)
+    return rng.standard_normal(shape).astype(dt)
+
+
+def read_model_bytes(model: Any, *, kind: str = "model") -> tuple[bytes, str]:
+    """``(bytes, description)`` from a path, bytes or an object with ``SerializeToString``."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model), f"<{len(model)} bytes>"
+    if hasattr(model, "SerializeToString"):  # onnx.ModelProto
+        data = model.SerializeToString()
+        return data, f"<{type(model).__name__}>"
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.isfile(path):
+            raise BackendError(f"{kind} file not found: {path}")
+        with open(path, "rb") as f:
+            return f.read(), path
+    raise BackendError(f"expected a {kind} path or bytes, got {type(model).__name__}")

@@ -1,0 +1,342 @@
+"""Latency lookup tables: a JSON container keyed by block/segment name.
+
+File layout (``schema_version`` 1)::
+
+    {
+      "schema_version": 1,
+      "units": "ms",                      # ms per batch, always
+      "backend": "onnxruntime",
+      "fingerprint": {...},               # Fingerprint.to_dict() of the measuring setup
+      "meta": {...},                      # optional: space name, input size, channel grid, …
+      "entries": {
+        "<key>": {"count": 50, "mean": 1.2, "std": 0.1, "median": 1.19,
+                  "p10": 1.1, "p90": 1.3,
+                  "min": 1.05,            # optional extra stats
+                  "meta": {...}}          # optional per-entry metadata
+      }
+    }
+
+``mean`` is always a number; ``count``/``std``/``median``/``p10``/``p90``
+may be ``null`` for imported tables that only published a mean.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+from .fingerprint import Fingerprint, describe
+from .stats import TimingStats
+
+__all__ = [
+    "LatencyTable",
+    "TableError",
+    "interpolate",
+    "SCHEMA_VERSION",
+    "UNITS",
+    "ENTRY_FIELDS",
+    "DEFAULT_COMPAT_KEYS",
+    "REBUILD_HINT",
+]
+
+SCHEMA_VERSION = 1
+UNITS = "ms"
+ENTRY_FIELDS: tuple[str, ...] = ("count", "mean", "std", "median", "p10", "p90")
+_OPTIONAL_NUMERIC = ("min", "max")
+DEFAULT_COMPAT_KEYS: tuple[str, ...] = ("backend", "runtime", "threads", "batch_size", "precision", "device")
+REBUILD_HINT = "rebuild it with `jaxnas latency build-table`"
+
+FingerprintLike = Union[Fingerprint, Mapping[str, Any]]
+
+
+class TableError(ValueError):
+    """A latency table file is missing, corrupt, of another schema, or measured elsewhere."""
+
+
+def _is_num(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _fp_dict(fp: FingerprintLike) -> dict[str, Any]:
+    if isinstance(fp, Fingerprint):
+        return fp.to_dict()
+    if isinstance(fp, Mapping):
+        return dict(fp)
+    raise TypeError(f"expected a Fingerprint or dict, got {type(fp).__name__}")
+
+
+def _validate_entry(key: Any, e: Any, where: str) -> dict[str, Any]:
+    if not isinstance(key, str) or not key:
+        raise TableError(f"{where}: entry keys must be non-empty strings, got {key!r}")
+    if not isinstance(e, Mapping):
+        raise TableError(f"{where}: entry {key!r} must be an object, got {type(e).__name__}")
+    missing = [f for f in ENTRY_FIELDS if f not in e]
+    if missing:
+        raise TableError(f"{where}: entry {key!r} is missing required field(s) {missing}")
+    if not _is_num(e["mean"]) or e["mean"] < 0:
+        raise TableError(f"{where}: entry {key!r} field 'mean' must be a finite number >= 0, "
+                         f"got {e['mean']!r}")
+    for f in ENTRY_FIELDS[2:] + _OPTIONAL_NUMERIC:
+        v = e.get(f)
+        if v is not None and (not _is_num(v) or v < 0):
+            raise TableError(f"{where}: entry {key!r} field {f!r} must be a finite number >= 0 "
+                             f"or null, got {v!r}")
+    c = e["count"]
+    if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 0):
+        if not (isinstance(c, float) and c.is_integer() and c >= 0):
+            raise TableError(f"{where}: entry {key!r} field 'count' must be an integer >= 0 or null, "
+                             f"got {c!r}")
+    if "meta" in e and not isinstance(e["meta"], Mapping):
+        raise TableError(f"{where}: entry {key!r} field 'meta' must be an object")
+    out = dict(e)
+    if isinstance(c, float):
+        out["count"] = int(c)
+    return out
+
+
+@dataclass
+class LatencyTable:
+    """Measured latencies (ms per batch) for one measuring setup (:class:`Fingerprint`)."""
+
+    backend: str
+    fingerprint: dict[str, Any]
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    units: str = UNITS
+
+    # ------------------------------------------------------------ creation
+    @classmethod
+    def new(cls, fingerprint: FingerprintLike, meta: Optional[Mapping[str, Any]] = None) -> "LatencyTable":
+        fp = _fp_dict(fingerprint)
+        if not fp.get("backend"):
+            raise TableError("fingerprint has no 'backend'")
+        return cls(backend=str(fp["backend"]), fingerprint=fp, meta=dict(meta or {}))
+
+    # -------------------------------------------------------------- access
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def get(self, key: str, default: Any = None) -> Optional[dict[str, Any]]:
+        """The entry dict for ``key`` (a copy), or ``default``."""
+        e = self.entries.get(key)
+        return default if e is None else dict(e)
+
+    def ms(self, key: str, stat: str = "median") -> float:
+        """One statistic of ``key`` in ms; falls back to ``mean`` where ``stat`` is null."""
+        try:
+            e = self.entries[key]
+        except KeyError:
+            raise KeyError(f"{key!r} is not in this latency table ({len(self.entries)} entries)") from None
+        v = e.get(stat)
+        return float(e["mean"] if v is None else v)
+
+    def put(self, key: str, stats: Union[TimingStats, Mapping[str, Any]], *,
+            meta: Optional[Mapping[str, Any]] = None) -> None:
+        """Insert/replace ``key`` from :class:`TimingStats` or an entry-shaped mapping."""
+        if isinstance(stats, TimingStats):
+            if stats.unit != UNITS:
+                raise TableError(f"stats for {key!r} are in {stats.unit!r}; tables store {UNITS!r}")
+            e: dict[str, Any] = {f: getattr(stats, f) for f in ENTRY_FIELDS}
+            e["min"] = stats.min
+        elif isinstance(stats, Mapping):
+            missing = [f for f in ENTRY_FIELDS if f not in stats]
+            if missing:
+                raise TableError(f"put(): stats for {key!r} are missing field(s) {missing} "
+                                 f"(use null/None for unknown values)")
+            e = {f: stats[f] for f in ENTRY_FIELDS}
+            for f in _OPTIONAL_NUMERIC:
+                if stats.get(f) is not None:
+                    e[f] = stats[f]
+            if stats.get("unit", UNITS) != UNITS:
+                raise TableError(f"stats for {key!r} are in {stats['unit']!r}; tables store {UNITS!r}")
+            if stats.get("meta") is not None:
+                e["meta"] = dict(stats["meta"])
+        else:
+            raise TypeError(f"put() takes TimingStats or a mapping, got {type(stats).__name__}")
+        if meta is not None:
+            e["meta"] = {**e.get("meta", {}), **dict(meta)}
+        self.entries[key] = _validate_entry(key, e, "put()")
+
+    # ------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "units": self.units,
+            "backend": self.backend,
+            "fingerprint": dict(self.fingerprint),
+            "meta": dict(self.meta),
+            "entries": {k: dict(v) for k, v in self.entries.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, *, source: str = "<dict>") -> "LatencyTable":
+        """Validate and build; every problem is one :class:`TableError` naming ``source``."""
+        if not isinstance(d, Mapping):
+            raise TableError(f"{source}: a latency table must be a JSON object, got {type(d).__name__}")
+        sv = d.get("schema_version")
+        if sv is None:
+            raise TableError(f"{source}: missing 'schema_version' (not a jaxnas latency table?)")
+        if isinstance(sv, bool) or not isinstance(sv, int):
+            raise TableError(f"{source}: 'schema_version' must be an integer, got {sv!r}")
+        if sv != SCHEMA_VERSION:
+            raise TableError(f"{source}: unsupported schema_version {sv} (this jaxnas reads "
+                             f"{SCHEMA_VERSION}); {REBUILD_HINT}")
+        units = d.get("units")
+        if units != UNITS:
+            raise TableError(f"{source}: units must be {UNITS!r} (milliseconds per batch), got {units!r}")
+        backend = d.get("backend")
+        if not isinstance(backend, str) or not backend:
+            raise TableError(f"{source}: 'backend' must be a non-empty string, got {backend!r}")
+        fp = d.get("fingerprint")
+        if not isinstance(fp, Mapping):
+            raise TableError(f"{source}: 'fingerprint' must be an object, got {type(fp).__name__}")
+        if fp.get("backend", backend) != backend:
+            raise TableError(f"{source}: 'backend' {backend!r} disagrees with fingerprint backend "
+                             f"{fp.get('backend')!r}")
+        meta = d.get("meta", {})
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, Mapping):
+            raise TableError(f"{source}: 'meta' must be an object, got {type(meta).__name__}")
+        entries = d.get("entries")
+        if not isinstance(entries, Mapping):
+            raise TableError(f"{source}: 'entries' must be an object, got {type(entries).__name__}")
+        checked = {k: _validate_entry(k, v, source) for k, v in entries.items()}
+        return cls(backend=backend, fingerprint=dict(fp), entries=checked, meta=dict(meta),
+                   schema_version=sv, units=units)
+
+    def save(self, path: Union[str, "os.PathLike[str]"]) -> Path:
+        """Write atomically: a temp file in the same directory, fsync, ``os.replace``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            text = json.dumps(self.to_dict(), indent=1, sort_keys=False, allow_nan=False)
+        except ValueError as e:
+            raise TableError(f"cannot save {path}: {e}") from e
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, "os.PathLike[str]"]) -> "LatencyTable":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise TableError(f"latency table not found: {path}; {REBUILD_HINT}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise TableError(f"cannot read latency table {path}: {e}") from e
+        try:
+            d = json.loads(text, parse_constant=_reject_constant)
+        except (json.JSONDecodeError, ValueError) as e:
+            raise TableError(f"{path} is not valid JSON ({e}); delete it or {REBUILD_HINT}") from e
+        return cls.from_dict(d, source=str(path))
+
+    # ------------------------------------------------------- compatibility
+    def check_compatible(self, backend_fingerprint: FingerprintLike,
+                         keys: Sequence[str] = DEFAULT_COMPAT_KEYS) -> None:
+        """Raise :class:`TableError` naming every field in ``keys`` that differs."""
+        want = _fp_dict(backend_fingerprint)
+        have = dict(self.fingerprint)
+        have.setdefault("backend", self.backend)
+        bad = [(k, have.get(k), want.get(k)) for k in keys if have.get(k) != want.get(k)]
+        if bad:
+            diffs = ", ".join(f"{k} ({a!r} vs {b!r})" for k, a, b in bad)
+            raise TableError(f"table was measured with {describe(have)} but requested "
+                             f"{describe(want)}; mismatched: {diffs}; {REBUILD_HINT}")
+
+    def is_compatible(self, backend_fingerprint: FingerprintLike,
+                      keys: Sequence[str] = DEFAULT_COMPAT_KEYS) -> bool:
+        try:
+            self.check_compatible(backend_fingerprint, keys)
+        except TableError:
+            return False
+        return True
+
+    @classmethod
+    def open_or_create(cls, path: Union[str, "os.PathLike[str]"], backend_fingerprint: FingerprintLike,
+                       meta: Optional[Mapping[str, Any]] = None, *,
+                       keys: Sequence[str] = DEFAULT_COMPAT_KEYS) -> "LatencyTable":
+        """Resume a table build: load ``path`` if it exists and is compatible, else start empty.
+
+        Refuses (TableError) an existing file that is corrupt, measured with
+        another setup (``keys``) or whose ``meta`` disagrees with ``meta`` on a
+        key both define.  Meta keys new in ``meta`` are added.  Nothing is
+        written until :meth:`save`.
+        """
+        path = Path(path)
+        if not path.exists():
+            return cls.new(backend_fingerprint, meta)
+        table = cls.load(path)
+        table.check_compatible(backend_fingerprint, keys)
+        if meta:
+            clash = [k for k in meta if k in table.meta and _jsonish(table.meta[k]) != _jsonish(meta[k])]
+            if clash:
+                parts = ", ".join(f"{k} ({table.meta[k]!r} vs {meta[k]!r})" for k in clash)
+                raise TableError(f"{path} was built for different settings: {parts}; use another "
+                                 f"path or {REBUILD_HINT}")
+            table.meta.update({k: v for k, v in meta.items() if k not in table.meta})
+        return table
+
+
+def _jsonish(v: Any) -> Any:
+    """Normalise through JSON so tuples compare equal to lists after a round trip."""
+    try:
+        return json.loads(json.dumps(v, sort_keys=True))
+    except (TypeError, ValueError):
+        return v
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Piecewise-linear interpolation through ``(xs, ys)``, linear extrapolation outside.
+
+    ``xs`` need not be sorted but must be distinct.  One point → its ``y``
+    everywhere.  (TF-NAS measured block latency on a channel grid, e.g. every
+    8 channels; this fills in the widths between.)
+    """
+    if len(xs) != len(ys):
+        raise ValueError(f"interpolate: {len(xs)} xs but {len(ys)} ys")
+    if not xs:
+        raise ValueError("interpolate needs at least one point")
+    pts = sorted((float(a), float(b)) for a, b in zip(xs, ys))
+    sx = [p[0] for p in pts]
+    sy = [p[1] for p in pts]
+    if any(b == a for a, b in zip(sx, sx[1:])):
+        raise ValueError("interpolate: xs must be distinct")
+    x = float(x)
+    if len(sx) == 1:
+        return sy[0]
+    i = bisect.bisect_left(sx, x)
+    if i < len(sx) and sx[i] == x:
+        return sy[i]
+    lo = min(max(i - 1, 0), len(sx) - 2)  # clamp to the first/last segment → extrapolation
+    x0, x1, y0, y1 = sx[lo], sx[lo + 1], sy[lo], sy[lo + 1]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
