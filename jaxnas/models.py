@@ -153,6 +153,8 @@ class HeadModule(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         h = self.head
+        if h.num_classes == 0:
+            return x
         if h.pool == "global":
             x = jnp.mean(x, axis=(1, 2))
         else:

@@ -129,7 +129,8 @@ class Head:
     """Classifier: pooling, optional hidden dense layers (ReLU + dropout), final dense layer.
 
     pool "global": global average pool.  pool "adaptive7": PyTorch AdaptiveAvgPool2d(7) + flatten
-    (VGG's classifier).
+    (VGG's classifier).  `num_classes=0` means no head: the network outputs its last feature map
+    (used to export and time single blocks).
     """
 
     num_classes: int = 1000
@@ -412,6 +413,8 @@ def block_cost(block: Block, in_shape: tuple[int, int, int], index: int = 0) -> 
 
 
 def head_cost(head: Head, in_shape: tuple[int, int, int]) -> LayerCost:
+    if head.num_classes == 0:
+        return LayerCost("head", in_shape, in_shape, 0, 0)
     feat = in_shape[2] * (49 if head.pool == "adaptive7" else 1)
     if head.pool not in ("global", "adaptive7"):
         raise SpecError(f"head: unknown pool '{head.pool}' (global or adaptive7)")

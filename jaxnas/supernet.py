@@ -170,8 +170,11 @@ def materialize(spec: ArchSpec, variables: Mapping[str, Any], choices: Mapping[s
             new_p[f"block{k}"] = pb
         if sb:
             new_s[f"block{k}"] = sb
+    if spec.head.num_classes == 0:
+        stages = tuple(_remap_stage(st, keep_blocks) for st in spec.stages)
+        concrete = dataclasses.replace(spec, blocks=tuple(blocks), stages=tuple(s for s in stages if s))
+        return validate(concrete), {"params": new_p, "batch_stats": new_s}
     head_p = dict(params["head"])
-    cls = dict(head_p["classifier"]) if not spec.head.hidden else None
     first = "fc0" if spec.head.hidden else "classifier"
     kernel = head_p[first]["kernel"]
     if idx is not None:
@@ -181,7 +184,6 @@ def materialize(spec: ArchSpec, variables: Mapping[str, Any], choices: Mapping[s
         else:
             kernel = _take(kernel, idx, 0)
     head_p[first] = {**head_p[first], "kernel": kernel}
-    del cls
     new_p["head"] = head_p
     stages = tuple(_remap_stage(st, keep_blocks) for st in spec.stages)
     concrete = dataclasses.replace(spec, blocks=tuple(blocks), stages=tuple(s for s in stages if s))

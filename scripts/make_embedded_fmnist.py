@@ -29,6 +29,19 @@ SEED = 20240917
 TRAIN_PER_CLASS = 1200
 TEST_PER_CLASS = 300
 OUT = ROOT / "jaxnas" / "data" / "embedded" / "fashion_mnist_subset.npz"
+LICENSE_TEXT = (
+    "The MIT License (MIT) Copyright (c) 2017 Zalando SE, https://tech.zalando.com\n\n"
+    "Permission is hereby granted, free of charge, to any person obtaining a copy of this software and "
+    "associated documentation files (the \"Software\"), to deal in the Software without restriction, including "
+    "without limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, and/or sell "
+    "copies of the Software, and to permit persons to whom the Software is furnished to do so, subject to the "
+    "following conditions:\n\nThe above copyright notice and this permission notice shall be included in all "
+    "copies or substantial portions of the Software.\n\nTHE SOFTWARE IS PROVIDED \"AS IS\", WITHOUT WARRANTY OF "
+    "ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A "
+    "PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY "
+    "CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF "
+    "OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE."
+)
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",
@@ -83,6 +96,7 @@ def build(src: Path) -> dict[str, np.ndarray]:
                   "(0.0~git20200523.55506a9-1)",
         "source_files": {v: hashlib.sha256(paths[k].read_bytes()).hexdigest() for k, v in FILES.items()},
         "license": "MIT (Expat)",
+        "license_text": LICENSE_TEXT,
         "copyright": "Copyright (c) 2017 Zalando SE, https://tech.zalando.com",
         "citation": "Xiao, Rasul, Vollgraf. Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine "
                     "Learning Algorithms. arXiv:1708.07747, 2017",

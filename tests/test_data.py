@@ -337,12 +337,17 @@ def _tiny_tfds_builders():
     return JaxnasTinyShapes, JaxnasTinyVarsize
 
 
-def test_tfds_source_on_locally_built_dataset(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_tfds_dir(tmp_path_factory) -> str:
     fixed, varsize = _tiny_tfds_builders()
-    data_dir = str(tmp_path / "tfds")
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
     fixed(data_dir=data_dir).download_and_prepare()
     varsize(data_dir=data_dir).download_and_prepare()
+    return data_dir
 
+
+def test_tfds_source_on_locally_built_dataset(tiny_tfds_dir, tmp_path):
+    data_dir = tiny_tfds_dir
     ds = load_dataset(DataConfig(source="tfds", name="jaxnas_tiny_shapes", data_dir=data_dir, holdout=4))
     assert ds.class_names == ("dark", "bright") and ds.image_shape == (8, 8, 1)
     assert (ds.num_examples("train"), ds.num_examples("holdout"), ds.num_examples("test")) == (36, 4, 10)
@@ -360,6 +365,18 @@ def test_tfds_source_on_locally_built_dataset(tmp_path):
         load_dataset(DataConfig(source="tfds", name="jaxnas_tiny_shapes", data_dir=str(tmp_path / "empty")))
     with pytest.raises(DataError, match="no feature 'img'"):
         load_dataset(DataConfig(source="tfds", name="jaxnas_tiny_shapes", data_dir=data_dir, image_key="img"))
+
+
+def test_tfds_prepared_dataset_loads_by_name_without_builder_code(tiny_tfds_dir):
+    # A fresh process has no JaxnasTinyShapes class: tfds must read the prepared files by name alone,
+    # as for a dataset prepared earlier with `tfds build`.
+    code = ("from jaxnas.data import DataConfig, load_dataset\n"
+            f"ds = load_dataset(DataConfig(source='tfds', name='jaxnas_tiny_shapes', data_dir={tiny_tfds_dir!r}))\n"
+            "print('TFDS', ds.num_examples('train'), ds.num_examples('test'), ds.class_names)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "TFDS 40 10 ('dark', 'bright')" in r.stdout
 
 
 def test_tfds_unknown_name(tmp_path):

@@ -77,6 +77,8 @@ class Dataset:
         self.num_classes = len(self.class_names)
         self._x = {s: splits[s][0] for s in SPLITS}
         self._y = {s: splits[s][1] for s in SPLITS}
+        for a in (*self._x.values(), *self._y.values()):
+            a.setflags(write=False)  # shared by every batch iterator; must never change
         h, w, c_store = self._x["train"].shape[1:]
         self._expand = config.channels == 3 and c_store == 1
         self.image_shape: tuple[int, int, int] = (h, w, 3 if self._expand else c_store)
