@@ -31,7 +31,8 @@ def mbv2_block(cin: int, mid: int, cout: int, stride: int, *, kernel: int = 3, e
 
 def mobilenet_v2(width: float = 1.0, num_classes: int = 1000, resolution: int = 224,
                  small_input: bool = False, dropout: float = 0.2, in_channels: int = 3) -> ArchSpec:
-    """torchvision MobileNetV2.  `small_input`: stem stride 1 and stage 2 stride 1 (for 28-32 px)."""
+    """torchvision MobileNetV2.  `small_input`: the stem has stride 1 (for 28-32 px inputs: total
+    stride 16, a 2x2 final map at 32 px) — the rest of the network is unchanged."""
     stem_c = make_divisible(32 * width)
     blocks = [Block("conv", (Conv(stem_c, (3, 3), 1 if small_input else 2, act="relu6", width="stem"),),
                     name="stem")]
@@ -43,8 +44,6 @@ def mobilenet_v2(width: float = 1.0, num_classes: int = 1000, resolution: int = 
         for k in range(n):
             idx = len(blocks)
             stride = s if k == 0 else 1
-            if small_input and si == 1 and k == 0:
-                stride = 1
             residual = stride == 1 and cin == cout
             out_group = group if residual else f"b{idx}.out"
             blocks.append(mbv2_block(cin, int(round(cin * t)), cout, stride, expand=t != 1,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxnas.data import (Batch, DataConfig, DataError, Dataset, epoch_order, load_dataset, read_idx,
+from jaxnas.data import (DataConfig, DataError, Dataset, epoch_order, load_dataset, read_idx,
                          stratified_pick, write_idx)
 from jaxnas.data.transforms import random_crop, random_flip, resize_images
 
@@ -117,10 +117,10 @@ def test_embedded_resize_pad_and_channels():
     ds = _embedded(image_size=32, channels=3, holdout=0.1)
     assert ds.image_shape == (32, 32, 3)
     b = next(ds.batches("test", 16))
-    assert b.x.shape == (16, 32, 32, 3) and b.x.dtype == np.float32
-    assert np.array_equal(b.x[..., 0], b.x[..., 2])  # grayscale repeated
+    assert b["image"].shape == (16, 32, 32, 3) and b["image"].dtype == np.float32
+    assert np.array_equal(b["image"][..., 0], b["image"][..., 2])  # grayscale repeated
     # 28 -> 32 is a 2 px zero border: the border equals the normalised value of a black pixel
-    assert np.allclose(b.x[:, :2], -ds.mean[0] / ds.std[0], atol=1e-5)
+    assert np.allclose(b["image"][:, :2], -ds.mean[0] / ds.std[0], atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- splits and determinism
@@ -165,10 +165,10 @@ def _small_ds(**kw) -> Dataset:
 
 def test_train_batches_follow_epoch_order_and_eval_is_unshuffled():
     ds = _small_ds(augment=False, normalize="none")
-    got = np.concatenate([b.y for b in ds.batches("train", 10, seed=5, epoch=1)])
+    got = np.concatenate([b["label"] for b in ds.batches("train", 10, seed=5, epoch=1)])
     assert len(got) == 100  # drop_remainder
     assert np.array_equal(got, ds.labels("train")[epoch_order(103, 5, 1)[:100]])
-    xs = [b.x for b in ds.batches("test", 10, drop_remainder=False)]
+    xs = [b["image"] for b in ds.batches("test", 10, drop_remainder=False)]
     assert [len(x) for x in xs] == [10, 10, 5]
     assert np.array_equal(np.concatenate(xs), ds.arrays("test")[0])
     assert ds.steps_per_epoch("train", 10) == 10 and ds.steps_per_epoch("test", 10, drop_remainder=False) == 3
@@ -180,12 +180,12 @@ def test_resume_at_step_matches_uninterrupted_run():
     for k in (0, 5, 12, 13):
         resumed = [b for _, b in zip(range(25 - k), ds.iterate("train", 8, seed=11, start_step=k))]
         for a, b in zip(full[k:], resumed):
-            assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
+            assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["label"], b["label"])
     # within-epoch resume through batches() agrees as well
     again = list(ds.batches("train", 8, seed=11, epoch=1, start_step=3))
-    assert np.array_equal(again[0].x, full[15].x)
+    assert np.array_equal(again[0]["image"], full[15]["image"])
     # different epochs see different orders and augmentations
-    assert not np.array_equal(full[0].x, full[12].x)
+    assert not np.array_equal(full[0]["image"], full[12]["image"])
 
 
 def test_augmentation_shape_flip_and_crop():
@@ -205,8 +205,9 @@ def test_augmentation_shape_flip_and_crop():
     assert ds.crop_padding == 2  # 4 px per 32 px
     aug = next(ds.batches("train", 16, seed=0))
     plain = next(ds.batches("train", 16, seed=0, augment=False))
-    assert aug.x.shape == plain.x.shape == (16, 16, 16, 1) and np.array_equal(aug.y, plain.y)
-    assert not np.array_equal(aug.x, plain.x)
+    assert aug["image"].shape == plain["image"].shape == (16, 16, 16, 1)
+    assert np.array_equal(aug["label"], plain["label"])
+    assert not np.array_equal(aug["image"], plain["image"])
 
 
 def test_resize_bilinear_and_pad():
@@ -406,26 +407,33 @@ def test_unknown_source_and_keys_suggest():
 def test_shard_batch_over_two_forced_host_devices():
     code = textwrap.dedent("""
         import numpy as np, jax
-        from jaxnas.data import Batch, DataError, make_data_mesh, shard_batch, pad_batch
+        from jaxnas.data import DataError, make_data_mesh, shard_batch, pad_batch
         assert len(jax.devices()) == 2, jax.devices()
         mesh = make_data_mesh()
         assert mesh.axis_names == ("data",) and mesh.shape["data"] == 2
-        b = Batch(np.arange(4 * 3, dtype=np.float32).reshape(4, 3), np.arange(4, dtype=np.int32))
+        b = {"image": np.arange(4 * 3, dtype=np.float32).reshape(4, 3), "label": np.arange(4, dtype=np.int32)}
         s = shard_batch(b, mesh)
-        assert isinstance(s, Batch) and s.x.shape == (4, 3)
-        shards = sorted(s.x.addressable_shards, key=lambda sh: sh.index[0].start)
+        assert set(s) == {"image", "label"} and s["image"].shape == (4, 3)
+        shards = sorted(s["image"].addressable_shards, key=lambda sh: sh.index[0].start)
         assert [sh.data.shape for sh in shards] == [(2, 3), (2, 3)]
         assert len({sh.device for sh in shards}) == 2
-        assert np.array_equal(np.asarray(shards[1].data), b.x[2:])
-        assert np.array_equal(np.asarray(s.y), b.y)
+        assert np.array_equal(np.asarray(shards[1].data), b["image"][2:])
+        assert np.array_equal(np.asarray(s["label"]), b["label"])
+        odd = {k: v[:3] for k, v in b.items()}
         try:
-            shard_batch(Batch(b.x[:3], b.y[:3]), mesh)
+            shard_batch(odd, mesh)
             raise SystemExit("no error for odd batch")
         except DataError as e:
             assert "not divisible by the 2 devices" in str(e), e
-        padded, n = pad_batch(Batch(b.x[:3], b.y[:3]), 2)
-        assert n == 3 and padded.x.shape == (4, 3)
-        shard_batch(padded, s.x.sharding)
+        padded, n = pad_batch(odd, 2)
+        assert n == 3 and padded["image"].shape == (4, 3)
+        shard_batch(padded, s["image"].sharding)
+        # real dataset batches shard too
+        from jaxnas.data import DataConfig, Dataset
+        x = np.zeros((10, 4, 4, 1), np.uint8); y = np.arange(10) % 2
+        ds = Dataset.from_arrays(x, y, x, y, config=DataConfig())
+        sb = shard_batch(next(ds.batches("train", 4, seed=0)), mesh)
+        assert sb["image"].shape == (4, 4, 4, 1) and len(sb["label"].addressable_shards) == 2
         print("SHARD-OK")
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",

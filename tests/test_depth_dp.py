@@ -131,7 +131,7 @@ def test_merged_shapes_and_features():
     assert merged_conv_shape(vgg19_chain(), 12, 16) == (512, 512, 9, 1, 4, False)
     fs = feature_shapes(mb)
     assert fs[0] == (112, 112, 32) and fs[5] == (56, 56, 24) and fs[50] == (7, 7, 320)
-    assert feature_shapes(mbv2_chain(small_input=True, input_size=32))[50] == (4, 4, 320)
+    assert feature_shapes(mbv2_chain(small_input=True, input_size=32))[50] == (2, 2, 320)
     assert feature_shapes(mbv2_chain(1.4))[50] == (7, 7, 448)
     fv = feature_shapes(vgg19_chain())
     assert fv[2] == (112, 112, 64) and fv[16] == (7, 7, 512)

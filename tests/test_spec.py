@@ -88,6 +88,7 @@ def test_unknown_model_suggests():
         zoo.get_spec("resnet81")
 
 
-def test_small_input_mbv2_downsamples_by_8():
+def test_small_input_mbv2_downsamples_by_16():
     spec = zoo.mobilenet_v2(resolution=32, small_input=True, num_classes=10)
-    assert S.analyze(spec).head.in_shape == (4, 4, 1280)
+    assert S.analyze(spec).head.in_shape == (2, 2, 1280)
+    assert S.params(spec) == S.params(zoo.mobilenet_v2(resolution=32, num_classes=10))

@@ -3,7 +3,8 @@ deterministic resumable batching, light augmentation and batch sharding.
 
     from jaxnas.data import DataConfig, load_dataset
     ds = load_dataset(DataConfig(image_size=32, holdout=0.1))
-    for x, y in ds.batches("train", 128, seed=0, epoch=0): ...
+    for batch in ds.batches("train", 128, seed=0, epoch=0):
+        batch["image"], batch["label"]  # float32 NHWC, int32
 """
 
 from .config import SOURCES, DataConfig

@@ -89,9 +89,11 @@ class DataConfig:
                 mean, std = self.normalize
                 mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
             except (TypeError, ValueError) as e:
-                raise DataError(f"data.normalize: expected a mode or [[mean...], [std...]], got {self.normalize!r}") from e
+                raise DataError("data.normalize: expected a mode or [[mean...], [std...]], "
+                                f"got {self.normalize!r}") from e
             if len(mean) != len(std) or not mean or min(std) <= 0:
-                raise DataError(f"data.normalize: mean and std need the same length and std > 0, got {self.normalize!r}")
+                raise DataError("data.normalize: mean and std need the same length and std > 0, "
+                                f"got {self.normalize!r}")
             set_("normalize", (mean, std))
         h = self.holdout
         if isinstance(h, bool) or not isinstance(h, (int, float)) or not (0 <= h < 1 or float(h).is_integer()):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -20,11 +20,7 @@ _TAG_SHUFFLE, _TAG_AUGMENT, _TAG_HOLDOUT, _TAG_TEST, _TAG_LIMIT_TRAIN, _TAG_LIMI
 _SPLIT_SALT = {"train": 0, "holdout": 1, "test": 2}
 
 
-class Batch(NamedTuple):
-    """One batch: float32 NHWC images and int32 labels (a JAX pytree, unpacks as ``x, y = batch``)."""
-
-    x: np.ndarray
-    y: np.ndarray
+Batch = dict  # {"image": float32 (B, H, W, C), "label": int32 (B,)}; a plain dict, hence a JAX pytree
 
 
 def _rng(*entropy: int) -> np.random.Generator:
@@ -58,7 +54,8 @@ def stratified_pick(y: np.ndarray, k: int, seed: int, tag: int) -> tuple[np.ndar
 def _split_name(split: str) -> str:
     s = _ALIASES.get(split, split)
     if s not in SPLITS:
-        raise DataError(f"unknown split {split!r};{suggest(split, SPLITS + tuple(_ALIASES))} valid: {', '.join(SPLITS)}")
+        raise DataError(f"unknown split {split!r};{suggest(split, SPLITS + tuple(_ALIASES))} "
+                        f"valid: {', '.join(SPLITS)}")
     return s
 
 
@@ -220,7 +217,7 @@ class Dataset:
             if augment:
                 rng = _rng(seed, _SPLIT_SALT[s], epoch, step, _TAG_AUGMENT)
                 x = augment_batch(x, rng, crop_padding=self.crop_padding, flip=self.config.flip)
-            yield Batch(self._finish(x), y_all[idx])
+            yield {"image": self._finish(x), "label": y_all[idx]}
 
     def iterate(self, split: str = "train", batch_size: int | None = None, *, seed: int | None = None,
                 start_step: int = 0, augment: bool | None = None, shuffle: bool | None = None) -> Iterator[Batch]:

@@ -41,7 +41,7 @@ def _num_batch_shards(sharding: jax.sharding.Sharding, ndim: int) -> int:
 
 
 def shard_batch(batch: Any, mesh_or_sharding: Mesh | jax.sharding.Sharding | None = None) -> Any:
-    """Put every array of ``batch`` (a pytree, e.g. ``Batch(x, y)``) on devices, split along axis 0.
+    """Put every array of ``batch`` (a pytree, e.g. ``{"image": x, "label": y}``) on devices, split along axis 0.
 
     The batch size must be divisible by the number of devices on the 'data' axis.
     """
@@ -76,5 +76,7 @@ def pad_batch(batch: Any, multiple: int) -> tuple[Any, int]:
     target = -(-n // int(multiple)) * int(multiple)
     if target == n:
         return batch, n
-    pad = lambda a: np.concatenate([np.asarray(a), np.zeros((target - n,) + np.shape(a)[1:], np.asarray(a).dtype)])  # noqa: E731
+    def pad(a: Any) -> np.ndarray:
+        a = np.asarray(a)
+        return np.concatenate([a, np.zeros((target - n,) + a.shape[1:], a.dtype)])
     return jax.tree.map(pad, batch), n

@@ -109,7 +109,9 @@ def _load_npz_file(path: Path, where: str) -> RawData:
         has_test = {"x_test", "y_test"} <= keys
         if ("x_test" in keys) != ("y_test" in keys):
             raise DataError(f"{where}: {path} has only one of x_test/y_test; store both or neither")
-        x_te, y_te = _check_pair(arrays["x_test"], arrays["y_test"], f"{where} x_test/y_test") if has_test else (None, None)
+        x_te = y_te = None
+        if has_test:
+            x_te, y_te = _check_pair(arrays["x_test"], arrays["y_test"], f"{where} x_test/y_test")
     elif {"x", "y"} <= keys:
         x_tr, y_tr = _check_pair(arrays["x"], arrays["y"], f"{where} x/y")
         x_te = y_te = None
@@ -164,7 +166,8 @@ def load_fashion_mnist_idx(cfg: DataConfig) -> RawData:
         ip, lp = _find_idx(root, split, "images"), _find_idx(root, split, "labels")
         x, y = read_idx(ip), read_idx(lp)
         if x.ndim != 3 or x.dtype != np.uint8:
-            raise DataError(f"fashion_mnist_idx: {ip} holds a {x.dtype} array of shape {x.shape}; expected uint8 (N, H, W)")
+            raise DataError(f"fashion_mnist_idx: {ip} holds a {x.dtype} array of shape {x.shape}; "
+                            "expected uint8 (N, H, W)")
         if y.ndim != 1:
             raise DataError(f"fashion_mnist_idx: {lp} holds shape {y.shape}; expected 1-D labels")
         if x.shape[0] != y.shape[0]:

@@ -217,14 +217,12 @@ def mbv2_chain(width_mult: float = 1.0, input_size: int = 224, small_input: bool
                block_strides: Sequence[int] | None = None, stem_stride: int | None = None) -> ConvChain:
     """torchvision MobileNetV2 body `features[1:-1]`: 17 inverted residuals, L = 50 convs.
 
-    `small_input` (28-32 px inputs, as `jaxnas.zoo.mobilenet_v2(small_input=True)`): stem stride 1 and
-    block 2 stride 1 (total downsampling 8).  `block_strides` / `stem_stride` override per block.
+    `small_input` (28-32 px inputs, as `jaxnas.zoo.mobilenet_v2(small_input=True)`): stem stride 1
+    (total downsampling 16).  `block_strides` / `stem_stride` override per block.
     Residual iff stride 1 and in == out; hidden width is round(in * t) like torchvision.
     """
     if block_strides is None:
         block_strides = list(MBV2_STRIDES)
-        if small_input:
-            block_strides[1] = 1
     block_strides = [int(s) for s in block_strides]
     if len(block_strides) != 17:
         raise ValueError(f"MobileNetV2 has 17 blocks, got {len(block_strides)} strides")
