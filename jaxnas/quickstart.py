@@ -14,7 +14,7 @@ from jaxnas.config import ExperimentConfig, config_from_dict
 
 QUICKSTART = {
     "name": "quickstart",
-    "data": {"source": "embedded", "name": "fashion_mnist", "image_size": 28, "holdout": 0.1, "augment": True,
+    "data": {"source": "embedded", "name": "fashion_mnist", "image_size": 28, "holdout": 0.1, "augment": False,
              "flip": True, "batch_size": 128, "eval_batch_size": 500},
     "model": {"name": "mobilenet_v2", "width": 0.5, "small_input": True},
     "optim": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 4e-5},

@@ -76,3 +76,39 @@ def test_core_packages_never_import_runtimes():
         text = path.read_text()
         assert "import export" not in text and "from export" not in text, path
         assert "import latency" not in text and "from latency" not in text, path
+
+
+def _tiny_spec_json(tmp_path):
+    from jaxnas import spec as S
+    from jaxnas import zoo
+    blocks = (S.Block("conv", (S.Conv(8, (3, 3), 2, act="relu6"),)),
+              zoo.mbv2_block(8, 16, 8, 1, name="b1"),
+              S.Block("conv", (S.Conv(16, (1, 1), act="relu6"),)))
+    path = tmp_path / "tiny.json"
+    S.ArchSpec("tiny", blocks, S.Head(10), (28, 28), 1).save(path)
+    return path
+
+
+def test_train_eval_resume_and_summary_through_the_cli(capsys, tmp_path):
+    spec = _tiny_spec_json(tmp_path)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"""# jaxnas train tiny.yaml
+name: tiny
+data: {{image_size: 28, limit_train: 512, limit_test: 200, batch_size: 64, eval_batch_size: 100}}
+model: {{spec: {spec}}}
+train: {{epochs: 2, checkpoint_every: 4, log_every: 4, progress: false}}
+""")
+    work = tmp_path / "w"
+    code, out, err = run_cli(capsys, "train", str(cfg), "--workdir", str(work), "--set", "train.max_steps=5")
+    assert code == 0, err
+    first = json.loads(out[out.index("{"):])
+    # Resume to the end of the 2 epochs (max_steps only stops early; the schedule spans all epochs).
+    code, out, err = run_cli(capsys, "train", str(cfg), "--workdir", str(work))
+    assert code == 0, err
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["test_examples"] == 200 and 0.0 <= summary["test_accuracy"] <= 1.0
+    assert summary["macs"] > 0 and summary["params"] > 0 and first["model"] == "tiny"
+    assert (work / "config.yaml").is_file() and (work / "arch.json").is_file()
+    code, out, err = run_cli(capsys, "eval", str(work), "--json")
+    assert code == 0, err
+    assert json.loads(out)["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
