@@ -110,13 +110,15 @@ class BlockModule(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, choices: Choices | None = None) -> jax.Array:
         b = self.block
-        if b.kind == "maxpool":
+        if b.kind in ("maxpool", "avgpool"):
+            # Explicit padding (-inf for max, 0 for avg with count_include_pad) + VALID pooling, with
+            # keyword arguments: the form jax2onnx's pooling plugins can export.  Same outputs.
             p = b.pool
-            return nn.max_pool(x, (p.kernel, p.kernel), (p.stride, p.stride), ((p.padding,) * 2,) * 2)
-        if b.kind == "avgpool":
-            p = b.pool
-            return nn.avg_pool(x, (p.kernel, p.kernel), (p.stride, p.stride), ((p.padding,) * 2,) * 2,
-                               count_include_pad=True)
+            if p.padding:
+                fill = -jnp.inf if b.kind == "maxpool" else 0.0
+                x = jnp.pad(x, ((0, 0), (p.padding,) * 2, (p.padding,) * 2, (0, 0)), constant_values=fill)
+            pool = nn.max_pool if b.kind == "maxpool" else nn.avg_pool
+            return pool(x, window_shape=(p.kernel, p.kernel), strides=(p.stride, p.stride), padding="VALID")
         if b.kind == "choice":
             outs = [BlockModule(cand, self.depthwise_impl, self.bn_momentum, self.bn_eps, name=f"cand{k}")(
                 x, train, choices) for k, cand in enumerate(b.candidates)]

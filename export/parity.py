@@ -1,0 +1,156 @@
+"""Export results, the export error, and parity checks of exported files against the JAX model.
+
+The reference is always the ORIGINAL (unfolded) spec + variables run by JAX in eval mode, so a parity
+check covers BN folding as well as the conversion.  Inputs are fixed: seeded standard-normal NHWC
+float32, batch 2 for dynamic-batch files, the file's own batch otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from jaxnas.spec import ArchSpec
+
+__all__ = ["ExportError", "ExportResult", "PARITY_SEED", "FP16_RTOL", "parity_input", "jax_model", "jax_forward",
+           "reference_output", "output_shape", "run_onnx", "run_tflite", "compare"]
+
+PARITY_SEED = 1234
+# fp16 TFLite/TensorRT: weights (and, in TensorRT, activations) are rounded to 11 significant bits, so
+# the check is relative to the output's magnitude: |out - ref| <= FP16_RTOL * max(1, max|ref|).
+FP16_RTOL = 1e-2
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be produced or whose output does not match the JAX model."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """One exported file.  Shapes are NHWC / model output; a dynamic batch dim is None.
+
+    `seconds` is the conversion time (trace + convert + write), not the parity run.
+    `max_abs_diff` is None when the export was not checked.
+    """
+
+    format: str
+    path: Path
+    max_abs_diff: float | None
+    seconds: float
+    route: str
+    input_shape: tuple[int | None, ...]
+    output_shape: tuple[int | None, ...]
+    precision: str = "fp32"
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["path"] = str(self.path)
+        d["input_shape"] = list(self.input_shape)
+        d["output_shape"] = list(self.output_shape)
+        return d
+
+
+def parity_input(input_shape: Sequence[int | None], seed: int = PARITY_SEED) -> np.ndarray:
+    """The fixed parity input: batch 2 where the batch dim is dynamic (None), else the given batch."""
+    shape = [2 if input_shape[0] is None else int(input_shape[0])] + [int(d) for d in input_shape[1:]]
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def jax_model(spec: ArchSpec, variables: Mapping[str, Any]) -> tuple[Any, dict]:
+    """(model, variables) as exported: grouped depthwise convs, the spec's BN epsilon (DF nets: 1e-4)."""
+    from jaxnas import models
+    from export.fold import spec_bn_eps
+
+    model = models.build_model(spec, depthwise_impl="grouped", bn_eps=spec_bn_eps(spec))
+    return model, {"params": variables["params"], "batch_stats": variables.get("batch_stats", {}) or {}}
+
+
+def jax_forward(spec: ArchSpec, variables: Mapping[str, Any]) -> Callable[[Any], Any]:
+    """The eval-mode forward `x -> model(x)` as exported, with the weights closed over."""
+    model, v = jax_model(spec, variables)
+
+    def forward(x):
+        return model.apply(v, x, train=False)
+
+    return forward
+
+
+def output_shape(spec: ArchSpec, variables: Mapping[str, Any], input_shape: Sequence[int]) -> tuple[int, ...]:
+    """The model's output shape for a concrete NHWC `input_shape` (traced, not run)."""
+    import jax
+
+    out = jax.eval_shape(jax_forward(spec, variables), jax.ShapeDtypeStruct(tuple(input_shape), np.float32))
+    return tuple(int(d) for d in out.shape)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_apply(spec: ArchSpec) -> Callable[[Any, Any], Any]:
+    # Variables are jit arguments, not closed-over constants: VGG's 100 MB classifier would otherwise
+    # be baked into the HLO (slow to compile), and one compile serves every set of weights.
+    import jax
+
+    model, _ = jax_model(spec, {"params": {}})
+    return jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+
+def reference_output(spec: ArchSpec, variables: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+    """JAX eval-mode output of the original spec + variables on `x`."""
+    _, v = jax_model(spec, variables)
+    return np.asarray(_jitted_apply(spec)(v, x))
+
+
+def run_onnx(model: str | os.PathLike | bytes, x: np.ndarray) -> np.ndarray:
+    """Run an NHWC single-input ONNX model in onnxruntime (CPU, 1 thread); returns the first output."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    data = model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    try:
+        sess = ort.InferenceSession(bytes(data), so, providers=["CPUExecutionProvider"])
+        return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ExportError(f"onnxruntime cannot run the exported model: {_last_line(e)}") from e
+
+
+def run_tflite(model: str | os.PathLike | bytes, x: np.ndarray) -> np.ndarray:
+    """Run a single-input TFLite model in LiteRT (1 thread) on `x`; returns the first output."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    data = model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+    try:
+        interp = Interpreter(model_content=bytes(data), num_threads=1)
+        inp = interp.get_input_details()[0]
+        if tuple(inp["shape"]) != x.shape:
+            interp.resize_tensor_input(inp["index"], x.shape)
+        interp.allocate_tensors()
+        interp.set_tensor(inp["index"], x)
+        interp.invoke()
+        return np.array(interp.get_tensor(interp.get_output_details()[0]["index"]))
+    except Exception as e:
+        raise ExportError(f"LiteRT cannot run the exported model: {_last_line(e)}") from e
+
+
+def compare(out: np.ndarray, ref: np.ndarray, tolerance: float, what: str, *, relative: bool = False) -> float:
+    """max |out - ref|; raises ExportError when above `tolerance` (scaled by max(1, max|ref|) if relative)."""
+    out, ref = np.asarray(out, np.float32), np.asarray(ref, np.float32)
+    if out.shape != ref.shape:
+        raise ExportError(f"{what}: output shape {out.shape} differs from the JAX model's {ref.shape}")
+    diff = float(np.max(np.abs(out - ref))) if out.size else 0.0
+    bound = tolerance * max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0) if relative else tolerance
+    if not np.isfinite(diff) or diff > bound:
+        kind = f"{tolerance:g} relative (bound {bound:.3g})" if relative else f"{tolerance:g}"
+        raise ExportError(f"{what}: max_abs_diff {diff:.3g} vs the JAX model exceeds the tolerance {kind}")
+    return diff
+
+
+def _last_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
