@@ -35,7 +35,7 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", *, epochs: float | N
     from jaxnas.experiment import load_workdir, run_training, write_summary
     workdir = Path(workdir)
     t0 = time.time()
-    summary = run_training(quickstart_config(epochs), workdir)
+    run_training(quickstart_config(epochs), workdir)
     if export:
         import export as exporter
         from latency.measure import measure_onnx
@@ -43,7 +43,7 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", *, epochs: float | N
         results = exporter.export_model(spec, variables, workdir / "export", ("onnx", "tflite"))
         onnx = results["onnx"]
         timing = measure_onnx(onnx.path, spec, threads=1)
-        summary = write_summary(workdir, {
+        write_summary(workdir, {
             "onnx_path": str(onnx.path), "tflite_path": str(results["tflite"].path),
             "onnx_max_abs_diff": onnx.max_abs_diff, "tflite_max_abs_diff": results["tflite"].max_abs_diff,
             "latency_ms": timing["median_ms"], "latency": timing})

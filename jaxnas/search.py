@@ -45,10 +45,45 @@ def run_search(cfg: ExperimentConfig, workdir: str | Path) -> dict[str, Any]:
 
 
 def _run_dmcp(cfg: ExperimentConfig, workdir: Path) -> dict[str, Any]:
-    from jaxnas import dmcp_bridge
-    return dmcp_bridge.run(cfg, workdir, _measure)
+    from jaxnas import experiment
+    from jaxnas import spec as S
+    from jaxnas.methods import dmcp
+    from jaxnas.train import load_variables
+    dataset = experiment.load_data(cfg)
+    table = None
+    if cfg.search.target_latency_ms is not None:
+        # The method sees latency only through this table: per-layer timings on a channel grid.
+        from latency.layer_grid import build_layer_grid
+        supernet = experiment.build_spec(cfg, dataset.num_classes, dataset.image_shape)
+        table = build_layer_grid(supernet, cfg.latency.backend, out_path=workdir / "latency_grid.json",
+                                 threads=cfg.latency.threads)
+    result = dmcp.run(cfg, workdir, latency_table=table, dataset=dataset)
+    spec = S.ArchSpec.load(result["arch_path"])
+    variables = load_variables(str(result["retrain_dir"])) if result.get("retrain_dir") else None
+    summary = {**result, "achieved": {"macs": result["achieved_macs"]}}
+    if variables is not None:
+        measured = _measure(spec, variables, cfg, workdir, "dmcp")
+        summary.update(latency_ms=measured["latency_ms"], latency=measured["latency"],
+                       onnx_path=measured["onnx_path"])
+        summary["achieved"]["latency_ms"] = measured["latency_ms"]
+    return summary
 
 
 def _run_depth(cfg: ExperimentConfig, workdir: Path) -> dict[str, Any]:
-    from jaxnas import depth_bridge
-    return depth_bridge.run(cfg, workdir, _measure)
+    from jaxnas import spec as S
+    from jaxnas.methods.depth import pipeline
+    from jaxnas.train import load_variables
+    from latency.segment_table import build_time_table
+
+    def time_table_fn(chain, out_csv):
+        return build_time_table(chain, out_csv, backend=cfg.latency.backend, threads=cfg.latency.threads)
+
+    result = pipeline.run(cfg, workdir, time_table_fn=time_table_fn)
+    base = _measure(S.ArchSpec.load(result["baseline_spec"]), load_variables(str(result["baseline_variables"])),
+                    cfg, workdir, "baseline")
+    merged = _measure(S.ArchSpec.load(result["arch"]), load_variables(str(result["variables"])), cfg, workdir,
+                      "merged")
+    return {**result, "baseline_latency_ms": base["latency_ms"], "latency_ms": merged["latency_ms"],
+            "speedup": base["latency_ms"] / merged["latency_ms"], "onnx_path": merged["onnx_path"],
+            "baseline_onnx_path": base["onnx_path"], "latency": merged["latency"],
+            "baseline_latency": base["latency"]}

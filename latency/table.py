@@ -25,10 +25,11 @@ import bisect
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+from jaxnas.io_utils import atomic_write_text
 
 from .fingerprint import Fingerprint, describe
 from .stats import TimingStats
@@ -228,18 +229,7 @@ class LatencyTable:
             text = json.dumps(self.to_dict(), indent=1, sort_keys=False, allow_nan=False)
         except ValueError as e:
             raise TableError(f"cannot save {path}: {e}") from e
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write_text(path, text + "\n")
 
     @classmethod
     def load(cls, path: Union[str, "os.PathLike[str]"]) -> "LatencyTable":

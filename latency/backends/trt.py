@@ -21,7 +21,6 @@ input is copied to the device once, outside timing, like the other backends.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -145,20 +144,8 @@ def build_engine(onnx_path: Any, engine_path: "str | os.PathLike[str]", precisio
     plan = build_serialized_engine(onnx_path, precision=precision, workspace_mb=workspace_mb,
                                    input_shape=input_shape, batch_size=batch_size,
                                    allow_tf32=allow_tf32, log_level=log_level)
-    out = Path(engine_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(plan)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    from jaxnas.io_utils import atomic_write_bytes
+    return atomic_write_bytes(engine_path, plan)
 
 
 def _is_engine_file(model: Any) -> bool:
