@@ -1,0 +1,76 @@
+"""Latency predictor vs end-to-end measurement on random architectures of a search space.
+
+For each backend: build the space's lookup table (or reuse --table-dir/<space>-<backend>.json), sample N
+architectures, export + time each whole network, predict each from the table, and report the fraction
+within ±5% / ±10%, RMSPE, Spearman of predicted vs measured and of MACs (FLOPs proxy) vs measured.
+
+    python benchmarks/predictor_validation.py [--space mbv2-small] [--backends onnxruntime,tflite]
+        [--samples 30] [--threads 1] [--warmup 20] [--runs 100] [--rounds 3] [--table-dir DIR] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's packages, not a stale install
+
+from latency.predictor import validate_space  # noqa: E402
+from latency.spaces import load_space  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--space", default="mbv2-small")
+    ap.add_argument("--backends", default="onnxruntime,tflite")
+    ap.add_argument("--samples", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stat", default="min", choices=("min", "p10", "median", "mean"))
+    ap.add_argument("--table-dir", help="keep/reuse tables here (default: a temp dir, rebuilt every run)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    space = load_space(args.space)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="jaxnas_bench_validate_") as tmp:
+        tdir = Path(args.table_dir) if args.table_dir else Path(tmp)
+        tdir.mkdir(parents=True, exist_ok=True)
+        for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+            load0 = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            r = validate_space(space, backend, args.samples, table_path=tdir / f"{space.name}-{backend}.json",
+                               threads=args.threads, seed=args.seed, warmup=args.warmup, runs=args.runs,
+                               stat=args.stat, rounds=args.rounds, progress=not args.json)
+            r["wall_s"] = time.perf_counter() - t0
+            r["loadavg_1m"] = [load0, os.getloadavg()[0]]
+            results[backend] = r
+            if not args.json:
+                print(summary(r), flush=True)
+    if args.json:
+        print(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+def summary(r: dict) -> str:
+    lines = [f"{r['space']} on {r['fingerprint']['runtime']} threads={r['fingerprint']['threads']} "
+             f"(n={r['n']}, stat={r['stat']}, table build {r['timing_s']['table_build']:.0f} s, "
+             f"measure {r['timing_s']['export_and_measure']:.0f} s, load {r['loadavg_1m'][0]:.1f}):"]
+    for st, m in r["by_stat"].items():
+        mark = "*" if st == r["stat"] else " "
+        lines.append(f" {mark}{st:>6}: within 5% {m['within_5pct']:.0%}  within 10% {m['within_10pct']:.0%}  "
+                     f"RMSPE {m['rmspe']:.1f}%  bias {m['bias_pct']:+.1f}%  max|err| {m['max_abs_error_pct']:.1f}%  "
+                     f"Spearman {m['spearman']:.3f}  Spearman(MACs) {m['spearman_flops']:.3f}  "
+                     "overhead {:+.3f}{:+.4f}*n{:+.3f}*Mparams ms".format(*m["overhead_coef"]))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

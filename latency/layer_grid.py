@@ -1,0 +1,207 @@
+"""Per-layer latency grids of a supernet: every conv layer timed alone on a (c_in, c_out) channel grid.
+
+`build_layer_grid(spec, backend, out_path=...)` walks the supernet's conv layers (blocks in order; a
+block's chain, then its projection shortcut), builds for each a one-layer spec at the layer's input
+feature shape (conv + BN + activation as in the network, head-less), exports it to ONNX and times it,
+for every (c_in, c_out) on a grid of channel counts.  Identical layers (same kernel, stride, padding,
+activation, feature size and channel counts) share entries.  The result is a `LatencyTable`:
+
+* entries ``f"{layer_key}:{cin}x{cout}"`` (depthwise layers: ``cin == cout``), plus end-to-end
+  ``network:full`` (the supernet) and ``network:min`` (every width group at its grid minimum);
+* ``meta['layers']``: one record per conv layer in order — ``block``, ``layer``, ``key``, ``in_shape``
+  [H, W, C_in], ``out``, ``depthwise``, ``cin_grid``, ``cout_grid`` (a dimension without a width group
+  has a one-point grid);
+* ``meta['calibration'][stat]`` for stat in median/mean/p10/min: ``{'constant_ms', 'scale', ...}`` with
+  ``network = constant_ms + scale * sum of layer latencies`` fitted exactly at the full and the minimal
+  network (it absorbs per-session overheads of the isolated layers, the head, pooling and residual
+  adds).  On a contended machine the p10/min statistics are the more repeatable ones.
+
+The table is saved after every entry, so an interrupted build resumes; an existing file measured on
+another setup (fingerprint) or for another supernet/grid (meta) is refused.  Consumers (e.g.
+`jaxnas.methods.dmcp`) read only the table, never a runtime.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .table import LatencyTable, TableError
+
+STATS = ("median", "mean", "p10", "min")
+
+__all__ = ["STATS", "build_layer_grid", "grid_points", "grid_layers", "layer_spec", "min_network_spec", "calibrate"]
+
+
+def grid_points(channels: int, *, step: float = 0.25, min_fraction: float = 0.1) -> list[int]:
+    """Channel counts timed for a dimension of at most `channels`: floor(min_fraction*C), then every
+    `step`*C up to C."""
+    lo = max(1, int(math.floor(min_fraction * channels)))
+    pts = {lo, channels}
+    k = 1
+    while k * step < 1 - 1e-9:
+        c = int(round(k * step * channels))
+        if lo < c < channels:
+            pts.add(c)
+        k += 1
+    return sorted(pts)
+
+
+def _layer_key(conv, in_hw: tuple[int, int]) -> str:
+    (pt, pb), (pl, pr) = conv.pads
+    kind = "dw" if conv.depthwise else "conv"
+    extra = ("_bn" if conv.norm else "") + ("_bias" if conv.bias else "")
+    return (f"{kind}_k{conv.kernel[0]}x{conv.kernel[1]}_s{conv.stride}_p{pt}{pb}{pl}{pr}_{conv.act}{extra}"
+            f"_{in_hw[0]}x{in_hw[1]}")
+
+
+def grid_layers(spec, *, step: float = 0.25, min_fraction: float = 0.1) -> list[dict[str, Any]]:
+    """The `meta['layers']` records of `spec` (see the module docstring)."""
+    from jaxnas.spec import Conv, SpecError, conv_out_hw, pool_out_hw
+
+    def dim(group, channels):
+        return grid_points(channels, step=step, min_fraction=min_fraction) if group else [channels]
+
+    out: list[dict[str, Any]] = []
+    hw = tuple(spec.input_size)
+    cur = (None, spec.in_channels)
+    for i, b in enumerate(spec.blocks):
+        if b.kind in ("maxpool", "avgpool"):
+            hw = pool_out_hw(hw, b.pool)
+            continue
+        if b.kind == "choice":
+            raise SpecError(f"blocks[{i}]: layer grids cover plain specs, not op-choice blocks")
+        block_in, block_hw = cur, hw
+        convs = [(f"conv{j}", c, False) for j, c in enumerate(b.layers)]
+        if isinstance(b.shortcut, Conv):
+            convs.append(("shortcut", b.shortcut, True))
+        for name, conv, is_shortcut in convs:
+            src, src_hw = (block_in, block_hw) if is_shortcut else (cur, hw)
+            dst = src if conv.depthwise else (conv.width, conv.out)
+            rec = {"block": i, "layer": name, "key": _layer_key(conv, src_hw),
+                   "in_shape": [src_hw[0], src_hw[1], src[1]], "out": dst[1], "depthwise": conv.depthwise,
+                   "cin_grid": dim(src[0], src[1]), "cout_grid": dim(dst[0], dst[1])}
+            if conv.depthwise:
+                rec["cin_grid"] = rec["cout_grid"]
+            out.append(rec)
+            if not is_shortcut:
+                cur, hw = dst, conv_out_hw(src_hw, conv)
+    return out
+
+
+def layer_spec(spec, rec: dict[str, Any], cin: int, cout: int):
+    """The one-layer, head-less spec of layer record `rec` at (cin, cout) channels."""
+    import dataclasses
+
+    from jaxnas.spec import ArchSpec, Block, Head
+    b = spec.blocks[rec["block"]]
+    conv = b.shortcut if rec["layer"] == "shortcut" else b.layers[int(rec["layer"][4:])]
+    conv = dataclasses.replace(conv, out=cout, width=None, act_slot=None)
+    h, w, _ = rec["in_shape"]
+    return ArchSpec(f"layer_{rec['key']}_{cin}x{cout}", (Block("conv", (conv,)),), Head(num_classes=0), (h, w), cin)
+
+
+def min_network_spec(spec, variables, *, step: float = 0.25, min_fraction: float = 0.1):
+    """(spec, variables) of the supernet with every width group at its grid minimum."""
+    from jaxnas.supernet import materialize, prefix_mask, width_groups
+    masks = {g: prefix_mask(c, grid_points(c, step=step, min_fraction=min_fraction)[0])
+             for g, c in width_groups(spec).items()}
+    return materialize(spec, variables, {"masks": masks})
+
+
+def calibrate(table: LatencyTable, stat: str = "median") -> dict[str, float]:
+    """Fit ``network = constant_ms + scale * sum(layers)`` at the full and minimal networks."""
+    layers = table.meta["layers"]
+    s_full = s_min = 0.0
+    for rec in layers:
+        ci, co = rec["cin_grid"], rec["cout_grid"]
+        s_full += table.ms(f"{rec['key']}:{ci[-1]}x{co[-1]}", stat)
+        s_min += table.ms(f"{rec['key']}:{ci[0]}x{co[0]}", stat)
+    t_full = table.ms("network:full", stat)
+    t_min = table.ms("network:min", stat) if "network:min" in table else None
+    scale = 1.0
+    if t_min is not None and s_full - s_min > 1e-9:
+        scale = (t_full - t_min) / (s_full - s_min)
+    if not 0.2 <= scale <= 5.0:  # noise or a degenerate grid: keep the plain sum plus an offset
+        scale = 1.0
+    return {"constant_ms": t_full - scale * s_full, "scale": scale, "full_ms": t_full, "min_ms": t_min,
+            "layer_sum_full_ms": s_full, "layer_sum_min_ms": s_min}
+
+
+def _spec_digest(spec) -> str:
+    return hashlib.sha256(spec.to_json(indent=None).encode()).hexdigest()[:16]
+
+
+def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path,
+                     grid_fraction_step: float = 0.25, min_fraction: float = 0.1, warmup: int = 5,
+                     runs: int = 30, threads: int = 1, seed: int = 0, network_runs: int | None = None,
+                     exporter: Callable[..., Any] | None = None, log: Callable[[str], None] | None = print,
+                     ) -> LatencyTable:
+    """Measure (or finish measuring) the layer grid of supernet `spec` into `out_path`; returns the table.
+
+    `backend`: a latency backend object or a name for `latency.get_backend(name, threads=threads)`.
+    `exporter(spec, variables, path)` writes the model file (default `export.export_onnx` without its
+    parity check).  Batch size 1.
+    """
+    if not 0 < grid_fraction_step <= 1 or not 0 < min_fraction < 1:
+        raise ValueError("grid_fraction_step must be in (0, 1] and min_fraction in (0, 1)")
+    from jaxnas.models import build_model, init_variables
+    if isinstance(backend, str):
+        from .backends import get_backend
+        backend = get_backend(backend, threads=threads)
+    if exporter is None:
+        import export as _export
+
+        def exporter(s, v, p):
+            return _export.export_onnx(s, v, p, check=False)
+    layers = grid_layers(spec, step=grid_fraction_step, min_fraction=min_fraction)
+    meta = {"kind": "layer_grid", "spec_name": spec.name, "spec_sha": _spec_digest(spec),
+            "input_size": list(spec.input_size), "grid_fraction_step": grid_fraction_step,
+            "min_fraction": min_fraction, "batch_size": 1, "layers": layers}
+    out_path = Path(out_path)
+    table = LatencyTable.open_or_create(out_path, backend.fingerprint(batch_size=1), meta=meta)
+    todo: dict[str, tuple[dict[str, Any], int, int]] = {}
+    for rec in layers:
+        pairs = ([(c, c) for c in rec["cout_grid"]] if rec["depthwise"]
+                 else [(a, b) for a in rec["cin_grid"] for b in rec["cout_grid"]])
+        for cin, cout in pairs:
+            key = f"{rec['key']}:{cin}x{cout}"
+            if key not in table and key not in todo:
+                todo[key] = (rec, cin, cout)
+    nets = [k for k in ("network:full", "network:min") if k not in table]
+    say = log or (lambda _m: None)
+    if todo or nets:
+        say(f"layer grid {out_path}: {len(table)} entries present, measuring {len(todo)} layer entries "
+            f"and {len(nets)} networks ({len(layers)} conv layers)")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="layer_grid_") as tmp:
+        path = Path(tmp) / "model.onnx"
+        for n, (key, (rec, cin, cout)) in enumerate(todo.items(), 1):
+            one = layer_spec(spec, rec, cin, cout)
+            exporter(one, init_variables(build_model(one), seed), path)
+            stats = backend.measure(str(path), (1, *rec["in_shape"][:2], cin), warmup=warmup, runs=runs)
+            table.put(key, stats, meta={"cin": cin, "cout": cout})
+            table.save(out_path)
+            if n % 50 == 0 or n == len(todo):
+                say(f"  {n}/{len(todo)} layer entries ({time.perf_counter() - t0:.0f} s)")
+        if nets:
+            full_vars = init_variables(build_model(spec), seed)
+            for key in nets:
+                s, v = (spec, full_vars) if key == "network:full" else min_network_spec(
+                    spec, full_vars, step=grid_fraction_step, min_fraction=min_fraction)
+                exporter(s, v, path)
+                stats = backend.measure(str(path), (1, *s.input_size, s.in_channels), warmup=warmup,
+                                        runs=network_runs or runs)
+                table.put(key, stats)
+                table.save(out_path)
+    try:
+        cal = {stat: calibrate(table, stat) for stat in STATS}
+    except KeyError as e:
+        raise TableError(f"{out_path}: incomplete layer grid ({e})") from None
+    if table.meta.get("calibration") != cal:
+        table.meta["calibration"] = cal
+        table.save(out_path)
+    return table

@@ -1,0 +1,381 @@
+"""Latency predictor over a lookup table, and its validation against end-to-end measurements.
+
+``LatencyPredictor(table).predict(spec)`` (ms) is::
+
+    sum(table[part] for part in space.decompose(spec))   # stem + every MBConv block + head
+      + overhead(spec)
+
+Parts are timed alone, so their sum differs from the whole network in two ways.  (1) Each part's timing
+includes one runtime call and its own boundary work (onnxruntime converts NHWC to its blocked NCHWc
+layout and back at every part's input/output and cannot fuse the bias/residual adds there) that a
+whole network pays once: about -6 us per part on onnxruntime/1 thread here.  (2) A part timed alone runs
+from a warm cache; inside a network its weights are evicted by the other blocks' (a 2-4 M-parameter
+network does not fit a 2 MiB L2), which costs time in proportion to the weights.  So::
+
+    overhead = a + b * n_parts + c * params_in_millions
+
+fitted by least squares to ``measured - sum of parts`` of the reference architectures the builder
+timed end to end (``ref:*`` entries: the space's smallest and largest architectures plus random ones),
+after dropping outlying references, with the terms chosen by leave-one-out error (:func:`fit_overhead`):
+on LiteRT/XNNPACK, whose parts have hardly any boundary cost, the constant usually wins.  One or two
+references give the constant alone; without references the overhead is 0.
+
+Search methods use this object only, never a runtime.  ``validate_space`` measures how well it ranks
+and predicts random architectures of the space on a real runtime.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from jaxnas.spec import ArchSpec, macs
+
+from .spaces import BlockConfig, SearchSpace, decompose_spec, load_space
+from .table import REBUILD_HINT, LatencyTable, TableError, interpolate
+
+__all__ = ["LatencyPredictor", "MissingEntryError", "validate_space", "spearman", "rankdata",
+           "prediction_metrics", "fit_overhead", "default_table_path", "STATS"]
+
+STATS = ("min", "p10", "median", "mean")
+# The minimum, not the median: on a shared machine (here 2 cores at load 7) the median of a 0.5 ms model
+# moves by 20% between identical runs and its p10 by 5%, its minimum by ~1%.  The minimum is the
+# latency without interference, which is what a dedicated device delivers; there median and minimum
+# differ by a few percent.  Pass stat="median" on a quiet device if that is the figure wanted.
+DEFAULT_STAT = "min"
+
+TableLike = Union[LatencyTable, str, "os.PathLike[str]"]
+
+
+class MissingEntryError(TableError):
+    """The table has no entry for a part of the architecture being predicted."""
+
+
+class LatencyPredictor:
+    """Predicts the latency (ms per batch) of a concrete spec from a lookup table.
+
+    ``stat``: which entry statistic to sum ('p10' default, 'median', 'mean', 'min').
+    """
+
+    def __init__(self, table: TableLike, *, stat: str = DEFAULT_STAT):
+        if stat not in STATS:
+            raise ValueError(f"stat must be one of {STATS}, got {stat!r}")
+        self.path: Optional[str] = None
+        if not isinstance(table, LatencyTable):
+            self.path = os.fspath(table)
+            table = LatencyTable.load(table)
+        self.table = table
+        self.stat = stat
+        step = table.meta.get("channel_step")
+        self.channel_step: Optional[int] = int(step) if step else None
+        self.overhead = self._fit_overhead()
+
+    # ------------------------------------------------------------ parts
+    def _where(self) -> str:
+        return f"latency table {self.path}" if self.path else "the latency table"
+
+    def entry_ms(self, key: str) -> float:
+        if key not in self.table:
+            raise MissingEntryError(f"{self._where()} ({self.table.meta.get('space', '?')}) has no entry "
+                                    f"{key!r}; was the architecture drawn from another space? {REBUILD_HINT}")
+        return self.table.ms(key, self.stat)
+
+    def part_ms(self, cfg: BlockConfig) -> float:
+        """Latency of one part: its entry, else (channel grid) interpolated between grid neighbours by MACs."""
+        if cfg.key in self.table or not self.channel_step:
+            return self.entry_ms(cfg.key)
+        from .builder import grid_parts
+
+        grid = grid_parts(cfg, self.channel_step)
+        missing = [g.key for g in grid if g.key not in self.table]
+        if missing:
+            raise MissingEntryError(f"{self._where()} has no entry {cfg.key!r} nor its channel-grid "
+                                    f"neighbour(s) {missing} (channel_step={self.channel_step}); {REBUILD_HINT}")
+        if len(grid) == 1:
+            return self.entry_ms(grid[0].key)
+        xs = [float(g.macs()) for g in grid]
+        ys = [self.entry_ms(g.key) for g in grid]
+        if xs[0] == xs[1]:
+            return float(np.mean(ys))
+        return max(0.0, interpolate(xs, ys, float(cfg.macs())))
+
+    def parts(self, spec: ArchSpec) -> list[BlockConfig]:
+        return decompose_spec(spec)
+
+    def _predict_parts(self, parts: Sequence[BlockConfig]) -> tuple[list[float], float]:
+        ms = [self.part_ms(p) for p in parts]
+        return ms, self.overhead_ms(parts)
+
+    def breakdown(self, spec: ArchSpec) -> dict[str, Any]:
+        """Per-part latencies, their sum, the overhead and the prediction (all ms)."""
+        parts = self.parts(spec)
+        ms, oh = self._predict_parts(parts)
+        total = float(sum(ms))
+        return {"parts": [(p.key, m) for p, m in zip(parts, ms)], "sum_ms": total, "overhead_ms": oh,
+                "predicted_ms": total + oh}
+
+    def predict(self, spec: ArchSpec) -> float:
+        """Predicted latency of ``spec`` in ms (sum of parts + overhead)."""
+        return self.predict_parts(self.parts(spec))
+
+    def predict_parts(self, parts: Sequence[BlockConfig]) -> float:
+        """Predicted latency (ms) of the network made of ``parts`` ([stem, blocks..., head])."""
+        ms, oh = self._predict_parts(parts)
+        return float(sum(ms)) + oh
+
+    __call__ = predict
+
+    # ------------------------------------------------------------ overhead
+    @staticmethod
+    def features(parts: Sequence[BlockConfig]) -> list[float]:
+        """Overhead regressors of a network made of ``parts``: [1, n_parts, params in millions]."""
+        return [1.0, float(len(parts)), sum(p.params() for p in parts) / 1e6]
+
+    def overhead_ms(self, parts: Sequence[BlockConfig]) -> float:
+        coef = self.overhead["coef"]
+        return float(sum(c * f for c, f in zip(coef, self.features(parts))))
+
+    def _fit_overhead(self) -> dict[str, Any]:
+        refs = []
+        for key, e in self.table.entries.items():
+            m = e.get("meta") or {}
+            if m.get("kind") != "reference" or not m.get("parts"):
+                continue
+            parts = [BlockConfig(**p) for p in m["parts"]]
+            block_sum = float(sum(self.part_ms(p) for p in parts))
+            measured = self.table.ms(key, self.stat)
+            refs.append({"key": key, "features": self.features(parts), "sum_ms": block_sum,
+                         "measured_ms": measured, "residual_ms": measured - block_sum})
+        out: dict[str, Any] = {"coef": [0.0, 0.0, 0.0], "terms": ["a", "b*n_parts", "c*mparams"], "model": [],
+                               "references": refs}
+        if not refs:
+            return out
+        x = np.array([r["features"] for r in refs], dtype=float)
+        y = np.array([r["residual_ms"] for r in refs], dtype=float)
+        coef, keep, cols, loo = fit_overhead(x, y)
+        for r, k in zip(refs, keep):
+            r["used"] = bool(k)
+        out.update(coef=[float(v) for v in coef], model=[out["terms"][c] for c in cols],
+                   loo_rms_ms=loo, rms_residual_ms=float(np.sqrt(np.mean((y[keep] - x[keep] @ coef) ** 2))))
+        return out
+
+    def describe(self) -> str:
+        fp = self.table.fingerprint
+        a, b, c = self.overhead["coef"]
+        return (f"LatencyPredictor({len(self.table)} entries, {self.stat}, space={self.table.meta.get('space')!r}, "
+                f"{fp.get('runtime')} threads={fp.get('threads')}; overhead {a:+.4f} {b:+.4f}*n_parts "
+                f"{c:+.4f}*Mparams ms)")
+
+    __repr__ = describe
+
+
+def _lstsq(x: np.ndarray, y: np.ndarray, cols: Sequence[int]) -> np.ndarray:
+    coef = np.zeros(x.shape[1])
+    sol, *_ = np.linalg.lstsq(x[:, list(cols)], y, rcond=None)
+    coef[list(cols)] = sol
+    return coef
+
+
+_MODELS = ([0], [0, 1], [0, 2], [0, 1, 2])
+
+
+def fit_overhead(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int], Optional[float]]:
+    """Overhead coefficients from reference features ``x`` (rows [1, n_parts, Mparams]) and residuals ``y``.
+
+    One slow reference (a busy moment on a shared machine) would tilt a 3-term fit, so with 5 or more
+    references those more than 3 scaled MADs off the full fit are dropped (iterated).  The terms are
+    then chosen by leave-one-out error among a / a + b*n / a + c*P / a + b*n + c*P (a model needs two
+    more references than terms); the constant alone for 1-2 references.
+    Returns (coef[3], kept mask, chosen columns, LOO rms or None).
+    """
+    n = len(y)
+    keep = np.ones(n, dtype=bool)
+    if n >= 5:
+        for _ in range(10):
+            res = y - x @ _lstsq(x[keep], y[keep], [0, 1, 2])
+            # spread over all references, so that trimming cannot feed on itself
+            med = float(np.median(res))
+            mad = 1.4826 * float(np.median(np.abs(res - med)))
+            new = np.abs(res - med) <= 3.0 * mad + 1e-9
+            if new.sum() < 4 or (new == keep).all():
+                break
+            keep = new
+    xk, yk = x[keep], y[keep]
+    best: tuple[float, list[int]] | None = None
+    for cols in _MODELS:
+        if len(yk) < len(cols) + 2 or any(np.ptp(xk[:, c]) == 0 for c in cols[1:]):
+            continue
+        errs = [yk[i] - xk[i] @ _lstsq(np.delete(xk, i, 0), np.delete(yk, i), cols) for i in range(len(yk))]
+        loo = float(np.sqrt(np.mean(np.square(errs))))
+        if best is None or loo < best[0] - 1e-12:
+            best = (loo, list(cols))
+    if best is None:
+        return _lstsq(xk, yk, [0]), keep, [0], None
+    return _lstsq(xk, yk, best[1]), keep, best[1], best[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------------------------------------
+
+def rankdata(x: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (scipy.stats.rankdata 'average')."""
+    a = np.asarray(x, dtype=float).ravel()
+    order = np.argsort(a, kind="mergesort")
+    sa = a[order]
+    ranks = np.empty(len(a), dtype=float)
+    i = 0
+    while i < len(a):
+        j = i
+        while j + 1 < len(a) and sa[j + 1] == sa[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (Pearson correlation of average-tied ranks); nan if either is constant."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman: {len(x)} vs {len(y)} values")
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = rankdata(x), rankdata(y)
+    rx -= rx.mean()
+    ry -= ry.mean()
+    den = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
+    return float((rx * ry).sum() / den) if den > 0 else float("nan")
+
+
+def prediction_metrics(predicted: Sequence[float], measured: Sequence[float],
+                       flops: Optional[Sequence[float]] = None) -> dict[str, Any]:
+    """within_5pct / within_10pct (fractions), rmspe / mean / max |error| (%), bias (%), Spearman."""
+    p = np.asarray(predicted, dtype=float)
+    m = np.asarray(measured, dtype=float)
+    err = 100.0 * (p - m) / m
+    out: dict[str, Any] = {
+        "n": int(len(m)),
+        "within_5pct": float(np.mean(np.abs(err) <= 5.0)) if len(m) else float("nan"),
+        "within_10pct": float(np.mean(np.abs(err) <= 10.0)) if len(m) else float("nan"),
+        "rmspe": float(np.sqrt(np.mean(err ** 2))) if len(m) else float("nan"),
+        "mape": float(np.mean(np.abs(err))) if len(m) else float("nan"),
+        "max_abs_error_pct": float(np.max(np.abs(err))) if len(m) else float("nan"),
+        "bias_pct": float(np.mean(err)) if len(m) else float("nan"),
+        "spearman": spearman(p, m),
+    }
+    if flops is not None:
+        out["spearman_flops"] = spearman(flops, m)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------
+
+def default_table_path(space: SearchSpace, fingerprint: Mapping[str, Any]) -> Path:
+    """Cache location of a table for (space, measuring setup): $JAXNAS_CACHE or ~/.cache/jaxnas."""
+    import hashlib
+    import json
+
+    root = Path(os.environ.get("JAXNAS_CACHE") or Path.home() / ".cache" / "jaxnas") / "latency"
+    fp = hashlib.sha256(json.dumps(dict(fingerprint), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return root / f"{space.name}-{space.hash}-{fingerprint.get('backend')}-{fp}.json"
+
+
+def _finite(v: float) -> Optional[float]:
+    return v if isinstance(v, float) and math.isfinite(v) else None
+
+
+def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], SearchSpace], backend: Any, samples: int,
+                   *, table_path: Optional[Union[str, "os.PathLike[str]"]] = None, threads: int = 1, seed: int = 0,
+                   warmup: int = 20, runs: int = 100, stat: str = DEFAULT_STAT, rounds: int = 3,
+                   progress: Union[bool, Callable[[str], None]] = True) -> dict[str, Any]:
+    """Predict and measure ``samples`` random architectures of ``space`` on ``backend``; report the fit.
+
+    The table at ``table_path`` is loaded and checked against the space and the backend's fingerprint,
+    or built (resumably) when missing; with ``table_path=None`` it lives in :func:`default_table_path`.
+    Each architecture is exported whole (ONNX / TFLite like the table's parts) and timed ``rounds``
+    times, interleaved over the samples, keeping each statistic's best round.
+    Returns a JSON-able dict: within_5pct, within_10pct, rmspe, spearman, spearman_flops, n, rows, ...
+    """
+    from .builder import (_progress, best_of, build_table, export_for, grid_parts, input_shape, open_table,
+                          resolve_backend)
+
+    if isinstance(samples, bool) or int(samples) < 1:
+        raise ValueError(f"samples must be >= 1, got {samples!r}")
+    space = load_space(space)
+    be = resolve_backend(backend, threads)
+    fp = be.fingerprint(1).to_dict()
+    log = _progress(progress)
+    path = Path(table_path) if table_path is not None else default_table_path(space, fp)
+    t0 = time.perf_counter()
+    build_s = 0.0
+    if path.exists():
+        step = LatencyTable.load(path).meta.get("channel_step")
+        table = open_table(path, space, fp, channel_step=step, create=False)
+        if any(g.key not in table for p in space.unique_parts() for g in grid_parts(p, step)):
+            log(f"[validate] {path} is incomplete: resuming its build")
+            table = build_table(space, be, path, threads=threads, warmup=warmup, runs=runs, progress=progress,
+                                seed=seed, channel_step=step, rounds=rounds)
+            build_s = time.perf_counter() - t0
+        if not any(k.startswith("ref:") for k in table):
+            log(f"[validate] {path} has no reference architectures: the overhead term is 0")
+    else:
+        log(f"[validate] building the latency table {path}")
+        table = build_table(space, be, path, threads=threads, warmup=warmup, runs=runs, progress=progress,
+                            seed=seed, rounds=rounds)
+        build_s = time.perf_counter() - t0
+    predictor = LatencyPredictor(table, stat=stat)
+    predictor.path = str(path)
+
+    rng = np.random.default_rng(seed)
+    specs = [space.sample(rng, name=f"{space.name}_sample{i}") for i in range(int(samples))]
+    rows: list[dict[str, Any]] = []
+    measured: list[list[Any]] = [[] for _ in specs]
+    t1 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="jaxnas_validate_") as tmp:
+        models = []
+        for i, spec in enumerate(specs):
+            models.append(export_for(spec, be, tmp, seed=seed, stem=f"sample{i}"))
+            log(f"[validate] exported {i + 1}/{len(specs)}")
+        for r in range(max(1, int(rounds))):
+            for i, (spec, model) in enumerate(zip(specs, models)):
+                measured[i].append(be.measure(model, input_shape(spec), warmup=warmup, runs=runs))
+            log(f"[validate] round {r + 1}/{rounds} done")
+    measure_s = time.perf_counter() - t1
+    stats = [best_of(m) for m in measured]
+
+    flops = [float(macs(s)) for s in specs]
+    by_stat: dict[str, Any] = {}
+    for st in STATS:
+        pr = LatencyPredictor(table, stat=st)
+        pred = [pr.predict(s) for s in specs]
+        meas = [getattr(x, st) for x in stats]
+        by_stat[st] = {**prediction_metrics(pred, meas, flops), "overhead_coef": pr.overhead["coef"]}
+        if st == stat:
+            for i, (spec, p, m) in enumerate(zip(specs, pred, meas)):
+                rows.append({"name": spec.name, "macs": int(flops[i]), "n_parts": len(predictor.parts(spec)),
+                             "predicted_ms": p, "measured_ms": m, "error_pct": 100.0 * (p - m) / m,
+                             "measured": stats[i].to_dict(), "arch": spec.metadata.get("arch")})
+    main = by_stat[stat]
+    report = {
+        "space": space.name, "space_hash": space.hash, "backend": fp.get("backend"), "stat": stat,
+        "n": main["n"], "within_5pct": main["within_5pct"], "within_10pct": main["within_10pct"],
+        "rmspe": main["rmspe"], "mape": main["mape"], "max_abs_error_pct": main["max_abs_error_pct"],
+        "bias_pct": main["bias_pct"], "spearman": _finite(main["spearman"]),
+        "spearman_flops": _finite(main["spearman_flops"]),
+        "overhead": {k: v for k, v in predictor.overhead.items()},
+        "by_stat": {k: {kk: (_finite(vv) if isinstance(vv, float) else vv) for kk, vv in v.items()}
+                    for k, v in by_stat.items()},
+        "fingerprint": fp, "table_path": str(path), "table_entries": len(table),
+        "settings": {"samples": int(samples), "seed": seed, "warmup": warmup, "runs": runs, "rounds": rounds,
+                     "threads": threads},
+        "timing_s": {"table_build": build_s, "export_and_measure": measure_s},
+        "rows": rows,
+    }
+    return report
