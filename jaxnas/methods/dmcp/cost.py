@@ -1,0 +1,393 @@
+"""Expected cost of a DMCP supernet: MACs (§3.2) and latency from a per-layer table; the log-L1 loss.
+
+Expected MACs use products of expected channels (layers treated independently, as the original):
+a conv costs ``kh*kw*E[c_in]*E[c_out]*Ho*Wo``, a depthwise conv ``kh*kw*E[c]*Ho*Wo``, the classifier
+``E[c_last]*classes``.  Bias terms (``+Ho*Wo*E[c_out]`` per biased conv, ``+classes`` for the FC) are
+counted only with ``count_bias=True``: jaxnas reports MACs without them (`jaxnas.spec.macs`), and
+targets/achieved MACs must use one convention.  With hard channel counts the same formula gives
+exactly `jaxnas.spec.macs` of the materialised sub-network.
+
+Expected latency sums, over every conv layer of the supernet, a bilinear interpolation in
+(E[c_in], E[c_out]) of that layer's measured latency grid (a `latency.LatencyTable` built by
+`latency.layer_grid.build_layer_grid`; this module only reads the table), then applies the table's
+end-to-end calibration ``constant_ms + scale * sum``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnas.spec import ArchSpec, Conv, SpecError, conv_out_hw, pool_out_hw
+
+# Channel expression: (width group or None, channel count at max width).
+Expr = tuple[str | None, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSite:
+    """One conv of the supernet with its input/output channel groups and spatial sizes."""
+
+    index: int  # position among all convs (blocks in order; a block's chain, then its shortcut)
+    block: int
+    layer: str  # 'conv{j}' or 'shortcut'
+    conv: Conv
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    cin: Expr
+    cout: Expr
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSite:
+    cin: Expr
+    features_per_channel: int  # 49 for adaptive7, else 1
+    widths: tuple[int, ...]  # hidden..., num_classes
+
+
+def conv_sites(spec: ArchSpec, prunable: set[str] | frozenset[str]) -> tuple[list[ConvSite], HeadSite | None]:
+    """Every conv of `spec` in order, with channel expressions over the `prunable` groups."""
+    def expr(conv: Conv, cin: Expr) -> Expr:
+        if conv.depthwise:
+            return cin  # a depthwise conv follows its input's channel selection
+        return (conv.width if conv.width in prunable else None, conv.out)
+
+    sites: list[ConvSite] = []
+    hw = tuple(spec.input_size)
+    cur: Expr = (None, spec.in_channels)
+    for i, b in enumerate(spec.blocks):
+        if b.kind in ("maxpool", "avgpool"):
+            hw = pool_out_hw(hw, b.pool)
+            continue
+        if b.kind == "choice":
+            raise SpecError(f"blocks[{i}]: DMCP prunes channels of plain specs; op-choice blocks are not supported")
+        block_in, block_hw = cur, hw
+        for j, conv in enumerate(b.layers):
+            out_hw = conv_out_hw(hw, conv)
+            out = expr(conv, cur)
+            sites.append(ConvSite(len(sites), i, f"conv{j}", conv, hw, out_hw, cur, out))
+            cur, hw = out, out_hw
+            if b.se is not None and b.se.after == j:
+                sites.append(ConvSite(len(sites), i, "se", Conv(b.se.channels, (1, 1), bias=True), (1, 1), (1, 1),
+                                      cur, (None, b.se.channels)))
+        if isinstance(b.shortcut, Conv):
+            sc = b.shortcut
+            sites.append(ConvSite(len(sites), i, "shortcut", sc, block_hw, conv_out_hw(block_hw, sc), block_in,
+                                  expr(sc, block_in)))
+    head = None
+    if spec.head.num_classes:
+        head = HeadSite(cur, 49 if spec.head.pool == "adaptive7" else 1, (*spec.head.hidden, spec.head.num_classes))
+    return sites, head
+
+
+class MacsModel:
+    """Expected MACs as a sum of ``coef * prod(E[g] for g in factors)`` terms (differentiable)."""
+
+    def __init__(self, spec: ArchSpec, prunable: Any, *, count_bias: bool = False):
+        sites, head = conv_sites(spec, frozenset(prunable))
+        terms: dict[tuple[str, ...], float] = {}
+
+        def add(coef: float, *exprs: Expr) -> None:
+            factors = []
+            for g, c in exprs:
+                if g is None:
+                    coef *= c
+                else:
+                    factors.append(g)
+            key = tuple(sorted(factors))
+            terms[key] = terms.get(key, 0.0) + coef
+
+        for s in sites:
+            kh, kw = s.conv.kernel
+            hw = s.out_hw[0] * s.out_hw[1]
+            if s.layer == "se":  # reduce (c -> se) and expand (se -> c) dense layers
+                add(2.0 * s.conv.out, s.cin)
+                continue
+            if s.conv.depthwise:
+                add(kh * kw * hw, s.cout)
+            else:
+                add(kh * kw * hw, s.cin, s.cout)
+            if count_bias and s.conv.bias:
+                add(hw, s.cout)
+        if head is not None:  # dense layers: features x width (the first sees E[c_last] * pooled size)
+            coef, feat = float(head.features_per_channel), head.cin
+            for width in head.widths:
+                add(coef * width, feat)
+                if count_bias:
+                    add(float(width))
+                coef, feat = 1.0, (None, width)
+        self.terms = tuple(sorted(terms.items()))
+
+    def expected(self, channels: Mapping[str, Any]) -> jax.Array:
+        """Expected MACs given (expected) channel counts per prunable group."""
+        total = 0.0
+        for factors, coef in self.terms:
+            t = coef
+            for g in factors:
+                t = t * channels[g]
+            total = total + t
+        return jnp.asarray(total, jnp.float32)
+
+    def exact(self, channels: Mapping[str, Any]) -> Any:
+        """MACs with these integer channel counts (equals `spec.macs` of the materialised sub-network).
+
+        Channel counts may be numpy arrays of equal shape (many sub-networks at once, float64 result).
+        """
+        if all(np.ndim(v) == 0 for v in channels.values()):
+            total = 0
+            for factors, coef in self.terms:
+                t = int(round(coef))
+                for g in factors:
+                    t *= int(channels[g])
+                total += t
+            return total
+        total = 0.0
+        for factors, coef in self.terms:
+            t = np.float64(coef)
+            for g in factors:
+                t = t * np.asarray(channels[g], np.float64)
+            total = total + t
+        return total
+
+
+# ------------------------------------------------------------------------------------------------
+# Latency from a per-layer grid table
+# ------------------------------------------------------------------------------------------------
+
+def _interp_weights(grid: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Segment index and fraction for piecewise-linear interpolation (linear extrapolation outside)."""
+    if grid.shape[0] == 1:
+        return jnp.zeros((), jnp.int32), jnp.zeros((), x.dtype)
+    i = jnp.clip(jnp.searchsorted(grid, x, side="right") - 1, 0, grid.shape[0] - 2)
+    t = (x - grid[i]) / (grid[i + 1] - grid[i])
+    return i, t
+
+
+def bilinear(xs: jax.Array, ys: jax.Array, values: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+    """Bilinear interpolation of ``values[len(xs), len(ys)]`` at (x, y); axes of length 1 are constant."""
+    i, tx = _interp_weights(xs, x)
+    j, ty = _interp_weights(ys, y)
+    i1 = jnp.minimum(i + 1, xs.shape[0] - 1)
+    j1 = jnp.minimum(j + 1, ys.shape[0] - 1)
+    v00, v01, v10, v11 = values[i, j], values[i, j1], values[i1, j], values[i1, j1]
+    return (1 - tx) * ((1 - ty) * v00 + ty * v01) + tx * ((1 - ty) * v10 + ty * v11)
+
+
+def _weights_np(grid: np.ndarray, x: Any) -> tuple[Any, Any]:
+    if grid.shape[0] == 1:
+        return np.zeros(np.shape(x), np.int64), np.zeros(np.shape(x))
+    i = np.clip(np.searchsorted(grid, x, side="right") - 1, 0, grid.shape[0] - 2)
+    return i, (x - grid[i]) / (grid[i + 1] - grid[i])
+
+
+def _bilinear_np(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, x: Any, y: Any) -> Any:
+    i, tx = _weights_np(xs, x)
+    j, ty = _weights_np(ys, y)
+    i1, j1 = np.minimum(i + 1, xs.shape[0] - 1), np.minimum(j + 1, ys.shape[0] - 1)
+    return ((1 - tx) * ((1 - ty) * values[i, j] + ty * values[i, j1])
+            + tx * ((1 - ty) * values[i1, j] + ty * values[i1, j1]))
+
+
+def _bilinear_fit(xs: np.ndarray, ys: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """Least-squares fit of a + b*x + c*y + d*x*y (terms of one-point axes dropped), at the grid."""
+    x, y = np.meshgrid(xs, ys, indexing="ij")
+    cols = [np.ones_like(x)]
+    if xs.size > 1:
+        cols.append(x)
+    if ys.size > 1:
+        cols.append(y)
+    if xs.size > 1 and ys.size > 1:
+        cols.append(x * y)
+    a = np.stack([c.ravel() for c in cols], axis=1)
+    coef, *_ = np.linalg.lstsq(a, vals.ravel(), rcond=None)
+    return (a @ coef).reshape(vals.shape)
+
+
+class LatencyModel:
+    """Expected latency (ms) of a supernet from a layer-grid `LatencyTable` (see `latency.layer_grid`).
+
+    The table's ``meta['layers']`` lists every conv of the supernet in `conv_sites` order with its
+    entry key, input shape, output channels and channel grids; entries are ``f"{key}:{cin}x{cout}"``.
+    ``meta['calibration'][stat]`` = {'constant_ms', 'scale'} maps the summed layer latencies to end-to-end
+    ms; `stat` picks the entry statistic (median, mean, p10 or min).
+    """
+
+    def __init__(self, spec: ArchSpec, prunable: Any, table: Any, *, stat: str = "median", smooth: bool = False):
+        """`smooth`: replace each layer's measured grid by its least-squares bilinear fit
+        ``a + b*cin + c*cout + d*cin*cout`` (``a + b*c`` for depthwise) before interpolating: tiny layers
+        are timed at the resolution of the runtime's per-call overhead, and a noisy grid has
+        non-monotone cells whose gradients point the wrong way.  The end-to-end calibration is then
+        refitted on the smoothed sums (from the table's ``network:full``/``network:min`` entries)."""
+        meta = getattr(table, "meta", {}) or {}
+        layers = meta.get("layers")
+        if not isinstance(layers, list):
+            raise SpecError("the latency table has no per-layer grid (meta['layers']); build it with "
+                            "latency.layer_grid.build_layer_grid")
+        sites, _ = conv_sites(spec, frozenset(prunable))
+        sites = [s for s in sites if s.layer != "se"]
+        if len(layers) != len(sites):
+            raise SpecError(f"the latency table describes {len(layers)} conv layers but {spec.name} has "
+                            f"{len(sites)}; rebuild the table for this supernet")
+        self.sites = sites
+        self.stat, self.smooth = stat, smooth
+        self._layers, self._np_layers = [], []
+        for s, lay in zip(sites, layers):
+            want = [s.in_hw[0], s.in_hw[1], s.cin[1]]
+            if list(lay["in_shape"]) != want or int(lay["out"]) != s.cout[1] or lay.get("block") != s.block:
+                raise SpecError(f"latency table layer {s.index} is {lay['in_shape']}->{lay['out']} (block "
+                                f"{lay.get('block')}) but the supernet has {want}->{s.cout[1]} (block {s.block}); "
+                                "rebuild the table for this supernet")
+            cin_grid, cout_grid = [int(c) for c in lay["cin_grid"]], [int(c) for c in lay["cout_grid"]]
+            depthwise = bool(lay.get("depthwise", False))
+            if depthwise:
+                xs, ys = np.asarray(cout_grid, np.float64), np.zeros((1,), np.float64)
+                vals = np.asarray([[table.ms(f"{lay['key']}:{c}x{c}", stat)] for c in cout_grid], np.float64)
+            else:
+                xs, ys = np.asarray(cin_grid, np.float64), np.asarray(cout_grid, np.float64)
+                vals = np.asarray([[table.ms(f"{lay['key']}:{a}x{b}", stat) for b in cout_grid] for a in cin_grid],
+                                  np.float64)
+            if smooth:
+                vals = _bilinear_fit(xs, ys, vals)
+            self._np_layers.append((s, depthwise, xs, ys, vals))
+            self._layers.append((s, depthwise, jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32),
+                                 jnp.asarray(vals, jnp.float32)))
+        cal = (meta.get("calibration") or {}).get(stat, {})
+        self.constant_ms = float(cal.get("constant_ms", 0.0))
+        self.scale = float(cal.get("scale", 1.0))
+        if smooth and "network:full" in table:
+            self._recalibrate(table, stat)
+
+    def _recalibrate(self, table: Any, stat: str) -> None:
+        # As latency.layer_grid.calibrate, on the smoothed grids: the full and the minimal network are
+        # the grids' last and first corners.
+        s_full = sum(float(v[-1, -1]) for *_, v in self._np_layers)
+        s_min = sum(float(v[0, 0]) for *_, v in self._np_layers)
+        t_full = table.ms("network:full", stat)
+        self.scale = 1.0
+        if "network:min" in table and s_full - s_min > 1e-9:
+            scale = (t_full - table.ms("network:min", stat)) / (s_full - s_min)
+            if 0.2 <= scale <= 5.0:
+                self.scale = scale
+        self.constant_ms = t_full - self.scale * s_full
+
+    def _layer_sum(self, channels: Mapping[str, Any]) -> jax.Array:
+        def value(e: Expr):
+            return jnp.asarray(e[1], jnp.float32) if e[0] is None else jnp.asarray(channels[e[0]], jnp.float32)
+
+        total = jnp.zeros((), jnp.float32)
+        for s, depthwise, xs, ys, vals in self._layers:
+            if depthwise:
+                total = total + bilinear(xs, ys, vals, value(s.cout), jnp.zeros((), jnp.float32))
+            else:
+                total = total + bilinear(xs, ys, vals, value(s.cin), value(s.cout))
+        return total
+
+    def expected(self, channels: Mapping[str, Any]) -> jax.Array:
+        """Predicted end-to-end latency (ms) at these (expected or integer) channel counts (differentiable)."""
+        return self.constant_ms + self.scale * self._layer_sum(channels)
+
+    def exact(self, channels: Mapping[str, Any]) -> Any:
+        """The same prediction in numpy (channel counts may be arrays: many sub-networks at once)."""
+        def value(e: Expr):
+            return np.float64(e[1]) if e[0] is None else np.asarray(channels[e[0]], np.float64)
+
+        total = 0.0
+        for s, depthwise, xs, ys, vals in self._np_layers:
+            y = np.float64(0.0) if depthwise else value(s.cout)
+            total = total + _bilinear_np(xs, ys, vals, value(s.cout) if depthwise else value(s.cin), y)
+        out = self.constant_ms + self.scale * total
+        return float(out) if np.ndim(out) == 0 else out
+
+
+# ------------------------------------------------------------------------------------------------
+# The piecewise-log cost loss
+# ------------------------------------------------------------------------------------------------
+
+def log_l1(expected: jax.Array, target: float, *, far: float, near: float = 0.95) -> jax.Array:
+    """DMCP's `log_l1` cost loss (§3.2), in the units of `target`.
+
+    r = 0.1 if |E - T| > far else 1;  E < near*T: log(r|E - T|);  near*T <= E < T: 0;
+    E >= T: log(r|E - near*T|).  `r` only shifts the loss by log(0.1) and never changes its gradient
+    d/dE = 1/(E - T) or 1/(E - near*T), which is also independent of the units of E and T.
+    """
+    target = float(target)
+    diff = expected - target
+    r = jnp.where(jnp.abs(diff) > far, 0.1, 1.0)
+    below = jnp.log(r * jnp.abs(diff) + 1e-12)
+    above = jnp.log(r * jnp.abs(expected - near * target) + 1e-12)
+    zero = jnp.zeros_like(expected)
+    return jnp.where(expected < near * target, below, jnp.where(expected < target, zero, above))
+
+
+@dataclasses.dataclass(frozen=True)
+class CostTarget:
+    """What the search constrains: MACs (loss in MFLOPs, as the original) or latency in ms."""
+
+    kind: str  # 'macs' | 'latency_ms'
+    value: float  # MACs or ms
+
+    @property
+    def loss_units(self) -> float:
+        """Divisor turning the cost into the loss's units (MFLOPs for MACs, ms for latency)."""
+        return 1e6 if self.kind == "macs" else 1.0
+
+    def far_threshold(self) -> float:
+        """|E - T| above which r = 0.1: 200 MFLOPs for MACs (original); for ms, 2/3 of the target
+        (200 MFLOPs relative to the original's 300 M flagship target)."""
+        return 200.0 if self.kind == "macs" else self.value * 2.0 / 3.0
+
+    def describe(self, v: float) -> str:
+        return f"{v / 1e6:.3f} MMACs" if self.kind == "macs" else f"{v:.4f} ms"
+
+    def as_dict(self) -> dict[str, float]:
+        return {"macs": self.value} if self.kind == "macs" else {"latency_ms": self.value}
+
+
+class CostModel:
+    """The cost a search constrains: expected value in native units and the log-L1 loss."""
+
+    def __init__(self, target: CostTarget, macs: MacsModel, latency: LatencyModel | None = None):
+        if target.kind == "latency_ms" and latency is None:
+            raise ValueError("a latency target needs a LatencyModel")
+        self.target, self.macs, self.latency = target, macs, latency
+
+    def value(self, channels: Mapping[str, Any]) -> jax.Array:
+        return self.macs.expected(channels) if self.target.kind == "macs" else self.latency.expected(channels)
+
+    def exact(self, channels: Mapping[str, Any]) -> Any:
+        """Cost of concrete sub-network(s) in native units (MACs or ms); arrays give one value per net."""
+        out = self.macs.exact(channels) if self.target.kind == "macs" else self.latency.exact(channels)
+        return float(out) if np.ndim(out) == 0 else out
+
+    def loss(self, channels: Mapping[str, Any]) -> jax.Array:
+        u = self.target.loss_units
+        return log_l1(self.value(channels) / u, self.target.value / u, far=self.target.far_threshold())
+
+
+def relative_error(value: float, target: float) -> float:
+    return abs(value - target) / target if target else math.inf
+
+
+def as_numpy_channels(channels: Mapping[str, Any]) -> dict[str, float]:
+    return {g: float(np.asarray(v)) for g, v in channels.items()}
+
+
+def uniform_alpha_for(space: Any, cost: CostModel, value: float, lo: float = -12.0, hi: float = 12.0) -> float:
+    """The alpha which, given to every gate, makes the expected cost equal `value` (bisection; the
+    expected cost increases with a common alpha).  Clipped to [lo, hi]."""
+    fn = jax.jit(lambda a: cost.value(space.expected_channels(space.init_alphas(a))))
+    if float(fn(lo)) >= value:
+        return lo
+    if float(fn(hi)) <= value:
+        return hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if float(fn(mid)) < value:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
