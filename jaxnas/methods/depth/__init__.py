@@ -1,4 +1,8 @@
-"""Latency-aware CNN depth compression via two-stage DP (Kim et al., ICML 2023): numpy core."""
+"""Latency-aware CNN depth compression via two-stage DP (Kim et al., ICML 2023).
+
+The numpy core (segments, tables, dp) imports eagerly; the Flax side (mergeable networks, merging,
+importance, the pipeline `run`) loads on first access, so `import jaxnas.methods.depth` stays light.
+"""
 from jaxnas.methods.depth.dp import (BudgetError, MergeCheckError, MergePattern, SolveResult,
                                      extended_importance, extended_segments, importance_offset,
                                      min_achievable_time, normalize_importance, optimal_merge_pattern,
@@ -12,7 +16,28 @@ from jaxnas.methods.depth.tables import (ExtImportanceTable, ImportanceTable, Ta
                                          time_table_from_mapping, write_ext_importance,
                                          write_importance_table, write_opt_table, write_time_table)
 
-__all__ = [
+_LAZY = {
+    "mergeable": ("Body", "PatternError", "body_of", "fix_act", "freeze_tx", "merge_boundaries",
+                  "merge_segments", "mergeable_spec", "pattern_of", "reinit_conv", "skip_bumps",
+                  "transfer_variables"),
+    "merge": ("forward", "merge_network", "max_abs_diff"),
+    "importance": ("GatedNet", "ImportanceConfig", "collect_importance", "ext_segments_of", "measure_importance",
+                   "optimal_importance", "segment_acts"),
+    "pipeline": ("DepthArgs", "run", "solve_cli", "t_opt_cli"),
+}
+_LAZY_NAMES = {name: mod for mod, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    mod = _LAZY_NAMES.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+
+
+__all__ = sorted(_LAZY_NAMES) + [
     "BudgetError", "ConvChain", "ExtImportanceTable", "ImportanceTable", "MergeCheckError", "MergePattern",
     "MergedConv", "SolveResult", "TableError", "TimeEntry", "TimeTable", "check_segments",
     "extended_importance", "extended_segments", "feature_shapes", "importance_offset", "is_valid_segment",
