@@ -11,7 +11,6 @@ at T0 ~ 75%, test accuracy within 1 point of the baseline.  Every phase resumes 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -53,11 +52,10 @@ def main(argv=None) -> int:
     from export import export_onnx
     from jaxnas.config import load_config
     from jaxnas.methods.depth import run
-    from jaxnas.methods.depth.mergeable import body_of
+    from jaxnas.search import depth_time_table_fn
     from jaxnas.spec import ArchSpec
     from jaxnas.train import load_variables
     from latency import get_backend
-    from latency.segment_table import build_time_table
 
     overrides = list(a.set)
     if a.time_fraction is not None:
@@ -68,13 +66,7 @@ def main(argv=None) -> int:
     lat = cfg.latency
     t0 = time.perf_counter()
 
-    def time_table_fn(chain, out_csv):
-        # Time each merged conv with the body's own activation (ReLU6 for MobileNetV2).
-        act = body_of(ArchSpec.load(workdir / "baseline_arch.json")).act
-        return build_time_table(chain, out_csv, act=act, backend=lat.backend, threads=lat.threads,
-                                batch_size=lat.batch_size, warmup=lat.warmup, runs=lat.runs, log=log)
-
-    summary = run(cfg, workdir, time_table_fn=time_table_fn, log=log)
+    summary = run(cfg, workdir, time_table_fn=depth_time_table_fn(cfg, workdir, log), log=log)
     t_search = time.perf_counter() - t0
 
     be = get_backend(lat.backend, threads=lat.threads)

@@ -69,16 +69,28 @@ def _run_dmcp(cfg: ExperimentConfig, workdir: Path) -> dict[str, Any]:
     return summary
 
 
+def depth_time_table_fn(cfg: ExperimentConfig, workdir: Path, log=print):
+    """T(st, end) measured on `cfg.latency`'s runtime, each merged conv followed by the body's own
+    activation (ReLU6 for MobileNetV2), as the depth pipeline's `time_table_fn`."""
+    from jaxnas import spec as S
+    from jaxnas.methods.depth.mergeable import body_of
+    from latency.segment_table import build_time_table
+    lat = cfg.latency
+
+    def time_table_fn(chain, out_csv):
+        act = body_of(S.ArchSpec.load(workdir / "baseline_arch.json")).act
+        return build_time_table(chain, out_csv, act=act, backend=lat.backend, threads=lat.threads,
+                                batch_size=lat.batch_size, warmup=lat.warmup, runs=lat.runs, log=log)
+
+    return time_table_fn
+
+
 def _run_depth(cfg: ExperimentConfig, workdir: Path) -> dict[str, Any]:
     from jaxnas import spec as S
     from jaxnas.methods.depth import pipeline
     from jaxnas.train import load_variables
-    from latency.segment_table import build_time_table
 
-    def time_table_fn(chain, out_csv):
-        return build_time_table(chain, out_csv, backend=cfg.latency.backend, threads=cfg.latency.threads)
-
-    result = pipeline.run(cfg, workdir, time_table_fn=time_table_fn)
+    result = pipeline.run(cfg, workdir, time_table_fn=depth_time_table_fn(cfg, workdir))
     base = _measure(S.ArchSpec.load(result["baseline_spec"]), load_variables(str(result["baseline_variables"])),
                     cfg, workdir, "baseline")
     merged = _measure(S.ArchSpec.load(result["arch"]), load_variables(str(result["variables"])), cfg, workdir,

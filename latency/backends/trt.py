@@ -260,7 +260,7 @@ class TensorRTBackend:
                     drv.stream_synchronize(stream)
                 except BackendError:  # pragma: no cover
                     pass
-            del context, engine
+            context = engine = None  # release the TensorRT objects before the CUDA context
             for ev in (ev0, ev1):
                 if ev is not None:
                     drv.event_destroy(ev)

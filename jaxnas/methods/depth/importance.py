@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from jaxnas.methods.depth.segments import valid_segments
 from jaxnas.methods.depth.tables import (IMP_SCORE_COLUMNS, ExtImportanceTable, ImportanceTable,
                                          write_importance_table)
 from jaxnas.models import BlockModule, ConvLayer, HeadModule
-from jaxnas.spec import ArchSpec, Block, Conv
+from jaxnas.spec import ArchSpec, Block
 
 ExtSegment = tuple[int, int, int, int]
 SETTINGS_FILE = "settings.json"

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from jaxnas.io_utils import atomic_write_json
-from jaxnas.methods.depth.dp import BudgetError, optimal_time_table, solve
+from jaxnas.methods.depth.dp import optimal_time_table, solve
 from jaxnas.methods.depth.importance import (ImportanceConfig, ext_segments_of, measure_importance,
                                              optimal_importance)
 from jaxnas.methods.depth.merge import forward, merge_network
