@@ -22,32 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 import export  # noqa: E402
-from jaxnas import models, zoo  # noqa: E402
+from export.parity import random_variables  # noqa: E402
+from jaxnas import zoo  # noqa: E402
 from jaxnas import spec as S  # noqa: E402
 
 DEFAULT_FAMILIES = ("mobilenet_v2", "resnet18", "resnet50", "df1")
-
-
-def random_variables(spec: S.ArchSpec, seed: int = 0) -> dict:
-    v = models.init_variables(models.build_model(spec), seed)
-    rng = np.random.default_rng(seed + 1)
-
-    def fill(path, a):
-        name = getattr(path[-1], "key", "")
-        a = np.asarray(a)
-        if name == "var":
-            return rng.uniform(0.5, 2.0, a.shape).astype(np.float32)
-        if name in ("mean", "bias"):
-            return rng.normal(0.0, 0.1, a.shape).astype(np.float32)
-        if name == "scale":
-            return rng.uniform(0.5, 1.5, a.shape).astype(np.float32)
-        return a
-
-    return jax.tree_util.tree_map_with_path(fill, v)
 
 
 def family_spec(name: str, resolution: int, width: float, num_classes: int) -> S.ArchSpec:

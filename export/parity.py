@@ -61,6 +61,24 @@ def parity_input(input_shape: Sequence[int | None], seed: int = PARITY_SEED) -> 
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
+def random_variables(spec: ArchSpec, seed: int = 0, var_range: tuple[float, float] = (0.5, 2.0)) -> dict:
+    """Initial variables with non-trivial BN statistics, affine parameters and biases, so that a parity
+    check also exercises BatchNorm folding (fresh BN is the identity and would hide folding errors)."""
+    import jax
+
+    from jaxnas import models
+    v = models.init_variables(models.build_model(spec), seed)
+    rng = np.random.default_rng(seed + 1)
+    draws = {"var": lambda shape: rng.uniform(*var_range, shape), "mean": lambda shape: rng.normal(0.0, 0.3, shape),
+             "scale": lambda shape: rng.uniform(0.5, 1.5, shape), "bias": lambda shape: rng.normal(0.0, 0.2, shape)}
+
+    def fill(path, a):
+        draw = draws.get(getattr(path[-1], "key", ""))
+        return np.asarray(a) if draw is None else draw(np.shape(a)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, v)
+
+
 def jax_model(spec: ArchSpec, variables: Mapping[str, Any]) -> tuple[Any, dict]:
     """(model, variables) as exported: grouped depthwise convs, the spec's BN epsilon (DF nets: 1e-4)."""
     from jaxnas import models

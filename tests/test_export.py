@@ -16,29 +16,9 @@ import export
 from export import fold as fold_mod
 from export import onnx_export
 from export.parity import ExportError, compare, parity_input, reference_output, run_onnx
+from export.parity import random_variables as rand_vars
 from jaxnas import models, supernet, zoo
 from jaxnas import spec as S
-
-
-def rand_vars(spec: S.ArchSpec, seed: int = 0, var_range: tuple[float, float] = (0.5, 2.0)) -> dict:
-    """Kaiming init plus non-trivial BN statistics/affine parameters and conv biases."""
-    v = models.init_variables(models.build_model(spec), seed)
-    rng = np.random.default_rng(seed + 1)
-
-    def fill(path, a):
-        name = getattr(path[-1], "key", "")
-        a = np.asarray(a)
-        if name == "var":
-            return rng.uniform(*var_range, a.shape).astype(np.float32)
-        if name == "mean":
-            return rng.normal(0.0, 0.3, a.shape).astype(np.float32)
-        if name == "scale":
-            return rng.uniform(0.5, 1.5, a.shape).astype(np.float32)
-        if name == "bias":
-            return rng.normal(0.0, 0.2, a.shape).astype(np.float32)
-        return a
-
-    return jax.tree_util.tree_map_with_path(fill, v)
 
 
 def family_spec(name: str, resolution: int = 32) -> S.ArchSpec:
