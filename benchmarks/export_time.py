@@ -84,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(tmp)
         warm = S.ArchSpec("warmup", (S.Block("conv", (S.Conv(8, (3, 3)),)),), S.Head(0), (8, 8), 3)
         for kind in kinds:
-            run_one(kind, warm, random_variables(warm), out, argparse.Namespace(**{**vars(args), "latency": False}))
+            run_one(kind, warm, random_variables(warm, mean_std=0.1, bias_std=0.1), out, argparse.Namespace(**{**vars(args), "latency": False}))
         if not args.json:
             print(_header(), flush=True)
         for name in args.families:
             spec = family_spec(name, args.resolution, args.width, args.num_classes)
-            variables = random_variables(spec)
+            variables = random_variables(spec, mean_std=0.1, bias_std=0.1)
             for kind in kinds:
                 t0 = time.perf_counter()
                 row = run_one(kind, spec, variables, out, args)

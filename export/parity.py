@@ -61,16 +61,19 @@ def parity_input(input_shape: Sequence[int | None], seed: int = PARITY_SEED) -> 
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def random_variables(spec: ArchSpec, seed: int = 0, var_range: tuple[float, float] = (0.5, 2.0)) -> dict:
+def random_variables(spec: ArchSpec, seed: int = 0, var_range: tuple[float, float] = (0.5, 2.0),
+                     mean_std: float = 0.3, bias_std: float = 0.2) -> dict:
     """Initial variables with non-trivial BN statistics, affine parameters and biases, so that a parity
-    check also exercises BatchNorm folding (fresh BN is the identity and would hide folding errors)."""
+    check also exercises BatchNorm folding (fresh BN is the identity and would hide folding errors).
+    Deep nets at full resolution want smaller `mean_std` / `bias_std`: their logits grow with them, and
+    so does float32 rounding against an absolute tolerance."""
     import jax
 
     from jaxnas import models
     v = models.init_variables(models.build_model(spec), seed)
     rng = np.random.default_rng(seed + 1)
-    draws = {"var": lambda shape: rng.uniform(*var_range, shape), "mean": lambda shape: rng.normal(0.0, 0.3, shape),
-             "scale": lambda shape: rng.uniform(0.5, 1.5, shape), "bias": lambda shape: rng.normal(0.0, 0.2, shape)}
+    draws = {"var": lambda shape: rng.uniform(*var_range, shape), "mean": lambda shape: rng.normal(0.0, mean_std, shape),
+             "scale": lambda shape: rng.uniform(0.5, 1.5, shape), "bias": lambda shape: rng.normal(0.0, bias_std, shape)}
 
     def fill(path, a):
         draw = draws.get(getattr(path[-1], "key", ""))
