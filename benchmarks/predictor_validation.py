@@ -69,6 +69,10 @@ def summary(r: dict) -> str:
                      f"RMSPE {m['rmspe']:.1f}%  bias {m['bias_pct']:+.1f}%  max|err| {m['max_abs_error_pct']:.1f}%  "
                      f"Spearman {m['spearman']:.3f}  Spearman(MACs) {m['spearman_flops']:.3f}  "
                      "overhead {:+.3f}{:+.4f}*n{:+.3f}*Mparams ms".format(*m["overhead_coef"]))
+    if r.get("retest"):
+        t = r["retest"]
+        lines.append(f"  retest (round 2 vs round 1, {r['stat']}): within 5% {t['within_5pct']:.0%}  within 10% "
+                     f"{t['within_10pct']:.0%}  RMSPE {t['rmspe']:.1f}%  Spearman {t['spearman']:.3f}  (the noise ceiling)")
     return "\n".join(lines)
 
 

@@ -363,12 +363,18 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
                              "predicted_ms": p, "measured_ms": m, "error_pct": 100.0 * (p - m) / m,
                              "measured": stats[i].to_dict(), "arch": spec.metadata.get("arch")})
     main = by_stat[stat]
+    # The noise ceiling: the same nets measured again (round 2 against round 1) agree only this well,
+    # and no predictor can agree better with one measurement than the measurements with each other.
+    retest = None
+    if len(measured[0]) >= 2:
+        retest = prediction_metrics([getattr(m[1], stat) for m in measured], [getattr(m[0], stat) for m in measured])
+        retest = {k: (_finite(v) if isinstance(v, float) else v) for k, v in retest.items()}
     report = {
         "space": space.name, "space_hash": space.hash, "backend": fp.get("backend"), "stat": stat,
         "n": main["n"], "within_5pct": main["within_5pct"], "within_10pct": main["within_10pct"],
         "rmspe": main["rmspe"], "mape": main["mape"], "max_abs_error_pct": main["max_abs_error_pct"],
         "bias_pct": main["bias_pct"], "spearman": _finite(main["spearman"]),
-        "spearman_flops": _finite(main["spearman_flops"]),
+        "spearman_flops": _finite(main["spearman_flops"]), "retest": retest,
         "overhead": {k: v for k, v in predictor.overhead.items()},
         "by_stat": {k: {kk: (_finite(vv) if isinstance(vv, float) else vv) for kk, vv in v.items()}
                     for k, v in by_stat.items()},

@@ -175,3 +175,6 @@ def test_validate_space_tiny(tmp_path):
     # second call loads (and checks) the existing table instead of rebuilding it
     r2 = validate_space(TINY, "onnxruntime", 2, table_path=table, warmup=1, runs=3, rounds=1, progress=False)
     assert r2["timing_s"]["table_build"] == 0.0 and r2["n"] == 2
+    assert r["retest"] is None  # one round: nothing to compare
+    r3 = validate_space(TINY, "onnxruntime", 3, table_path=table, warmup=1, runs=3, rounds=2, progress=False)
+    assert r3["retest"]["n"] == 3 and 0.0 <= r3["retest"]["within_5pct"] <= r3["retest"]["within_10pct"] <= 1.0
