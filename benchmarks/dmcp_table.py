@@ -32,9 +32,10 @@ sys.path.insert(0, str(REPO))
 
 from jaxnas import experiment, models, zoo  # noqa: E402
 from jaxnas import spec as S  # noqa: E402
-from jaxnas.config import load_config, override_config  # noqa: E402
+from jaxnas.config import config_from_dict, load_config, override_config  # noqa: E402
 from jaxnas.io_utils import atomic_write_json  # noqa: E402
 from jaxnas.methods.dmcp import DMCPSpace, LatencyModel, materialize_k, run, search  # noqa: E402
+from jaxnas.methods.dmcp.args import DMCPArgs  # noqa: E402
 from jaxnas.methods.dmcp.run import prepare  # noqa: E402
 from jaxnas.methods.dmcp.search import schedule_steps  # noqa: E402
 from latency.layer_grid import build_layer_grid  # noqa: E402
@@ -52,8 +53,8 @@ def measure_block(specs: dict[str, S.ArchSpec], args) -> dict[str, float]:
     return best
 
 
-def validation_nets(supernet: S.ArchSpec) -> dict[str, tuple[S.ArchSpec, dict[str, int], DMCPSpace]]:
-    space = DMCPSpace(supernet, min_width=0.1, max_width=1.0, width_offset=0.05)
+def validation_nets(supernet: S.ArchSpec, multiple: int) -> dict[str, tuple[S.ArchSpec, dict[str, int], DMCPSpace]]:
+    space = DMCPSpace(supernet, min_width=0.1, max_width=1.0, width_offset=0.05, channel_multiple=multiple)
     v = models.init_variables(models.build_model(supernet), 0)
     rng = np.random.default_rng(0)
     out = {}
@@ -104,8 +105,10 @@ def main(argv=None) -> int:
     supernet = experiment.build_spec(cfg, dataset.num_classes, dataset.image_shape)
 
     # --- 1. Layer grid (with the end-to-end supernet latency). -------------------------------------
+    multiple = config_from_dict(cfg.search.args, DMCPArgs, prefix="search.args").channel_multiple
     table = build_layer_grid(supernet, "onnxruntime", out_path=work / "layer_grid.json",
-                             grid_fraction_step=a.grid_step, warmup=5, runs=30, network_runs=a.runs)
+                             grid_fraction_step=a.grid_step, channel_multiple=multiple, warmup=5, runs=30,
+                             network_runs=a.runs)
     table_full = table.ms("network:full", a.stat)
     print(f"supernet {supernet.name}: {S.macs(supernet) / 1e6:.2f} M MACs, {table_full:.3f} ms ({a.stat}) "
           f"when the grid was measured", flush=True)
@@ -128,7 +131,7 @@ def main(argv=None) -> int:
     uniform = {w: zoo.mobilenet_v2(width=w, small_input=True, resolution=supernet.input_size[0],
                                    num_classes=dataset.num_classes, in_channels=dataset.image_shape[2],
                                    dropout=cfg.model.dropout) for w in a.widths if w <= cfg.model.width + 1e-9}
-    checks = validation_nets(supernet)
+    checks = validation_nets(supernet, multiple)
     specs = {"supernet": supernet, **{f"dmcp {f:g}": S.ArchSpec.load(s["arch_path"]) for f, s in summaries.items()},
              **{f"uniform {w:g}": s for w, s in uniform.items()}, **{k: v[0] for k, v in checks.items()}}
     measured = measure_block(specs, a)

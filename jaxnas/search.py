@@ -53,9 +53,13 @@ def _run_dmcp(cfg: ExperimentConfig, workdir: Path) -> dict[str, Any]:
     table = None
     if cfg.search.target_latency_ms is not None:
         # The method sees latency only through this table: per-layer timings on a channel grid.
+        from jaxnas.config import config_from_dict
+        from jaxnas.methods.dmcp.args import DMCPArgs
         from latency.layer_grid import build_layer_grid
+        args = config_from_dict(cfg.search.args, DMCPArgs, prefix="search.args")
         supernet = experiment.build_spec(cfg, dataset.num_classes, dataset.image_shape)
         table = build_layer_grid(supernet, cfg.latency.backend, out_path=workdir / "latency_grid.json",
+                                 channel_multiple=args.channel_multiple,
                                  threads=cfg.latency.threads)
     result = dmcp.run(cfg, workdir, latency_table=table, dataset=dataset)
     spec = S.ArchSpec.load(result["arch_path"])

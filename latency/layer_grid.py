@@ -36,14 +36,15 @@ STATS = ("median", "mean", "p10", "min")
 __all__ = ["STATS", "build_layer_grid", "grid_points", "grid_layers", "layer_spec", "min_network_spec", "calibrate"]
 
 
-def grid_points(channels: int, *, step: float = 0.25, min_fraction: float = 0.1) -> list[int]:
+def grid_points(channels: int, *, step: float = 0.25, min_fraction: float = 0.1, multiple: int = 1) -> list[int]:
     """Channel counts timed for a dimension of at most `channels`: floor(min_fraction*C), then every
-    `step`*C up to C."""
-    lo = max(1, int(math.floor(min_fraction * channels)))
+    `step`*C up to C; with `multiple` > 1 (dividing C) all rounded to multiples of it, the low end down."""
+    m = multiple if multiple > 1 and channels % multiple == 0 else 1
+    lo = max(m, int(math.floor(min_fraction * channels / m)) * m)
     pts = {lo, channels}
     k = 1
     while k * step < 1 - 1e-9:
-        c = int(round(k * step * channels))
+        c = int(round(k * step * channels / m)) * m
         if lo < c < channels:
             pts.add(c)
         k += 1
@@ -58,12 +59,12 @@ def _layer_key(conv, in_hw: tuple[int, int]) -> str:
             f"_{in_hw[0]}x{in_hw[1]}")
 
 
-def grid_layers(spec, *, step: float = 0.25, min_fraction: float = 0.1) -> list[dict[str, Any]]:
+def grid_layers(spec, *, step: float = 0.25, min_fraction: float = 0.1, multiple: int = 1) -> list[dict[str, Any]]:
     """The `meta['layers']` records of `spec` (see the module docstring)."""
     from jaxnas.spec import Conv, SpecError, conv_out_hw, pool_out_hw
 
     def dim(group, channels):
-        return grid_points(channels, step=step, min_fraction=min_fraction) if group else [channels]
+        return grid_points(channels, step=step, min_fraction=min_fraction, multiple=multiple) if group else [channels]
 
     out: list[dict[str, Any]] = []
     hw = tuple(spec.input_size)
@@ -104,10 +105,10 @@ def layer_spec(spec, rec: dict[str, Any], cin: int, cout: int):
     return ArchSpec(f"layer_{rec['key']}_{cin}x{cout}", (Block("conv", (conv,)),), Head(num_classes=0), (h, w), cin)
 
 
-def min_network_spec(spec, variables, *, step: float = 0.25, min_fraction: float = 0.1):
+def min_network_spec(spec, variables, *, step: float = 0.25, min_fraction: float = 0.1, multiple: int = 1):
     """(spec, variables) of the supernet with every width group at its grid minimum."""
     from jaxnas.supernet import materialize, prefix_mask, width_groups
-    masks = {g: prefix_mask(c, grid_points(c, step=step, min_fraction=min_fraction)[0])
+    masks = {g: prefix_mask(c, grid_points(c, step=step, min_fraction=min_fraction, multiple=multiple)[0])
              for g, c in width_groups(spec).items()}
     return materialize(spec, variables, {"masks": masks})
 
@@ -136,7 +137,8 @@ def _spec_digest(spec) -> str:
 
 
 def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path,
-                     grid_fraction_step: float = 0.25, min_fraction: float = 0.1, warmup: int = 5,
+                     grid_fraction_step: float = 0.25, min_fraction: float = 0.1, channel_multiple: int = 1,
+                     warmup: int = 5,
                      runs: int = 30, threads: int = 1, seed: int = 0, network_runs: int | None = None,
                      exporter: Callable[..., Any] | None = None, log: Callable[[str], None] | None = print,
                      ) -> LatencyTable:
@@ -144,7 +146,8 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
 
     `backend`: a latency backend object or a name for `latency.get_backend(name, threads=threads)`.
     `exporter(spec, variables, path)` writes the model file (default `export.export_onnx` without its
-    parity check).  Batch size 1.
+    parity check).  Batch size 1.  `channel_multiple`: grid channel counts are multiples of it (use the
+    search space's alignment: unaligned counts can fall off a runtime's fast kernels).
     """
     if not 0 < grid_fraction_step <= 1 or not 0 < min_fraction < 1:
         raise ValueError("grid_fraction_step must be in (0, 1] and min_fraction in (0, 1)")
@@ -157,10 +160,11 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
 
         def exporter(s, v, p):
             return _export.export_onnx(s, v, p, check=False)
-    layers = grid_layers(spec, step=grid_fraction_step, min_fraction=min_fraction)
+    layers = grid_layers(spec, step=grid_fraction_step, min_fraction=min_fraction, multiple=channel_multiple)
     meta = {"kind": "layer_grid", "spec_name": spec.name, "spec_sha": _spec_digest(spec),
             "input_size": list(spec.input_size), "grid_fraction_step": grid_fraction_step,
-            "min_fraction": min_fraction, "batch_size": 1, "layers": layers}
+            "min_fraction": min_fraction, "batch_size": 1, "layers": layers,
+            **({"channel_multiple": channel_multiple} if channel_multiple > 1 else {})}
     out_path = Path(out_path)
     table = LatencyTable.open_or_create(out_path, backend.fingerprint(batch_size=1), meta=meta)
     todo: dict[str, tuple[dict[str, Any], int, int]] = {}
@@ -191,7 +195,7 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
             full_vars = init_variables(build_model(spec), seed)
             for key in nets:
                 s, v = (spec, full_vars) if key == "network:full" else min_network_spec(
-                    spec, full_vars, step=grid_fraction_step, min_fraction=min_fraction)
+                    spec, full_vars, step=grid_fraction_step, min_fraction=min_fraction, multiple=channel_multiple)
                 exporter(s, v, path)
                 stats = backend.measure(str(path), (1, *s.input_size, s.in_channels), warmup=warmup,
                                         runs=network_runs or runs)

@@ -13,6 +13,7 @@ from jaxnas import zoo
 from jaxnas.config import ConfigError, config_from_dict
 from jaxnas.methods.dmcp import (CostModel, CostTarget, DMCPArgs, DMCPSpace, MacsModel, SearchError, direct_samples,
                                  log_l1, materialize_k, recalibrate_bn, run)
+from jaxnas.methods.dmcp.gates import GroupLayout, layout
 from jaxnas.methods.dmcp.run import choose_architecture, make_target
 from jaxnas.models import build_model, init_variables
 from jaxnas.spec import ArchSpec, Block, Conv, Head
@@ -40,6 +41,19 @@ def test_channel_groups_follow_the_original():
     assert len(space.prunable) == 25  # every width group, including the last conv (classifier input)
     r50 = DMCPSpace(zoo.resnet50())
     assert r50.layouts["stem"].n == 9 and "s1.out" in r50.prunable and "b2.mid2" in r50.prunable
+
+
+def test_aligned_channel_groups():
+    """channel_multiple=8: every candidate width is a multiple of 8 (runtimes block channels by 8)."""
+    assert layout("g", 96, 0.1, 1.0, 0.1, 8) == GroupLayout("g", 96, 24, 8, 9)
+    assert layout("g", 16, 0.1, 1.0, 0.1, 8) == GroupLayout("g", 16, 8, 8, 1)
+    assert layout("g", 1280, 0.1, 1.0, 0.1, 8) == GroupLayout("g", 1280, 128, 128, 9)
+    assert layout("g", 20, 0.1, 1.0, 0.1, 8) == layout("g", 20, 0.1, 1.0, 0.1)  # unaligned C: the original
+    space = DMCPSpace(zoo.mobilenet_v2(width=1.0, small_input=True, resolution=32, num_classes=10),
+                      min_width=0.1, max_width=1.0, width_offset=0.1, channel_multiple=8)
+    for g in space.prunable:
+        lay = space.layouts[g]
+        assert all(lay.width(k) % 8 == 0 for k in range(lay.n + 1)) and lay.min_ch >= 8, lay
 
 
 def test_marginals_and_expected_channels_by_hand():

@@ -63,6 +63,8 @@ def test_grid_points():
     assert grid_points(1280) == [128, 320, 640, 960, 1280]
     assert grid_points(8, step=0.5, min_fraction=0.1) == [1, 4, 8]
     assert grid_points(4, step=1.0) == [1, 4]
+    assert grid_points(144, multiple=8) == [8, 32, 72, 112, 144]  # 36 and 108 would be unaligned
+    assert grid_points(20, multiple=8) == grid_points(20)  # C not a multiple: unchanged
 
 
 def test_grid_layers_order_shapes_and_grids():

@@ -17,6 +17,7 @@ class DMCPArgs:
     min_width: float = 0.1
     width_offset: float = 0.1
     exclude_groups: tuple[str, ...] = ()      # width groups kept at full width
+    channel_multiple: int = 1                 # 8: every candidate width a multiple of 8 (1: the original)
     # Search schedule (§3.3).
     epochs: float = 40.0                      # search epochs
     warmup_fraction: float = 0.5              # weights-only share of the search (start_train = max_iter // 2)
@@ -66,6 +67,8 @@ class DMCPArgs:
         errors = []
         if not 0 < self.min_width:
             errors.append(f"min_width: must be > 0, got {self.min_width}")
+        if self.channel_multiple < 1:
+            errors.append(f"channel_multiple: must be >= 1, got {self.channel_multiple}")
         if not 0 < self.width_offset:
             errors.append(f"width_offset: must be > 0, got {self.width_offset}")
         if self.epochs <= 0:

@@ -66,10 +66,18 @@ class GroupLayout:
         return k
 
 
-def layout(name: str, channels: int, min_width: float, max_width: float, width_offset: float) -> GroupLayout:
-    """The original `_get_ch_indice` for one group."""
+def layout(name: str, channels: int, min_width: float, max_width: float, width_offset: float,
+           multiple: int = 1) -> GroupLayout:
+    """The original `_get_ch_indice` for one group; with `multiple` > 1 (and `channels` a multiple of
+    it) the group size is rounded to a multiple of `multiple` (at least one) and at most as many
+    groups are kept as leave `multiple` channels, so that every candidate width is a multiple too."""
     offset = int(width_offset * channels / max_width)
     n = int((max_width - min_width) / width_offset + 1e-4)
+    if multiple > 1 and channels % multiple == 0:
+        # Runtimes block channels (onnxruntime's NCHWc by 8/16, GPU tensor cores by 8): an unaligned
+        # width falls off the fast kernels and can run slower than the full layer.
+        offset = max(multiple, int(round(offset / multiple)) * multiple)
+        n = min(n, (channels - multiple) // offset)
     if offset < 1 or n < 1:
         return GroupLayout(name, channels, channels, 0, 0)
     return GroupLayout(name, channels, channels - n * offset, offset, n)
@@ -79,20 +87,23 @@ class DMCPSpace:
     """Width groups of a supernet spec with their channel-group layouts and Markov gates."""
 
     def __init__(self, spec: ArchSpec, *, min_width: float = 0.1, max_width: float = 1.0,
-                 width_offset: float = 0.1, exclude: Sequence[str] = ()):
+                 width_offset: float = 0.1, exclude: Sequence[str] = (), channel_multiple: int = 1):
         if not 0 < min_width < max_width:
             raise SpecError(f"DMCP needs 0 < min_width < max_width, got {min_width} and {max_width}")
         if not 0 < width_offset <= max_width - min_width:
             raise SpecError(f"DMCP width_offset {width_offset} must be in (0, max_width - min_width]")
+        if channel_multiple < 1:
+            raise SpecError(f"DMCP channel_multiple must be >= 1, got {channel_multiple}")
         groups = width_groups(spec)
         unknown = sorted(set(exclude) - set(groups))
         if unknown:
             raise SpecError(f"exclude names unknown width group(s) {unknown}; known: {sorted(groups)}")
         self.spec = spec
         self.min_width, self.max_width, self.width_offset = min_width, max_width, width_offset
+        self.channel_multiple = channel_multiple
         self.layouts: dict[str, GroupLayout] = {}
         for g, c in groups.items():
-            lay = layout(g, c, min_width, max_width, width_offset)
+            lay = layout(g, c, min_width, max_width, width_offset, channel_multiple)
             self.layouts[g] = GroupLayout(g, c, c, 0, 0) if g in exclude else lay
         self.prunable: tuple[str, ...] = tuple(g for g, lay in self.layouts.items() if lay.prunable)
         if not self.prunable:

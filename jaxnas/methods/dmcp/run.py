@@ -149,7 +149,8 @@ def prepare(cfg: ExperimentConfig, latency_table: Any = None, dataset: Any = Non
     dataset = experiment.load_data(cfg) if dataset is None else dataset
     supernet = experiment.build_spec(cfg, dataset.num_classes, dataset.image_shape)
     space = DMCPSpace(supernet, min_width=args.min_width, max_width=cfg.model.width,
-                      width_offset=args.width_offset, exclude=args.exclude_groups)
+                      width_offset=args.width_offset, exclude=args.exclude_groups,
+                      channel_multiple=args.channel_multiple)
     cost = build_cost(space, target, latency_table, args.count_bias, args.latency_stat, args.latency_smooth)
     reachable = check_reachable(space, cost)
     scfg = search_config(cfg, args)
