@@ -74,9 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default="runs/dmcp-bench")
     p.add_argument("--budget", type=float, default=3.0, help="retraining epochs (DMCP nets and baselines)")
     p.add_argument("--search-epochs", type=float, default=None, help="override search.args.epochs")
-    # 0.3 is just below the narrowest sub-network of the default supernet (30.0% of its latency at
-    # batch 1 on onnxruntime, where per-node costs floor the latency), so the low target is 0.35.
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.35])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.3])
     p.add_argument("--widths", type=float, nargs="+",
                    default=[0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.75, 1.0],
                    help="uniform MobileNetV2 widths considered as baselines")
