@@ -7,12 +7,12 @@ sub-network and its sliced variables; the slim model computes exactly what the m
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnas.spec import ArchSpec, Block, Conv, SpecError, validate
+from jaxnas.spec import ArchSpec, Block, Conv, SpecError, conv_out_hw, pool_out_hw, validate
 
 
 def width_groups(spec: ArchSpec) -> dict[str, int]:
@@ -33,6 +33,69 @@ def width_groups(spec: ArchSpec) -> dict[str, int]:
     for i, b in enumerate(spec.blocks):
         visit(b, f"blocks[{i}]")
     return groups
+
+
+# Channel expression: (width group or None, channel count at max width).
+Expr = tuple[str | None, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSite:
+    """One conv of the supernet with its input/output channel groups and spatial sizes."""
+
+    index: int  # position among all convs (blocks in order; a block's chain, then its shortcut)
+    block: int
+    layer: str  # 'conv{j}', 'se' (the squeeze-excite reduce conv) or 'shortcut'
+    conv: Conv
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    cin: Expr
+    cout: Expr
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSite:
+    cin: Expr
+    features_per_channel: int  # 49 for adaptive7, else 1
+    widths: tuple[int, ...]  # hidden..., num_classes
+
+
+def conv_sites(spec: ArchSpec, groups: Collection[str] | None = None) -> tuple[list[ConvSite], HeadSite | None]:
+    """Every conv of a plain `spec` in execution order (a block's chain, its SE after conv `se.after`,
+    then its shortcut) with spatial sizes and channel expressions over the width `groups` (None: all;
+    a group left out counts as fixed channels).  The one walk that cost models and latency grids share,
+    so their records line up."""
+    def expr(conv: Conv, cin: Expr) -> Expr:
+        if conv.depthwise:
+            return cin  # a depthwise conv follows its input's channel selection
+        return (conv.width if groups is None or conv.width in groups else None, conv.out)
+
+    sites: list[ConvSite] = []
+    hw = tuple(spec.input_size)
+    cur: Expr = (None, spec.in_channels)
+    for i, b in enumerate(spec.blocks):
+        if b.kind in ("maxpool", "avgpool"):
+            hw = pool_out_hw(hw, b.pool)
+            continue
+        if b.kind == "choice":
+            raise SpecError(f"blocks[{i}]: conv sites cover plain specs; op-choice blocks are not supported")
+        block_in, block_hw = cur, hw
+        for j, conv in enumerate(b.layers):
+            out_hw = conv_out_hw(hw, conv)
+            out = expr(conv, cur)
+            sites.append(ConvSite(len(sites), i, f"conv{j}", conv, hw, out_hw, cur, out))
+            cur, hw = out, out_hw
+            if b.se is not None and b.se.after == j:
+                sites.append(ConvSite(len(sites), i, "se", Conv(b.se.channels, (1, 1), bias=True), (1, 1), (1, 1),
+                                      cur, (None, b.se.channels)))
+        if isinstance(b.shortcut, Conv):
+            sc = b.shortcut
+            sites.append(ConvSite(len(sites), i, "shortcut", sc, block_hw, conv_out_hw(block_hw, sc), block_in,
+                                  expr(sc, block_in)))
+    head = None
+    if spec.head.num_classes:
+        head = HeadSite(cur, 49 if spec.head.pool == "adaptive7" else 1, (*spec.head.hidden, spec.head.num_classes))
+    return sites, head
 
 
 def act_slots(spec: ArchSpec) -> list[str]:

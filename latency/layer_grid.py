@@ -60,36 +60,23 @@ def _layer_key(conv, in_hw: tuple[int, int]) -> str:
 
 
 def grid_layers(spec, *, step: float = 0.25, min_fraction: float = 0.1, multiple: int = 1) -> list[dict[str, Any]]:
-    """The `meta['layers']` records of `spec` (see the module docstring)."""
-    from jaxnas.spec import Conv, SpecError, conv_out_hw, pool_out_hw
+    """The `meta['layers']` records of `spec` (see the module docstring), in `conv_sites` order
+    without the squeeze-excite convs."""
+    from jaxnas.supernet import conv_sites
 
     def dim(group, channels):
         return grid_points(channels, step=step, min_fraction=min_fraction, multiple=multiple) if group else [channels]
 
     out: list[dict[str, Any]] = []
-    hw = tuple(spec.input_size)
-    cur = (None, spec.in_channels)
-    for i, b in enumerate(spec.blocks):
-        if b.kind in ("maxpool", "avgpool"):
-            hw = pool_out_hw(hw, b.pool)
+    for s in conv_sites(spec)[0]:
+        if s.layer == "se":
             continue
-        if b.kind == "choice":
-            raise SpecError(f"blocks[{i}]: layer grids cover plain specs, not op-choice blocks")
-        block_in, block_hw = cur, hw
-        convs = [(f"conv{j}", c, False) for j, c in enumerate(b.layers)]
-        if isinstance(b.shortcut, Conv):
-            convs.append(("shortcut", b.shortcut, True))
-        for name, conv, is_shortcut in convs:
-            src, src_hw = (block_in, block_hw) if is_shortcut else (cur, hw)
-            dst = src if conv.depthwise else (conv.width, conv.out)
-            rec = {"block": i, "layer": name, "key": _layer_key(conv, src_hw),
-                   "in_shape": [src_hw[0], src_hw[1], src[1]], "out": dst[1], "depthwise": conv.depthwise,
-                   "cin_grid": dim(src[0], src[1]), "cout_grid": dim(dst[0], dst[1])}
-            if conv.depthwise:
-                rec["cin_grid"] = rec["cout_grid"]
-            out.append(rec)
-            if not is_shortcut:
-                cur, hw = dst, conv_out_hw(src_hw, conv)
+        rec = {"block": s.block, "layer": s.layer, "key": _layer_key(s.conv, s.in_hw),
+               "in_shape": [s.in_hw[0], s.in_hw[1], s.cin[1]], "out": s.cout[1], "depthwise": s.conv.depthwise,
+               "cin_grid": dim(*s.cin), "cout_grid": dim(*s.cout)}
+        if s.conv.depthwise:
+            rec["cin_grid"] = rec["cout_grid"]
+        out.append(rec)
     return out
 
 

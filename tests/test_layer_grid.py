@@ -50,7 +50,7 @@ def fake_exporter(spec: ArchSpec, variables, path) -> None:
         ms = fake_ms({"cin": spec.in_channels, "cout": conv.out, "k": conv.kernel[0] * conv.kernel[1],
                       "dw": conv.depthwise})
     else:  # a whole network: the sum of its convs' synthetic latencies, minus shared overheads
-        from jaxnas.methods.dmcp.cost import conv_sites
+        from jaxnas.supernet import conv_sites
         sites, _ = conv_sites(spec, frozenset())
         ms = 0.05 + sum(fake_ms({"cin": s.cin[1], "cout": s.cout[1], "k": s.conv.kernel[0] * s.conv.kernel[1],
                                  "dw": s.conv.depthwise}) - 0.01 for s in sites)
