@@ -70,7 +70,7 @@ def test_configs_are_frozen():
 
 def test_int_coerced_to_float_and_partial_sections():
     cfg = config_from_dict({"train": {"epochs": 3}, "model": {"width": 1}, "data": None})
-    assert cfg.train.epochs == 5.0 and isinstance(cfg.train.epochs, float)
+    assert cfg.train.epochs == 3.0 and isinstance(cfg.train.epochs, float)
     assert isinstance(cfg.model.width, float)
     assert cfg.data == ExperimentConfig().data
     assert cfg.optim == ExperimentConfig().optim
