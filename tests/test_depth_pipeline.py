@@ -136,10 +136,6 @@ def test_importance_resumes_and_skips_done_segments(tmp_path):
 # ------------------------------------------------------------------------------------ latency table
 
 def test_segment_table_builds_and_resumes(tmp_path):
-    export = pytest.importorskip("export")
-    if not hasattr(export, "export_onnx"):
-        pytest.skip("export.export_onnx is not available yet")
-    pytest.importorskip("onnxruntime")
     from latency import get_backend
     from latency.segment_table import build_time_table
 
