@@ -32,6 +32,7 @@ from jaxnas.methods.depth import (extended_importance, extended_segments, normal
 from jaxnas.methods.depth.merge import merge_network  # noqa: E402
 from jaxnas.methods.depth.mergeable import body_of, fix_act, mergeable_spec, transfer_variables  # noqa: E402
 from latency import get_backend  # noqa: E402
+from latency.segment_network import build_network_time_table  # noqa: E402
 from latency.segment_table import build_time_table  # noqa: E402
 
 
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.75, 0.9])
     ap.add_argument("--subtract-overhead", action="store_true")
+    ap.add_argument("--context", choices=["alone", "network"], default="network",
+                    help="T(st, end): each merged conv timed alone, or the change of the whole network's latency")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workdir", default=str(ROOT / "runs/depth-fidelity"))
     ap.add_argument("--json", action="store_true")
@@ -50,15 +53,19 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     be = get_backend("onnxruntime", threads=1)
     res, bs = a.resolution, a.batch_size
-    tag = f"r{res}_w{a.width:g}_b{bs}{'_sub' if a.subtract_overhead else ''}"
+    tag = f"r{res}_w{a.width:g}_b{bs}{'_sub' if a.subtract_overhead else ''}_{a.context}"
     spec = zoo.mobilenet_v2(width=a.width, small_input=True, resolution=res, num_classes=10, in_channels=1)
     variables = random_variables(spec)
     base = mergeable_spec(spec)
     body = body_of(base)
     chain = body.chain
-    csv = build_time_table(chain, work / f"time_{tag}.csv", act=body.act, batch_size=bs,
-                           cache=work / f"time_r{res}_w{a.width:g}_b{bs}.cache.json",
-                           subtract_overhead=a.subtract_overhead, log=None)
+    if a.context == "network":
+        csv = build_network_time_table(base, work / f"time_{tag}.csv", batch_size=bs, variables=variables,
+                                       log=print if not a.json else None)
+    else:
+        csv = build_time_table(chain, work / f"time_{tag}.csv", act=body.act, batch_size=bs,
+                               cache=work / f"time_r{res}_w{a.width:g}_b{bs}.cache.json",
+                               subtract_overhead=a.subtract_overhead, log=None)
     segs = valid_segments(chain)
     T = read_time_table(csv, segs)
     T_opt = optimal_time_table(T, segs)

@@ -74,16 +74,27 @@ def _run_dmcp(cfg: ExperimentConfig, workdir: Path) -> dict[str, Any]:
 
 
 def depth_time_table_fn(cfg: ExperimentConfig, workdir: Path, log=print):
-    """T(st, end) measured on `cfg.latency`'s runtime, each merged conv followed by the body's own
-    activation (ReLU6 for MobileNetV2), as the depth pipeline's `time_table_fn`."""
+    """T(st, end) measured on `cfg.latency`'s runtime, as the depth pipeline's `time_table_fn`.
+
+    ``search.args.time_table_context: network`` (default) times the baseline with each segment merged
+    against the baseline (`latency.segment_network`); ``alone`` times each merged conv by itself,
+    followed by the body's own activation (ReLU6 for MobileNetV2), as the original did.
+    """
     from jaxnas import spec as S
     from jaxnas.methods.depth.mergeable import body_of
+    from latency.segment_network import build_network_time_table
     from latency.segment_table import build_time_table
+    from jaxnas.config import config_from_dict
+    from jaxnas.methods.depth.pipeline import DepthArgs
     lat = cfg.latency
+    context = config_from_dict(cfg.search.args, DepthArgs, prefix="search.args").time_table_context
 
     def time_table_fn(chain, out_csv):
-        act = body_of(S.ArchSpec.load(workdir / "baseline_arch.json")).act
-        return build_time_table(chain, out_csv, act=act, backend=lat.backend, threads=lat.threads,
+        base = S.ArchSpec.load(workdir / "baseline_arch.json")
+        if context == "network":
+            return build_network_time_table(base, out_csv, backend=lat.backend, threads=lat.threads,
+                                            batch_size=lat.batch_size, warmup=lat.warmup, runs=lat.runs, log=log)
+        return build_time_table(chain, out_csv, act=body_of(base).act, backend=lat.backend, threads=lat.threads,
                                 batch_size=lat.batch_size, warmup=lat.warmup, runs=lat.runs, log=log)
 
     return time_table_fn

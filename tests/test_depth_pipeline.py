@@ -162,6 +162,74 @@ def test_segment_table_builds_and_resumes(tmp_path):
     assert read_time_table(tmp_path / "t.csv").entries == T.entries
 
 
+class ConvCountRuntime:
+    """A 'runtime' whose latency is 1 us per Conv node of the ONNX file + 0.1 us per other node; the first
+    (base, merged) pair of every segment runs on a busy core (x1.5), which the median of the paired
+    differences must ignore."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def fingerprint(self, batch_size=1):
+        return self.inner.fingerprint(batch_size)
+
+    def measure(self, path, shape, *, warmup, runs):
+        import onnx
+        from latency import TimingStats
+
+        self.calls += 1
+        ops = [n.op_type for n in onnx.load(path).graph.node]
+        ms = 1e-3 * ops.count("Conv") + 1e-4 * (len(ops) - ops.count("Conv"))
+        return TimingStats.from_samples([ms * (1.5 if self.calls % 6 in (2, 3) else 1.0)] * 3)
+
+
+def test_segment_network_table_times_merges_in_the_network(tmp_path):
+    """Δ(st, end) is the whole network's change when only that segment is merged; Σ T(i, i+1) = L_base;
+    a rebuild resumes from the cache without measuring."""
+    import onnx
+    from export import export_onnx
+    from export.parity import random_variables
+    from jaxnas.methods.depth.mergeable import mergeable_spec
+    from latency import get_backend
+    from latency.segment_network import (build_network_time_table, conv_split, measure_segment_deltas,
+                                         network_time_table, segment_network)
+
+    spec = tiny_mbv2(res=8)
+    base = mergeable_spec(spec)
+    chain = body_of(base).chain
+    segs = [s for s in valid_segments(chain) if s[1] - s[0] > 1][:3] + [(0, 1)]
+    rt = ConvCountRuntime(get_backend("onnxruntime", threads=1))
+    base_ms, deltas = measure_segment_deltas(base, tmp_path / "c.json", backend=rt, rounds=3, segments=segs, log=None)
+    assert rt.calls == 1 + 3 * 2 * 3 and set(deltas) == set(segs[:3])
+    variables = random_variables(base)
+
+    def convs(s, v):
+        export_onnx(s, v, tmp_path / "m.onnx", check=False)
+        ops = [n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node]
+        return ops.count("Conv"), len(ops) - ops.count("Conv")
+
+    c0, o0 = convs(base, variables)
+    assert base_ms == pytest.approx(1e-3 * c0 + 1e-4 * o0)
+    for st, end in segs[:3]:
+        c, o = convs(*segment_network(base, variables, st, end))
+        assert c0 - (end - st - 1) <= c <= c0 - (end - st - 1) + 1  # + a skip's zero-padding 1x1 conv
+        assert deltas[(st, end)][0] == pytest.approx(1e-3 * (c - c0) + 1e-4 * (o - o0), abs=1e-12)
+    split = conv_split(chain, base_ms)
+    assert sum(split) == pytest.approx(base_ms) and all(x > 0 for x in split)
+    T = network_time_table(chain, base_ms, deltas, segs)
+    for st, end in segs:
+        assert T[(st, end)][0] == pytest.approx(sum(split[st:end]) + (deltas[(st, end)][0] if end - st > 1 else 0))
+    # The whole table, then a resumed rebuild that must not measure.
+    rt = ConvCountRuntime(rt.inner)
+    out = build_network_time_table(spec, tmp_path / "t.csv", backend=rt, rounds=1, warmup=1, runs=2, log=None)
+    table = read_time_table(out, segments=valid_segments(chain))
+    assert sum(table.entries[(i, i + 1)].time for i in range(chain.L)) == pytest.approx(
+        1e-3 * c0 + 1e-4 * o0, rel=1e-6)
+    n = rt.calls
+    build_network_time_table(spec, tmp_path / "t.csv", backend=rt, rounds=1, warmup=1, runs=2, log=None)
+    assert rt.calls == n
+
+
 # ------------------------------------------------------------------------------------------ run
 
 def test_run_end_to_end_tiny(tmp_path):

@@ -55,6 +55,10 @@ class DepthArgs:
     baseline: str | None = None             # workdir with the trained base model's weights; None: train it
     baseline_epochs: float | None = None    # epochs of the baseline trained here (None: train.epochs)
     time_table: str | None = None           # T(st, end) CSV in ms; None: built by the caller's time_table_fn
+    # how `jaxnas search` measures T: "network" = the change of the whole network's latency when the
+    # segment alone is merged (faithful on CPU runtimes); "alone" = each merged conv timed by itself (the
+    # original's TensorRT tables; on onnxruntime it over-predicts speed-ups, see benchmarks/depth_table_fidelity.py)
+    time_table_context: Literal["network", "alone"] = "network"
     importance_table: str | None = None     # raw importance CSV to use instead of measuring
     ext_importance_table: str | None = None  # I_opt CSV (skips measuring and normalising)
     time_fraction: float = 0.75             # T0 = fraction x Σ T(i, i+1) unless search.target_latency_ms
