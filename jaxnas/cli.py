@@ -153,7 +153,7 @@ def cmd_latency_measure(args) -> int:
 def cmd_latency_build(args) -> int:
     from latency.builder import build_table
     table = build_table(args.space, args.backend, args.out, threads=args.threads, warmup=args.warmup,
-                        runs=args.runs)
+                        runs=args.runs, context=args.context)
     _print({"path": str(args.out), "entries": len(table)}, args.json,
            f"{args.out}: {len(table)} entries")
     return 0
@@ -162,7 +162,7 @@ def cmd_latency_build(args) -> int:
 def cmd_latency_validate(args) -> int:
     from latency.predictor import validate_space
     report = validate_space(args.space, args.backend, args.samples, table_path=args.table, threads=args.threads,
-                            seed=args.seed, warmup=args.warmup, runs=args.runs)
+                            seed=args.seed, warmup=args.warmup, runs=args.runs, context=args.context)
     _print(report, args.json)
     return 0
 
@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = lsub.add_parser("build-table", help="measure every block of a search space into a lookup table")
     q.add_argument("space", help="built-in space name (mbv2-small, mbv2-224) or a space YAML")
     q.add_argument("--out", required=True)
+    q.add_argument("--context", choices=["alone", "network"], default="alone",
+                   help="time each block alone, or as the change it makes to a reference network "
+                        "(better ranks on onnxruntime/CPU)")
     timing_args(q)
     q.set_defaults(fn=cmd_latency_build)
 
@@ -271,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--samples", type=int, default=20)
     q.add_argument("--table")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--context", choices=["alone", "network"], default=None,
+                   help="time each block alone, or as the change it makes to a reference network "
+                        "(default: the table's own; alone for a new one)")
     timing_args(q)
     q.set_defaults(fn=cmd_latency_validate)
 

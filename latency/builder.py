@@ -30,7 +30,7 @@ from .stats import TimingStats
 from .table import DEFAULT_COMPAT_KEYS, REBUILD_HINT, LatencyTable, TableError
 from .spaces import BlockConfig, SearchSpace, load_space
 
-__all__ = ["build_table", "open_table", "resolve_backend", "measure_spec_latency", "export_for", "best_of",
+__all__ = ["build_table", "open_table", "resolve_backend", "measure_spec_latency", "export_for", "best_of", "median_of",
            "grid_parts", "reference_archs", "table_meta", "input_shape", "REF_PREFIX", "ONNX_BACKENDS"]
 
 REF_PREFIX = "ref:"
@@ -70,6 +70,19 @@ def best_of(stats: Sequence[TimingStats]) -> TimingStats:
                        std=min(s.std for s in stats), p10=min(s.p10 for s in stats),
                        p90=min(s.p90 for s in stats), min=min(s.min for s in stats),
                        count=sum(s.count for s in stats))
+
+
+def median_of(stats: Sequence[TimingStats]) -> TimingStats:
+    """Combine repeated measurements of one model: each statistic's median over the rounds.
+
+    Used to validate against: a model's timing can be bimodal across sessions (measured here: some
+    onnxruntime sessions of one net ran 18 % faster than its other sessions, every time), and the best
+    round would report the lucky mode; the median round reports the usual one.
+    """
+    if len(stats) == 1:
+        return stats[0]
+    med = {f: float(np.median([getattr(s, f) for s in stats])) for f in ("median", "mean", "std", "p10", "p90", "min")}
+    return TimingStats(**med, count=sum(s.count for s in stats))
 
 
 def export_for(spec: ArchSpec, backend: LatencyBackend, directory: Union[str, "os.PathLike[str]"], *,
@@ -154,12 +167,19 @@ def _fingerprint(backend: LatencyBackend) -> dict[str, Any]:
     return fp.to_dict() if hasattr(fp, "to_dict") else dict(fp)
 
 
-def table_meta(space: SearchSpace, channel_step: Optional[int]) -> dict[str, Any]:
-    return {**space.meta(), "channel_step": int(channel_step) if channel_step else None}
+CONTEXTS = ("alone", "network")
+
+
+def table_meta(space: SearchSpace, channel_step: Optional[int], context: str = "alone") -> dict[str, Any]:
+    if context not in CONTEXTS:
+        raise TableError(f"context must be one of {CONTEXTS}, got {context!r}")
+    if context == "network" and channel_step:
+        raise TableError("a network-context table times the space's own channel counts; drop channel_step")
+    return {**space.meta(), "channel_step": int(channel_step) if channel_step else None, "context": context}
 
 
 def open_table(path: Union[str, "os.PathLike[str]"], space: SearchSpace, fingerprint: Mapping[str, Any], *,
-               channel_step: Optional[int] = None, create: bool = True) -> LatencyTable:
+               channel_step: Optional[int] = None, context: str = "alone", create: bool = True) -> LatencyTable:
     """Load (or start, with ``create``) the table at ``path`` for ``space`` measured with ``fingerprint``.
 
     Raises :class:`TableError` when the file's units/schema are wrong, its fingerprint differs on any of
@@ -167,7 +187,7 @@ def open_table(path: Union[str, "os.PathLike[str]"], space: SearchSpace, fingerp
     space or channel grid.
     """
     path = Path(path)
-    meta = table_meta(space, channel_step)
+    meta = table_meta(space, channel_step, context)
     if not path.exists():
         if not create:
             raise TableError(f"latency table not found: {path}; {REBUILD_HINT}")
@@ -181,6 +201,9 @@ def open_table(path: Union[str, "os.PathLike[str]"], space: SearchSpace, fingerp
     if table.meta.get("channel_step") != meta["channel_step"]:
         raise TableError(f"{path} was built with channel_step={table.meta.get('channel_step')} but "
                          f"channel_step={meta['channel_step']} was requested; use another path or {REBUILD_HINT}")
+    if table.meta.get("context", "alone") != context:
+        raise TableError(f"{path} times blocks {table.meta.get('context', 'alone')!r} but context={context!r} was "
+                         f"requested; use another path or {REBUILD_HINT}")
     return LatencyTable.open_or_create(path, fingerprint, meta, keys=COMPAT_KEYS)
 
 
@@ -211,7 +234,7 @@ def _rounds_done(e: Optional[Mapping[str, Any]]) -> float:
 def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.PathLike[str]"], *, threads: int = 1,
                 warmup: int = 20, runs: int = 100, channel_step: Optional[int] = None,
                 progress: Union[bool, Callable[[str], None]] = True, references: Optional[int] = 12,
-                rounds: int = 3, seed: int = 0, check_export: bool = False,
+                rounds: int = 3, seed: int = 0, check_export: bool = False, context: str = "alone",
                 on_entry: Optional[Callable[[str, int, int], None]] = None) -> LatencyTable:
     """Measure every unique part of ``space`` (and the reference architectures) into the table at ``out``.
 
@@ -223,20 +246,29 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
     rounded-down and rounded-up neighbours; the predictor interpolates).  ``references``: how many random
     architectures to time end to end besides the space's smallest and largest (``None``: none, so the
     predictor has no overhead term).  ``on_entry(key, done, total)`` is called after each measurement is
-    saved (``done``/``total`` count measurements of this call).  Returns the table.
+    saved (``done``/``total`` count measurements of this call).  ``context="network"`` times every
+    choice as the change it makes to a reference network instead of alone (:mod:`latency.network_table`;
+    better ranks on runtimes with large per-call costs such as onnxruntime on CPU).  Returns the table.
     """
     space = load_space(space)
     be = resolve_backend(backend, threads)
     fp = _fingerprint(be)
     out = Path(out)
-    table = open_table(out, space, fp, channel_step=channel_step)
+    table = open_table(out, space, fp, channel_step=channel_step, context=context)
     log = _progress(progress)
     rounds = max(1, int(rounds))
 
     todo: dict[str, tuple[str, Any]] = {}
-    for part in space.unique_parts():
-        for g in grid_parts(part, channel_step):
-            todo.setdefault(g.key, ("part", g))
+    if context == "alone":
+        for part in space.unique_parts():
+            for g in grid_parts(part, channel_step):
+                todo.setdefault(g.key, ("part", g))
+    else:
+        from .network_table import measure_network_parts
+
+        with tempfile.TemporaryDirectory(prefix="jaxnas_table_") as tmp:
+            measure_network_parts(space, be, table, lambda: table.save(out), warmup=warmup, runs=runs, rounds=rounds,
+                                  export=lambda spec, stem: export_for(spec, be, tmp, seed=seed, stem=stem), log=log)
     if references is not None and references is not False:
         n_random = 12 if references is True else int(references)
         for name, arch in reference_archs(space, n_random, seed).items():

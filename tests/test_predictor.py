@@ -178,3 +178,42 @@ def test_validate_space_tiny(tmp_path):
     assert r["retest"] is None  # one round: nothing to compare
     r3 = validate_space(TINY, "onnxruntime", 3, table_path=table, warmup=1, runs=3, rounds=2, progress=False)
     assert r3["retest"]["n"] == 3 and 0.0 <= r3["retest"]["within_5pct"] <= r3["retest"]["within_10pct"] <= 1.0
+
+
+def test_median_of_reports_the_usual_mode():
+    from latency.builder import best_of, median_of
+
+    fast, slow = TimingStats.from_samples([0.5] * 4), TimingStats.from_samples([0.6] * 4)
+    rounds = [slow, fast, slow, slow, slow]  # one session landed in the fast mode
+    assert median_of(rounds).median == pytest.approx(0.6) and best_of(rounds).median == pytest.approx(0.5)
+    assert median_of(rounds).count == 20 and median_of([fast]) is fast
+
+
+def test_validate_cli_with_a_network_table(tmp_path, capsys):
+    """`jaxnas latency validate --context network` on a real runtime: the table is built from probes of a
+    reference network, and the reference itself is predicted exactly (before the overhead term)."""
+    import json
+
+    import yaml
+
+    from jaxnas.cli import main
+    from latency.network_table import reference_arch
+    from latency.spaces import load_space
+
+    space_file = tmp_path / "tiny.yaml"
+    space_file.write_text(yaml.safe_dump(TINY))
+    table = tmp_path / "t.json"
+    assert main(["latency", "validate", str(space_file), "--backend", "onnxruntime", "--samples", "2",
+                 "--table", str(table), "--context", "network", "--warmup", "1", "--runs", "3", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["context"] == "network" and r["n"] == 2
+    t = LatencyTable.load(table)
+    assert t.meta["context"] == "network" and any(k.startswith("net:") for k in t)
+    space = load_space(TINY)
+    pr = LatencyPredictor(t)
+    ref = space.build(reference_arch(space, 1.0))
+    assert pr.predict(ref) - pr.overhead_ms(pr.parts(ref)) == pytest.approx(t.ms("net:w1:reference", "median"), rel=1e-3)
+    # The other context on the same file is refused with a one-line reason.
+    assert main(["latency", "validate", str(space_file), "--backend", "onnxruntime", "--samples", "1",
+                 "--table", str(table), "--context", "alone"]) == 2
+    assert "context='alone'" in capsys.readouterr().err

@@ -1,0 +1,213 @@
+"""Block latencies measured inside a reference network (`build_table(..., context="network")`).
+
+A block timed alone pays per-call costs a block inside a network does not (on onnxruntime: the NHWC <->
+NCHWc reorders at its boundaries, I/O, a warm cache), and those costs differ between block types, so a
+sum of isolated blocks ranks networks worse than their MACs do (benchmarks/predictor_validation.py).
+Here every choice is timed as the change it makes to a whole network:
+
+* the reference R of each width: every stage at its largest depth, every block at the stage's middle
+  choice;
+* probes, each timed against R in alternating rounds (Δ = median of the per-round differences): stage s
+  with its first block set to choice c; with all its later blocks set to c; with depth d < D_s.
+
+Each probe p is one equation Σ_k n_pk τ_k = L_R + Δ_p over the in-network times τ_k of the parts it
+holds (R itself: Δ = 0); :func:`derive_parts` solves them by least squares.  With additive costs the
+probes pin down every block choice and every later block (through the depth probes); what they leave
+open is how stem, head and the first blocks at their reference choice split their common sum, and every
+architecture holds exactly one of each, so a weak prior (shares of L_R by MACs) settles it without
+changing any prediction.  By construction the prediction of R is L_R.  The predictor reads these τ like
+any table entry.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from jaxnas.spec import macs
+
+from .spaces import BlockConfig, SearchSpace, SpaceError
+from .table import LatencyTable, TableError
+
+__all__ = ["PROBE_PREFIX", "reference_arch", "probes", "measure_probes", "derive_parts", "measure_network_parts"]
+
+PROBE_PREFIX = "net:"
+STATS = ("min", "p10", "median", "mean", "p90")
+
+
+def _choice_key(c) -> str:
+    k, e, se = c
+    return f"k{int(k)}e{float(e):g}{'se' if se else ''}"
+
+
+def reference_arch(space: SearchSpace, width: float) -> dict[str, Any]:
+    """R: largest depth everywhere, each stage's middle choice in every block."""
+    depths, blocks = [], []
+    for st in space.stages:
+        opts = space._choices(st)
+        d = max(st.depths)
+        depths.append(d)
+        blocks.append([list(opts[len(opts) // 2])] * d)
+    return {"width": float(width), "depths": depths, "blocks": blocks}
+
+
+def probes(space: SearchSpace, width: float) -> dict[str, tuple[str, int, Any, dict[str, Any]]]:
+    """{table key: (kind, stage, choice or depth, arch)} of every probe of R at `width` (R itself included)."""
+    ref = reference_arch(space, width)
+    w = f"w{float(width):g}"
+    out: dict[str, tuple[str, int, Any, dict[str, Any]]] = {f"{PROBE_PREFIX}{w}:reference": ("reference", -1, None, ref)}
+    for si, st in enumerate(space.stages):
+        opts = space._choices(st)
+        r = tuple(ref["blocks"][si][0])
+        D = ref["depths"][si]
+        for c in opts:
+            if tuple(c) == r:
+                continue
+            arch = {**ref, "blocks": [list(b) for b in ref["blocks"]]}
+            arch["blocks"][si] = [list(c)] + arch["blocks"][si][1:]
+            out[f"{PROBE_PREFIX}{w}:s{si}:first:{_choice_key(c)}"] = ("first", si, tuple(c), arch)
+            if D > 1:
+                arch = {**ref, "blocks": [list(b) for b in ref["blocks"]]}
+                arch["blocks"][si] = [arch["blocks"][si][0]] + [list(c)] * (D - 1)
+                out[f"{PROBE_PREFIX}{w}:s{si}:later:{_choice_key(c)}"] = ("later", si, tuple(c), arch)
+        for d in st.depths:
+            if d < D:
+                arch = {**ref, "depths": list(ref["depths"]), "blocks": [list(b) for b in ref["blocks"]]}
+                arch["depths"][si] = d
+                arch["blocks"][si] = arch["blocks"][si][:d]
+                out[f"{PROBE_PREFIX}{w}:s{si}:depth{d}"] = ("depth", si, d, arch)
+    return out
+
+
+def measure_probes(space: SearchSpace, backend, table: LatencyTable, save: Callable[[], None], *, width: float,
+                   warmup: int, runs: int, rounds: int, export: Callable[[Any, str], Any],
+                   log: Callable[[str], None]) -> None:
+    """Time every probe missing from `table` against R (alternating rounds) and save after each one.
+
+    `export(spec, stem)` returns the backend's model.  A probe entry holds the probe's best-round timing
+    and ``meta.delta_ms`` (median over rounds of probe median - R median); the reference entry holds
+    ``meta.round_stats``: R's per-round statistics across all probes.
+    """
+    from .builder import input_shape
+    from .stats import TimingStats
+
+    todo = probes(space, width)
+    ref_key = next(iter(todo))
+    pending = [k for k in todo if k != ref_key and k not in table]
+    if not pending and ref_key in table:
+        return
+    ref_spec = space.build(todo[ref_key][3], name=f"{space.name}_netref")
+    shape = input_shape(ref_spec)
+    round_stats: list[dict[str, float]] = list(((table.get(ref_key) or {}).get("meta") or {}).get("round_stats", []))
+    log(f"[latency] {len(pending)} probes of the reference network ({len(todo) - 1 - len(pending)} done), "
+        f"{rounds} alternating rounds each")
+    t0 = time.perf_counter()
+
+    def put_ref(stats: TimingStats) -> None:
+        round_stats.append({s: float(getattr(stats, s)) for s in STATS})
+        med = {s: float(np.median([r[s] for r in round_stats])) for s in STATS}
+        table.put(ref_key, {**med, "std": float(np.std([r["median"] for r in round_stats])), "count": len(round_stats)},
+                  meta={"kind": "netref", "arch": todo[ref_key][3], "round_stats": round_stats[-400:]})
+
+    ref_model = export(ref_spec, "netref")
+    if not round_stats:
+        for _ in range(rounds):
+            put_ref(backend.measure(ref_model, shape, warmup=warmup, runs=runs))
+        save()
+    for n, key in enumerate(pending):
+        kind, si, what, arch = todo[key]
+        model = export(space.build(arch, name=f"{space.name}_probe"), f"probe{n}")
+        tr, tp, best = [], [], None
+        for _ in range(rounds):
+            r = backend.measure(ref_model, shape, warmup=warmup, runs=runs)
+            put_ref(r)
+            p = backend.measure(model, shape, warmup=warmup, runs=runs)
+            tr.append(r.median)
+            tp.append(p.median)
+            best = p if best is None or p.median < best.median else best
+        d = np.asarray(tp) - np.asarray(tr)
+        table.put(key, best, meta={"kind": "probe", "probe": kind, "stage": si,
+                                   "choice": list(what) if isinstance(what, tuple) else what,
+                                   "arch": arch, "delta_ms": float(np.median(d)), "delta_std_ms": float(d.std()),
+                                   "width": float(width)})
+        save()
+        if (n + 1) % 10 == 0 or n + 1 == len(pending):
+            el = time.perf_counter() - t0
+            log(f"[latency] {n + 1}/{len(pending)} probes, {el:.0f}s elapsed, ~{el / (n + 1) * (len(pending) - n - 1):.0f}s left")
+
+
+def derive_parts(space: SearchSpace, table: LatencyTable) -> dict[str, dict[str, Any]]:
+    """{part key: entry} of the in-network times τ (see the module doc) from the probes of every width.
+
+    Each probe p (and R) is one linear equation Σ_k n_pk τ_k = L_R + Δ_p over the parts it holds; the
+    system is solved by least squares together with prior rows τ_k = share of L_R by MACs, weighted
+    1e-4, which only decide what the probes leave open (how stem, head and first blocks split their
+    common sum).  A block that occurs at two places (same key, e.g. two stages of equal width) gets
+    one τ, as additivity requires.
+    """
+    rows, rhs, spreads, ref_row, keys = [], [], [], [], {}
+    cfgs: dict[str, BlockConfig] = {}
+    prior: dict[str, float] = {}
+    for width in space.widths:
+        todo = probes(space, width)
+        missing = [k for k in todo if k not in table]
+        if missing:
+            raise TableError(f"{len(missing)} probes of the reference network are not measured yet (e.g. {missing[0]})")
+        ref_key = next(iter(todo))
+        first_row = len(rows)
+        L_R = np.asarray([table.ms(ref_key, s) for s in STATS])
+        ref_parts = space.decompose(space.build(todo[ref_key][3]))
+        m = np.asarray([float(macs(p.to_spec())) for p in ref_parts])
+        for p, share in zip(ref_parts, (m + m.mean()) / (m + m.mean()).sum()):
+            prior.setdefault(p.key, float(share * L_R[STATS.index("median")]))
+        for key, (_kind, _si, _what, arch) in todo.items():
+            parts = space.decompose(space.build(arch))
+            count: dict[str, int] = {}
+            for p in parts:
+                cfgs.setdefault(p.key, p)
+                keys.setdefault(p.key, len(keys))
+                count[p.key] = count.get(p.key, 0) + 1
+            meta = table.get(key).get("meta") or {}
+            rows.append(count)
+            ref_row.append(first_row)
+            rhs.append(L_R + (float(meta["delta_ms"]) if key != ref_key else 0.0))
+            spreads.append(float(meta.get("delta_std_ms", 0.0)))
+    for k, c in cfgs.items():  # blocks outside every reference: prior from their own MACs
+        if k not in prior:
+            mr = float(macs(c.to_spec()))
+            prior[k] = float(np.median([prior[q] * mr / max(float(macs(cfgs[q].to_spec())), 1.0)
+                                        for q in prior if cfgs[q].kind == c.kind] or [0.0]))
+    n = len(keys)
+    a = np.zeros((len(rows) + n, n))
+    b = np.zeros((len(rows) + n, len(STATS)))
+    for i, count in enumerate(rows):
+        for k, c in count.items():
+            a[i, keys[k]] = c
+        b[i] = rhs[i]
+    eps = 1e-4
+    for k, j in keys.items():
+        a[len(rows) + j, j] = eps
+        b[len(rows) + j] = eps * prior[k]
+    tau, *_ = np.linalg.lstsq(a, b, rcond=None)
+    out: dict[str, dict[str, Any]] = {}
+    for k, j in keys.items():
+        moved = [sp for count, sp, r in zip(rows, spreads, ref_row) if count.get(k, 0) != rows[r].get(k, 0)]
+        out[k] = {**{s: max(float(tau[j, i]), 0.0) for i, s in enumerate(STATS)},
+                  "std": float(np.mean(moved)) if moved else 0.0, "count": len(moved),
+                  "meta": {"kind": cfgs[k].kind, "config": cfgs[k].to_dict(), "derived": "network probes"}}
+    return out
+
+
+def measure_network_parts(space: SearchSpace, backend, table: LatencyTable, save: Callable[[], None], *,
+                          warmup: int, runs: int, rounds: int, export: Callable[[Any, str], Any],
+                          log: Callable[[str], None]) -> None:
+    """Measure the probes of every width (resumable) and store the derived part entries in `table`."""
+    if any(not st.depths for st in space.stages):
+        raise SpaceError("every stage needs a depth")
+    for width in space.widths:
+        measure_probes(space, backend, table, save, width=width, warmup=warmup, runs=runs, rounds=rounds,
+                       export=export, log=log)
+    for k, e in derive_parts(space, table).items():
+        table.put(k, e)
+    save()
