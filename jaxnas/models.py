@@ -85,7 +85,7 @@ class ConvLayer(nn.Module):
         if c.depthwise:
             y = ops.depthwise_conv2d(x, w, c.stride, c.pads, self.depthwise_impl)
         else:
-            y = ops.conv2d(x, w, c.stride, c.pads)
+            y = ops.conv2d(x, w, c.stride, c.pads, self.depthwise_impl)
         if c.bias:
             b = self.param("bias", nn.initializers.zeros, (c.out,))
             y = y + (b * mask if mask is not None else b)

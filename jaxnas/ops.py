@@ -1,9 +1,12 @@
-"""Convolution primitives, with a depthwise convolution that is fast on XLA:CPU.
+"""Convolution primitives, with depthwise and 1x1 convolutions that are fast on XLA:CPU.
 
 XLA:CPU lowers grouped convolutions (`feature_group_count`) to a slow generic loop: a 3x3 depthwise
 conv on 56x56x144 took 26 ms under jit versus 0.4 ms in onnxruntime.  Written as kh*kw shifted
 multiply-adds, XLA fuses it into one loop nest that is as fast as a vendor kernel, with identical
-outputs and gradients.  On GPU/TPU the grouped conv is the fast path, so the choice is per backend.
+outputs and gradients.  XLA:CPU's convolution is also slow for 1x1 kernels: forward + backward of a
+1x1 conv 144 -> 24 on 16x56x56 took 104 ms as a convolution and 15 ms as a matmul (PyTorch: 43 ms).
+On GPU/TPU (and in exported models, where the runtime should see a Conv) the convolution is the right
+op, so the choice is per backend: impl "shift" (the CPU default) uses both rewrites, "grouped" neither.
 """
 from __future__ import annotations
 
@@ -26,8 +29,17 @@ def resolve_depthwise_impl(impl: DepthwiseImpl = "auto") -> str:
     return impl
 
 
-def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: Padding) -> jax.Array:
-    """Dense NHWC conv with an HWIO kernel and explicit (PyTorch-style) padding."""
+def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: Padding, impl: DepthwiseImpl = "grouped") -> jax.Array:
+    """Dense NHWC conv with an HWIO kernel and explicit (PyTorch-style) padding.
+
+    With impl "shift" (or "auto" on CPU) an unpadded 1x1 conv is computed as a matmul over channels
+    (after subsampling for stride > 1): the same sums, several times faster on XLA:CPU.
+    """
+    if w.shape[:2] == (1, 1) and tuple(map(tuple, padding)) == ((0, 0), (0, 0)) \
+            and resolve_depthwise_impl(impl) == "shift":
+        if stride > 1:
+            x = x[:, ::stride, ::stride, :]
+        return lax.dot_general(x, w[0, 0], (((3,), (0,)), ((), ())))
     return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=_DIMS)
 
 

@@ -28,6 +28,28 @@ def test_shift_depthwise_equals_grouped_forward_and_gradient(stride, k, pads):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("stride,hw", [(1, (9, 11)), (2, (9, 11)), (2, (8, 8)), (3, (7, 10))])
+def test_pointwise_matmul_equals_conv_forward_and_gradient(stride, hw):
+    x = _rand((2, *hw, 5))
+    w = _rand((1, 1, 5, 7), 1)
+    zero = ((0, 0), (0, 0))
+
+    def check(impl):
+        fn = lambda x, w: ops.conv2d(x, w, stride, zero, impl)  # noqa: E731
+        return fn(x, w), jax.grad(lambda x, w: jnp.sum(fn(x, w) ** 2), (0, 1))(x, w)
+
+    a, ga = jax.jit(lambda: check("grouped"))()
+    b, gb = jax.jit(lambda: check("shift"))()
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    for u, v in zip(ga, gb):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)
+    jaxpr = str(jax.make_jaxpr(lambda x, w: ops.conv2d(x, w, stride, zero, "shift"))(x, w))
+    assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
+    padded = str(jax.make_jaxpr(lambda x, w: ops.conv2d(x, w, 1, ((1, 1), (1, 1)), "shift"))(x, w))
+    assert "conv_general_dilated" in padded  # a padded 1x1 conv stays a convolution
+
+
 def test_adaptive_avg_pool_matches_torch_bins():
     x = jnp.arange(2 * 5 * 5 * 1, dtype=jnp.float32).reshape(2, 5, 5, 1)
     y = ops.adaptive_avg_pool(x, 3)
