@@ -135,7 +135,7 @@ class ModelSection:
     num_classes: int | None = None      # None = taken from the data
     small_input: bool = True            # CIFAR-style stem (stride 1) for 32x32 inputs
     dropout: float = 0.0
-    depthwise: Literal["auto", "shift", "grouped"] = "auto"
+    depthwise: Literal["auto", "shift", "grouped"] = "auto"  # shift: CPU forms (depthwise as shifted MACs, 1x1 as matmul)
 
     def __post_init__(self):
         e: list[str] = []

@@ -28,6 +28,7 @@ import numpy as np
 from jaxnas.spec import macs
 
 from .spaces import BlockConfig, SearchSpace, SpaceError
+from .stats import progress_line
 from .table import LatencyTable, TableError
 
 __all__ = ["PROBE_PREFIX", "reference_arch", "probes", "measure_probes", "derive_parts", "measure_network_parts"]
@@ -133,8 +134,7 @@ def measure_probes(space: SearchSpace, backend, table: LatencyTable, save: Calla
                                    "width": float(width)})
         save()
         if (n + 1) % 10 == 0 or n + 1 == len(pending):
-            el = time.perf_counter() - t0
-            log(f"[latency] {n + 1}/{len(pending)} probes, {el:.0f}s elapsed, ~{el / (n + 1) * (len(pending) - n - 1):.0f}s left")
+            log("[latency] " + progress_line(n + 1, len(pending), time.perf_counter() - t0, "probes"))
 
 
 def derive_parts(space: SearchSpace, table: LatencyTable) -> dict[str, dict[str, Any]]:

@@ -37,6 +37,7 @@ from jaxnas.methods.depth.tables import time_table_from_mapping, write_time_tabl
 from jaxnas.spec import ArchSpec
 
 from .backends import get_backend
+from .stats import progress_line
 from .table import LatencyTable
 
 __all__ = ["segment_network", "conv_split", "measure_segment_deltas", "network_time_table",
@@ -125,9 +126,7 @@ def measure_segment_deltas(spec: ArchSpec, cache_path: str | Path, *, variables:
                                                          "base_ms": float(np.median(tb)), "st": st, "end": end})
             table.save(cache_path)
             if (n + 1) % 20 == 0 or n + 1 == len(todo):
-                el = time.perf_counter() - t0
-                say(f"latency: {n + 1}/{len(todo)} segments, {el:.0f}s elapsed, "
-                    f"~{el / (n + 1) * (len(todo) - n - 1):.0f}s left")
+                say("latency: " + progress_line(n + 1, len(todo), time.perf_counter() - t0, "segments"))
     out = {}
     for s in segs:
         m = table.get(_segment_key(*s))["meta"]

@@ -25,6 +25,7 @@ from jaxnas.methods.depth.tables import TimeTable, time_table_from_mapping, writ
 from jaxnas.spec import ArchSpec, Block, Conv, Head
 
 from .backends import get_backend
+from .stats import progress_line
 from .table import LatencyTable
 
 __all__ = ["build_time_table", "segment_conv_spec", "segment_key", "measure_segments", "overhead_conv"]
@@ -99,9 +100,7 @@ def measure_segments(chain: ConvChain, cache_path: str | Path, *, act: str = "re
                                         "padding": m.padding, "out": m.out_ch, "depthwise": m.depthwise})
             table.save(cache_path)
             if (n + 1) % 20 == 0 or n + 1 == len(todo):
-                el = time.perf_counter() - t0
-                say(f"latency: {n + 1}/{len(todo)} measured, {el:.0f}s elapsed, "
-                    f"~{el / (n + 1) * (len(todo) - n - 1):.0f}s left")
+                say("latency: " + progress_line(n + 1, len(todo), time.perf_counter() - t0, "measured"))
     out = {}
     for seg, (key, _, _) in keys.items():
         t, sd = table.ms(key, "median"), float(table.get(key)["std"] or 0.0)

@@ -7,7 +7,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["TimingStats"]
+__all__ = ["TimingStats", "progress_line"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +74,9 @@ class TimingStats:
     def __str__(self) -> str:  # compact, for logs
         return (f"{self.median:.4g} ms median (mean {self.mean:.4g} ± {self.std:.2g}, "
                 f"p10 {self.p10:.4g}, p90 {self.p90:.4g}, n={self.count})")
+
+
+def progress_line(done: int, total: int, elapsed_s: float, what: str) -> str:
+    """``'12/40 <what>, 30s elapsed, ~70s left'`` for a build's progress log."""
+    left = elapsed_s / max(done, 1) * (total - done)
+    return f"{done}/{total} {what}, {elapsed_s:.0f}s elapsed, ~{left:.0f}s left"
