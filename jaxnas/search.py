@@ -81,11 +81,11 @@ def depth_time_table_fn(cfg: ExperimentConfig, workdir: Path, log=print):
     followed by the body's own activation (ReLU6 for MobileNetV2), as the original did.
     """
     from jaxnas import spec as S
+    from jaxnas.config import config_from_dict
     from jaxnas.methods.depth.mergeable import body_of
+    from jaxnas.methods.depth.pipeline import DepthArgs
     from latency.segment_network import build_network_time_table
     from latency.segment_table import build_time_table
-    from jaxnas.config import config_from_dict
-    from jaxnas.methods.depth.pipeline import DepthArgs
     lat = cfg.latency
     context = config_from_dict(cfg.search.args, DepthArgs, prefix="search.args").time_table_context
 
