@@ -25,8 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxnas.spec import macs
-
+from .backends import measure_paired
 from .spaces import BlockConfig, SearchSpace, SpaceError
 from .stats import progress_line
 from .table import LatencyTable, TableError
@@ -119,19 +118,13 @@ def measure_probes(space: SearchSpace, backend, table: LatencyTable, save: Calla
     for n, key in enumerate(pending):
         kind, si, what, arch = todo[key]
         model = export(space.build(arch, name=f"{space.name}_probe"), f"probe{n}")
-        tr, tp, best = [], [], None
-        for _ in range(rounds):
-            r = backend.measure(ref_model, shape, warmup=warmup, runs=runs)
+        pt = measure_paired(backend, ref_model, model, shape, warmup=warmup, runs=runs, rounds=rounds)
+        for r in pt.reference:
             put_ref(r)
-            p = backend.measure(model, shape, warmup=warmup, runs=runs)
-            tr.append(r.median)
-            tp.append(p.median)
-            best = p if best is None or p.median < best.median else best
-        d = np.asarray(tp) - np.asarray(tr)
-        table.put(key, best, meta={"kind": "probe", "probe": kind, "stage": si,
-                                   "choice": list(what) if isinstance(what, tuple) else what,
-                                   "arch": arch, "delta_ms": float(np.median(d)), "delta_std_ms": float(d.std()),
-                                   "width": float(width)})
+        table.put(key, pt.best, meta={"kind": "probe", "probe": kind, "stage": si,
+                                      "choice": list(what) if isinstance(what, tuple) else what,
+                                      "arch": arch, "delta_ms": pt.delta_ms, "delta_std_ms": pt.delta_std_ms,
+                                      "width": float(width)})
         save()
         if (n + 1) % 10 == 0 or n + 1 == len(pending):
             log("[latency] " + progress_line(n + 1, len(pending), time.perf_counter() - t0, "probes"))
@@ -158,7 +151,7 @@ def derive_parts(space: SearchSpace, table: LatencyTable) -> dict[str, dict[str,
         first_row = len(rows)
         L_R = np.asarray([table.ms(ref_key, s) for s in STATS])
         ref_parts = space.decompose(space.build(todo[ref_key][3]))
-        m = np.asarray([float(macs(p.to_spec())) for p in ref_parts])
+        m = np.asarray([float(p.macs()) for p in ref_parts])
         for p, share in zip(ref_parts, (m + m.mean()) / (m + m.mean()).sum()):
             prior.setdefault(p.key, float(share * L_R[STATS.index("median")]))
         for key, (_kind, _si, _what, arch) in todo.items():
@@ -175,8 +168,8 @@ def derive_parts(space: SearchSpace, table: LatencyTable) -> dict[str, dict[str,
             spreads.append(float(meta.get("delta_std_ms", 0.0)))
     for k, c in cfgs.items():  # blocks outside every reference: prior from their own MACs
         if k not in prior:
-            mr = float(macs(c.to_spec()))
-            prior[k] = float(np.median([prior[q] * mr / max(float(macs(cfgs[q].to_spec())), 1.0)
+            mr = float(c.macs())
+            prior[k] = float(np.median([prior[q] * mr / max(float(cfgs[q].macs()), 1.0)
                                         for q in prior if cfgs[q].kind == c.kind] or [0.0]))
     n = len(keys)
     a = np.zeros((len(rows) + n, n))

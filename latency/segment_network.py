@@ -36,7 +36,7 @@ from jaxnas.methods.depth.segments import ConvChain, valid_segments
 from jaxnas.methods.depth.tables import time_table_from_mapping, write_time_table
 from jaxnas.spec import ArchSpec
 
-from .backends import get_backend
+from .backends import get_backend, measure_paired
 from .stats import progress_line
 from .table import LatencyTable
 
@@ -115,15 +115,10 @@ def measure_segment_deltas(spec: ArchSpec, cache_path: str | Path, *, variables:
             mspec, mvars = segment_network(base, variables, st, end)
             path = Path(tmp) / "seg.onnx"
             export_onnx(mspec, mvars, path, batch_size=batch_size, check=False)
-            tb, tm, stats = [], [], []
-            for _ in range(rounds):
-                tb.append(be.measure(str(base_file), shape, warmup=warmup, runs=runs).median)
-                stats.append(be.measure(str(path), shape, warmup=warmup, runs=runs))
-                tm.append(stats[-1].median)
-            d = np.asarray(tm) - np.asarray(tb)
-            best = min(stats, key=lambda s: s.median)
-            table.put(_segment_key(st, end), best, meta={"delta_ms": float(np.median(d)), "delta_std_ms": float(d.std()),
-                                                         "base_ms": float(np.median(tb)), "st": st, "end": end})
+            pt = measure_paired(be, str(base_file), str(path), shape, warmup=warmup, runs=runs, rounds=rounds)
+            table.put(_segment_key(st, end), pt.best,
+                      meta={"delta_ms": pt.delta_ms, "delta_std_ms": pt.delta_std_ms,
+                            "base_ms": float(np.median([r.median for r in pt.reference])), "st": st, "end": end})
             table.save(cache_path)
             if (n + 1) % 20 == 0 or n + 1 == len(todo):
                 say("latency: " + progress_line(n + 1, len(todo), time.perf_counter() - t0, "segments"))

@@ -43,24 +43,26 @@ class FakeBackend:
                            provider="CPUExecutionProvider", threads=self.threads, batch_size=batch_size)
 
 
-@pytest.fixture
-def fake_measure(monkeypatch):
-    """Skip export + runtime: an entry's latency is 0.01 ms + MACs / 1e6; records what was measured."""
+def install_fake_runtime(monkeypatch, latency_ms):
+    """Skip export + runtime: `FakeBackend.measure` returns `latency_ms(spec, n)` ms (n: this call's
+    1-based count).  Returns the list of measured spec names."""
     calls = []
 
-    def export_for(spec, backend, directory, **kw):
-        return spec
-
     def measure(self, spec, input_shape, *, warmup, runs):
-        from jaxnas.spec import macs
-
         calls.append(spec.name)
-        v = 0.01 + macs(spec) / 1e6
-        return TimingStats.from_samples([v * (1 + 0.1 * (len(calls) % 3))] * 5)  # rounds differ
+        return TimingStats.from_samples([latency_ms(spec, len(calls))] * 5)
 
-    monkeypatch.setattr(builder, "export_for", export_for)
+    monkeypatch.setattr(builder, "export_for", lambda spec, backend, directory, **kw: spec)
     monkeypatch.setattr(FakeBackend, "measure", measure, raising=False)
     return calls
+
+
+@pytest.fixture
+def fake_measure(monkeypatch):
+    """An entry's latency is 0.01 ms + MACs / 1e6 (rounds differ); records what was measured."""
+    from jaxnas.spec import macs
+
+    return install_fake_runtime(monkeypatch, lambda spec, n: (0.01 + macs(spec) / 1e6) * (1 + 0.1 * (n % 3)))
 
 
 # ------------------------------------------------------------------ keys / spaces

@@ -4,14 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import latency.builder as builder
-from latency import TableError, TimingStats
+from latency import TableError
 from latency.builder import build_table
 from latency.network_table import PROBE_PREFIX, probes, reference_arch
 from latency.predictor import LatencyPredictor
 from latency.spaces import load_space
 
-from test_latency_builder import SMALL, TINY, FakeBackend
+from test_latency_builder import SMALL, TINY, FakeBackend, install_fake_runtime
 
 CALL_MS = 0.05  # per-network cost a block timed alone would pay again
 
@@ -25,18 +24,7 @@ def additive_ms(spec) -> float:
 
 @pytest.fixture
 def additive_runtime(monkeypatch):
-    calls = []
-
-    def export_for(spec, backend, directory, **kw):
-        return spec
-
-    def measure(self, spec, input_shape, *, warmup, runs):
-        calls.append(spec.name)
-        return TimingStats.from_samples([additive_ms(spec)] * 5)
-
-    monkeypatch.setattr(builder, "export_for", export_for)
-    monkeypatch.setattr(FakeBackend, "measure", measure, raising=False)
-    return calls
+    return install_fake_runtime(monkeypatch, lambda spec, n: additive_ms(spec))
 
 
 def test_probes_cover_every_choice_and_depth():
@@ -89,16 +77,8 @@ def test_probe_delta_is_the_median_of_alternating_rounds(tmp_path, monkeypatch):
     """Δ pairs each probe round with a reference round measured just before it: a slow spell that hits
     one pair moves the rounds' differences less than it moves either model's own timings."""
     space = load_space(TINY)
-    calls = []
-
-    def measure(self, spec, input_shape, *, warmup, runs):
-        calls.append(spec.name)
-        # calls 1-3: the reference alone; then (reference, probe) pairs; the 2nd pair runs on a busy core
-        slow = 2.0 if len(calls) in (6, 7) else 1.0
-        return TimingStats.from_samples([additive_ms(spec) * slow] * 3)
-
-    monkeypatch.setattr(builder, "export_for", lambda spec, backend, directory, **kw: spec)
-    monkeypatch.setattr(FakeBackend, "measure", measure, raising=False)
+    # calls 1-3: the reference alone; then (reference, probe) pairs; the 2nd pair runs on a busy core
+    calls = install_fake_runtime(monkeypatch, lambda spec, n: additive_ms(spec) * (2.0 if n in (6, 7) else 1.0))
     table = build_table(space, FakeBackend(), tmp_path / "t.json", references=None, progress=False, rounds=3,
                         context="network")
     key = next(k for k in probes(space, 1.0) if ":depth1" in k)

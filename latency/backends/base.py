@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
@@ -15,6 +16,8 @@ __all__ = [
     "LatencyBackend",
     "ModelLike",
     "collect_samples",
+    "PairedTiming",
+    "measure_paired",
     "resolve_shape",
     "random_input",
     "read_model_bytes",
@@ -93,6 +96,44 @@ def collect_samples(run_once: Callable[[], Optional[float]], *, warmup: int = DE
         samples.append(ms)
         total_ms += ms
     return samples
+
+
+@dataclass(frozen=True)
+class PairedTiming:
+    """Rounds of a reference model and a candidate timed alternately (`measure_paired`)."""
+
+    reference: tuple[TimingStats, ...]
+    candidate: tuple[TimingStats, ...]
+
+    @property
+    def deltas_ms(self) -> np.ndarray:
+        """Per round: candidate median - reference median."""
+        return np.asarray([c.median for c in self.candidate]) - np.asarray([r.median for r in self.reference])
+
+    @property
+    def delta_ms(self) -> float:
+        """The median of the per-round differences: a slow spell that hits one pair moves it less than it
+        moves either model's own timing."""
+        return float(np.median(self.deltas_ms))
+
+    @property
+    def delta_std_ms(self) -> float:
+        return float(self.deltas_ms.std())
+
+    @property
+    def best(self) -> TimingStats:
+        """The candidate's round with the lowest median."""
+        return min(self.candidate, key=lambda s: s.median)
+
+
+def measure_paired(backend: "LatencyBackend", reference: Any, candidate: Any, input_shape: Sequence[int], *,
+                   warmup: int, runs: int, rounds: int) -> PairedTiming:
+    """Time `candidate` against `reference` in `rounds` rounds, each the reference then the candidate."""
+    ref, cand = [], []
+    for _ in range(rounds):
+        ref.append(backend.measure(reference, input_shape, warmup=warmup, runs=runs))
+        cand.append(backend.measure(candidate, input_shape, warmup=warmup, runs=runs))
+    return PairedTiming(tuple(ref), tuple(cand))
 
 
 def resolve_shape(input_shape: Optional[Sequence[Any]], model_shape: Optional[Sequence[Any]],
