@@ -319,5 +319,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `jaxnas` console command: `main` on tcmalloc where the system has it (see jaxnas.allocator)."""
+    from jaxnas import allocator
+
+    allocator.reexec_with_tcmalloc()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

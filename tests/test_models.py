@@ -46,8 +46,30 @@ def test_pointwise_matmul_equals_conv_forward_and_gradient(stride, hw):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)
     jaxpr = str(jax.make_jaxpr(lambda x, w: ops.conv2d(x, w, stride, zero, "shift"))(x, w))
     assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
-    padded = str(jax.make_jaxpr(lambda x, w: ops.conv2d(x, w, 1, ((1, 1), (1, 1)), "shift"))(x, w))
-    assert "conv_general_dilated" in padded  # a padded 1x1 conv stays a convolution
+    deep_x, deep_w = _rand((1, 4, 4, 40)), _rand((1, 1, 40, 7), 1)
+    padded = str(jax.make_jaxpr(lambda x, w: ops.conv2d(x, w, 1, ((1, 1), (1, 1)), "shift"))(deep_x, deep_w))
+    assert "conv_general_dilated" in padded  # a padded 1x1 conv on 40 channels stays a convolution
+
+
+@pytest.mark.parametrize("k,stride,cin,pads", [(3, 2, 3, ((1, 1), (1, 1))), (5, 1, 1, ((2, 1), (0, 3))),
+                                               (3, 1, 3, ((0, 0), (0, 0)))])
+def test_shallow_conv_as_patch_matmul_equals_conv_forward_and_gradient(k, stride, cin, pads):
+    x = _rand((2, 9, 11, cin))
+    w = _rand((k, k, cin, 6), 1)
+
+    def check(impl):
+        fn = lambda x, w: ops.conv2d(x, w, stride, pads, impl)  # noqa: E731
+        return fn(x, w), jax.grad(lambda x, w: jnp.sum(jnp.sin(fn(x, w))), (0, 1))(x, w)
+
+    a, ga = jax.jit(lambda: check("grouped"))()
+    b, gb = jax.jit(lambda: check("shift"))()
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    for u, v in zip(ga, gb):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(lambda x, w: ops.conv2d(x, w, stride, pads, "shift"))(x, w))
+    deep = _rand((3, 3, 8, 6), 2)  # 72-deep patches: the convolution is kept
+    assert "conv_general_dilated" in str(jax.make_jaxpr(
+        lambda x: ops.conv2d(x, deep, 1, ((1, 1), (1, 1)), "shift"))(_rand((1, 5, 5, 8))))
 
 
 def test_adaptive_avg_pool_matches_torch_bins():
