@@ -93,7 +93,8 @@ def depthwise(repeats: int) -> None:
     for n, h, c, s in DEPTHWISE:
         x = jnp.asarray(rng.normal(size=(n, h, h, c)), jnp.float32)
         w = jnp.asarray(rng.normal(size=(3, 3, 1, c)), jnp.float32)
-        forms = (lambda x, w: ops._depthwise_shift_forward(x, w, s, pad), lambda x, w: ops.depthwise_conv2d_shift(x, w, s, pad),
+        forms = (lambda x, w: ops._depthwise_shift_forward(x, w, s, pad),
+                 lambda x, w: ops.depthwise_conv2d_shift(x, w, s, pad),
                  lambda x, w: ops.depthwise_conv2d_grouped(x, w, s, pad))
         row = [jax_ms(jax.jit(jax.grad(lambda x, w, f=f: (f(x, w) ** 2).sum(), (0, 1))), x, w, repeats=repeats)
                for f in forms]

@@ -201,7 +201,8 @@ def main() -> None:
         if "torch_over_plain" in r:
             extra += f" (PyTorch/JAX per round: {r['torch_over_plain']:.2f}x)"
         print(f"MobileNetV2 batch {r['batch']} @ {r['resolution']}px/{r['classes']} cls ({r['backend']}, "
-              f"{r['depthwise']}, {r['allocator']} malloc): plain {r['plain_ms']:.0f} ms ({r['images_per_s']:.0f} img/s), masked "
+              f"{r['depthwise']}, {r['allocator']} malloc): plain {r['plain_ms']:.0f} ms "
+              f"({r['images_per_s']:.0f} img/s), masked "
               f"{r['masked_ms']:.0f} ms ({r['mask_overhead_pct']:+.1f}%){extra}")
 
 

@@ -54,10 +54,7 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: Padding, impl: Dept
                 x = x[:, ::stride, ::stride, :]
             return pointwise_matmul(x, w[0, 0])
         if kh * kw * cin <= _IM2COL_MAX_DEPTH:
-            xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-            ho = (xp.shape[1] - kh) // stride + 1
-            wo = (xp.shape[2] - kw) // stride + 1
-            cols = jnp.concatenate(list(_shifted_patches(xp, kh, kw, stride, ho, wo)), axis=-1)
+            cols = jnp.concatenate(_shifted_patches(x, kh, kw, stride, padding), axis=-1)
             return pointwise_matmul(cols, w.reshape(kh * kw * cin, cout))
     return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=_DIMS)
 
@@ -93,21 +90,20 @@ def depthwise_conv2d_grouped(x: jax.Array, w: jax.Array, stride: int, padding: P
                                     feature_group_count=x.shape[-1])
 
 
-def _shifted_patches(xp: jax.Array, kh: int, kw: int, stride: int, ho: int, wo: int):
-    for a in range(kh):
-        for b in range(kw):
-            yield lax.slice(xp, (0, a, b, 0),
-                            (xp.shape[0], a + stride * (ho - 1) + 1, b + stride * (wo - 1) + 1, xp.shape[3]),
-                            (1, stride, stride, 1))
+def _shifted_patches(x: jax.Array, kh: int, kw: int, stride: int, padding: Padding) -> list[jax.Array]:
+    """The kh*kw strided windows of the padded x, each the size of the conv's output, row-major."""
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    ho = (xp.shape[1] - kh) // stride + 1
+    wo = (xp.shape[2] - kw) // stride + 1
+    n, c = xp.shape[0], xp.shape[3]
+    return [lax.slice(xp, (0, a, b, 0), (n, a + stride * (ho - 1) + 1, b + stride * (wo - 1) + 1, c),
+                      (1, stride, stride, 1)) for a in range(kh) for b in range(kw)]
 
 
 def _depthwise_shift_forward(x: jax.Array, w: jax.Array, stride: int, padding: Padding) -> jax.Array:
     kh, kw = w.shape[0], w.shape[1]
-    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    ho = (xp.shape[1] - kh) // stride + 1
-    wo = (xp.shape[2] - kw) // stride + 1
     out = None
-    for i, patch in enumerate(_shifted_patches(xp, kh, kw, stride, ho, wo)):
+    for i, patch in enumerate(_shifted_patches(x, kh, kw, stride, padding)):
         term = patch * w[i // kw, i % kw, 0]
         out = term if out is None else out + term
     return out
@@ -138,8 +134,7 @@ def _depthwise_shift_bwd(stride, padding, res, g):
     kh, kw = w.shape[0], w.shape[1]
     _, input_vjp = jax.vjp(lambda x: _depthwise_shift_forward(x, w, stride, padding), x)
     (dx,) = input_vjp(g)
-    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-    taps = sum_over_rows(tuple(p * g for p in _shifted_patches(xp, kh, kw, stride, g.shape[1], g.shape[2])))
+    taps = sum_over_rows(tuple(p * g for p in _shifted_patches(x, kh, kw, stride, padding)))
     return dx, jnp.stack(taps).reshape(kh, kw, 1, -1)
 
 
