@@ -204,7 +204,7 @@ def test_validate_cli_with_a_network_table(tmp_path, capsys):
     space_file.write_text(yaml.safe_dump(TINY))
     table = tmp_path / "t.json"
     assert main(["latency", "validate", str(space_file), "--backend", "onnxruntime", "--samples", "2",
-                 "--table", str(table), "--context", "network", "--warmup", "1", "--runs", "3", "--json"]) == 0
+                 "--table", str(table), "--context", "network", "--warmup", "5", "--runs", "30", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["context"] == "network" and r["n"] == 2
     t = LatencyTable.load(table)
@@ -212,9 +212,13 @@ def test_validate_cli_with_a_network_table(tmp_path, capsys):
     space = load_space(TINY)
     pr = LatencyPredictor(t)
     ref = space.build(reference_arch(space, 1.0))
-    # Exact up to the clipping of noisy in-network times at 0 (a 4x4 block costs about a microsecond);
-    # exactness itself is tested with an additive runtime in test_network_table.py.
-    assert pr.predict(ref) - pr.overhead_ms(pr.parts(ref)) == pytest.approx(t.ms("net:w1:reference", "median"), rel=0.1)
+    # Every part of the reference is priced by a probe-derived entry, and their sum is the reference's
+    # own time up to noise: the probe system is solved by least squares and noisy in-network times
+    # (a 4x4 block costs about a microsecond) are clipped at 0, so a real runtime is only near-exact
+    # (19 % off once in CI with 3 runs); exactness is tested with an additive runtime in
+    # test_network_table.py.
+    assert {t.get(p.key)["meta"]["derived"] for p in pr.parts(ref)} == {"network probes"}
+    assert pr.predict(ref) - pr.overhead_ms(pr.parts(ref)) == pytest.approx(t.ms("net:w1:reference", "median"), rel=0.25)
     # The other context on the same file is refused with a one-line reason.
     assert main(["latency", "validate", str(space_file), "--backend", "onnxruntime", "--samples", "1",
                  "--table", str(table), "--context", "alone"]) == 2
