@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from jaxnas import allocator, ops, zoo  # noqa: E402
-from train_step import jax_step_timer, paired_rounds  # noqa: E402
+from train_step import jax_step_timer, paired_rounds, step_ms  # noqa: E402
 
 POINTWISE = ((16, 112, 32, 16), (16, 112, 16, 96), (16, 56, 24, 144), (16, 56, 144, 24), (16, 14, 384, 64),
              (16, 7, 320, 1280))
@@ -38,13 +37,7 @@ ZERO = ((0, 0), (0, 0))
 
 
 def jax_ms(f, *args, repeats: int) -> float:
-    jax.block_until_ready(f(*args))
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        ts.append(time.perf_counter() - t)
-    return 1000 * float(np.median(ts))
+    return step_ms(lambda: jax.block_until_ready(f(*args)), repeats)
 
 
 def torch_pointwise_ms(n, h, ci, co, repeats: int) -> float | None:
@@ -54,21 +47,7 @@ def torch_pointwise_ms(n, h, ci, co, repeats: int) -> float | None:
         return None
     x = torch.randn(n, ci, h, h, requires_grad=True)
     w = torch.randn(co, ci, 1, 1, requires_grad=True)
-
-    def step():
-        (torch.nn.functional.conv2d(x, w) ** 2).sum().backward()
-
-    step()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        ts.append(time.perf_counter() - t)
-    return 1000 * float(np.median(ts))
-
-
-def _autodiff_pointwise(x, w):
-    return ops._channel_matmul(x, w)
+    return step_ms(lambda: (torch.nn.functional.conv2d(x, w) ** 2).sum().backward(), repeats)
 
 
 def pointwise(repeats: int) -> None:
@@ -77,7 +56,7 @@ def pointwise(repeats: int) -> None:
     for n, h, ci, co in POINTWISE:
         x = jnp.asarray(rng.normal(size=(n, h, h, ci)), jnp.float32)
         w = jnp.asarray(rng.normal(size=(1, 1, ci, co)) * 0.1, jnp.float32)
-        forms = (lambda x, w: ops.conv2d(x, w, 1, ZERO, "grouped"), lambda x, w: _autodiff_pointwise(x, w[0, 0]),
+        forms = (lambda x, w: ops.conv2d(x, w, 1, ZERO, "grouped"), lambda x, w: ops._channel_matmul(x, w[0, 0]),
                  lambda x, w: ops.conv2d(x, w, 1, ZERO, "shift"))
         row = [jax_ms(jax.jit(jax.grad(lambda x, w, f=f: (f(x, w) ** 2).sum(), (0, 1))), x, w, repeats=repeats)
                for f in forms]
