@@ -5,23 +5,27 @@ is imported lazily by the backend that uses it, so ``import latency`` is cheap.
 
     from latency import get_backend, LatencyTable
     be = get_backend("onnxruntime", threads=1)
+    be.measure("net.onnx", (1, 224, 224, 3))          # adaptive: median ±1 % at 95 %, or flagged
+    compare(be, {"base": "a.onnx", "pruned": "b.onnx"}, (1, 224, 224, 3)).describe()  # paired speed-up
     fp = be.fingerprint(batch_size=1)
     table = LatencyTable.open_or_create("lat.json", fp, meta={"space": "tfnas"})
     if "blk" not in table:
         table.put("blk", be.measure("blk.onnx", (1, 56, 56, 24), warmup=10, runs=50))
         table.save("lat.json")
 """
-from .backends import (ALIASES, BACKENDS, BackendError, LatencyBackend, OnnxRuntimeBackend,
+from .backends import (ALIASES, BACKENDS, BackendError, LatencyBackend, OnnxRuntimeBackend, PairedTiming,
                        TensorRTBackend, TFLiteBackend, UnknownBackendError, XlaBackend, backend_names,
-                       build_engine, collect_samples, get_backend)
+                       build_engine, collect_samples, compare, get_backend, measure_paired)
 from .fingerprint import DEFAULT_MATCH_KEYS, Fingerprint, cpu_model_name, host_arch
 from .imports import (import_depth_csv, import_tfnas_pkl, load_tfnas_pkl, tfnas_base, tfnas_key,
                       tfnas_lookup)
 from .stats import TimingStats
+from .timing import DEFAULT_PROTOCOL, Comparison, TimingError, TimingProtocol, TimingWarning
 from .table import DEFAULT_COMPAT_KEYS, SCHEMA_VERSION, LatencyTable, TableError, interpolate
 
 __all__ = [
-    "TimingStats",
+    "TimingStats", "TimingProtocol", "DEFAULT_PROTOCOL", "TimingWarning", "TimingError", "Comparison",
+    "compare", "measure_paired", "PairedTiming",
     "Fingerprint", "DEFAULT_MATCH_KEYS", "cpu_model_name", "host_arch",
     "LatencyBackend", "BackendError", "UnknownBackendError", "get_backend", "backend_names",
     "BACKENDS", "ALIASES", "OnnxRuntimeBackend", "TFLiteBackend", "XlaBackend", "TensorRTBackend",

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-__all__ = ["TimingStats", "progress_line"]
+__all__ = ["TimingStats", "progress_line", "protocol_fields", "PROTOCOL_FIELDS"]
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,13 @@ class TimingStats:
 
     ``std`` is the population standard deviation (``ddof=0``, numpy's default);
     ``p10``/``p90`` use numpy's default linear percentile interpolation.
+
+    A measurement by the adaptive protocol (:mod:`latency.timing`) also carries: ``ci_low``/``ci_high``,
+    the ``confidence`` interval of the median (then the median of ``rounds`` round medians, each from a
+    fresh session, listed in ``round_medians``); ``capped``: the time cap, not the precision target,
+    ended it; ``flags``: one line per reason not to trust it (empty: trusted); ``notes``: what was seen
+    and handled (dropped preempted runs, discarded bursts, session modes).  A plain run-by-run
+    measurement has rounds=1 and no interval.
     """
 
     median: float
@@ -26,6 +33,26 @@ class TimingStats:
     min: float
     count: int
     unit: str = "ms"
+    ci_low: Optional[float] = None
+    ci_high: Optional[float] = None
+    confidence: Optional[float] = None
+    rounds: int = 1
+    capped: bool = False
+    flags: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    round_medians: tuple[float, ...] = ()
+
+    @property
+    def trusted(self) -> bool:
+        """No flag: nothing seen that makes this measurement untrustworthy."""
+        return not self.flags
+
+    @property
+    def rel_ci(self) -> Optional[float]:
+        """Larger side of the interval relative to the median (None without an interval)."""
+        if self.ci_low is None or self.ci_high is None or not self.median > 0:
+            return None
+        return max(self.median - self.ci_low, self.ci_high - self.median) / self.median
 
     @classmethod
     def from_samples(cls, samples_ms: Iterable[float]) -> "TimingStats":
@@ -49,31 +76,82 @@ class TimingStats:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for k in ("flags", "notes", "round_medians"):
+            d[k] = list(d[k])
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TimingStats":
-        """Inverse of :meth:`to_dict`; ignores unknown keys, requires every numeric field."""
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n != "unit" and n not in d]
+        """Inverse of :meth:`to_dict`; ignores unknown keys, requires every numeric field.
+
+        The protocol fields (interval, rounds, flags, ...) are optional: older dicts load with none."""
+        missing = [n for n in _REQUIRED if n not in d]
         if missing:
             raise ValueError(f"TimingStats dict is missing {missing}")
         unit = d.get("unit", "ms")
         if unit != "ms":
             raise ValueError(f"TimingStats unit must be 'ms', got {unit!r}")
         vals: dict[str, Any] = {"unit": unit}
-        for n in names:
-            if n == "unit":
-                continue
+        for n in _REQUIRED:
             v = d[n]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not _finite(v):
                 raise ValueError(f"TimingStats field {n!r} must be a finite number, got {v!r}")
             vals[n] = int(v) if n == "count" else float(v)
+        vals.update(protocol_fields(d))
         return cls(**vals)
 
     def __str__(self) -> str:  # compact, for logs
-        return (f"{self.median:.4g} ms median (mean {self.mean:.4g} ± {self.std:.2g}, "
-                f"p10 {self.p10:.4g}, p90 {self.p90:.4g}, n={self.count})")
+        out = (f"{self.median:.4g} ms median (mean {self.mean:.4g} ± {self.std:.2g}, "
+               f"p10 {self.p10:.4g}, p90 {self.p90:.4g}, n={self.count}")
+        if self.rel_ci is not None:
+            out += f", {self.confidence or 0.95:.0%} CI ±{self.rel_ci:.1%} over {self.rounds} rounds"
+        if self.capped:
+            out += ", capped"
+        return out + (f"; UNTRUSTED: {'; '.join(self.flags)})" if self.flags else ")")
+
+
+_REQUIRED = ("median", "mean", "std", "p10", "p90", "min", "count")
+PROTOCOL_FIELDS = ("ci_low", "ci_high", "confidence", "rounds", "capped", "flags", "notes", "round_medians")
+
+
+def _finite(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def protocol_fields(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The adaptive-protocol fields present in ``d`` (a stats dict or a table entry), type-checked.
+
+    Raises ValueError naming a malformed field; absent or null fields are left out."""
+    out: dict[str, Any] = {}
+    for k in ("ci_low", "ci_high", "confidence"):
+        v = d.get(k)
+        if v is not None:
+            if not _finite(v) or v < 0:
+                raise ValueError(f"field {k!r} must be a finite number >= 0 or null, got {v!r}")
+            out[k] = float(v)
+    v = d.get("rounds")
+    if v is not None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or int(v) != v:
+            raise ValueError(f"field 'rounds' must be an integer >= 0, got {v!r}")
+        out["rounds"] = int(v)
+    v = d.get("capped")
+    if v is not None:
+        if not isinstance(v, bool):
+            raise ValueError(f"field 'capped' must be true/false, got {v!r}")
+        out["capped"] = v
+    for k in ("flags", "notes"):
+        v = d.get(k)
+        if v is not None:
+            if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+                raise ValueError(f"field {k!r} must be a list of strings, got {v!r}")
+            out[k] = tuple(v)
+    v = d.get("round_medians")
+    if v is not None:
+        if not isinstance(v, (list, tuple)) or not all(_finite(x) and x >= 0 for x in v):
+            raise ValueError("field 'round_medians' must be a list of finite numbers >= 0")
+        out["round_medians"] = tuple(float(x) for x in v)
+    return out
 
 
 def progress_line(done: int, total: int, elapsed_s: float, what: str) -> str:

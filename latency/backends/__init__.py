@@ -16,8 +16,8 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from .base import (DEFAULT_RUNS, DEFAULT_WARMUP, BackendError, LatencyBackend, PairedTiming, collect_samples,
-                   measure_paired, random_input, resolve_shape)
+from .base import (DEFAULT_RUNS, DEFAULT_WARMUP, BackendError, LatencyBackend, PairedTiming, collect_samples, compare,
+                   measure_paired, measure_with, random_input, resolve_shape, supports_protocol)
 from .ort import OnnxRuntimeBackend
 from .tflite import TFLiteBackend
 from .trt import TENSORRT_MISSING, TensorRTBackend, build_engine, build_serialized_engine
@@ -27,7 +27,8 @@ __all__ = [
     "BackendError", "UnknownBackendError", "LatencyBackend", "OnnxRuntimeBackend", "TFLiteBackend",
     "XlaBackend", "TensorRTBackend", "build_engine", "build_serialized_engine", "get_backend",
     "backend_names", "BACKENDS", "ALIASES", "collect_samples", "resolve_shape", "random_input",
-    "TENSORRT_MISSING", "DEFAULT_WARMUP", "DEFAULT_RUNS", "PairedTiming", "measure_paired",
+    "TENSORRT_MISSING", "DEFAULT_WARMUP", "DEFAULT_RUNS", "PairedTiming", "measure_paired", "compare", "measure_with",
+    "supports_protocol",
 ]
 
 BACKENDS: dict[str, type] = {

@@ -1,15 +1,18 @@
 """The backend protocol, its error type and the shared timing loop."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 
 from ..fingerprint import Fingerprint
 from ..stats import TimingStats
+from ..timing import (DEFAULT_PROTOCOL, Comparison, TimingProtocol, compare_adaptive, measure_adaptive, median_ci,
+                      warn_if_flagged)
 
 __all__ = [
     "BackendError",
@@ -24,12 +27,22 @@ __all__ = [
     "DEFAULT_WARMUP",
     "DEFAULT_RUNS",
     "DEFAULT_MAX_RUNS",
+    "LEGACY_WARMUP",
+    "LEGACY_RUNS",
+    "TimerBase",
+    "supports_protocol",
+    "timed",
+    "measure_with",
+    "compare",
 ]
 
 DEFAULT_WARMUP = 10
 DEFAULT_RUNS = 50
 # Upper bound on timed runs when ``min_time_s`` asks for more than ``runs``.
 DEFAULT_MAX_RUNS = 100_000
+# The fixed timing of backends that only offer measure(warmup, runs) (the defaults before the protocol).
+LEGACY_WARMUP = 20
+LEGACY_RUNS = 100
 
 ModelLike = Union[str, "os.PathLike[str]", bytes, Callable[..., Any]]
 
@@ -42,11 +55,15 @@ class BackendError(RuntimeError):
 class LatencyBackend(Protocol):
     """A way of timing a model on one runtime/device.
 
-    ``measure`` returns milliseconds **per batch**: warm-up runs first (never
-    timed), then at least ``runs`` timed runs (more while less than
-    ``min_time_s`` seconds of timed runs have elapsed), each timed on its own.
+    ``measure`` returns milliseconds **per batch**.  By default it times by the adaptive protocol
+    (:mod:`latency.timing`: rounds of fresh sessions until the CI of the median is within ±1 %, or a
+    cap; the result carries the interval, the rounds and any flags).  With ``runs`` given it is the
+    fixed loop: warm-up runs first (never timed), then at least ``runs`` timed runs (more while less
+    than ``min_time_s`` seconds of timed runs have elapsed), each timed on its own.
     ``input_shape`` is the full input shape including the batch dimension
     (NHWC for images); ``batch_size``, when given, replaces dimension 0.
+    The built-in backends also have ``prepare(model, input_shape, batch_size=)`` (a
+    :class:`latency.timing.Timer`), which :func:`compare` uses for alternating rounds.
     """
 
     name: str
@@ -54,8 +71,9 @@ class LatencyBackend(Protocol):
     def fingerprint(self, batch_size: int = 1) -> Fingerprint: ...
 
     def measure(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
-                warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS,
-                batch_size: Optional[int] = None, min_time_s: float = 0.0) -> TimingStats: ...
+                warmup: Optional[int] = None, runs: Optional[int] = None,
+                batch_size: Optional[int] = None, min_time_s: float = 0.0,
+                protocol: Optional[TimingProtocol] = None) -> TimingStats: ...
 
 
 def _check_loop_args(warmup: int, runs: int, min_time_s: float) -> None:
@@ -98,12 +116,85 @@ def collect_samples(run_once: Callable[[], Optional[float]], *, warmup: int = DE
     return samples
 
 
+class TimerBase:
+    """Shared by the backends' timers (:class:`latency.timing.Timer`): a context manager that closes."""
+
+    self_timed: bool = False
+    cpu_clock: Optional[Callable[[], int]] = None
+    exclusive: bool = False
+
+    def session(self) -> Callable[[], Any]:  # pragma: no cover - every backend overrides it
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def supports_protocol(backend: Any) -> bool:
+    """Whether ``backend`` can time by the adaptive protocol (it has ``prepare()``; all built-in ones do)."""
+    return callable(getattr(backend, "prepare", None))
+
+
+def timed(timer: Any, *, warmup: Optional[int], runs: Optional[int], min_time_s: float,
+          protocol: Optional[TimingProtocol], what: str) -> TimingStats:
+    """A backend's ``measure`` body.  ``runs`` given (or ``min_time_s``): the fixed loop, one session,
+    exactly ``runs`` timed runs after ``warmup`` (no interval).  Otherwise the adaptive ``protocol``
+    (default :data:`latency.timing.DEFAULT_PROTOCOL`; ``warmup`` overrides its per-session warm-up); a
+    flagged result also raises a :class:`latency.timing.TimingWarning`."""
+    if runs is not None or min_time_s:
+        if protocol is not None:
+            raise ValueError("pass either a timing protocol or a fixed number of runs, not both")
+        return TimingStats.from_samples(collect_samples(
+            timer.session(), warmup=DEFAULT_WARMUP if warmup is None else warmup,
+            runs=DEFAULT_RUNS if runs is None else runs, min_time_s=min_time_s, self_timed=timer.self_timed))
+    p = protocol or DEFAULT_PROTOCOL
+    if warmup is not None:
+        _check_loop_args(warmup, 1, 0.0)
+        p = p.replace(warmup=warmup)
+    stats = measure_adaptive(timer, p, what=what)
+    warn_if_flagged(stats, what, stacklevel=4)
+    return stats
+
+
+def measure_with(backend: Any, model: Any, input_shape: Optional[Sequence[int]] = None, *,
+                 protocol: Optional[TimingProtocol] = None, warmup: Optional[int] = None,
+                 runs: Optional[int] = None) -> TimingStats:
+    """``backend.measure`` by the protocol, or with fixed ``warmup``/``runs`` when ``runs`` is given.
+
+    A backend without ``prepare()`` (a third-party or test stand-in that only has ``measure(model, shape,
+    warmup=, runs=)``) is timed the fixed way with :data:`LEGACY_WARMUP` / :data:`LEGACY_RUNS`."""
+    if runs is not None:
+        return backend.measure(model, input_shape, warmup=DEFAULT_WARMUP if warmup is None else warmup, runs=runs)
+    if supports_protocol(backend):
+        return backend.measure(model, input_shape, protocol=protocol, warmup=warmup)
+    return backend.measure(model, input_shape, warmup=LEGACY_WARMUP if warmup is None else warmup,
+                           runs=LEGACY_RUNS)
+
+
 @dataclass(frozen=True)
 class PairedTiming:
-    """Rounds of a reference model and a candidate timed alternately (`measure_paired`)."""
+    """Rounds of a reference model and a candidate timed alternately (`measure_paired`).
+
+    ``reference[i]`` and ``candidate[i]`` were timed back to back (round i).  Adaptive pairs also carry
+    the interval's ``confidence``, whether the cap ended them, and flags/notes (see
+    :mod:`latency.timing`)."""
 
     reference: tuple[TimingStats, ...]
     candidate: tuple[TimingStats, ...]
+    confidence: float = 0.95
+    capped: bool = False
+    flags: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def trusted(self) -> bool:
+        return not self.flags
 
     @property
     def deltas_ms(self) -> np.ndarray:
@@ -121,19 +212,106 @@ class PairedTiming:
         return float(self.deltas_ms.std())
 
     @property
+    def delta_ci_ms(self) -> Optional[tuple[float, float]]:
+        """Order-statistic CI of the median per-round difference (None with too few rounds)."""
+        return median_ci(self.deltas_ms, self.confidence)
+
+    @property
+    def ratios(self) -> np.ndarray:
+        """Per round: candidate median / reference median."""
+        return np.asarray([c.median for c in self.candidate]) / np.asarray([r.median for r in self.reference])
+
+    @property
+    def ratio(self) -> float:
+        """Median over rounds of candidate / reference time (< 1: the candidate is faster)."""
+        return float(np.median(self.ratios))
+
+    @property
+    def ratio_ci(self) -> Optional[tuple[float, float]]:
+        return median_ci(self.ratios, self.confidence)
+
+    @property
+    def speedup(self) -> float:
+        """Reference time / candidate time, from the per-round ratios (> 1: the candidate is faster)."""
+        return 1.0 / self.ratio
+
+    @property
+    def speedup_ci(self) -> Optional[tuple[float, float]]:
+        ci = self.ratio_ci
+        return None if ci is None else (1.0 / ci[1], 1.0 / ci[0])
+
+    @property
     def best(self) -> TimingStats:
         """The candidate's round with the lowest median."""
         return min(self.candidate, key=lambda s: s.median)
 
+    def to_dict(self) -> dict[str, Any]:
+        ci, sci = self.ratio_ci, self.speedup_ci
+        return {"rounds": len(self.reference), "ratio": self.ratio, "ratio_ci": list(ci) if ci else None,
+                "speedup": self.speedup, "speedup_ci": list(sci) if sci else None, "delta_ms": self.delta_ms,
+                "reference_ms": float(np.median([r.median for r in self.reference])),
+                "candidate_ms": float(np.median([c.median for c in self.candidate])),
+                "confidence": self.confidence, "capped": self.capped, "flags": list(self.flags),
+                "notes": list(self.notes)}
 
-def measure_paired(backend: "LatencyBackend", reference: Any, candidate: Any, input_shape: Sequence[int], *,
-                   warmup: int, runs: int, rounds: int) -> PairedTiming:
-    """Time `candidate` against `reference` in `rounds` rounds, each the reference then the candidate."""
+
+def measure_paired(backend: "LatencyBackend", reference: Any, candidate: Any,
+                   input_shape: Optional[Sequence[int]] = None, *, protocol: Optional[TimingProtocol] = None,
+                   warmup: Optional[int] = None, runs: Optional[int] = None, rounds: Optional[int] = None,
+                   batch_size: Optional[int] = None) -> PairedTiming:
+    """Time ``candidate`` against ``reference`` in alternating rounds of one process.
+
+    By the adaptive ``protocol`` (default): rounds until the CI of the per-round time ratio is within
+    ``rel_ci`` (:func:`compare`).  With ``runs`` or ``rounds`` given, or for a backend without
+    ``prepare()``: the fixed way, ``rounds`` (default 3) rounds of ``backend.measure(warmup, runs)``, each
+    the reference then the candidate."""
+    if runs is None and rounds is None and supports_protocol(backend):
+        return compare(backend, [reference, candidate], input_shape, protocol=protocol,
+                       batch_size=batch_size, names=("reference", "candidate")).pair(1)
+    if protocol is not None and (runs is not None or rounds is not None):
+        raise ValueError("pass either a timing protocol or fixed runs/rounds, not both")
+    legacy = not supports_protocol(backend)
+    warmup = (LEGACY_WARMUP if legacy else DEFAULT_WARMUP) if warmup is None else warmup
+    runs = (LEGACY_RUNS if legacy else DEFAULT_RUNS) if runs is None else runs
     ref, cand = [], []
-    for _ in range(rounds):
-        ref.append(backend.measure(reference, input_shape, warmup=warmup, runs=runs))
-        cand.append(backend.measure(candidate, input_shape, warmup=warmup, runs=runs))
+    kw: dict[str, Any] = {} if batch_size is None else {"batch_size": batch_size}
+    for _ in range(3 if rounds is None else int(rounds)):
+        ref.append(backend.measure(reference, input_shape, warmup=warmup, runs=runs, **kw))
+        cand.append(backend.measure(candidate, input_shape, warmup=warmup, runs=runs, **kw))
     return PairedTiming(tuple(ref), tuple(cand))
+
+
+def compare(backend: Any, models: Union[Sequence[Any], Mapping[str, Any]],
+            input_shape: Union[None, Sequence[int], Sequence[Sequence[int]]] = None, *,
+            protocol: Optional[TimingProtocol] = None, batch_size: Optional[int] = None,
+            names: Optional[Sequence[str]] = None) -> Comparison:
+    """Time two or more models (files/bytes/callables the backend takes; a mapping names them) in
+    alternating rounds until every model's time ratio to the first is known to ``rel_ci``.
+
+    ``input_shape``: one shape for all, or one per model.  Returns a
+    :class:`latency.timing.Comparison` (``speedup(j)``, ``speedup_ci(j)``, ``ratio(j)``, ``pair(j)``,
+    ``to_dict()``); a flagged comparison also raises a :class:`latency.timing.TimingWarning`."""
+    if isinstance(models, Mapping):
+        names = list(models) if names is None else names
+        models = list(models.values())
+    models = list(models)
+    if len(models) < 2:
+        raise ValueError("compare needs at least two models")
+    if not supports_protocol(backend):
+        raise BackendError(f"{type(backend).__name__} has no prepare(); alternating rounds need one")
+    shapes: list[Optional[Sequence[int]]]
+    if input_shape is not None and len(input_shape) and not isinstance(input_shape[0], (int, np.integer)):
+        shapes = list(input_shape)  # type: ignore[arg-type]
+        if len(shapes) != len(models):
+            raise ValueError(f"{len(shapes)} input shapes for {len(models)} models")
+    else:
+        shapes = [input_shape] * len(models)  # type: ignore[list-item]
+    p = protocol or DEFAULT_PROTOCOL
+    with contextlib.ExitStack() as stack:
+        timers = [stack.enter_context(backend.prepare(m, s, batch_size=batch_size)) for m, s in zip(models, shapes)]
+        result = compare_adaptive(timers, p, names=names)
+    warn_if_flagged(result, "the comparison " + " vs ".join(result.names), stacklevel=3)
+    return result
 
 
 def resolve_shape(input_shape: Optional[Sequence[Any]], model_shape: Optional[Sequence[Any]],

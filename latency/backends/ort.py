@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from ..fingerprint import Fingerprint, cpu_model_name
 from ..stats import TimingStats
-from .base import (DEFAULT_RUNS, DEFAULT_WARMUP, BackendError, collect_samples, random_input,
-                   read_model_bytes, resolve_shape)
+from ..timing import TimingProtocol
+from .base import BackendError, TimerBase, random_input, read_model_bytes, resolve_shape, timed
 
 __all__ = ["OnnxRuntimeBackend"]
 
@@ -154,11 +155,12 @@ class OnnxRuntimeBackend:
                            threads=self.threads if main in _CPU_PROVIDERS else None,
                            batch_size=batch_size, precision=self.precision)
 
-    def measure(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
-                warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS,
-                batch_size: Optional[int] = None, min_time_s: float = 0.0) -> TimingStats:
-        """Median-robust latency of one ``session.run`` on a fixed random input (ms per batch)."""
-        sess = self.make_session(model)
+    def prepare(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
+              batch_size: Optional[int] = None) -> "_OrtTimer":
+        """The model prepared for timing (:class:`latency.timing.Timer`): one session created and run once
+        (a bad model or shape fails here); ``session()`` then gives fresh sessions on the same input."""
+        data, desc = read_model_bytes(model, kind="ONNX model")
+        sess = self.make_session(data)
         inputs = sess.get_inputs()
         if len(inputs) != 1:
             raise BackendError(f"OnnxRuntimeBackend measures single-input models; this one has "
@@ -168,17 +170,24 @@ class OnnxRuntimeBackend:
         if dtype is None:
             raise BackendError(f"unsupported ONNX input type {inp.type} for input {inp.name!r}")
         shape = resolve_shape(input_shape, inp.shape, batch_size, what="ONNX model")
-        x = random_input(shape, dtype, seed=self.seed)
-        feeds = {inp.name: x}
+        feeds = {inp.name: random_input(shape, dtype, seed=self.seed)}
         out_names = [o.name for o in sess.get_outputs()]
         try:
-            sess.run(out_names, feeds)  # validates the shape before the loop
+            sess.run(out_names, feeds)  # validates the shape before any timing
         except Exception as e:
             raise BackendError(f"onnxruntime failed to run the model on input {shape}: "
                                f"{str(e).strip().splitlines()[-1]}") from e
-        samples = collect_samples(lambda: sess.run(out_names, feeds), warmup=warmup, runs=runs,
-                                  min_time_s=min_time_s)
-        return TimingStats.from_samples(samples)
+        on_cpu = self.active_providers()[0] in _CPU_PROVIDERS
+        return _OrtTimer(self, data, sess, feeds, out_names, exclusive=on_cpu and self.threads == 1, what=desc)
+
+    def measure(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
+                warmup: Optional[int] = None, runs: Optional[int] = None,
+                batch_size: Optional[int] = None, min_time_s: float = 0.0,
+                protocol: Optional[TimingProtocol] = None) -> TimingStats:
+        """Latency of one ``session.run`` on a fixed random input (ms per batch): by the adaptive protocol
+        (a fresh session every round), or the fixed loop in one session when ``runs`` is given."""
+        with self.prepare(model, input_shape, batch_size=batch_size) as t:
+            return timed(t, warmup=warmup, runs=runs, min_time_s=min_time_s, protocol=protocol, what=t.what)
 
     # -------------------------------------------------------------- helpers
     def _device_id(self) -> int:
@@ -189,6 +198,26 @@ class OnnxRuntimeBackend:
 
     def __repr__(self) -> str:
         return f"OnnxRuntimeBackend(threads={self.threads}, providers={self.providers!r})"
+
+
+class _OrtTimer(TimerBase):
+    """Fresh ``InferenceSession``s of one model (sessions of one net can settle in different speed modes)."""
+
+    self_timed = False
+
+    def __init__(self, backend: OnnxRuntimeBackend, data: bytes, first, feeds, out_names, *, exclusive: bool,
+                 what: str):
+        self.backend, self.data, self.feeds, self.out_names = backend, data, feeds, out_names
+        self._first = first
+        self.exclusive = exclusive
+        # 1 thread on the CPU provider: the run computes on this thread, so its CPU time shows preemption
+        self.cpu_clock = time.thread_time_ns if exclusive else None
+        self.what = what
+
+    def session(self):
+        sess, self._first = (self._first, None) if self._first is not None else (self.backend.make_session(self.data), None)
+        out_names, feeds = self.out_names, self.feeds
+        return lambda: sess.run(out_names, feeds)
 
 
 def _gpu_name(device_id: int) -> str:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Optional, Sequence
 
 from ..fingerprint import Fingerprint, cpu_model_name
 from ..stats import TimingStats
-from .base import (DEFAULT_RUNS, DEFAULT_WARMUP, BackendError, collect_samples, random_input,
-                   read_model_bytes, resolve_shape)
+from ..timing import TimingProtocol
+from .base import BackendError, TimerBase, random_input, read_model_bytes, resolve_shape, timed
 
 __all__ = ["TFLiteBackend"]
 
@@ -85,9 +86,8 @@ class TFLiteBackend:
                            provider=self.provider, threads=self.threads, batch_size=batch_size,
                            precision=self.precision)
 
-    def measure(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
-                warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS,
-                batch_size: Optional[int] = None, min_time_s: float = 0.0) -> TimingStats:
+    def _ready(self, model: Any, input_shape: Optional[Sequence[int]], batch_size: Optional[int], x=None):
+        """An interpreter resized, allocated, fed and run once; returns (interpreter, input)."""
         interp = self.interpreter(model)
         details = interp.get_input_details()
         if len(details) != 1:
@@ -100,14 +100,51 @@ class TFLiteBackend:
             if tuple(shape) != tuple(int(v) for v in d["shape"]):
                 interp.resize_tensor_input(d["index"], list(shape), strict=False)
             interp.allocate_tensors()
-            x = random_input(shape, d["dtype"], seed=self.seed)
+            x = random_input(shape, d["dtype"], seed=self.seed) if x is None else x
             interp.set_tensor(d["index"], x)
             interp.invoke()
         except Exception as e:
             raise BackendError(f"LiteRT failed to run the model on input {shape}: "
                                f"{str(e).strip().splitlines()[-1]}") from e
-        samples = collect_samples(interp.invoke, warmup=warmup, runs=runs, min_time_s=min_time_s)
-        return TimingStats.from_samples(samples)
+        return interp, x
+
+    def prepare(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
+              batch_size: Optional[int] = None) -> "_TFLiteTimer":
+        """The model prepared for timing (:class:`latency.timing.Timer`); ``session()`` gives fresh
+        interpreters (XNNPACK packs the weights anew in each) on the same input."""
+        if isinstance(model, (str, os.PathLike)):
+            desc = os.fspath(model)
+        else:
+            model, desc = read_model_bytes(model, kind="TFLite model")
+        interp, x = self._ready(model, input_shape, batch_size)
+        return _TFLiteTimer(self, model, input_shape, batch_size, interp, x, what=desc)
+
+    def measure(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
+                warmup: Optional[int] = None, runs: Optional[int] = None,
+                batch_size: Optional[int] = None, min_time_s: float = 0.0,
+                protocol: Optional[TimingProtocol] = None) -> TimingStats:
+        """Latency of one ``invoke`` (ms per batch): by the adaptive protocol (a fresh interpreter every
+        round), or the fixed loop in one interpreter when ``runs`` is given."""
+        with self.prepare(model, input_shape, batch_size=batch_size) as t:
+            return timed(t, warmup=warmup, runs=runs, min_time_s=min_time_s, protocol=protocol, what=t.what)
 
     def __repr__(self) -> str:
         return f"TFLiteBackend(threads={self.threads}, use_xnnpack={self.use_xnnpack})"
+
+
+class _TFLiteTimer(TimerBase):
+    self_timed = False
+
+    def __init__(self, backend: TFLiteBackend, model: Any, input_shape, batch_size, first, x, *, what: str):
+        self.backend, self.model, self.input_shape, self.batch_size, self.x = backend, model, input_shape, batch_size, x
+        self._first = first
+        self.exclusive = backend.threads == 1
+        self.cpu_clock = time.thread_time_ns if self.exclusive else None
+        self.what = what
+
+    def session(self):
+        if self._first is not None:
+            interp, self._first = self._first, None
+        else:
+            interp, _ = self.backend._ready(self.model, self.input_shape, self.batch_size, self.x)
+        return interp.invoke

@@ -28,8 +28,8 @@ import numpy as np
 
 from ..fingerprint import Fingerprint
 from ..stats import TimingStats
-from .base import (DEFAULT_RUNS, DEFAULT_WARMUP, BackendError, collect_samples, random_input,
-                   read_model_bytes, resolve_shape)
+from ..timing import TimingProtocol
+from .base import BackendError, TimerBase, random_input, read_model_bytes, resolve_shape, timed
 
 __all__ = ["TensorRTBackend", "build_engine", "build_serialized_engine", "TENSORRT_MISSING",
            "ENGINE_SUFFIXES"]
@@ -189,85 +189,118 @@ class TensorRTBackend:
                                        input_shape=input_shape, batch_size=batch_size,
                                        allow_tf32=self.allow_tf32, log_level=self.log_level)
 
-    def measure(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
-                warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS,
-                batch_size: Optional[int] = None, min_time_s: float = 0.0) -> TimingStats:
+    def prepare(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
+              batch_size: Optional[int] = None) -> "_TrtTimer":
+        """Engine built/deserialized, buffers bound, input copied and one run done
+        (:class:`latency.timing.Timer`).  Every round reuses the execution context (a TensorRT engine
+        is the session; building one per round would take minutes).  ``close()`` frees the GPU."""
         from .cuda_driver import CudaDriver
 
-        trt = self._trt
         if not _is_engine_file(model):  # surface a bad path before touching the GPU
             read_model_bytes(model, kind="ONNX model")
-        drv = CudaDriver(self.device)  # primary context made current before TensorRT touches CUDA
-        stream = ev0 = ev1 = None
-        context = engine = None
+        t = _TrtTimer(CudaDriver(self.device))  # primary context made current before TensorRT touches CUDA
         try:
-            plan = self.engine_bytes(model, input_shape, batch_size)
-            runtime = trt.Runtime(_logger(trt, self.log_level))
-            engine = runtime.deserialize_cuda_engine(plan)
-            if engine is None:
-                raise BackendError("TensorRT could not deserialize the engine (built by another "
-                                   "TensorRT version or for another GPU?)")
-            context = engine.create_execution_context()
-            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-            ins = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-            outs = [n for n in names if engine.get_tensor_mode(n) != trt.TensorIOMode.INPUT]
-            if len(ins) != 1:
-                raise BackendError(f"TensorRTBackend measures single-input models; this engine has "
-                                   f"inputs {ins}")
-            name = ins[0]
-            shape = resolve_shape(input_shape, tuple(engine.get_tensor_shape(name)), batch_size,
-                                  what="TensorRT engine")
-            if not context.set_input_shape(name, shape):
-                raise BackendError(f"input shape {shape} is outside the engine's optimisation profile")
-            x = random_input(shape, trt.nptype(engine.get_tensor_dtype(name)), seed=self.seed)
-            ptr = drv.mem_alloc(x.nbytes)
-            drv.memcpy_htod(ptr, x)
-            context.set_tensor_address(name, ptr)
-            for o in outs:
-                oshape = tuple(context.get_tensor_shape(o))
-                if any(d < 0 for d in oshape):
-                    raise BackendError(f"output {o!r} has a data-dependent shape {oshape}; not supported")
-                itemsize = np.dtype(trt.nptype(engine.get_tensor_dtype(o))).itemsize
-                context.set_tensor_address(o, drv.mem_alloc(int(np.prod(oshape, dtype=np.int64)) * itemsize))
-            stream = drv.stream_create()
-            ev0, ev1 = drv.event_create(), drv.event_create()
+            t.open(self, model, input_shape, batch_size)
+        except BaseException:
+            t.close()
+            raise
+        return t
 
-            def enqueue() -> None:
-                if not context.execute_async_v3(stream):
-                    raise BackendError("TensorRT execute_async_v3 failed")
-
-            def run_event() -> float:
-                drv.event_record(ev0, stream)
-                enqueue()
-                drv.event_record(ev1, stream)
-                drv.event_synchronize(ev1)
-                return drv.event_elapsed_ms(ev0, ev1)
-
-            def run_wall() -> None:
-                enqueue()
-                drv.stream_synchronize(stream)
-
-            run_wall()  # first run (lazy init) outside warm-up accounting
-            if self.timer == "cuda_event":
-                samples = collect_samples(run_event, warmup=warmup, runs=runs, min_time_s=min_time_s,
-                                          self_timed=True)
-            else:
-                samples = collect_samples(run_wall, warmup=warmup, runs=runs, min_time_s=min_time_s)
-            return TimingStats.from_samples(samples)
-        finally:
-            if stream is not None:
-                try:
-                    drv.stream_synchronize(stream)
-                except BackendError:  # pragma: no cover
-                    pass
-            context = engine = None  # release the TensorRT objects before the CUDA context
-            for ev in (ev0, ev1):
-                if ev is not None:
-                    drv.event_destroy(ev)
-            if stream is not None:
-                drv.stream_destroy(stream)
-            drv.close()  # frees every device buffer, releases the primary context
+    def measure(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
+                warmup: Optional[int] = None, runs: Optional[int] = None,
+                batch_size: Optional[int] = None, min_time_s: float = 0.0,
+                protocol: Optional[TimingProtocol] = None) -> TimingStats:
+        with self.prepare(model, input_shape, batch_size=batch_size) as t:
+            what = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the engine"
+            return timed(t, warmup=warmup, runs=runs, min_time_s=min_time_s, protocol=protocol, what=what)
 
     def __repr__(self) -> str:
         return (f"TensorRTBackend(precision={self.precision!r}, workspace_mb={self.workspace_mb}, "
                 f"device={self.device})")
+
+
+class _TrtTimer(TimerBase):
+    """One execution context on its own stream; runs timed by CUDA events (``self_timed``) or wall clock."""
+
+    exclusive = False
+    cpu_clock = None
+
+    def __init__(self, drv):
+        self.drv = drv
+        self.stream = self.ev0 = self.ev1 = None
+        self.context = self.engine = None
+        self.self_timed = True
+        self._run: Any = None
+
+    def open(self, be: "TensorRTBackend", model: Any, input_shape, batch_size) -> None:
+        trt, drv = be._trt, self.drv
+        plan = be.engine_bytes(model, input_shape, batch_size)
+        runtime = trt.Runtime(_logger(trt, be.log_level))
+        engine = self.engine = runtime.deserialize_cuda_engine(plan)
+        if engine is None:
+            raise BackendError("TensorRT could not deserialize the engine (built by another "
+                               "TensorRT version or for another GPU?)")
+        context = self.context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        ins = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outs = [n for n in names if engine.get_tensor_mode(n) != trt.TensorIOMode.INPUT]
+        if len(ins) != 1:
+            raise BackendError(f"TensorRTBackend measures single-input models; this engine has "
+                               f"inputs {ins}")
+        name = ins[0]
+        shape = resolve_shape(input_shape, tuple(engine.get_tensor_shape(name)), batch_size,
+                              what="TensorRT engine")
+        if not context.set_input_shape(name, shape):
+            raise BackendError(f"input shape {shape} is outside the engine's optimisation profile")
+        x = random_input(shape, trt.nptype(engine.get_tensor_dtype(name)), seed=be.seed)
+        ptr = drv.mem_alloc(x.nbytes)
+        drv.memcpy_htod(ptr, x)
+        context.set_tensor_address(name, ptr)
+        for o in outs:
+            oshape = tuple(context.get_tensor_shape(o))
+            if any(d < 0 for d in oshape):
+                raise BackendError(f"output {o!r} has a data-dependent shape {oshape}; not supported")
+            itemsize = np.dtype(trt.nptype(engine.get_tensor_dtype(o))).itemsize
+            context.set_tensor_address(o, drv.mem_alloc(int(np.prod(oshape, dtype=np.int64)) * itemsize))
+        stream = self.stream = drv.stream_create()
+        ev0, ev1 = self.ev0, self.ev1 = drv.event_create(), drv.event_create()
+
+        def enqueue() -> None:
+            if not context.execute_async_v3(stream):
+                raise BackendError("TensorRT execute_async_v3 failed")
+
+        def run_event() -> float:
+            drv.event_record(ev0, stream)
+            enqueue()
+            drv.event_record(ev1, stream)
+            drv.event_synchronize(ev1)
+            return drv.event_elapsed_ms(ev0, ev1)
+
+        def run_wall() -> None:
+            enqueue()
+            drv.stream_synchronize(stream)
+
+        run_wall()  # first run (lazy init) outside warm-up accounting
+        self.self_timed = be.timer == "cuda_event"
+        self._run = run_event if self.self_timed else run_wall
+
+    def session(self):
+        return self._run
+
+    def close(self) -> None:
+        drv = self.drv
+        if drv is None:
+            return
+        if self.stream is not None:
+            try:
+                drv.stream_synchronize(self.stream)
+            except BackendError:  # pragma: no cover
+                pass
+        self.context = self.engine = None  # release the TensorRT objects before the CUDA context
+        for ev in (self.ev0, self.ev1):
+            if ev is not None:
+                drv.event_destroy(ev)
+        if self.stream is not None:
+            drv.stream_destroy(self.stream)
+        drv.close()  # frees every device buffer, releases the primary context
+        self.drv = None

@@ -1,13 +1,15 @@
 """XLA (JAX) latency backend: times a jitted Python callable on a JAX device."""
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from ..fingerprint import Fingerprint, cpu_model_name
 from ..stats import TimingStats
-from .base import DEFAULT_RUNS, DEFAULT_WARMUP, BackendError, collect_samples, random_input, resolve_shape
+from ..timing import TimingProtocol
+from .base import BackendError, TimerBase, random_input, resolve_shape, timed
 
 __all__ = ["XlaBackend"]
 
@@ -64,9 +66,11 @@ class XlaBackend:
                            device=device, provider=platform, threads=None, batch_size=batch_size,
                            precision=self.precision)
 
-    def measure(self, model: Callable[[Any], Any], input_shape: Optional[Sequence[int]] = None, *,
-                warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS,
-                batch_size: Optional[int] = None, min_time_s: float = 0.0) -> TimingStats:
+    def prepare(self, model: Callable[[Any], Any], input_shape: Optional[Sequence[int]] = None, *,
+              batch_size: Optional[int] = None) -> "_XlaTimer":
+        """``model`` jitted, compiled and run once on a fixed input (:class:`latency.timing.Timer`).  XLA
+        has no sessions to renew: every round reuses the executable.  On CPU the process's CPU time
+        checks for preemption (XLA may compute on its own threads, so it is not the thread's)."""
         import jax
 
         if not callable(model):
@@ -87,9 +91,27 @@ class XlaBackend:
             jax.block_until_ready(jitted(x))  # compile + first run: never timed
         except Exception as e:
             raise BackendError(f"the callable failed under jax.jit on input {shape}: {e}") from e
-        samples = collect_samples(lambda: jax.block_until_ready(jitted(x)), warmup=warmup, runs=runs,
-                                  min_time_s=min_time_s)
-        return TimingStats.from_samples(samples)
+        return _XlaTimer(lambda: jax.block_until_ready(jitted(x)), on_cpu=str(dev.platform) == "cpu")
+
+    def measure(self, model: Callable[[Any], Any], input_shape: Optional[Sequence[int]] = None, *,
+                warmup: Optional[int] = None, runs: Optional[int] = None,
+                batch_size: Optional[int] = None, min_time_s: float = 0.0,
+                protocol: Optional[TimingProtocol] = None) -> TimingStats:
+        with self.prepare(model, input_shape, batch_size=batch_size) as t:
+            return timed(t, warmup=warmup, runs=runs, min_time_s=min_time_s, protocol=protocol,
+                         what=getattr(model, "__name__", "the callable"))
 
     def __repr__(self) -> str:
         return f"XlaBackend(device={self._device_spec!r}, precision={self.precision!r})"
+
+
+class _XlaTimer(TimerBase):
+    self_timed = False
+    exclusive = False
+
+    def __init__(self, run: Callable[[], Any], *, on_cpu: bool):
+        self._run = run
+        self.cpu_clock = time.process_time_ns if on_cpu else None
+
+    def session(self):
+        return self._run
