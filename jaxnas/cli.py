@@ -21,7 +21,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     for mod, names in (("jaxnas.data", ("DataError",)), ("jaxnas.train", ("CheckpointError",)),
                        ("jaxnas.methods.depth", ("TableError", "BudgetError", "MergeCheckError")),
                        ("jaxnas.methods.dmcp", ("SearchError",)), ("jaxnas.methods.depth.pipeline", ("DepthError",)),
-                       ("latency", ("BackendError", "TableError")), ("export", ("ExportError",))):
+                       ("latency", ("BackendError", "TableError", "TimingError")), ("export", ("ExportError",))):
         try:
             m = __import__(mod, fromlist=list(names))
         except Exception:
@@ -139,31 +139,77 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _timing_protocol(args, max_time_s: float):
+    """The adaptive protocol from --rel-ci / --max-time / --priority, or None with fixed --runs."""
+    from latency.timing import DEFAULT_PROTOCOL
+    if args.runs is not None:
+        return None
+    return DEFAULT_PROTOCOL.replace(rel_ci=args.rel_ci, max_time_s=args.max_time or max_time_s,
+                                    priority=args.priority)
+
+
+def _warn(lines) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _timing_text(r: dict) -> str:
+    """' (95 % CI 0.409-0.415, ±0.7 %, 12 sessions, n=1430, capped)' for a protocol result, else ' (n=100)'."""
+    if r.get("confidence") is None:
+        return f" (p10 {r['p10_ms']:.3f}, p90 {r['p90_ms']:.3f}, n={r['count']})"
+    ci = r["ci_ms"]
+    iv = (f"{r['confidence']:.0%} CI {ci[0]:.3f}-{ci[1]:.3f}, ±{r['rel_ci']:.1%}" if ci[0] is not None
+          else "no interval")
+    return f" ({iv}, {r['rounds']} sessions, n={r['count']}{', stopped by the time cap' if r['capped'] else ''})"
+
+
 def cmd_latency_measure(args) -> int:
     from latency.measure import measure_spec
     spec, variables = _spec_and_variables(args)
     result = measure_spec(spec, variables, args.backend, threads=args.threads, batch_size=args.batch_size,
-                          warmup=args.warmup, runs=args.runs)
+                          warmup=args.warmup, runs=args.runs, protocol=_timing_protocol(args, 10.0))
     _print(result, args.json, f"{spec.name} on {result['fingerprint']['backend']}: median "
-                              f"{result['median_ms']:.3f} ms (p10 {result['p10_ms']:.3f}, p90 "
-                              f"{result['p90_ms']:.3f}, n={result['count']})")
+                              f"{result['median_ms']:.3f} ms" + _timing_text(result))
+    if result.get("flags"):
+        _warn([f"untrusted measurement: {'; '.join(result['flags'])}"])
+    return 0
+
+
+def cmd_latency_compare(args) -> int:
+    from latency.measure import compare_files
+    from latency.timing import DEFAULT_PROTOCOL
+    stems = [Path(f).stem for f in args.models]
+    names = stems if len(set(stems)) == len(stems) else list(args.models)
+    protocol = DEFAULT_PROTOCOL.replace(rel_ci=args.rel_ci, max_time_s=args.max_time or 30.0, priority=args.priority,
+                                        **({"min_round_runs": args.runs} if args.runs else {}),
+                                        **({"warmup": args.warmup} if args.warmup is not None else {}))
+    result = compare_files(dict(zip(names, args.models)), None, backend=args.backend, threads=args.threads,
+                           batch_size=args.batch_size, protocol=protocol)
+    _print(result.to_dict(), args.json, result.describe())
+    _warn([f"untrusted comparison: {f}" for f in result.flags])
     return 0
 
 
 def cmd_latency_build(args) -> int:
-    from latency.builder import build_table
+    from latency.builder import TABLE_PROTOCOL, build_table, untrusted_line
     table = build_table(args.space, args.backend, args.out, threads=args.threads, warmup=args.warmup,
-                        runs=args.runs, context=args.context)
-    _print({"path": str(args.out), "entries": len(table)}, args.json,
+                        runs=args.runs, context=args.context,
+                        protocol=_timing_protocol(args, TABLE_PROTOCOL.max_time_s))
+    _print({"path": str(args.out), "entries": len(table), "untrusted": table.untrusted()}, args.json,
            f"{args.out}: {len(table)} entries")
+    bad = untrusted_line(table, str(args.out))
+    _warn([bad] if bad else [])
     return 0
 
 
 def cmd_latency_validate(args) -> int:
-    from latency.predictor import validate_space
+    from latency.builder import TABLE_PROTOCOL
+    from latency.predictor import format_validation, validate_space
     report = validate_space(args.space, args.backend, args.samples, table_path=args.table, threads=args.threads,
-                            seed=args.seed, warmup=args.warmup, runs=args.runs, context=args.context)
-    _print(report, args.json)
+                            seed=args.seed, warmup=args.warmup, runs=args.runs, context=args.context,
+                            rounds=args.passes, protocol=_timing_protocol(args, TABLE_PROTOCOL.max_time_s))
+    _print(report, args.json, format_validation(report))
+    _warn(report.get("warnings", ()))
     return 0
 
 
@@ -246,19 +292,32 @@ def build_parser() -> argparse.ArgumentParser:
     lat = sub.add_parser("latency", help="measure latency, build lookup tables, validate the predictor")
     lsub = lat.add_subparsers(dest="latency_command", required=True)
 
-    def timing_args(q):
+    def timing_args(q, cap: float):
         q.add_argument("--backend", default="onnxruntime")
         q.add_argument("--threads", type=int, default=1)
-        q.add_argument("--warmup", type=int, default=20)
-        q.add_argument("--runs", type=int, default=100)
+        q.add_argument("--rel-ci", type=float, default=0.01,
+                       help="time until the 95%% CI of the median is within this fraction of it (default 0.01)")
+        q.add_argument("--max-time", type=float, default=None,
+                       help=f"cap in seconds per measurement (default {cap:g}); a capped one reports its interval")
+        q.add_argument("--priority", choices=["auto", "fifo", "nice", "none"], default="auto",
+                       help="timing thread scheduling: auto = SCHED_FIFO where allowed for 1-thread runtimes")
+        q.add_argument("--warmup", type=int, default=None, help="warm-up runs per session (default 10; 20 with --runs)")
+        q.add_argument("--runs", type=int, default=None,
+                       help="fixed number of runs in one session instead of the adaptive protocol")
         q.add_argument("--json", action="store_true")
 
     q = lsub.add_parser("measure", help="time a work dir or model end to end on a runtime")
     q.add_argument("target", metavar="WORKDIR_OR_MODEL")
     model_args(q, random_init=True)
     q.add_argument("--batch-size", type=int, default=1)
-    timing_args(q)
+    timing_args(q, 10.0)
     q.set_defaults(fn=cmd_latency_measure)
+
+    q = lsub.add_parser("compare", help="time exported models in alternating rounds; speed-ups with intervals")
+    q.add_argument("models", nargs="+", metavar="MODEL_FILE", help="ONNX / .tflite files; the first is the reference")
+    q.add_argument("--batch-size", type=int, default=None)
+    timing_args(q, 30.0)  # here --runs is the least runs per round
+    q.set_defaults(fn=cmd_latency_compare)
 
     q = lsub.add_parser("build-table", help="measure every block of a search space into a lookup table")
     q.add_argument("space", help="built-in space name (mbv2-small, mbv2-224) or a space YAML")
@@ -266,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--context", choices=["alone", "network"], default="alone",
                    help="time each block alone, or as the change it makes to a reference network "
                         "(better ranks on onnxruntime/CPU)")
-    timing_args(q)
+    timing_args(q, 3.0)
     q.set_defaults(fn=cmd_latency_build)
 
     q = lsub.add_parser("validate", help="predictor vs end-to-end measurement on random architectures")
@@ -277,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--context", choices=["alone", "network"], default=None,
                    help="time each block alone, or as the change it makes to a reference network "
                         "(default: the table's own; alone for a new one)")
-    timing_args(q)
+    q.add_argument("--passes", type=int, default=None,
+                   help="measurements of every net (default 2: the retest compares them; 3 with --runs)")
+    timing_args(q, 3.0)
     q.set_defaults(fn=cmd_latency_validate)
 
     q = sub.add_parser("search", help="run a search/pruning method (search.method in the config)")

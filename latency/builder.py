@@ -7,6 +7,13 @@ onnxruntime / TensorRT, ``.tflite`` for LiteRT, a jitted function for XLA).  The
 end-to-end latency of reference architectures (``ref:*`` entries), from which
 :class:`latency.predictor.LatencyPredictor` derives its overhead term.
 
+Timing follows the adaptive protocol by default (:mod:`latency.timing`, :data:`TABLE_PROTOCOL`): every
+entry is timed in rounds of fresh sessions until the 95 % interval of its median is within ±1 % (or the
+cap), and stores the interval, the rounds and the run count.  An entry flagged untrustworthy is timed
+once more; if it stays flagged it is stored with its flags and the build says so (one line), and
+:class:`latency.predictor.LatencyPredictor` warns about it.  Passing ``runs`` selects the fixed timing
+(``warmup`` + ``runs`` runs in one session per round, best of ``rounds``).
+
 The build is resumable: the table is saved (atomically) after every entry and a rerun measures only the
 missing entries.  A file measured on another setup (fingerprint), in other units, or for another space
 (``meta.space_hash``) or channel grid is refused with :class:`TableError`.
@@ -18,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -26,14 +34,19 @@ import numpy as np
 from jaxnas.spec import ArchSpec, analyze, macs
 
 from .backends import LatencyBackend, get_backend
+from .backends.base import measure_with, supports_protocol
 from .stats import TimingStats
-from .table import DEFAULT_COMPAT_KEYS, REBUILD_HINT, LatencyTable, TableError
+from .table import DEFAULT_COMPAT_KEYS, REBUILD_HINT, LatencyTable, TableError, entry_stats
 from .spaces import BlockConfig, SearchSpace, load_space
+from .timing import DEFAULT_PROTOCOL, TimingProtocol, TimingWarning, pool
 
 __all__ = ["build_table", "open_table", "resolve_backend", "measure_spec_latency", "export_for", "best_of", "median_of",
-           "grid_parts", "reference_archs", "table_meta", "input_shape", "REF_PREFIX", "ONNX_BACKENDS"]
+           "grid_parts", "reference_archs", "table_meta", "input_shape", "REF_PREFIX", "ONNX_BACKENDS", "TABLE_PROTOCOL",
+           "measure_entry", "combine", "untrusted_line"]
 
 REF_PREFIX = "ref:"
+# Tables time many small models: the same ±1 % target as `latency measure`, a shorter cap per entry.
+TABLE_PROTOCOL = DEFAULT_PROTOCOL.replace(max_time_s=3.0)
 # The provider too: a LiteRT table timed with XNNPACK says nothing about the builtin kernels.
 COMPAT_KEYS = (*DEFAULT_COMPAT_KEYS, "provider")
 ONNX_BACKENDS = ("onnxruntime", "tensorrt")
@@ -86,11 +99,13 @@ def median_of(stats: Sequence[TimingStats]) -> TimingStats:
 
 
 def export_for(spec: ArchSpec, backend: LatencyBackend, directory: Union[str, "os.PathLike[str]"], *,
-               variables: Optional[dict] = None, seed: int = 0, check: bool = False, stem: str = "model") -> Any:
+               variables: Optional[dict] = None, seed: int = 0, check: bool = False, stem: str = "model",
+               batch_size: int = 1) -> Any:
     """Export ``spec`` (random weights unless given) into ``directory`` in the backend's format.
 
     Returns the file path, or for the XLA backend a jittable function.  ``check`` runs the exporter's
-    parity check (off by default: a timing needs the graph, not the numbers).
+    parity check (off by default: a timing needs the graph, not the numbers).  ``batch_size``: the ONNX
+    graph's static batch (LiteRT and XLA take any batch at timing).
     """
     variables = _variables(spec, seed) if variables is None else variables
     name = getattr(backend, "name", "")
@@ -107,7 +122,8 @@ def export_for(spec: ArchSpec, backend: LatencyBackend, directory: Union[str, "o
     if name in ONNX_BACKENDS:
         from export.onnx_export import export_onnx
 
-        return str(export_onnx(spec, variables, Path(directory) / f"{stem}.onnx", check=check).path)
+        return str(export_onnx(spec, variables, Path(directory) / f"{stem}.onnx", check=check,
+                               batch_size=int(batch_size)).path)
     raise TableError(f"no export route for backend {name!r}; use onnxruntime, tensorrt, tflite or xla")
 
 
@@ -115,14 +131,55 @@ def input_shape(spec: ArchSpec) -> tuple[int, int, int, int]:
     return (1, *spec.input_size, spec.in_channels)
 
 
-def measure_spec_latency(spec: ArchSpec, backend: LatencyBackend, *, warmup: int, runs: int,
-                         variables: Optional[dict] = None, workdir: Optional[str] = None, seed: int = 0,
-                         check: bool = False, rounds: int = 1) -> TimingStats:
-    """Export ``spec`` to a temp dir, time it ``rounds`` times (:func:`best_of`), delete the file."""
+def measure_spec_latency(spec: ArchSpec, backend: LatencyBackend, *, warmup: Optional[int] = None,
+                         runs: Optional[int] = None, variables: Optional[dict] = None, workdir: Optional[str] = None,
+                         seed: int = 0, check: bool = False, rounds: int = 1,
+                         protocol: Optional[TimingProtocol] = None) -> TimingStats:
+    """Export ``spec`` to a temp dir, time it (by the protocol, or ``rounds`` x fixed ``runs``: best of), delete it."""
     with tempfile.TemporaryDirectory(prefix="jaxnas_lat_", dir=workdir) as tmp:
         model = export_for(spec, backend, tmp, variables=variables, seed=seed, check=check)
-        return best_of([backend.measure(model, input_shape(spec), warmup=warmup, runs=runs)
-                        for _ in range(max(1, int(rounds)))])
+        if runs is None:
+            return measure_with(backend, model, input_shape(spec), protocol=protocol, warmup=warmup)
+        return best_of([backend.measure(model, input_shape(spec), warmup=DEFAULT_WARMUP_FIXED if warmup is None
+                                        else warmup, runs=runs) for _ in range(max(1, int(rounds)))])
+
+
+DEFAULT_WARMUP_FIXED = 20
+
+
+def combine(stats: Sequence[TimingStats]) -> TimingStats:
+    """Repeated measurements of one entry as one: pooled rounds (:func:`latency.timing.pool`) when every
+    one carries its round medians, else each statistic's best round (:func:`best_of`)."""
+    return pool(stats) if all(s.round_medians for s in stats) else best_of(stats)
+
+
+def measure_entry(backend: LatencyBackend, model: Any, shape: Sequence[int], *, protocol: Optional[TimingProtocol],
+                  warmup: Optional[int], runs: Optional[int]) -> TimingStats:
+    """One table measurement: by the protocol (a flagged one is timed once more: the better of the two is
+    kept, pooled if both are trusted or both flagged) or fixed.  Flags stay in the stats; no warning is
+    raised here, the build reports untrusted entries itself."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TimingWarning)
+        st = measure_with(backend, model, shape, protocol=protocol, warmup=warmup, runs=runs)
+        if runs is None and st.flags and supports_protocol(backend):
+            again = measure_with(backend, model, shape, protocol=protocol, warmup=warmup)
+            st = again if not again.flags else pool([st, again])
+    return st
+
+
+def untrusted_line(table: LatencyTable, where: str = "the table") -> Optional[str]:
+    """One line naming how many entries of ``table`` are flagged and why (by flag code), or None."""
+    bad = table.untrusted()
+    if not bad:
+        return None
+    codes: dict[str, int] = {}
+    for flags in bad.values():
+        for f in flags:
+            codes[f.split(":", 1)[0]] = codes.get(f.split(":", 1)[0], 0) + 1
+    first = next(iter(bad))
+    return (f"{len(bad)} of {len(table)} entries of {where} are untrusted timings "
+            f"({', '.join(f'{k}: {v}' for k, v in codes.items())}; e.g. {first}: {bad[first][0]}); "
+            f"rebuild them on a quieter machine")
 
 
 def grid_parts(cfg: BlockConfig, step: Optional[int]) -> list[BlockConfig]:
@@ -215,13 +272,7 @@ def _progress(enabled: Union[bool, Callable[[str], None]]) -> Callable[[str], No
     return lambda msg: None
 
 
-def _entry_stats(e: Mapping[str, Any]) -> TimingStats:
-    def val(k: str) -> float:
-        v = e.get(k)
-        return float(e["mean"] if v is None else v)
-
-    return TimingStats(median=val("median"), mean=val("mean"), std=val("std"), p10=val("p10"), p90=val("p90"),
-                       min=val("min") if e.get("min") is not None else val("p10"), count=int(e.get("count") or 0))
+_entry_stats = entry_stats
 
 
 def _rounds_done(e: Optional[Mapping[str, Any]]) -> float:
@@ -232,16 +283,20 @@ def _rounds_done(e: Optional[Mapping[str, Any]]) -> float:
 
 
 def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.PathLike[str]"], *, threads: int = 1,
-                warmup: int = 20, runs: int = 100, channel_step: Optional[int] = None,
+                warmup: Optional[int] = None, runs: Optional[int] = None, channel_step: Optional[int] = None,
                 progress: Union[bool, Callable[[str], None]] = True, references: Optional[int] = 12,
-                rounds: int = 3, seed: int = 0, check_export: bool = False, context: str = "alone",
-                on_entry: Optional[Callable[[str, int, int], None]] = None) -> LatencyTable:
+                rounds: Optional[int] = None, seed: int = 0, check_export: bool = False, context: str = "alone",
+                on_entry: Optional[Callable[[str, int, int], None]] = None,
+                protocol: Optional[TimingProtocol] = None) -> LatencyTable:
     """Measure every unique part of ``space`` (and the reference architectures) into the table at ``out``.
 
-    Every entry is timed ``rounds`` times (``warmup`` + ``runs`` each) in ``rounds`` passes over the
-    whole table, so that a busy spell on a shared machine hits one round of many entries rather than
-    every round of a few; an entry keeps each statistic's best round (:func:`best_of`).  Resumes a
-    partial table at ``out``: only missing rounds are measured, and the file is saved after each one.
+    By default every entry is one adaptive measurement (``protocol``, default :data:`TABLE_PROTOCOL`;
+    ``warmup`` overrides its per-session warm-up) and ``rounds`` (default 1) passes over the table pool
+    their rounds (:func:`combine`).  With ``runs`` given, each of ``rounds`` (default 3) passes times
+    every entry with ``warmup`` + ``runs`` runs and an entry keeps each statistic's best pass
+    (:func:`best_of`).  Passes go over the whole table, so that a busy spell on a shared machine hits
+    one pass of many entries rather than every pass of a few.  Resumes a partial table at ``out``: only
+    missing passes are measured, and the file is saved after each one.
     ``channel_step``: measure channel counts on this grid (parts off the grid are stored as their
     rounded-down and rounded-up neighbours; the predictor interpolates).  ``references``: how many random
     architectures to time end to end besides the space's smallest and largest (``None``: none, so the
@@ -256,7 +311,15 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
     out = Path(out)
     table = open_table(out, space, fp, channel_step=channel_step, context=context)
     log = _progress(progress)
-    rounds = max(1, int(rounds))
+    if runs is not None and protocol is not None:
+        raise ValueError("pass either a timing protocol or a fixed number of runs, not both")
+    fixed = runs is not None
+    protocol = None if fixed else (protocol or TABLE_PROTOCOL)
+    if fixed and warmup is None:
+        warmup = DEFAULT_WARMUP_FIXED
+    rounds = max(1, int(rounds if rounds is not None else (3 if fixed else 1)))
+    table.meta.setdefault("timing", {"protocol": protocol.to_dict()} if protocol else
+                          {"fixed": {"warmup": warmup, "runs": runs, "rounds": rounds}})
 
     todo: dict[str, tuple[str, Any]] = {}
     if context == "alone":
@@ -268,7 +331,8 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
 
         with tempfile.TemporaryDirectory(prefix="jaxnas_table_") as tmp:
             measure_network_parts(space, be, table, lambda: table.save(out), warmup=warmup, runs=runs, rounds=rounds,
-                                  export=lambda spec, stem: export_for(spec, be, tmp, seed=seed, stem=stem), log=log)
+                                  export=lambda spec, stem: export_for(spec, be, tmp, seed=seed, stem=stem), log=log,
+                                  protocol=protocol)
     if references is not None and references is not False:
         n_random = 12 if references is True else int(references)
         for name, arch in reference_archs(space, n_random, seed).items():
@@ -299,18 +363,23 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
                     model = export_for(spec, be, tmp, seed=seed, check=check_export, stem=f"e{len(models)}")
                     models[key] = (model, spec, meta)
                 model, spec, meta = models[key]
-                stats = be.measure(model, input_shape(spec), warmup=warmup, runs=runs)
+                stats = measure_entry(be, model, input_shape(spec), protocol=protocol, warmup=warmup, runs=runs)
                 if prev is not None:
-                    stats = best_of([_entry_stats(prev), stats])
+                    stats = combine([_entry_stats(prev), stats])
                 table.put(key, stats, meta={**meta, "warmup": warmup, "runs": runs, "rounds": int(have) + 1})
                 table.save(out)
                 done += 1
+                iv = f" ±{stats.rel_ci:.1%} ({stats.rounds} sessions)" if stats.rel_ci is not None else ""
                 log(f"[latency] {done}/{total} round {int(have) + 1} {key}: {stats.min:.4f} ms min, "
-                    f"{stats.median:.4f} median ({time.perf_counter() - t0:.1f} s)")
+                    f"{stats.median:.4f} median{iv} ({time.perf_counter() - t0:.1f} s)"
+                    + (f" UNTRUSTED: {stats.flags[0]}" if stats.flags else ""))
                 if on_entry is not None:
                     on_entry(key, done, total)
     if not out.exists():  # nothing to measure (empty space?) but the caller expects a file
         table.save(out)
     if done:
         log(f"[latency] {done} measurements in {time.perf_counter() - t_start:.1f} s -> {out}")
+    bad = untrusted_line(table, str(out))
+    if bad:
+        log(f"[latency] warning: {bad}")
     return table

@@ -21,14 +21,19 @@ any table entry.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
+import dataclasses
+import warnings
+
 from .backends import measure_paired
+from .backends.base import measure_with, supports_protocol
 from .spaces import BlockConfig, SearchSpace, SpaceError
 from .stats import progress_line
 from .table import LatencyTable, TableError
+from .timing import TimingProtocol, TimingWarning
 
 __all__ = ["PROBE_PREFIX", "reference_arch", "probes", "measure_probes", "derive_parts", "measure_network_parts"]
 
@@ -80,14 +85,33 @@ def probes(space: SearchSpace, width: float) -> dict[str, tuple[str, int, Any, d
     return out
 
 
+def _pair(backend, ref_model, model, shape, *, protocol: Optional[TimingProtocol], warmup, runs, rounds):
+    """A probe against R: adaptive alternating rounds (a flagged pair is timed once more), or fixed rounds."""
+    if protocol is None or not supports_protocol(backend):
+        return measure_paired(backend, ref_model, model, shape, warmup=warmup, runs=runs, rounds=rounds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TimingWarning)
+        pt = measure_paired(backend, ref_model, model, shape, protocol=protocol)
+        if pt.flags:
+            again = measure_paired(backend, ref_model, model, shape, protocol=protocol)
+            if not again.flags:
+                return again
+            pt = dataclasses.replace(again, reference=pt.reference + again.reference,
+                                     candidate=pt.candidate + again.candidate)
+    return pt
+
+
 def measure_probes(space: SearchSpace, backend, table: LatencyTable, save: Callable[[], None], *, width: float,
-                   warmup: int, runs: int, rounds: int, export: Callable[[Any, str], Any],
-                   log: Callable[[str], None]) -> None:
+                   warmup: Optional[int], runs: Optional[int], rounds: int, export: Callable[[Any, str], Any],
+                   log: Callable[[str], None], protocol: Optional[TimingProtocol] = None) -> None:
     """Time every probe missing from `table` against R (alternating rounds) and save after each one.
 
-    `export(spec, stem)` returns the backend's model.  A probe entry holds the probe's best-round timing
-    and ``meta.delta_ms`` (median over rounds of probe median - R median); the reference entry holds
-    ``meta.round_stats``: R's per-round statistics across all probes.
+    `export(spec, stem)` returns the backend's model.  With a ``protocol`` every probe is timed against R
+    in alternating rounds until the interval of their time ratio is within its ``rel_ci``; otherwise in
+    ``rounds`` fixed rounds.  A probe entry holds the probe's best-round timing, ``meta.delta_ms``
+    (median over rounds of probe median - R median) and, by the protocol, ``meta.delta_ci_ms`` and the
+    pair's flags; the reference entry holds ``meta.round_stats``: R's per-round statistics across all
+    probes.
     """
     from .builder import input_shape
     from .stats import TimingStats
@@ -112,19 +136,26 @@ def measure_probes(space: SearchSpace, backend, table: LatencyTable, save: Calla
 
     ref_model = export(ref_spec, "netref")
     if not round_stats:
-        for _ in range(rounds):
-            put_ref(backend.measure(ref_model, shape, warmup=warmup, runs=runs))
+        if protocol is not None and supports_protocol(backend):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", TimingWarning)
+                put_ref(measure_with(backend, ref_model, shape, protocol=protocol))
+        else:
+            for _ in range(rounds):
+                put_ref(measure_with(backend, ref_model, shape, warmup=warmup, runs=runs if runs is not None else 100))
         save()
     for n, key in enumerate(pending):
         kind, si, what, arch = todo[key]
         model = export(space.build(arch, name=f"{space.name}_probe"), f"probe{n}")
-        pt = measure_paired(backend, ref_model, model, shape, warmup=warmup, runs=runs, rounds=rounds)
+        pt = _pair(backend, ref_model, model, shape, protocol=protocol, warmup=warmup, runs=runs, rounds=rounds)
         for r in pt.reference:
             put_ref(r)
-        table.put(key, pt.best, meta={"kind": "probe", "probe": kind, "stage": si,
-                                      "choice": list(what) if isinstance(what, tuple) else what,
-                                      "arch": arch, "delta_ms": pt.delta_ms, "delta_std_ms": pt.delta_std_ms,
-                                      "width": float(width)})
+        meta = {"kind": "probe", "probe": kind, "stage": si, "choice": list(what) if isinstance(what, tuple) else what,
+                "arch": arch, "delta_ms": pt.delta_ms, "delta_std_ms": pt.delta_std_ms, "width": float(width)}
+        ci = pt.delta_ci_ms
+        if ci is not None:
+            meta.update(delta_ci_ms=list(ci), rounds=len(pt.reference))
+        table.put(key, dataclasses.replace(pt.best, flags=pt.flags, notes=pt.notes), meta=meta)
         save()
         if (n + 1) % 10 == 0 or n + 1 == len(pending):
             log("[latency] " + progress_line(n + 1, len(pending), time.perf_counter() - t0, "probes"))
@@ -193,14 +224,14 @@ def derive_parts(space: SearchSpace, table: LatencyTable) -> dict[str, dict[str,
 
 
 def measure_network_parts(space: SearchSpace, backend, table: LatencyTable, save: Callable[[], None], *,
-                          warmup: int, runs: int, rounds: int, export: Callable[[Any, str], Any],
-                          log: Callable[[str], None]) -> None:
+                          warmup: Optional[int], runs: Optional[int], rounds: int, export: Callable[[Any, str], Any],
+                          log: Callable[[str], None], protocol: Optional[TimingProtocol] = None) -> None:
     """Measure the probes of every width (resumable) and store the derived part entries in `table`."""
     if any(not st.depths for st in space.stages):
         raise SpaceError("every stage needs a depth")
     for width in space.widths:
         measure_probes(space, backend, table, save, width=width, warmup=warmup, runs=runs, rounds=rounds,
-                       export=export, log=log)
+                       export=export, log=log, protocol=protocol)
     for k, e in derive_parts(space, table).items():
         table.put(k, e)
     save()

@@ -29,6 +29,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -61,10 +62,12 @@ class MissingEntryError(TableError):
 class LatencyPredictor:
     """Predicts the latency (ms per batch) of a concrete spec from a lookup table.
 
-    ``stat``: which entry statistic to sum ('p10' default, 'median', 'mean', 'min').
+    ``stat``: which entry statistic to sum ('median' default, 'p10', 'mean', 'min').
+    ``untrusted``: {key: flags} of table entries whose timing was flagged; a table with any raises one
+    :class:`latency.timing.TimingWarning` (``warn_untrusted=False``: the caller reports them itself).
     """
 
-    def __init__(self, table: TableLike, *, stat: str = DEFAULT_STAT):
+    def __init__(self, table: TableLike, *, stat: str = DEFAULT_STAT, warn_untrusted: bool = True):
         if stat not in STATS:
             raise ValueError(f"stat must be one of {STATS}, got {stat!r}")
         self.path: Optional[str] = None
@@ -73,6 +76,12 @@ class LatencyPredictor:
             table = LatencyTable.load(table)
         self.table = table
         self.stat = stat
+        self.untrusted = table.untrusted()
+        if self.untrusted and warn_untrusted:
+            from .builder import untrusted_line
+            from .timing import TimingWarning
+
+            warnings.warn(TimingWarning(untrusted_line(table, self.path or "the latency table")), stacklevel=2)
         step = table.meta.get("channel_step")
         self.channel_step: Optional[int] = int(step) if step else None
         self.overhead = self._fit_overhead()
@@ -294,33 +303,105 @@ def _finite(v: float) -> Optional[float]:
     return v if isinstance(v, float) and math.isfinite(v) else None
 
 
+RETEST_SPEARMAN_MIN = 0.9
+RETEST_WITHIN_5_MIN = 0.9
+
+
+def noise_warning(report: Mapping[str, Any]) -> Optional[str]:
+    """One line when the retest (the measurements against themselves) is too poor for the validation to
+    mean anything at ±5 % (Spearman < 0.9 or < 90 % of nets within ±5 % of their own retest)."""
+    t = report.get("retest")
+    if not t:
+        return None
+    rs, w5 = t.get("spearman"), t.get("within_5pct")
+    bad = (rs is not None and rs < RETEST_SPEARMAN_MIN) or (w5 is not None and w5 < RETEST_WITHIN_5_MIN)
+    if not bad:
+        return None
+    load = report.get("loadavg_1m")
+    where = f" (load average {load[0]:.1f} -> {load[1]:.1f})" if load else ""
+    rs_txt = f"{rs:.2f}" if rs is not None else "n/a"
+    return (f"the machine is too noisy for this validation{where}: the nets measured twice agree only to Spearman "
+            f"{rs_txt} with {w5:.0%} within ±5 % (need >= {RETEST_SPEARMAN_MIN} and {RETEST_WITHIN_5_MIN:.0%}); "
+            f"the accuracy figures are bounded by that; rerun on an idle machine")
+
+
+def format_validation(report: Mapping[str, Any]) -> str:
+    """The report as text: every accuracy figure with its retest (the noise ceiling) next to it."""
+    fp = report["fingerprint"]
+    t = report.get("retest") or {}
+    st = report["settings"]
+    how = (f"{st.get('passes')} passes by the adaptive protocol (±{st['protocol']['rel_ci']:.0%} target)"
+           if st.get("protocol") else f"{st.get('rounds')} rounds x {st.get('runs')} runs")
+    head = (f"{report['space']} ({report['context']} table) on {fp.get('runtime')} threads={fp.get('threads')}: "
+            f"{report['n']} nets, {how}, stat={report['stat']}, table build {report['timing_s']['table_build']:.0f} s, "
+            f"measure {report['timing_s']['export_and_measure']:.0f} s")
+    if report.get("loadavg_1m"):
+        head += " (load {:.1f} -> {:.1f})".format(*report["loadavg_1m"])
+
+    def row(name: str, key: str, fmt: str) -> str:
+        v, r = report.get(key), t.get(key)
+        txt = "n/a" if v is None else format(v, fmt)
+        rt = "n/a" if r is None else format(r, fmt)
+        return f"  {name:<13} {txt:>7}   (retest {rt})"
+
+    lines = [head, row("within ±5 %", "within_5pct", ".0%"), row("within ±10 %", "within_10pct", ".0%"),
+             row("RMSPE %", "rmspe", ".1f"), row("max |err| %", "max_abs_error_pct", ".1f"),
+             row("Spearman", "spearman", ".3f")]
+    sf = report.get("spearman_flops")
+    lines.append(f"  {'MACs Spearman':<13} {'n/a' if sf is None else format(sf, '.3f'):>7}   (the FLOPs proxy)")
+    if report.get("untrusted"):
+        lines.append(f"  untrusted measurements: {len(report['untrusted'])} of {report['n']}")
+    return "\n".join(lines)
+
+
 def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], SearchSpace], backend: Any, samples: int,
                    *, table_path: Optional[Union[str, "os.PathLike[str]"]] = None, threads: int = 1, seed: int = 0,
-                   warmup: int = 20, runs: int = 100, stat: str = DEFAULT_STAT, rounds: int = 3,
-                   context: Optional[str] = None,
-                   progress: Union[bool, Callable[[str], None]] = True) -> dict[str, Any]:
+                   warmup: Optional[int] = None, runs: Optional[int] = None, stat: str = DEFAULT_STAT,
+                   rounds: Optional[int] = None, context: Optional[str] = None,
+                   progress: Union[bool, Callable[[str], None]] = True,
+                   protocol: Optional[Any] = None) -> dict[str, Any]:
     """Predict and measure ``samples`` random architectures of ``space`` on ``backend``; report the fit.
 
     The table at ``table_path`` is loaded and checked against the space and the backend's fingerprint,
-    or built (resumably) when missing; with ``table_path=None`` it lives in :func:`default_table_path`.
-    ``context``: how the table times blocks ('alone' or 'network', see :func:`latency.builder.build_table`);
-    None: an existing table's own, 'alone' for a new one.
-    Each architecture is exported whole (ONNX / TFLite like the table's parts) and timed ``rounds``
-    times, interleaved over the samples, keeping each statistic's median round (:func:`median_of`).
-    Returns a JSON-able dict: within_5pct, within_10pct, rmspe, spearman, spearman_flops, n, rows, ...
+    or built (resumably, with the same timing) when missing; with ``table_path=None`` it lives in
+    :func:`default_table_path`.  ``context``: how the table times blocks ('alone' or 'network', see
+    :func:`latency.builder.build_table`); None: an existing table's own, 'alone' for a new one.
+
+    Each architecture is exported whole (ONNX / TFLite like the table's parts) and timed in ``rounds``
+    passes over all samples (default 2), each pass one adaptive measurement per net (``protocol``,
+    default :data:`latency.builder.TABLE_PROTOCOL`); a net's figure pools its passes' rounds.  With
+    ``runs`` given each pass is ``warmup`` + ``runs`` fixed runs (default 3 passes) and a net keeps each
+    statistic's median pass (:func:`median_of`).  The retest compares the odd passes with the even ones:
+    the agreement of the measurements with themselves, the ceiling of any predictor's.
+
+    Returns a JSON-able dict: within_5pct, within_10pct, rmspe, spearman, spearman_flops, n, rows, retest
+    (the same figures, measurement against measurement), untrusted (nets whose timing was flagged),
+    table_untrusted, warnings (one line each: a flagged measurement, flagged table entries, a machine
+    too noisy for the requested precision), ...
     """
-    from .builder import (_progress, build_table, export_for, grid_parts, input_shape, median_of, open_table,
-                          resolve_backend)
+    from .builder import (TABLE_PROTOCOL, _progress, build_table, combine, export_for, grid_parts, input_shape,
+                          measure_entry, median_of, open_table, resolve_backend, untrusted_line)
+    from .timing import TimingWarning, pool
 
     if isinstance(samples, bool) or int(samples) < 1:
         raise ValueError(f"samples must be >= 1, got {samples!r}")
+    if runs is not None and protocol is not None:
+        raise ValueError("pass either a timing protocol or a fixed number of runs, not both")
+    fixed = runs is not None
+    protocol = None if fixed else (protocol or TABLE_PROTOCOL)
+    passes = max(1, int(rounds if rounds is not None else (3 if fixed else 2)))
+    if fixed and warmup is None:
+        warmup = 20
     space = load_space(space)
     be = resolve_backend(backend, threads)
     fp = be.fingerprint(1).to_dict()
     log = _progress(progress)
     path = Path(table_path) if table_path is not None else default_table_path(space, fp, context or "alone")
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
     build_s = 0.0
+    table_kw = dict(threads=threads, warmup=warmup, runs=runs, progress=progress, seed=seed, protocol=protocol,
+                    rounds=passes if fixed else None)
     if path.exists():
         have = LatencyTable.load(path).meta
         step = have.get("channel_step")
@@ -328,17 +409,15 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
         table = open_table(path, space, fp, channel_step=step, context=context, create=False)
         if any(g.key not in table for p in space.unique_parts() for g in grid_parts(p, step)):
             log(f"[validate] {path} is incomplete: resuming its build")
-            table = build_table(space, be, path, threads=threads, warmup=warmup, runs=runs, progress=progress,
-                                seed=seed, channel_step=step, rounds=rounds, context=context)
+            table = build_table(space, be, path, channel_step=step, context=context, **table_kw)
             build_s = time.perf_counter() - t0
         if not any(k.startswith("ref:") for k in table):
             log(f"[validate] {path} has no reference architectures: the overhead term is 0")
     else:
         log(f"[validate] building the latency table {path}")
-        table = build_table(space, be, path, threads=threads, warmup=warmup, runs=runs, progress=progress,
-                            seed=seed, rounds=rounds, context=context or "alone")
+        table = build_table(space, be, path, context=context or "alone", **table_kw)
         build_s = time.perf_counter() - t0
-    predictor = LatencyPredictor(table, stat=stat)
+    predictor = LatencyPredictor(table, stat=stat, warn_untrusted=False)
     predictor.path = str(path)
 
     rng = np.random.default_rng(seed)
@@ -351,34 +430,40 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
         for i, spec in enumerate(specs):
             models.append(export_for(spec, be, tmp, seed=seed, stem=f"sample{i}"))
             log(f"[validate] exported {i + 1}/{len(specs)}")
-        for r in range(max(1, int(rounds))):
+        for r in range(passes):
             for i, (spec, model) in enumerate(zip(specs, models)):
-                measured[i].append(be.measure(model, input_shape(spec), warmup=warmup, runs=runs))
-            log(f"[validate] round {r + 1}/{rounds} done")
+                measured[i].append(measure_entry(be, model, input_shape(spec), protocol=protocol, warmup=warmup,
+                                                 runs=runs))
+            log(f"[validate] pass {r + 1}/{passes} done")
     measure_s = time.perf_counter() - t1
-    stats = [median_of(m) for m in measured]
+    merge = median_of if fixed else combine
+    stats = [merge(m) for m in measured]
 
     flops = [float(macs(s)) for s in specs]
     by_stat: dict[str, Any] = {}
-    for st in STATS:
-        pr = LatencyPredictor(table, stat=st)
-        pred = [pr.predict(s) for s in specs]
-        meas = [getattr(x, st) for x in stats]
-        by_stat[st] = {**prediction_metrics(pred, meas, flops), "overhead_coef": pr.overhead["coef"]}
-        if st == stat:
-            for i, (spec, p, m) in enumerate(zip(specs, pred, meas)):
-                rows.append({"name": spec.name, "macs": int(flops[i]), "n_parts": len(predictor.parts(spec)),
-                             "predicted_ms": p, "measured_ms": m, "error_pct": 100.0 * (p - m) / m,
-                             "measured": stats[i].to_dict(), "arch": spec.metadata.get("arch")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TimingWarning)
+        for st in STATS:
+            pr = LatencyPredictor(table, stat=st, warn_untrusted=False)
+            pred = [pr.predict(s) for s in specs]
+            meas = [getattr(x, st) for x in stats]
+            by_stat[st] = {**prediction_metrics(pred, meas, flops), "overhead_coef": pr.overhead["coef"]}
+            if st == stat:
+                for i, (spec, p, m) in enumerate(zip(specs, pred, meas)):
+                    rows.append({"name": spec.name, "macs": int(flops[i]), "n_parts": len(predictor.parts(spec)),
+                                 "predicted_ms": p, "measured_ms": m, "error_pct": 100.0 * (p - m) / m,
+                                 "measured": stats[i].to_dict(), "flags": list(stats[i].flags),
+                                 "arch": spec.metadata.get("arch")})
     main = by_stat[stat]
-    # The noise ceiling: the same nets measured again (the median of the even rounds against that of the
-    # odd rounds; round 2 against round 1 for 2-3 rounds) agree only this well, and no predictor can
-    # agree better with one measurement than the measurements with each other.
+    # The noise ceiling: the same nets measured again (the odd passes against the even ones) agree only
+    # this well, and no predictor can agree better with one measurement than the measurements with each
+    # other.
     retest = None
-    if len(measured[0]) >= 2:
-        halves = [(median_of(m[1::2]), median_of(m[0::2])) if len(m) >= 4 else (m[1], m[0]) for m in measured]
+    if passes >= 2:
+        halves = [(merge(m[1::2]), merge(m[0::2])) for m in measured]
         retest = prediction_metrics([getattr(a, stat) for a, _ in halves], [getattr(b, stat) for _, b in halves])
         retest = {k: (_finite(v) if isinstance(v, float) else v) for k, v in retest.items()}
+    untrusted = [row["name"] for row in rows if row["flags"]]
     report = {
         "space": space.name, "space_hash": space.hash, "backend": fp.get("backend"), "stat": stat,
         "context": table.meta.get("context", "alone"),
@@ -390,9 +475,23 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
         "by_stat": {k: {kk: (_finite(vv) if isinstance(vv, float) else vv) for kk, vv in v.items()}
                     for k, v in by_stat.items()},
         "fingerprint": fp, "table_path": str(path), "table_entries": len(table),
-        "settings": {"samples": int(samples), "seed": seed, "warmup": warmup, "runs": runs, "rounds": rounds,
-                     "threads": threads},
+        "untrusted": untrusted, "table_untrusted": sorted(predictor.untrusted),
+        "settings": {"samples": int(samples), "seed": seed, "warmup": warmup, "runs": runs, "rounds": passes,
+                     "passes": passes, "threads": threads, "protocol": protocol.to_dict() if protocol else None},
         "timing_s": {"table_build": build_s, "export_and_measure": measure_s},
+        "loadavg_1m": [load0, os.getloadavg()[0]] if load0 is not None else None,
         "rows": rows,
     }
+    warn: list[str] = []
+    if untrusted:
+        first = next(r for r in rows if r["flags"])
+        warn.append(f"{len(untrusted)} of {len(rows)} measured nets are untrusted timings (e.g. {first['name']}: "
+                    f"{first['flags'][0]}); their errors may be the machine's, not the predictor's")
+    bad_table = untrusted_line(table, str(path))
+    if bad_table:
+        warn.append(bad_table)
+    noisy = noise_warning(report)
+    if noisy:
+        warn.append(noisy)
+    report["warnings"] = warn
     return report

@@ -18,6 +18,11 @@ File layout (``schema_version`` 1)::
 
 ``mean`` is always a number; ``count``/``std``/``median``/``p10``/``p90``
 may be ``null`` for imported tables that only published a mean.
+
+Entries timed by the adaptive protocol (:mod:`latency.timing`) also hold ``ci_low``/``ci_high`` (the
+``confidence`` interval of the median), ``rounds`` (sessions; ``count`` is the runs), ``capped``,
+``round_medians`` and, when there are any, ``flags`` (reasons not to trust the entry) and ``notes``.
+All are optional: tables written before them load unchanged (same schema version).
 """
 from __future__ import annotations
 
@@ -32,11 +37,12 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 from jaxnas.io_utils import atomic_write_text
 
 from .fingerprint import Fingerprint, describe
-from .stats import TimingStats
+from .stats import PROTOCOL_FIELDS, TimingStats, protocol_fields
 
 __all__ = [
     "LatencyTable",
     "TableError",
+    "entry_stats",
     "interpolate",
     "SCHEMA_VERSION",
     "UNITS",
@@ -94,6 +100,10 @@ def _validate_entry(key: Any, e: Any, where: str) -> dict[str, Any]:
                              f"got {c!r}")
     if "meta" in e and not isinstance(e["meta"], Mapping):
         raise TableError(f"{where}: entry {key!r} field 'meta' must be an object")
+    try:
+        protocol_fields(e)
+    except ValueError as err:
+        raise TableError(f"{where}: entry {key!r} {err}") from None
     out = dict(e)
     if isinstance(c, float):
         out["count"] = int(c)
@@ -154,15 +164,18 @@ class LatencyTable:
                 raise TableError(f"stats for {key!r} are in {stats.unit!r}; tables store {UNITS!r}")
             e: dict[str, Any] = {f: getattr(stats, f) for f in ENTRY_FIELDS}
             e["min"] = stats.min
+            if stats.confidence is not None or stats.flags:  # measured by the adaptive protocol
+                d = stats.to_dict()
+                e.update({f: d[f] for f in PROTOCOL_FIELDS if d[f] is not None and d[f] != []})
         elif isinstance(stats, Mapping):
             missing = [f for f in ENTRY_FIELDS if f not in stats]
             if missing:
                 raise TableError(f"put(): stats for {key!r} are missing field(s) {missing} "
                                  f"(use null/None for unknown values)")
             e = {f: stats[f] for f in ENTRY_FIELDS}
-            for f in _OPTIONAL_NUMERIC:
+            for f in (*_OPTIONAL_NUMERIC, *PROTOCOL_FIELDS):
                 if stats.get(f) is not None:
-                    e[f] = stats[f]
+                    e[f] = list(stats[f]) if isinstance(stats[f], tuple) else stats[f]
             if stats.get("unit", UNITS) != UNITS:
                 raise TableError(f"stats for {key!r} are in {stats['unit']!r}; tables store {UNITS!r}")
             if stats.get("meta") is not None:
@@ -172,6 +185,14 @@ class LatencyTable:
         if meta is not None:
             e["meta"] = {**e.get("meta", {}), **dict(meta)}
         self.entries[key] = _validate_entry(key, e, "put()")
+
+    def stats(self, key: str) -> TimingStats:
+        """The entry as :class:`TimingStats` (:func:`entry_stats`)."""
+        return entry_stats(self.entries[key])
+
+    def untrusted(self) -> dict[str, list[str]]:
+        """{key: flags} of the entries whose measurement was flagged untrustworthy."""
+        return {k: list(e["flags"]) for k, e in self.entries.items() if e.get("flags")}
 
     # ------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -291,6 +312,17 @@ class LatencyTable:
                                  f"path or {REBUILD_HINT}")
             table.meta.update({k: v for k, v in meta.items() if k not in table.meta})
         return table
+
+
+def entry_stats(e: Mapping[str, Any]) -> TimingStats:
+    """A table entry as :class:`TimingStats` (null statistics fall back to ``mean``, ``min`` to ``p10``)."""
+    def val(k: str) -> float:
+        v = e.get(k)
+        return float(e["mean"] if v is None else v)
+
+    return TimingStats(median=val("median"), mean=val("mean"), std=val("std"), p10=val("p10"), p90=val("p90"),
+                       min=val("min") if e.get("min") is not None else val("p10"), count=int(e.get("count") or 0),
+                       **protocol_fields(e))
 
 
 def _jsonish(v: Any) -> Any:

@@ -26,8 +26,10 @@ What makes a measurement untrustworthy, and what happens then
       (another process's time slice is not the model's latency).  A round that loses half its runs is
       discarded and re-taken.
     * outlier bursts: a stretch of runs (a window of 10 % of the round, at least 3) whose median is more
-      than ``burst_rel`` above the round's median: the round is discarded and re-taken.  Too many
-      discarded rounds flag the measurement (``bursts``).
+      than ``burst_rel`` above the round's median; measured here under SCHED_FIFO, where nothing preempts
+      the timing thread, stretches of ~5 ms ran 25-45 % slower (interference through the shared cache or
+      the host).  Their slow runs are dropped like preempted ones.  A round that loses half its runs is
+      discarded and re-taken; too many discarded rounds flag the measurement (``bursts``).
     * round-to-round drift: a monotone trend of the round values (Mann-Kendall test, p < 0.01) that moves
       them by more than ``drift_rel`` over the measurement: it is re-measured from scratch
       (``retries``), and flagged (``drift``) if the trend is still there.
@@ -70,7 +72,7 @@ from .stats import TimingStats
 __all__ = [
     "TimingProtocol", "DEFAULT_PROTOCOL", "TimingWarning", "TimingError", "Timer", "RoundResult", "Comparison",
     "median_ci", "median_ci_ranks", "min_rounds_for", "relative_halfwidth", "mann_kendall", "theil_sen_slope",
-    "find_modes", "clean_round", "drift_of", "timing_priority", "measure_adaptive", "compare_adaptive",
+    "find_modes", "clean_round", "burst_mask", "drift_of", "timing_priority", "measure_adaptive", "compare_adaptive",
     "pool", "warn_if_flagged", "flag_codes",
 ]
 
@@ -293,7 +295,8 @@ class RoundResult:
     runs: np.ndarray
     total: int
     dropped: int = 0              # runs dropped as preempted
-    status: str = "ok"            # ok | preempted (lost half its runs) | burst
+    status: str = "ok"            # ok | preempted / burst (lost half its runs to either: the round is discarded)
+    burst_runs: int = 0           # runs dropped inside outlier bursts
 
     @property
     def median(self) -> float:
@@ -303,13 +306,29 @@ class RoundResult:
         return TimingStats.from_samples(self.runs)
 
 
+def burst_mask(runs: Sequence[float], burst_rel: float = 0.2) -> np.ndarray:
+    """True for the runs inside an outlier burst: every window of ``max(3, 10 %)`` consecutive runs whose
+    median is more than ``burst_rel`` above the median of all (checked with at least two windows' runs).
+
+    Isolated slow runs are no burst (a window's median ignores them); a stretch of interference (another
+    process on the shared cache, the host) is."""
+    x = np.asarray(runs, dtype=float)
+    mask = np.zeros(len(x), dtype=bool)
+    win = max(3, int(math.ceil(0.1 * len(x))))
+    if len(x) < 2 * win:
+        return mask
+    thr = float(np.median(x)) * (1.0 + burst_rel)
+    hot = np.flatnonzero(np.median(np.lib.stride_tricks.sliding_window_view(x, win), axis=1) > thr)
+    for i in hot:
+        seg = slice(i, i + win)
+        mask[seg] |= x[seg] > thr  # the slow runs of a hot window (its fast ones are not interference)
+    return mask
+
+
 def clean_round(wall_ms: Sequence[float], cpu_ms: Optional[Sequence[float]] = None, *,
                 preempt_abs_ms: float = 0.02, preempt_rel: float = 0.05, burst_rel: float = 0.2) -> RoundResult:
-    """Drop preempted runs (wall - CPU time above the threshold) and detect an outlier burst.
-
-    A burst is a window of ``max(3, 10 %)`` consecutive kept runs whose median is more than
-    ``burst_rel`` above the median of the round (checked when the round has at least two windows).
-    """
+    """Drop preempted runs (wall - CPU time above the threshold), then the runs of outlier bursts
+    (:func:`burst_mask`); a round that loses half its runs to either is marked for discarding."""
     wall = np.asarray(wall_ms, dtype=float)
     n = len(wall)
     keep = np.ones(n, dtype=bool)
@@ -321,13 +340,11 @@ def clean_round(wall_ms: Sequence[float], cpu_ms: Optional[Sequence[float]] = No
     dropped = int(n - keep.sum())
     if n == 0 or len(kept) * 2 < n:
         return RoundResult(kept, n, dropped, "preempted")
-    med = float(np.median(kept))
-    win = max(3, int(math.ceil(0.1 * len(kept))))
-    if len(kept) >= 2 * win:
-        windows = np.lib.stride_tricks.sliding_window_view(kept, win)
-        if float(np.median(windows, axis=1).max()) > med * (1.0 + burst_rel):
-            return RoundResult(kept, n, dropped, "burst")
-    return RoundResult(kept, n, dropped, "ok")
+    burst = burst_mask(kept, burst_rel)
+    clean = kept[~burst]
+    if len(clean) * 2 < n:
+        return RoundResult(clean, n, dropped, "burst", int(burst.sum()))
+    return RoundResult(clean, n, dropped, "ok", int(burst.sum()))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -449,6 +466,7 @@ class _Attempt:
     rounds: list[list[RoundResult]]   # accepted rounds, each [contender 0, contender 1, ...]
     discarded: dict[str, int]
     dropped_runs: int
+    burst_runs: int
     total_runs: int
     capped: bool
     elapsed_s: float
@@ -473,7 +491,7 @@ def _run_attempt(timers: Sequence[Timer], p: TimingProtocol, now: Callable[[], f
     start = now()
     rounds: list[list[RoundResult]] = []
     discarded = {"preempted": 0, "burst": 0}
-    dropped = total = 0
+    dropped = total = bursts = 0
     capped = False
     cached: dict[int, Callable[[], Any]] = {}
     need = p.rounds_needed
@@ -494,6 +512,7 @@ def _run_attempt(timers: Sequence[Timer], p: TimingProtocol, now: Callable[[], f
             taken += 1
             done = [r for r in res if r is not None]
             dropped += sum(r.dropped for r in done)
+            bursts += sum(r.burst_runs for r in done)
             total += sum(r.total for r in done)
             if fifo:  # leave the core to others for a moment: RT throttling never cuts into a run
                 time.sleep(max(0.001, 0.1 * (now() - r0)))
@@ -505,7 +524,7 @@ def _run_attempt(timers: Sequence[Timer], p: TimingProtocol, now: Callable[[], f
             if len(rounds) >= need and all(relative_halfwidth(float(np.median(t)), median_ci(t, p.confidence))
                                            <= p.rel_ci for t in _targets(rounds)):
                 break
-    return _Attempt(rounds, discarded, dropped, total, capped, now() - start, dict(applied))
+    return _Attempt(rounds, discarded, dropped, bursts, total, capped, now() - start, dict(applied))
 
 
 def _run(timers: Sequence[Timer], p: TimingProtocol, now: Callable[[], float]) -> tuple[_Attempt, list[str], list[str]]:
@@ -535,8 +554,9 @@ def _run(timers: Sequence[Timer], p: TimingProtocol, now: Callable[[], float]) -
     elif n_disc:
         notes.append(f"{n_disc} of {n + n_disc} rounds discarded ({att.discarded['burst']} outlier bursts, "
                      f"{att.discarded['preempted']} preempted) and re-taken")
-    if att.dropped_runs:
-        notes.append(f"{att.dropped_runs} of {att.total_runs} runs dropped as preempted")
+    if att.dropped_runs or att.burst_runs:
+        notes.append(f"{att.dropped_runs + att.burst_runs} of {att.total_runs} runs dropped ({att.dropped_runs} "
+                     f"preempted, {att.burst_runs} in outlier bursts)")
     if att.capped:
         notes.append(f"stopped by the cap ({p.max_time_s:g} s) after {n} rounds")
     if att.applied.get("priority") != "default" or att.applied.get("pin") is not None:
@@ -653,9 +673,14 @@ class Comparison:
         """One line per model against the reference: speed-up with its interval."""
         lines = []
         for j in range(1, len(self.names)):
-            sci = self.speedup_ci(j)
-            iv = f" ({self.confidence:.0%} CI {sci[0]:.3f}-{sci[1]:.3f})" if sci else " (no interval)"
-            lines.append(f"{self.names[j]} vs {self.names[0]}: {self.speedup(j):.3f}x faster{iv}, "
+            sp, sci = self.speedup(j), self.speedup_ci(j)
+            if sp >= 1:
+                word, val = "faster", sp
+                iv = f" ({self.confidence:.0%} CI {sci[0]:.3f}-{sci[1]:.3f})" if sci else " (no interval)"
+            else:  # say "1.19x slower", not "0.84x faster"
+                word, val, ci = "slower", 1.0 / sp, self.ratio_ci(j)
+                iv = f" ({self.confidence:.0%} CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else " (no interval)"
+            lines.append(f"{self.names[j]} vs {self.names[0]}: {val:.3f}x {word}{iv}, "
                          f"{self.stats[j].median:.4g} vs {self.stats[0].median:.4g} ms, "
                          f"{len(self.rounds[0])} alternating rounds" + (", capped" if self.capped else ""))
         return "\n".join(lines)
