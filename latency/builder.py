@@ -42,7 +42,7 @@ from .timing import DEFAULT_PROTOCOL, TimingProtocol, TimingWarning, pool
 
 __all__ = ["build_table", "open_table", "resolve_backend", "measure_spec_latency", "export_for", "best_of", "median_of",
            "grid_parts", "reference_archs", "table_meta", "input_shape", "REF_PREFIX", "ONNX_BACKENDS", "TABLE_PROTOCOL",
-           "measure_entry", "combine", "untrusted_line"]
+           "measure_entry", "measure_models", "combine", "untrusted_line"]
 
 REF_PREFIX = "ref:"
 # Tables time many small models: the same ±1 % target as `latency measure`, a shorter cap per entry.
@@ -167,6 +167,55 @@ def measure_entry(backend: LatencyBackend, model: Any, shape: Sequence[int], *, 
     return st
 
 
+def measure_models(backend: LatencyBackend, items: Sequence[tuple[Any, Sequence[int]]], *,
+                   protocol: Optional[TimingProtocol], warmup: Optional[int], runs: Optional[int],
+                   on_done: Optional[Callable[[int, TimingStats], None]] = None,
+                   names: Optional[Sequence[str]] = None) -> list[TimingStats]:
+    """Time ``(model, input_shape)`` items; ``on_done(j, stats)`` once per item, as soon as it is final.
+
+    By the protocol, on a backend with ``prepare()``: all items at once with their rounds interleaved
+    (:func:`latency.timing.measure_interleaved`: a busy spell hits a few rounds of many items, not every
+    round of one), the flagged ones timed once more (interleaved among themselves; a clean second
+    measurement replaces a flagged one, two flagged ones are pooled).  Otherwise one after the other
+    (:func:`measure_entry`)."""
+    import contextlib
+
+    from .timing import measure_interleaved
+
+    items = list(items)
+    if runs is not None or protocol is None or not supports_protocol(backend) or not items:
+        out = []
+        for j, (model, shape) in enumerate(items):
+            out.append(measure_entry(backend, model, shape, protocol=protocol, warmup=warmup, runs=runs))
+            if on_done is not None:
+                on_done(j, out[-1])
+        return out
+    p = protocol if warmup is None else protocol.replace(warmup=warmup)
+    names = list(names) if names is not None else [str(m) for m, _ in items]
+    final: dict[int, TimingStats] = {}
+
+    def first(j: int, st: TimingStats) -> None:
+        final[j] = st
+        if not st.flags and on_done is not None:
+            on_done(j, st)
+
+    def run(idx: list[int], cb: Callable[[int, TimingStats], None]) -> None:
+        with contextlib.ExitStack() as stack:
+            timers = [stack.enter_context(backend.prepare(items[j][0], items[j][1])) for j in idx]
+            measure_interleaved(timers, p, on_done=lambda i, st: cb(idx[i], st), what=[names[j] for j in idx])
+
+    run(list(range(len(items))), first)
+    bad = [j for j, st in final.items() if st.flags]
+    if bad:
+        def again(j: int, st: TimingStats) -> None:
+            final[j] = st if not st.flags else pool([final[j], st])
+        run(sorted(bad), again)
+        for j in sorted(bad):
+            if on_done is not None:
+                on_done(j, final[j])
+    return [final[j] for j in range(len(items))]
+
+
 def untrusted_line(table: LatencyTable, where: str = "the table") -> Optional[str]:
     """One line naming how many entries of ``table`` are flagged and why (by flag code), or None."""
     bad = table.untrusted()
@@ -174,8 +223,8 @@ def untrusted_line(table: LatencyTable, where: str = "the table") -> Optional[st
         return None
     codes: dict[str, int] = {}
     for flags in bad.values():
-        for f in flags:
-            codes[f.split(":", 1)[0]] = codes.get(f.split(":", 1)[0], 0) + 1
+        for code in dict.fromkeys(f.split(":", 1)[0] for f in flags):  # entries per reason
+            codes[code] = codes.get(code, 0) + 1
     first = next(iter(bad))
     return (f"{len(bad)} of {len(table)} entries of {where} are untrusted timings "
             f"({', '.join(f'{k}: {v}' for k, v in codes.items())}; e.g. {first}: {bad[first][0]}); "
@@ -346,27 +395,30 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
     with tempfile.TemporaryDirectory(prefix="jaxnas_table_") as tmp:
         models: dict[str, tuple[Any, ArchSpec, dict[str, Any]]] = {}
         for r in range(1, rounds + 1):
-            for key, (what, obj) in todo.items():
+            pending = [key for key in todo if _rounds_done(table.get(key)) < r]
+            for key in pending:
+                if key in models:  # export once per build, reuse the file in later rounds
+                    continue
+                what, obj = todo[key]
+                if what == "part":
+                    spec = obj.to_spec()
+                    meta: dict[str, Any] = {"kind": obj.kind, "config": obj.to_dict(), "macs": macs(spec)}
+                else:
+                    spec = space.build(obj, name=f"{space.name}_{key.replace(':', '_')}")
+                    meta = {"kind": "reference", "arch": obj, "macs": macs(spec),
+                            "params": analyze(spec).params, "parts": [p.to_dict() for p in space.decompose(spec)]}
+                model = export_for(spec, be, tmp, seed=seed, check=check_export, stem=f"e{len(models)}")
+                models[key] = (model, spec, meta)
+            t0 = time.perf_counter()
+
+            def store(j: int, stats: TimingStats) -> None:
+                nonlocal done
+                key = pending[j]
                 prev = table.get(key)
                 have = _rounds_done(prev)
-                if have >= r:
-                    continue
-                t0 = time.perf_counter()
-                if key not in models:  # export once per build, reuse the file in later rounds
-                    if what == "part":
-                        spec = obj.to_spec()
-                        meta: dict[str, Any] = {"kind": obj.kind, "config": obj.to_dict(), "macs": macs(spec)}
-                    else:
-                        spec = space.build(obj, name=f"{space.name}_{key.replace(':', '_')}")
-                        meta = {"kind": "reference", "arch": obj, "macs": macs(spec),
-                                "params": analyze(spec).params, "parts": [p.to_dict() for p in space.decompose(spec)]}
-                    model = export_for(spec, be, tmp, seed=seed, check=check_export, stem=f"e{len(models)}")
-                    models[key] = (model, spec, meta)
-                model, spec, meta = models[key]
-                stats = measure_entry(be, model, input_shape(spec), protocol=protocol, warmup=warmup, runs=runs)
                 if prev is not None:
                     stats = combine([_entry_stats(prev), stats])
-                table.put(key, stats, meta={**meta, "warmup": warmup, "runs": runs, "rounds": int(have) + 1})
+                table.put(key, stats, meta={**models[key][2], "warmup": warmup, "runs": runs, "rounds": int(have) + 1})
                 table.save(out)
                 done += 1
                 iv = f" ±{stats.rel_ci:.1%} ({stats.rounds} sessions)" if stats.rel_ci is not None else ""
@@ -375,6 +427,9 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
                     + (f" UNTRUSTED: {stats.flags[0]}" if stats.flags else ""))
                 if on_entry is not None:
                     on_entry(key, done, total)
+
+            measure_models(be, [(models[k][0], input_shape(models[k][1])) for k in pending], protocol=protocol,
+                           warmup=warmup, runs=runs, on_done=store, names=pending)
     if not out.exists():  # nothing to measure (empty space?) but the caller expects a file
         table.save(out)
     if done:

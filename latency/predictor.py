@@ -368,8 +368,9 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
     :func:`latency.builder.build_table`); None: an existing table's own, 'alone' for a new one.
 
     Each architecture is exported whole (ONNX / TFLite like the table's parts) and timed in ``rounds``
-    passes over all samples (default 2), each pass one adaptive measurement per net (``protocol``,
-    default :data:`latency.builder.TABLE_PROTOCOL`); a net's figure pools its passes' rounds.  With
+    passes over all samples (default 2), each pass one adaptive measurement of every net with their
+    rounds interleaved (``protocol``, default :data:`latency.builder.TABLE_PROTOCOL`;
+    :func:`latency.builder.measure_models`); a net's figure pools its passes' rounds.  With
     ``runs`` given each pass is ``warmup`` + ``runs`` fixed runs (default 3 passes) and a net keeps each
     statistic's median pass (:func:`median_of`).  The retest compares the odd passes with the even ones:
     the agreement of the measurements with themselves, the ceiling of any predictor's.
@@ -380,7 +381,7 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
     too noisy for the requested precision), ...
     """
     from .builder import (TABLE_PROTOCOL, _progress, build_table, combine, export_for, grid_parts, input_shape,
-                          measure_entry, median_of, open_table, resolve_backend, untrusted_line)
+                          measure_models, median_of, open_table, resolve_backend, untrusted_line)
     from .timing import TimingWarning, pool
 
     if isinstance(samples, bool) or int(samples) < 1:
@@ -430,10 +431,11 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
         for i, spec in enumerate(specs):
             models.append(export_for(spec, be, tmp, seed=seed, stem=f"sample{i}"))
             log(f"[validate] exported {i + 1}/{len(specs)}")
-        for r in range(passes):
-            for i, (spec, model) in enumerate(zip(specs, models)):
-                measured[i].append(measure_entry(be, model, input_shape(spec), protocol=protocol, warmup=warmup,
-                                                 runs=runs))
+        for r in range(passes):  # by the protocol: each pass times all nets with their rounds interleaved
+            for i, st in enumerate(measure_models(be, [(m, input_shape(s)) for s, m in zip(specs, models)],
+                                                  protocol=protocol, warmup=warmup, runs=runs,
+                                                  names=[s.name for s in specs])):
+                measured[i].append(st)
             log(f"[validate] pass {r + 1}/{passes} done")
     measure_s = time.perf_counter() - t1
     merge = median_of if fixed else combine
@@ -461,8 +463,12 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
     retest = None
     if passes >= 2:
         halves = [(merge(m[1::2]), merge(m[0::2])) for m in measured]
-        retest = prediction_metrics([getattr(a, stat) for a, _ in halves], [getattr(b, stat) for _, b in halves])
-        retest = {k: (_finite(v) if isinstance(v, float) else v) for k, v in retest.items()}
+        for st in STATS:
+            rt = prediction_metrics([getattr(a, st) for a, _ in halves], [getattr(b, st) for _, b in halves])
+            rt = {k: (_finite(v) if isinstance(v, float) else v) for k, v in rt.items()}
+            by_stat[st]["retest"] = {k: rt[k] for k in ("within_5pct", "within_10pct", "rmspe", "spearman")}
+            if st == stat:
+                retest = rt
     untrusted = [row["name"] for row in rows if row["flags"]]
     report = {
         "space": space.name, "space_hash": space.hash, "backend": fp.get("backend"), "stat": stat,
@@ -473,7 +479,7 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
         "spearman_flops": _finite(main["spearman_flops"]), "retest": retest,
         "overhead": {k: v for k, v in predictor.overhead.items()},
         "by_stat": {k: {kk: (_finite(vv) if isinstance(vv, float) else vv) for kk, vv in v.items()}
-                    for k, v in by_stat.items()},
+                    for k, v in by_stat.items()},  # every statistic's figures (and retest, with >= 2 passes)
         "fingerprint": fp, "table_path": str(path), "table_entries": len(table),
         "untrusted": untrusted, "table_untrusted": sorted(predictor.untrusted),
         "settings": {"samples": int(samples), "seed": seed, "warmup": warmup, "runs": runs, "rounds": passes,

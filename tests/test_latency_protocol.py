@@ -1,0 +1,241 @@
+"""The adaptive protocol through its callers: tables, validation, paired comparisons, the CLI.
+
+Flagged measurements are injected through fake backends (no timing); a few short real-runtime checks
+confirm that every backend's `measure` and `compare` really time by the protocol.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from latency import LatencyTable, TableError, TimingProtocol, TimingStats, TimingWarning, get_backend
+from latency.builder import build_table
+from latency.predictor import LatencyPredictor, format_validation, noise_warning, validate_space
+
+from test_latency_builder import TINY, FakeBackend
+from test_timing import Clock, StreamTimer
+from test_latency_backends import CIN, COUT, H, W, _fake_trt, _FakeCuda, onnx_path  # noqa: F401 (fixture)
+
+FAST = TimingProtocol(max_time_s=3.0, rel_ci=0.05, round_s=0.005, min_round_runs=3, warmup=2, priority="none")
+
+
+class ProtocolFake(FakeBackend):
+    """A backend with the protocol: `prepare(spec)` gives a scripted timing stream (latency = f(MACs)),
+    through the real adaptive engine.  For the specs that `bad(spec)` picks the sessions are evenly
+    bimodal, so the interval never closes and the measurement ends flagged `imprecise` at the round cap;
+    with `always_bad=False` only their first measurement is."""
+
+    def __init__(self, bad=lambda spec: False, always_bad=True, **kw):
+        super().__init__(**kw)
+        self.bad, self.always_bad = bad, always_bad
+        self.prepared: list[str] = []
+
+    def prepare(self, spec, input_shape=None, *, batch_size=None):
+        from jaxnas.spec import macs
+
+        v = 0.01 + macs(spec) / 1e6
+        flagged = self.bad(spec) and (self.always_bad or spec.name not in self.prepared)
+        self.prepared.append(spec.name)
+        return StreamTimer((lambda s, r, t: v * (0.82 if s % 2 else 1.0)) if flagged else (lambda s, r, t: v), Clock())
+
+    def measure(self, *a, **kw):  # pragma: no cover - the protocol path never calls it
+        raise AssertionError("a backend with prepare() is timed through it")
+
+
+QUICK = TimingProtocol(priority="none", max_time_s=2.0, max_rounds=60, min_round_runs=5, round_s=0.0, warmup=2,
+                       warmup_s=0.0)
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    import latency.builder as builder
+
+    monkeypatch.setattr(builder, "export_for", lambda spec, backend, directory, **kw: spec)
+
+
+def test_table_entries_store_the_interval_and_old_tables_still_load(tmp_path, no_export):
+    out = tmp_path / "t.json"
+    table = build_table(TINY, ProtocolFake(), out, references=None, progress=False)
+    raw = json.loads(out.read_text())
+    for e in raw["entries"].values():
+        assert e["ci_low"] == e["median"] == e["ci_high"] and e["rounds"] == 6 and e["confidence"] == 0.95
+        assert len(e["round_medians"]) == 6 and "flags" not in e and e["capped"] is False
+        assert e["count"] >= 6 * 5
+    assert raw["meta"]["timing"]["protocol"]["max_time_s"] == 3.0  # the table protocol
+    key = next(iter(table))
+    assert table.stats(key).ci_low == raw["entries"][key]["ci_low"] and table.untrusted() == {}
+    # a table written before the protocol (no interval fields) loads and predicts as before
+    for e in raw["entries"].values():
+        for f in ("ci_low", "ci_high", "confidence", "rounds", "capped", "round_medians"):
+            del e[f]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(raw))
+    assert LatencyTable.load(old).stats(key).ci_low is None
+    raw["entries"][key]["flags"] = "drift"
+    old.write_text(json.dumps(raw))
+    with pytest.raises(TableError, match="'flags' must be a list of strings"):
+        LatencyTable.load(old)
+
+
+def test_flagged_entry_is_remeasured_then_stored_flagged_and_warned(tmp_path, no_export):
+    msgs: list[str] = []
+    be = ProtocolFake(bad=lambda spec: spec.name.endswith("ref_min"))
+    out = tmp_path / "t.json"
+    table = build_table(TINY, be, out, references=0, progress=msgs.append, protocol=QUICK)
+    assert be.prepared.count("tiny_ref_min") == 2  # timed once more
+    (key, flags), = table.untrusted().items()
+    assert key == "ref:min" and flags[0].startswith("imprecise: the median known to ±") and "bimodal" in flags[0]
+    assert table.get("ref:min")["rounds"] == 120  # both measurements pooled
+    assert msgs[-1].startswith("[latency] warning: 1 of 6 entries of") and "(imprecise: 1;" in msgs[-1]
+    assert "\n" not in msgs[-1]
+    with pytest.warns(TimingWarning, match="1 of 6 entries .* untrusted timings"):
+        pr = LatencyPredictor(out)
+    assert list(pr.untrusted) == ["ref:min"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LatencyPredictor(out, warn_untrusted=False)
+    # a transient flag (clean on the second try) leaves a trusted entry
+    be2 = ProtocolFake(bad=lambda spec: spec.name.endswith("ref_min"), always_bad=False)
+    t2 = build_table(TINY, be2, tmp_path / "t2.json", references=0, progress=False, protocol=QUICK)
+    assert t2.untrusted() == {} and be2.prepared.count("tiny_ref_min") == 2 and t2.get("ref:min")["rounds"] == 6
+
+
+def test_validate_never_uses_a_flagged_measurement_silently(tmp_path, monkeypatch, capsys):
+    import latency.builder as builder
+    import latency.predictor as predictor
+
+    monkeypatch.setattr(builder, "export_for", lambda spec, backend, directory, **kw: spec)
+    bad = lambda spec: spec.name == "tiny_sample1"  # noqa: E731
+    monkeypatch.setattr(builder, "resolve_backend", lambda backend, threads=1: ProtocolFake(bad=bad))
+    r = validate_space(TINY, "fake", 3, table_path=tmp_path / "t.json", progress=False, protocol=QUICK)
+    assert r["untrusted"] == ["tiny_sample1"] and r["settings"]["passes"] == 2
+    row = next(x for x in r["rows"] if x["name"] == "tiny_sample1")
+    assert row["flags"] and row["flags"][0].startswith("imprecise")
+    assert len(r["warnings"]) == 1 and r["warnings"][0].startswith("1 of 3 measured nets are untrusted timings")
+    assert r["retest"]["within_5pct"] == 1.0 and noise_warning(r) is None
+    text = format_validation(r)
+    assert "(retest 100%)" in text and "untrusted measurements: 1 of 3" in text and "2 passes" in text
+    # the CLI prints the report and one `warning:` line per warning
+    from jaxnas.cli import main
+
+    monkeypatch.setattr(predictor, "default_table_path", lambda *a, **k: tmp_path / "cli.json")
+    assert main(["latency", "validate", "tiny-yaml-not-needed", "--samples", "3"]) == 2  # unknown space
+    capsys.readouterr()
+    space = tmp_path / "tiny.yaml"
+    import yaml
+
+    space.write_text(yaml.safe_dump(TINY))
+    assert main(["latency", "validate", str(space), "--samples", "3", "--table", str(tmp_path / "c.json"),
+                 "--max-time", "0.3"]) == 0
+    out, err = capsys.readouterr()
+    assert "within ±5 %" in out and "(retest" in out
+    warned = [ln for ln in err.splitlines() if ln.startswith("warning:")]  # the rest is build progress
+    assert warned[0].startswith("warning: 1 of 3 measured nets are untrusted timings")
+    # the flagged net's sessions are evenly bimodal: its two passes may disagree, which the retest shows
+    assert all("too noisy" in w for w in warned[1:])
+
+
+def test_noise_warning_is_one_line():
+    r = {"retest": {"spearman": 0.82, "within_5pct": 0.6}, "loadavg_1m": [7.2, 7.9]}
+    w = noise_warning(r)
+    assert w and "\n" not in w and "Spearman 0.82" in w and "60% within ±5 %" in w and "load average 7.2 -> 7.9" in w
+    assert noise_warning({"retest": {"spearman": 0.97, "within_5pct": 0.97}}) is None
+    assert noise_warning({"retest": None}) is None
+
+
+# ------------------------------------------------------------------ real runtimes, briefly
+def test_every_backend_measures_by_the_protocol(onnx_path, tmp_path):  # noqa: F811
+    FAST = TimingProtocol(max_time_s=1.5, rel_ci=0.05, round_s=0.005, min_round_runs=3, warmup=2, priority="none")
+    be = get_backend("onnxruntime", threads=1)
+    st = be.measure(onnx_path, (1, H, W, CIN), protocol=FAST)
+    assert st.rounds >= 6 and st.confidence == 0.95 and st.ci_low <= st.median <= st.ci_high
+    assert len(st.round_medians) == st.rounds and st.count >= 3 * st.rounds
+    import jax.numpy as jnp
+
+    st = get_backend("xla").measure(lambda x: jnp.tanh(x) * 2.0, (4, 32), protocol=FAST)
+    assert st.rounds >= 6 and st.ci_low is not None
+    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("ai_edge_litert")
+
+    @tf.function(input_signature=[tf.TensorSpec([1, H, W, CIN], tf.float32)])
+    def relu(x):
+        return tf.nn.relu(x)
+
+    p = tmp_path / "relu.tflite"
+    p.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([relu.get_concrete_function()], relu).convert())
+    st = get_backend("tflite", threads=1).measure(p, (1, H, W, CIN), protocol=FAST)
+    assert st.rounds >= 6 and st.ci_low is not None
+
+
+def test_tensorrt_measures_by_the_protocol_with_a_fake_module(monkeypatch, onnx_path):  # noqa: F811
+    log: dict = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt("10.3.0", log))
+    monkeypatch.setattr("latency.backends.cuda_driver.CudaDriver", _FakeCuda)
+    _FakeCuda.instances.clear()
+    st = get_backend("tensorrt").measure(onnx_path, (1, H, W, CIN), protocol=FAST)
+    assert st.median == 0.5 and st.ci_low == st.ci_high == 0.5 and st.rounds == 6 and st.trusted
+    assert len(_FakeCuda.instances) == 1 and _FakeCuda.instances[0].closed  # one engine for every round
+
+
+@pytest.fixture(scope="module")
+def two_nets(tmp_path_factory):
+    """Two 3-block MBConv nets at 16 px, 8 and 64 channels: specs, variables, ONNX files, spec JSON."""
+    from export.onnx_export import export_onnx
+    from jaxnas import models
+    from latency.spaces import SearchSpace
+
+    d = tmp_path_factory.mktemp("two_nets")
+    out = {}
+    for name, c in (("small", 8), ("big", 64)):
+        space = SearchSpace({**TINY, "name": name, "resolution": 16, "expansions": [6],
+                             "stem": {"channels": c, "kernel": 3, "stride": 1},
+                             "stages": [{"channels": c, "blocks": 2, "stride": 1}], "last": {"channels": 2 * c}})
+        s = space.build({"width": 1.0, "depths": [2], "blocks": [[[3, 6.0, False]] * 2]}, name=name)
+        s = dataclasses.replace(s, meta=())  # a plain spec file, as a user would have
+        v = models.init_variables(models.build_model(s), 0)
+        s.save(d / f"{name}.json")
+        out[name] = (s, v, str(export_onnx(s, v, d / f"{name}.onnx", check=False).path), str(d / f"{name}.json"))
+    return out
+
+
+def test_compare_specs_and_files_on_onnxruntime(two_nets):
+    """From specs + variables (export, then alternating rounds) and from the exported files."""
+    from latency import measure_paired
+    from latency.measure import compare_files, compare_specs
+
+    small, big = two_nets["small"], two_nets["big"]
+    c = compare_specs({"small": small[:2], "big": big[:2]}, "onnxruntime", protocol=FAST)
+    assert c.names == ("small", "big") and len(c.rounds[0]) == len(c.rounds[1]) >= 6
+    assert c.ratio(1) > 1.5 and c.speedup(1) < 1  # the 8x wider net is slower
+    assert "big vs small:" in c.describe() and "slower" in c.describe()
+    d = c.to_dict()
+    assert d["ratio"]["big"]["value"] == pytest.approx(c.ratio(1)) and d["speedup"]["big"]["ci"] is not None
+    c2 = compare_files({"small": small[2], "big": big[2]}, small[0], protocol=FAST)
+    assert c2.ratio(1) > 1.5
+    pt = measure_paired(get_backend("onnxruntime"), small[2], big[2], protocol=FAST)
+    assert pt.speedup < 1 and pt.speedup_ci is not None and len(pt.reference) >= 6
+
+
+def test_cli_measure_and_compare_report_the_interval(two_nets, capsys):
+    from jaxnas.cli import main
+
+    argv = ["latency", "measure", two_nets["big"][3], "--random-init", "--max-time", "2", "--rel-ci", "0.05",
+            "--priority", "none"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("big on onnxruntime: median") and "95% CI" in out and "sessions" in out
+    assert main(argv[:3] + ["--random-init", "--runs", "7", "--json"]) == 0  # fixed runs: no interval
+    d = json.loads(capsys.readouterr().out)
+    assert d["count"] == 7 and "ci_ms" not in d
+    files = [two_nets["small"][2], two_nets["big"][2]]
+    assert main(["latency", "compare", *files, "--max-time", "3", "--rel-ci", "0.05", "--priority", "none",
+                 "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["names"] == ["small", "big"] and d["ratio"]["big"]["value"] > 1.5 and d["rounds"] >= 6
+    assert main(["latency", "compare", *files, "--max-time", "3", "--rel-ci", "0.05", "--priority", "none"]) == 0
+    assert capsys.readouterr().out.startswith("big vs small: ")
