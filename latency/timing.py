@@ -70,7 +70,7 @@ import numpy as np
 from .stats import TimingStats
 
 __all__ = [
-    "TimingProtocol", "DEFAULT_PROTOCOL", "TimingWarning", "TimingError", "Timer", "RoundResult", "Comparison",
+    "TimingProtocol", "DEFAULT_PROTOCOL", "TimingWarning", "TimingError", "Timer", "Verdict", "RoundResult", "Comparison",
     "median_ci", "median_ci_ranks", "min_rounds_for", "relative_halfwidth", "mann_kendall", "theil_sen_slope",
     "find_modes", "clean_round", "burst_mask", "measure_interleaved", "drift_of", "timing_priority", "measure_adaptive", "compare_adaptive",
     "pool", "warn_if_flagged", "flag_codes",
@@ -610,17 +610,7 @@ def measure_interleaved(timers: Sequence[Timer], protocol: Optional[TimingProtoc
 
     def finish(j: int, capped: bool) -> None:
         att = _Attempt(rounds[j], disc[j], dropped[j], bursts[j], totals[j], capped, elapsed[j], applied)
-        flags, notes = _verdict(att, p, drift_flags=False)
-        if not att.rounds:
-            raise TimingError(f"no usable round of {names[j]}: every round was discarded "
-                              f"({disc[j]['burst']} outlier bursts, {disc[j]['preempted']} preempted); the machine "
-                              f"is too busy to time on, or raise max_time_s")
-        vals = _values(att.rounds, 0)
-        bad = _imprecise(vals, p, len(vals), att.elapsed_s, "the median")
-        modes = find_modes(vals, gap_rel=p.mode_gap_rel)
-        if modes and not bad:
-            notes = [modes.describe(), *notes]
-        out[j] = _summarise(att, 0, p, [*([bad] if bad else []), *flags], notes)
+        out[j] = _single(att, p, *_verdict(att, p, drift_flags=False), names[j])
         if on_done is not None:
             on_done(j, out[j])
 
@@ -694,6 +684,11 @@ def measure_adaptive(timer: Timer, protocol: Optional[TimingProtocol] = None, *,
     """Time one model by the protocol; a :class:`TimingStats` with the interval, rounds and flags."""
     p = protocol or DEFAULT_PROTOCOL
     att, flags, notes = _run([timer], p, now)
+    return _single(att, p, flags, notes, what)
+
+
+def _single(att: _Attempt, p: TimingProtocol, flags: Sequence[str], notes: Sequence[str], what: str) -> TimingStats:
+    """One model's result: the precision verdict and the session modes added to the attempt's flags/notes."""
     if not att.rounds:
         raise TimingError(f"no usable round of {what} in {att.elapsed_s:.1f} s: every round was discarded "
                           f"({att.discarded['burst']} outlier bursts, {att.discarded['preempted']} preempted); "
@@ -706,8 +701,23 @@ def measure_adaptive(timer: Timer, protocol: Optional[TimingProtocol] = None, *,
     return _summarise(att, 0, p, [*([bad] if bad else []), *flags], notes)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """What a timed comparison says about itself: the interval's confidence, whether the cap ended it,
+    flags (reasons not to trust it; empty: trusted) and notes."""
+
+    confidence: float = 0.95
+    capped: bool = False
+    flags: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def trusted(self) -> bool:
+        return not self.flags
+
+
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(Verdict):
     """Models timed in alternating rounds (:func:`compare_adaptive`); model 0 is the reference.
 
     ``rounds[j]`` holds model j's per-round statistics (round i of every model was taken back to back);
@@ -718,14 +728,6 @@ class Comparison:
     names: tuple[str, ...]
     rounds: tuple[tuple[TimingStats, ...], ...]
     stats: tuple[TimingStats, ...]
-    confidence: float = 0.95
-    capped: bool = False
-    flags: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-
-    @property
-    def trusted(self) -> bool:
-        return not self.flags
 
     def ratios(self, j: int) -> np.ndarray:
         return np.asarray([c.median for c in self.rounds[j]]) / np.asarray([r.median for r in self.rounds[0]])

@@ -11,8 +11,8 @@ import numpy as np
 
 from ..fingerprint import Fingerprint
 from ..stats import TimingStats
-from ..timing import (DEFAULT_PROTOCOL, Comparison, TimingProtocol, compare_adaptive, measure_adaptive, median_ci,
-                      warn_if_flagged)
+from ..timing import (DEFAULT_PROTOCOL, Comparison, TimingProtocol, Verdict, compare_adaptive, measure_adaptive,
+                      median_ci, warn_if_flagged)
 
 __all__ = [
     "BackendError",
@@ -178,23 +178,14 @@ def measure_with(backend: Any, model: Any, input_shape: Optional[Sequence[int]] 
 
 
 @dataclass(frozen=True)
-class PairedTiming:
+class PairedTiming(Verdict):
     """Rounds of a reference model and a candidate timed alternately (`measure_paired`).
 
     ``reference[i]`` and ``candidate[i]`` were timed back to back (round i).  Adaptive pairs also carry
-    the interval's ``confidence``, whether the cap ended them, and flags/notes (see
-    :mod:`latency.timing`)."""
+    the interval's ``confidence``, whether the cap ended them, and flags/notes (:class:`Verdict`)."""
 
     reference: tuple[TimingStats, ...]
     candidate: tuple[TimingStats, ...]
-    confidence: float = 0.95
-    capped: bool = False
-    flags: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-
-    @property
-    def trusted(self) -> bool:
-        return not self.flags
 
     @property
     def deltas_ms(self) -> np.ndarray:
