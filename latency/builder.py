@@ -176,7 +176,8 @@ def measure_models(backend: LatencyBackend, items: Sequence[tuple[Any, Sequence[
     By the protocol, on a backend with ``prepare()``: all items at once with their rounds interleaved
     (:func:`latency.timing.measure_interleaved`: a busy spell hits a few rounds of many items, not every
     round of one), the flagged ones timed once more (interleaved among themselves; a clean second
-    measurement replaces a flagged one, two flagged ones are pooled).  Otherwise one after the other
+    measurement replaces a flagged one, two flagged ones are pooled) unless more than a quarter are
+    flagged (then the machine is the cause and they stay flagged).  Otherwise one after the other
     (:func:`measure_entry`)."""
     import contextlib
 
@@ -206,6 +207,11 @@ def measure_models(backend: LatencyBackend, items: Sequence[tuple[Any, Sequence[
 
     run(list(range(len(items))), first)
     bad = [j for j, st in final.items() if st.flags]
+    if len(bad) > max(1, len(items) // 4):  # most flagged: the machine, not a transient; report, don't repeat
+        bad_now, bad = bad, []
+        for j in bad_now:
+            if on_done is not None:
+                on_done(j, final[j])
     if bad:
         def again(j: int, st: TimingStats) -> None:
             final[j] = st if not st.flags else pool([final[j], st])

@@ -239,3 +239,11 @@ def test_cli_measure_and_compare_report_the_interval(two_nets, capsys):
     assert d["names"] == ["small", "big"] and d["ratio"]["big"]["value"] > 1.5 and d["rounds"] >= 6
     assert main(["latency", "compare", *files, "--max-time", "3", "--rel-ci", "0.05", "--priority", "none"]) == 0
     assert capsys.readouterr().out.startswith("big vs small: ")
+
+
+def test_when_most_entries_are_flagged_they_are_not_timed_again(tmp_path, no_export):
+    """A quarter or more flagged is the machine, not a transient: reported, not re-measured (which would
+    double the build and change nothing)."""
+    be = ProtocolFake(bad=lambda spec: True)
+    table = build_table(TINY, be, tmp_path / "t.json", references=0, progress=False, protocol=QUICK)
+    assert len(table.untrusted()) == 6 and all(be.prepared.count(n) == 1 for n in be.prepared)
