@@ -45,14 +45,18 @@ What makes a measurement untrustworthy, and what happens then
     any, and backends emit a :class:`TimingWarning` for a flagged measurement, so that it is never used
     silently.
 
-Scheduling (measured here with ``benchmarks/timing_noise.py``, 2 shared cores under load ~7): the spread
-of round medians of sub-millisecond onnxruntime nets was 4-17 % (CV) with default scheduling, 5-15 % with
-the timing thread pinned to one core, 4-12 % at nice -20, and 0.7-1.3 % with the timing thread under
-``SCHED_FIFO`` (no preemption by ordinary processes).  So ``priority="auto"`` runs the timing thread
-under ``SCHED_FIFO`` where the process may (root or CAP_SYS_NICE) and the runtime computes on the calling
-thread only (1 thread; a FIFO thread spinning for a normal-priority worker on its own core would starve
-it), sleeps ~10 % of each round so that the kernel's real-time throttling never cuts in, and restores the
-thread's policy afterwards.  Pinning did not help and is off by default (``pin``).
+Scheduling (measured here, 2 shared cores, mbv2-small nets on onnxruntime 1 thread): at load ~7 the
+per-session medians spread 4-17 % (CV) with default scheduling, 5-15 % with the timing thread pinned
+to one core, 4-12 % at nice -20, and 0.7-1.3 % with the timing thread under ``SCHED_FIFO``; with
+``benchmarks/timing_noise.py`` at load 7-8 (4 nets x 2 repetitions, settings interleaved): CV 6.8 %
+default, 5.4 % pinned, 3.5 % nice -10, 3.4 % FIFO, 2.4 % FIFO + pinned; runs dropped as preempted or in
+bursts 25 / 23 / 22 / 3.7 / 3.3 %; time for the ±1 % interval 10.1 / 10.2 / 10.1 / 2.1 / 3.4 s
+(capped 4 / 5 / 6 / 1 / 0 of 8).  So ``priority="auto"`` runs the timing thread under ``SCHED_FIFO``
+where the process may (root or CAP_SYS_NICE) and the runtime computes on the calling thread only (1
+thread; a FIFO thread spinning for a normal-priority worker on its own core would starve it), else at
+nice -10 where allowed; it sleeps ~10 % of each round so that the kernel's real-time throttling never
+cuts into a run, and restores the thread's policy afterwards.  Pinning on top of FIFO was not clearly
+better (one run better, one worse) and is off by default (``pin``).
 """
 from __future__ import annotations
 
