@@ -42,6 +42,8 @@ def input_shape(spec, batch_size: int = 1) -> tuple[int, int, int, int]:
 def _time(be, model, shape, *, warmup: Optional[int], runs: Optional[int],
           protocol: Optional[TimingProtocol]) -> TimingStats:
     # The result dict carries the flags and `trusted`; callers print them, so no warning on top.
+    if runs is not None and warmup is None:
+        warmup = 20  # the fixed loop's warm-up before the protocol existed
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TimingWarning)
         return be.measure(model, shape, warmup=warmup, runs=runs, protocol=protocol)
