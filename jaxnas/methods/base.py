@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -119,10 +120,16 @@ class Method:
     name: str
     summary: str
     targets: tuple[str, ...]
-    args: type
+    args: type | str       # the search.args Section, or "module:Class" (imported only when a search runs)
     search: Callable[[SearchContext, Any], SearchResult]
     add_commands: Callable[[argparse._SubParsersAction], None] | None = None
     requires_target: bool = False
+
+    def args_schema(self) -> type:
+        if isinstance(self.args, str):
+            module, _, attr = self.args.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return self.args
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "summary": self.summary, "targets": list(self.targets),

@@ -36,7 +36,6 @@ Port decisions (see docs of each module):
   discarded (every sub-network is recalibrated before it is evaluated).
 """
 from jaxnas.methods.base import Method, SearchError
-from jaxnas.methods.dmcp.args import DMCPArgs
 
 
 def _search(ctx, args):
@@ -49,12 +48,13 @@ METHOD = Method(
     name="dmcp",
     summary="Differentiable Markov channel pruning (CVPR'20): per-layer widths under a MACs or latency target",
     targets=("macs", "latency_ms"),
-    args=DMCPArgs,
+    args="jaxnas.methods.dmcp.args:DMCPArgs",
     search=_search,
     requires_target=True,
 )
 
 _LAZY = {
+    "args": ("DMCPArgs",),
     "cost": ("CostModel", "CostTarget", "LatencyModel", "MacsModel", "log_l1"),
     "gates": ("DMCPSpace", "GroupLayout"),
     "run": ("Setup", "prepare", "build_cost", "check_reachable", "reachable_range", "run_search"),
@@ -65,7 +65,8 @@ _LAZY_NAMES = {name: mod for mod, names in _LAZY.items() for name in names}
 
 
 def __getattr__(name: str):
-    # The numerics import jax; `import jaxnas.methods.dmcp` (the registry, --help) stays light.
+    # The numerics import jax (and the args pydantic): `import jaxnas.methods.dmcp` (the registry, --help)
+    # stays light.
     mod = _LAZY_NAMES.get(name)
     if mod is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -74,4 +75,4 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
 
 
-__all__ = ["DMCPArgs", "METHOD", "SearchError", *sorted(_LAZY_NAMES)]
+__all__ = ["METHOD", "SearchError", *sorted(_LAZY_NAMES)]
