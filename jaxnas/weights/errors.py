@@ -1,0 +1,6 @@
+"""The one error type of weight import: a user-facing problem, printed as one `error:` line."""
+from __future__ import annotations
+
+
+class WeightsError(ValueError):
+    """A weights file or a model choice that cannot be imported (the message names the fix)."""
