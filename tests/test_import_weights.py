@@ -204,7 +204,7 @@ def test_import_then_eval_export_latency(capsys, tmp_path):
     assert json.loads((wd / "summary.json").read_text()) == s
     # A normal work dir: the config reloads, load_workdir gives back the spec and the exact weights.
     from jaxnas.config import load_config
-    from jaxnas.experiment import load_workdir
+    from jaxnas.workdir import load_workdir
     cfg = load_config(wd / "config.yaml")
     assert (cfg.model.name, cfg.model.width, cfg.data.image_size, cfg.data.source) == ("mobilenet_v2", 0.35, 32,
                                                                                        "embedded")
@@ -236,23 +236,34 @@ def _depth_config(baseline: Path, **args):
         "search": {"method": "depth", "args": {"baseline": str(baseline), **args}}})
 
 
-@needs_safetensors
-def test_depth_baseline_accepts_an_imported_workdir(tmp_path):
-    """The depth method's first step on `search.args.baseline`: load, fit the configured model, evaluate."""
-    from jaxnas.data import load_dataset
-    from jaxnas.methods.depth.mergeable import mergeable_spec, transfer_variables
-    from jaxnas.methods.depth.pipeline import _test_accuracy, base_spec, data_config
-    from jaxnas.train import load_variables
+def _import_mbv2_035(tmp_path: Path) -> Path:
     from jaxnas.weights import import_weights
-
     state, _ = random_state_dict("mobilenet_v2", 0.35, classes=10)
     import_weights(save_safetensors(state, tmp_path / "m.safetensors"), "mobilenet_v2", tmp_path / "base",
                    width=0.35, resolution=16)
-    cfg = _depth_config(tmp_path / "base")
-    dataset = load_dataset(data_config(cfg))
-    base = mergeable_spec(base_spec(cfg, dataset))
-    variables = transfer_variables(load_variables(tmp_path / "base"), base)
-    assert 0.0 <= _test_accuracy(base, variables, dataset, 100) <= 1.0
+    return tmp_path / "base"
+
+
+@needs_safetensors
+def test_depth_baseline_and_distill_teacher_accept_an_imported_workdir(tmp_path):
+    """Depth compression's first step on `search.args.baseline` (load, fit the configured model, evaluate),
+    and `train.distill.teacher` (a work dir the trainer loads)."""
+    from jaxnas.config import override_config
+    from jaxnas.methods.depth.mergeable import mergeable_spec, transfer_variables
+    from jaxnas.pipeline import prepare
+    from jaxnas.train import load_variables
+    from jaxnas.trainer import Trainer
+
+    base_dir = _import_mbv2_035(tmp_path)
+    cfg = _depth_config(base_dir)
+    prep = prepare(cfg, search=True)
+    base = mergeable_spec(prep.spec)
+    variables = transfer_variables(load_variables(base_dir), base)
+    trainer = Trainer(cfg, prep.dataset, log=lambda _m: None)
+    assert 0.0 <= trainer.evaluate(base, variables, "test")["accuracy"] <= 1.0
+    teacher = Trainer(override_config(cfg, [f"train.distill.teacher={base_dir}", "train.distill.weight=0.5"]),
+                      prep.dataset).teacher_from_config()
+    assert teacher[0].metadata["weights_model"] == "mobilenet_v2" and teacher[0].head.num_classes == 10
 
 
 @pytest.mark.slow
@@ -261,17 +272,19 @@ def test_depth_search_runs_from_an_imported_baseline(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_depth_pipeline import write_synthetic_table
 
-    from jaxnas.methods.depth.pipeline import run
-    from jaxnas.weights import import_weights
+    from jaxnas.methods.depth.mergeable import body_of, mergeable_spec
+    from jaxnas.pipeline import prepare, run
 
-    state, _ = random_state_dict("mobilenet_v2", 0.35, classes=10)
-    import_weights(save_safetensors(state, tmp_path / "m.safetensors"), "mobilenet_v2", tmp_path / "base",
-                   width=0.35, resolution=16)
-    cfg = _depth_config(tmp_path / "base", time_fraction=0.9, prec=None, importance_steps=0,
-                        importance_padding="same", importance_batch_size=16, importance_eval_examples=50,
-                        finetune_epochs=1)
-    s = run(cfg, tmp_path / "depth", time_table_fn=write_synthetic_table, log=None)
-    assert s["baseline_variables"] == str(tmp_path / "base") and s["max_merge_diff"] <= TOL
+    base_dir = _import_mbv2_035(tmp_path)
+    cfg = _depth_config(base_dir)
+    write_synthetic_table(body_of(mergeable_spec(prepare(cfg).spec)).chain, tmp_path / "t.csv")
+    from jaxnas.config import override_config
+    cfg = override_config(cfg, [f"search.args.time_table={tmp_path / 't.csv'}", "search.args.time_fraction=0.9",
+                                "search.args.prec=null", "search.args.importance_steps=0",
+                                "search.args.importance_padding=same", "search.args.importance_batch_size=16",
+                                "search.args.importance_eval_examples=50", "search.args.finetune_epochs=1"])
+    s = run(cfg, tmp_path / "depth", search=True, deploy=False, log=None)
+    assert s["baseline_variables"] == str(base_dir) and s["max_merge_diff"] <= TOL
 
 
 # ------------------------------------------------------------------------------------ parity with PyTorch
@@ -408,8 +421,8 @@ def test_logits_equal_the_pytorch_model(layout, name, width, hw, fmt, tmp_path):
 def test_onnx_export_of_an_imported_net_matches_pytorch(tmp_path):
     torch, _, _ = torch_reference()
     pytest.importorskip("onnxruntime")
-    import export
-    from export.parity import run_onnx
+    from jaxnas import export
+    from jaxnas.export.parity import run_onnx
     ref = reference_model("timm", "mobilenetv2_140", None, seed=3)
     imported = import_state_dict(read_state_dict(save_state_dict(torch, ref, tmp_path / "m.pth")).tensors,
                                  "mobilenetv2_140", resolution=64)

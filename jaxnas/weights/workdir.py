@@ -1,7 +1,7 @@
 """Write imported weights as a normal jaxnas work dir: arch.json, config.yaml, final/, summary.json.
 
 `jaxnas eval`, `jaxnas export`, `jaxnas latency measure` and a method's `search.args.baseline` read it
-like a trained one (`jaxnas.experiment.load_workdir`).  The work dir is assembled in a hidden sibling
+like a trained one (`jaxnas.workdir.load_workdir`).  The work dir is assembled in a hidden sibling
 directory and renamed into place, so an interrupted import leaves no half-written work dir; an earlier
 import in the same place is replaced, anything else there is refused.
 """
@@ -17,10 +17,13 @@ from jaxnas.weights.convert import ImportedWeights
 from jaxnas.weights.errors import WeightsError
 
 MARKER = "imported_weights"   # summary.json key that marks a work dir written by this module
+# The input normalisation torchvision's and timm's ImageNet weights (these models) were trained with.
+IMAGENET_NORMALIZE = [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
 
 
 def workdir_config(imported: ImportedWeights, overrides: Sequence[str] = ()):
-    """The work dir's config: the model section of the imported net and ImageNet (tfds) as its data.
+    """The work dir's config: the imported net's model section; ImageNet (tfds) with the ImageNet
+    mean/std normalisation the weights expect as its data.
 
     `overrides` (``data.source=embedded`` ...) are applied and validated as `--set` does for train.
     """
@@ -28,7 +31,8 @@ def workdir_config(imported: ImportedWeights, overrides: Sequence[str] = ()):
 
     spec = imported.spec
     d = {"name": f"import-{imported.source.name}",
-         "data": {"source": "tfds", "name": "imagenet2012", "image_size": spec.input_size[0]},
+         "data": {"source": "tfds", "name": "imagenet2012", "image_size": spec.input_size[0],
+                  "normalize": IMAGENET_NORMALIZE},
          "model": {"name": imported.source.zoo, "width": imported.width, "small_input": False,
                    "num_classes": spec.head.num_classes, "dropout": spec.head.dropout}}
     return config_from_dict(apply_overrides(d, list(overrides), ExperimentConfig), ExperimentConfig)
@@ -56,9 +60,9 @@ def write_workdir(imported: ImportedWeights, out: str | Path, *, source: dict[st
     """Write the work dir `out` and return its summary (`source`: path, sha256, reader, notes)."""
     from jaxnas import spec as S
     from jaxnas.config import save_resolved_config
-    from jaxnas.experiment import ARCH, SUMMARY
     from jaxnas.io_utils import atomic_write_json
     from jaxnas.train import save_final
+    from jaxnas.workdir import ARCH, SUMMARY
 
     out = Path(out).absolute()
     check_out(out)
