@@ -115,6 +115,19 @@ def test_model_names():
         resolve_model("mobilenetv2_140", 1.0)
 
 
+@needs_safetensors
+def test_half_precision_files_import_as_float32(tmp_path):
+    import ml_dtypes
+    state, _ = random_state_dict("resnet18")
+    for dtype in (ml_dtypes.bfloat16, np.float16):
+        half = {k: (a.astype(dtype) if a.dtype == np.float32 else a) for k, a in state.items()}
+        read = read_state_dict(save_safetensors(half, tmp_path / "h.safetensors"))
+        assert read.dtypes == (np.dtype(dtype).name,)
+        imported = import_state_dict(read.tensors, "resnet18", resolution=32)
+        np.testing.assert_array_equal(imported.variables["params"]["block2"]["conv1"]["kernel"],
+                                      half["layer1.0.conv2.weight"].astype(np.float32).transpose(2, 3, 1, 0))
+
+
 def test_num_classes_keeps_or_replaces_the_classifier():
     state, v = random_state_dict("resnet18", classes=10)
     same = import_state_dict(state, "resnet18", num_classes=10, resolution=32)

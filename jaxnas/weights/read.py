@@ -75,6 +75,7 @@ def _looks_like_pickle(path: Path) -> bool:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    import ml_dtypes  # noqa: F401 - registers bfloat16 with numpy, which BF16 files need
     try:
         from safetensors.numpy import load_file
     except ImportError:
