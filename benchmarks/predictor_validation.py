@@ -26,11 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's packages, not a stale install
-
-from latency.builder import TABLE_PROTOCOL  # noqa: E402
-from latency.predictor import format_validation, validate_space  # noqa: E402
-from latency.spaces import load_space  # noqa: E402
+from jaxnas.latency.builder import TABLE_PROTOCOL
+from jaxnas.latency.predictor import format_validation, validate_space
+from jaxnas.latency.spaces import load_space
 
 # The "done means" per space: (within ±5 %, within ±10 %, Spearman) minima.
 TARGETS = {"mbv2-small": (None, 0.95, 0.95), "mbv2-224": (0.80, 0.99, 0.98)}

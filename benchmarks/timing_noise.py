@@ -27,12 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from latency import TimingWarning, get_backend  # noqa: E402
-from latency.builder import export_for, input_shape  # noqa: E402
-from latency.spaces import load_space  # noqa: E402
-from latency.timing import DEFAULT_PROTOCOL  # noqa: E402
+from jaxnas.latency import TimingWarning, get_backend
+from jaxnas.latency.builder import export_for, input_shape
+from jaxnas.latency.spaces import load_space
+from jaxnas.latency.timing import DEFAULT_PROTOCOL
 
 
 def settings(cpu: int) -> dict[str, dict]:

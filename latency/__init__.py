@@ -3,7 +3,7 @@
 Runtime-facing pieces only; every runtime (onnxruntime, LiteRT, JAX, TensorRT)
 is imported lazily by the backend that uses it, so ``import latency`` is cheap.
 
-    from latency import get_backend, LatencyTable
+    from jaxnas.latency import get_backend, LatencyTable
     be = get_backend("onnxruntime", threads=1)
     be.measure("net.onnx", (1, 224, 224, 3))          # adaptive: median ±1 % at 95 %, or flagged
     compare(be, {"base": "a.onnx", "pruned": "b.onnx"}, (1, 224, 224, 3)).describe()  # paired speed-up
@@ -13,7 +13,7 @@ is imported lazily by the backend that uses it, so ``import latency`` is cheap.
         table.put("blk", be.measure("blk.onnx", (1, 56, 56, 24), warmup=10, runs=50))
         table.save("lat.json")
 """
-from .backends import (ALIASES, BACKENDS, BackendError, LatencyBackend, OnnxRuntimeBackend, PairedTiming,
+from .backends import (ALIASES, BACKENDS, BackendError, LatencyBackend, OnnxRuntimeBackend,
                        TensorRTBackend, TFLiteBackend, UnknownBackendError, XlaBackend, backend_names,
                        build_engine, collect_samples, compare, get_backend, measure_paired)
 from .fingerprint import DEFAULT_MATCH_KEYS, Fingerprint, cpu_model_name, host_arch
@@ -25,7 +25,7 @@ from .table import DEFAULT_COMPAT_KEYS, SCHEMA_VERSION, LatencyTable, TableError
 
 __all__ = [
     "TimingStats", "TimingProtocol", "DEFAULT_PROTOCOL", "TimingWarning", "TimingError", "Comparison",
-    "compare", "measure_paired", "PairedTiming",
+    "compare", "measure_paired",
     "Fingerprint", "DEFAULT_MATCH_KEYS", "cpu_model_name", "host_arch",
     "LatencyBackend", "BackendError", "UnknownBackendError", "get_backend", "backend_names",
     "BACKENDS", "ALIASES", "OnnxRuntimeBackend", "TFLiteBackend", "XlaBackend", "TensorRTBackend",

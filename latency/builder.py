@@ -35,6 +35,7 @@ from jaxnas.spec import ArchSpec, analyze, macs
 
 from .backends import LatencyBackend, get_backend
 from .backends.base import measure_with, supports_protocol
+from .batch_timing import untrusted_line
 from .stats import TimingStats
 from .table import DEFAULT_COMPAT_KEYS, REBUILD_HINT, LatencyTable, TableError, entry_stats
 from .spaces import BlockConfig, SearchSpace, load_space
@@ -108,19 +109,19 @@ def export_for(spec: ArchSpec, backend: LatencyBackend, directory: Union[str, "o
     graph's static batch (LiteRT and XLA take any batch at timing).
     """
     variables = _variables(spec, seed) if variables is None else variables
-    name = getattr(backend, "name", "")
+    name = getattr(backend, "name", "onnxruntime")  # a stand-in runtime without a name times ONNX files
     if name == "xla":
         from jaxnas.models import build_model
 
         model = build_model(spec)
         return lambda x: model.apply(variables, x)
     if name == "tflite":
-        from export.tflite_export import export_tflite
+        from jaxnas.export.tflite_export import export_tflite
 
         return str(export_tflite(spec, variables, Path(directory) / f"{stem}.tflite",
                                  precision=getattr(backend, "precision", "fp32"), check=check).path)
     if name in ONNX_BACKENDS:
-        from export.onnx_export import export_onnx
+        from jaxnas.export.onnx_export import export_onnx
 
         return str(export_onnx(spec, variables, Path(directory) / f"{stem}.onnx", check=check,
                                batch_size=int(batch_size)).path)
@@ -220,21 +221,6 @@ def measure_models(backend: LatencyBackend, items: Sequence[tuple[Any, Sequence[
             if on_done is not None:
                 on_done(j, final[j])
     return [final[j] for j in range(len(items))]
-
-
-def untrusted_line(table: LatencyTable, where: str = "the table") -> Optional[str]:
-    """One line naming how many entries of ``table`` are flagged and why (by flag code), or None."""
-    bad = table.untrusted()
-    if not bad:
-        return None
-    codes: dict[str, int] = {}
-    for flags in bad.values():
-        for code in dict.fromkeys(f.split(":", 1)[0] for f in flags):  # entries per reason
-            codes[code] = codes.get(code, 0) + 1
-    first = next(iter(bad))
-    return (f"{len(bad)} of {len(table)} entries of {where} are untrusted timings "
-            f"({', '.join(f'{k}: {v}' for k, v in codes.items())}; e.g. {first}: {bad[first][0]}); "
-            f"rebuild them on a quieter machine")
 
 
 def grid_parts(cfg: BlockConfig, step: Optional[int]) -> list[BlockConfig]:
@@ -384,10 +370,8 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
     else:
         from .network_table import measure_network_parts
 
-        with tempfile.TemporaryDirectory(prefix="jaxnas_table_") as tmp:
-            measure_network_parts(space, be, table, lambda: table.save(out), warmup=warmup, runs=runs, rounds=rounds,
-                                  export=lambda spec, stem: export_for(spec, be, tmp, seed=seed, stem=stem), log=log,
-                                  protocol=protocol)
+        measure_network_parts(space, be, table, lambda: table.save(out), warmup=warmup, runs=runs, rounds=rounds,
+                              log=log, protocol=protocol)
     if references is not None and references is not False:
         n_random = 12 if references is True else int(references)
         for name, arch in reference_archs(space, n_random, seed).items():

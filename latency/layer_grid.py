@@ -125,8 +125,8 @@ def _spec_digest(spec) -> str:
 
 def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path,
                      grid_fraction_step: float = 0.25, min_fraction: float = 0.1, channel_multiple: int = 1,
-                     warmup: int = 5,
-                     runs: int = 30, threads: int = 1, seed: int = 0, network_runs: int | None = None,
+                     warmup: int | None = None, runs: int | None = None, threads: int = 1, seed: int = 0,
+                     network_runs: int | None = None, protocol: Any = None,
                      exporter: Callable[..., Any] | None = None, log: Callable[[str], None] | None = print,
                      ) -> LatencyTable:
     """Measure (or finish measuring) the layer grid of supernet `spec` into `out_path`; returns the table.
@@ -134,7 +134,10 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
     `backend`: a latency backend object or a name for `latency.get_backend(name, threads=threads)`.
     `exporter(spec, variables, path)` writes the model file (default `export.export_onnx` without its
     parity check).  Batch size 1.  `channel_multiple`: grid channel counts are multiples of it (use the
-    search space's alignment: unaligned counts can fall off a runtime's fast kernels).
+    search space's alignment: unaligned counts can fall off a runtime's fast kernels).  Timing: the
+    adaptive `protocol` (default `latency.builder.TABLE_PROTOCOL`; every entry with its interval, the
+    entries' rounds interleaved, flagged ones timed again and reported) unless fixed `runs` are given
+    (`network_runs` for the two whole networks).
     """
     if not 0 < grid_fraction_step <= 1 or not 0 < min_fraction < 1:
         raise ValueError("grid_fraction_step must be in (0, 1] and min_fraction in (0, 1)")
@@ -143,7 +146,7 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
         from .backends import get_backend
         backend = get_backend(backend, threads=threads)
     if exporter is None:
-        import export as _export
+        from jaxnas import export as _export
 
         def exporter(s, v, p):
             return _export.export_onnx(s, v, p, check=False)
@@ -167,27 +170,51 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
     if todo or nets:
         say(f"layer grid {out_path}: {len(table)} entries present, measuring {len(todo)} layer entries "
             f"and {len(nets)} networks ({len(layers)} conv layers)")
+    if protocol is None and runs is None:
+        from .builder import TABLE_PROTOCOL
+
+        protocol = TABLE_PROTOCOL
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="layer_grid_") as tmp:
-        path = Path(tmp) / "model.onnx"
-        for n, (key, (rec, cin, cout)) in enumerate(todo.items(), 1):
+        keys, items, metas = [], [], []  # every model exported first: their rounds are interleaved
+
+        def add(key: str, s: Any, v: Any, shape: tuple[int, ...], meta: dict[str, Any] | None) -> None:
+            path = Path(tmp) / f"m{len(keys)}.onnx"
+            exporter(s, v, path)
+            keys.append(key)
+            items.append((str(path), shape))
+            metas.append(meta)
+
+        for key, (rec, cin, cout) in todo.items():
             one = layer_spec(spec, rec, cin, cout)
-            exporter(one, init_variables(build_model(one), seed), path)
-            stats = backend.measure(str(path), (1, *rec["in_shape"][:2], cin), warmup=warmup, runs=runs)
-            table.put(key, stats, meta={"cin": cin, "cout": cout})
-            table.save(out_path)
-            if n % 50 == 0 or n == len(todo):
-                say(f"  {n}/{len(todo)} layer entries ({time.perf_counter() - t0:.0f} s)")
+            add(key, one, init_variables(build_model(one), seed), (1, *rec["in_shape"][:2], cin), {"cin": cin, "cout": cout})
         if nets:
             full_vars = init_variables(build_model(spec), seed)
             for key in nets:
                 s, v = (spec, full_vars) if key == "network:full" else min_network_spec(
                     spec, full_vars, step=grid_fraction_step, min_fraction=min_fraction, multiple=channel_multiple)
-                exporter(s, v, path)
-                stats = backend.measure(str(path), (1, *s.input_size, s.in_channels), warmup=warmup,
-                                        runs=network_runs or runs)
-                table.put(key, stats)
-                table.save(out_path)
+                add(key, s, v, (1, *s.input_size, s.in_channels), None)
+        done = 0
+
+        def store(j: int, stats: Any) -> None:
+            nonlocal done
+            table.put(keys[j], stats, meta=metas[j])
+            table.save(out_path)
+            done += 1
+            if done % 50 == 0 or done == len(keys):
+                say(f"  {done}/{len(keys)} entries ({time.perf_counter() - t0:.0f} s)")
+
+        from .batch_timing import untrusted_line
+        from .builder import measure_models
+
+        n_layers = len(todo)
+        measure_models(backend, items[:n_layers], protocol=protocol, warmup=warmup, runs=runs, on_done=store,
+                       names=keys[:n_layers])
+        measure_models(backend, items[n_layers:], protocol=protocol, warmup=warmup, runs=network_runs or runs,
+                       on_done=lambda j, st: store(n_layers + j, st), names=keys[n_layers:])
+    bad = untrusted_line(table, str(out_path))
+    if bad and (todo or nets):
+        say(f"warning: {bad}")
     try:
         cal = {stat: calibrate(table, stat) for stat in STATS}
     except KeyError as e:

@@ -20,25 +20,19 @@ any table entry.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-import dataclasses
-import warnings
-
-from .backends import measure_paired
-from .backends.base import measure_with, supports_protocol
+from .batch_timing import ROUND_STATS as STATS
+from .batch_timing import pair_into_table
 from .spaces import BlockConfig, SearchSpace, SpaceError
-from .stats import progress_line
 from .table import LatencyTable, TableError
-from .timing import TimingProtocol, TimingWarning
+from .timing import TimingProtocol
 
 __all__ = ["PROBE_PREFIX", "reference_arch", "probes", "measure_probes", "derive_parts", "measure_network_parts"]
 
 PROBE_PREFIX = "net:"
-STATS = ("min", "p10", "median", "mean", "p90")
 
 
 def _choice_key(c) -> str:
@@ -85,80 +79,24 @@ def probes(space: SearchSpace, width: float) -> dict[str, tuple[str, int, Any, d
     return out
 
 
-def _pair(backend, ref_model, model, shape, *, protocol: Optional[TimingProtocol], warmup, runs, rounds):
-    """A probe against R: adaptive alternating rounds (a flagged pair is timed once more), or fixed rounds."""
-    if protocol is None or not supports_protocol(backend):
-        return measure_paired(backend, ref_model, model, shape, warmup=warmup, runs=runs, rounds=rounds)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TimingWarning)
-        pt = measure_paired(backend, ref_model, model, shape, protocol=protocol)
-        if pt.flags:
-            again = measure_paired(backend, ref_model, model, shape, protocol=protocol)
-            if not again.flags:
-                return again
-            pt = dataclasses.replace(again, reference=pt.reference + again.reference,
-                                     candidate=pt.candidate + again.candidate)
-    return pt
-
-
 def measure_probes(space: SearchSpace, backend, table: LatencyTable, save: Callable[[], None], *, width: float,
-                   warmup: Optional[int], runs: Optional[int], rounds: int, export: Callable[[Any, str], Any],
-                   log: Callable[[str], None], protocol: Optional[TimingProtocol] = None) -> None:
-    """Time every probe missing from `table` against R (alternating rounds) and save after each one.
-
-    `export(spec, stem)` returns the backend's model.  With a ``protocol`` every probe is timed against R
-    in alternating rounds until the interval of their time ratio is within its ``rel_ci``; otherwise in
-    ``rounds`` fixed rounds.  A probe entry holds the probe's best-round timing, ``meta.delta_ms``
-    (median over rounds of probe median - R median) and, by the protocol, ``meta.delta_ci_ms`` and the
-    pair's flags; the reference entry holds ``meta.round_stats``: R's per-round statistics across all
-    probes.
-    """
-    from .builder import input_shape
-    from .stats import TimingStats
-
+                   warmup: Optional[int], runs: Optional[int], rounds: int, log: Callable[[str], None],
+                   protocol: Optional[TimingProtocol] = None) -> None:
+    """Time every probe missing from `table` against R in alternating rounds
+    (:func:`latency.batch_timing.pair_into_table`: by the ``protocol`` until the interval of their time
+    ratio is within its ``rel_ci``, otherwise ``rounds`` fixed rounds) and save after each one."""
     todo = probes(space, width)
     ref_key = next(iter(todo))
-    pending = [k for k in todo if k != ref_key and k not in table]
-    if not pending and ref_key in table:
-        return
     ref_spec = space.build(todo[ref_key][3], name=f"{space.name}_netref")
-    shape = input_shape(ref_spec)
-    round_stats: list[dict[str, float]] = list(((table.get(ref_key) or {}).get("meta") or {}).get("round_stats", []))
-    log(f"[latency] {len(pending)} probes of the reference network ({len(todo) - 1 - len(pending)} done), "
-        f"{rounds} alternating rounds each")
-    t0 = time.perf_counter()
-
-    def put_ref(stats: TimingStats) -> None:
-        round_stats.append({s: float(getattr(stats, s)) for s in STATS})
-        med = {s: float(np.median([r[s] for r in round_stats])) for s in STATS}
-        table.put(ref_key, {**med, "std": float(np.std([r["median"] for r in round_stats])), "count": len(round_stats)},
-                  meta={"kind": "netref", "arch": todo[ref_key][3], "round_stats": round_stats[-400:]})
-
-    ref_model = export(ref_spec, "netref")
-    if not round_stats:
-        if protocol is not None and supports_protocol(backend):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", TimingWarning)
-                put_ref(measure_with(backend, ref_model, shape, protocol=protocol))
-        else:
-            for _ in range(rounds):
-                put_ref(measure_with(backend, ref_model, shape, warmup=warmup, runs=runs if runs is not None else 100))
-        save()
-    for n, key in enumerate(pending):
-        kind, si, what, arch = todo[key]
-        model = export(space.build(arch, name=f"{space.name}_probe"), f"probe{n}")
-        pt = _pair(backend, ref_model, model, shape, protocol=protocol, warmup=warmup, runs=runs, rounds=rounds)
-        for r in pt.reference:
-            put_ref(r)
-        meta = {"kind": "probe", "probe": kind, "stage": si, "choice": list(what) if isinstance(what, tuple) else what,
-                "arch": arch, "delta_ms": pt.delta_ms, "delta_std_ms": pt.delta_std_ms, "width": float(width)}
-        ci = pt.delta_ci_ms
-        if ci is not None:
-            meta.update(delta_ci_ms=list(ci), rounds=len(pt.reference))
-        table.put(key, dataclasses.replace(pt.best, flags=pt.flags, notes=pt.notes), meta=meta)
-        save()
-        if (n + 1) % 10 == 0 or n + 1 == len(pending):
-            log("[latency] " + progress_line(n + 1, len(pending), time.perf_counter() - t0, "probes"))
+    candidates = {k: (lambda arch=arch: (space.build(arch, name=f"{space.name}_probe"), None))
+                  for k, (_kind, _si, _what, arch) in todo.items() if k != ref_key}
+    meta = {ref_key: {"kind": "netref", "arch": todo[ref_key][3]}}
+    for k, (kind, si, what, arch) in todo.items():
+        if k != ref_key:
+            meta[k] = {"kind": "probe", "probe": kind, "stage": si, "width": float(width), "arch": arch,
+                       "choice": list(what) if isinstance(what, tuple) else what}
+    pair_into_table(table, save, backend, ref_key, (ref_spec, None), candidates, protocol=protocol, warmup=warmup,
+                    runs=runs, rounds=rounds, entry_meta=meta, log=log, what="probes of the reference network")
 
 
 def derive_parts(space: SearchSpace, table: LatencyTable) -> dict[str, dict[str, Any]]:
@@ -224,14 +162,14 @@ def derive_parts(space: SearchSpace, table: LatencyTable) -> dict[str, dict[str,
 
 
 def measure_network_parts(space: SearchSpace, backend, table: LatencyTable, save: Callable[[], None], *,
-                          warmup: Optional[int], runs: Optional[int], rounds: int, export: Callable[[Any, str], Any],
-                          log: Callable[[str], None], protocol: Optional[TimingProtocol] = None) -> None:
+                          warmup: Optional[int], runs: Optional[int], rounds: int, log: Callable[[str], None],
+                          protocol: Optional[TimingProtocol] = None) -> None:
     """Measure the probes of every width (resumable) and store the derived part entries in `table`."""
     if any(not st.depths for st in space.stages):
         raise SpaceError("every stage needs a depth")
     for width in space.widths:
         measure_probes(space, backend, table, save, width=width, warmup=warmup, runs=runs, rounds=rounds,
-                       export=export, log=log, protocol=protocol)
+                       log=log, protocol=protocol)
     for k, e in derive_parts(space, table).items():
         table.put(k, e)
     save()

@@ -7,7 +7,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-__all__ = ["TimingStats", "progress_line", "protocol_fields", "PROTOCOL_FIELDS"]
+__all__ = ["TimingStats", "Measurement", "progress_line", "protocol_fields", "PROTOCOL_FIELDS"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,53 @@ class TimingStats:
         if self.capped:
             out += ", capped"
         return out + (f"; UNTRUSTED: {'; '.join(self.flags)})" if self.flags else ")")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One model's timing on one runtime: the statistics (with the protocol's interval, rounds and flags)
+    and the runtime's fingerprint.  What `latency measure`, `measure_spec` and the oracle return."""
+
+    stats: TimingStats
+    fingerprint: Mapping[str, Any]
+    batch_size: int = 1
+
+    @property
+    def median_ms(self) -> float:
+        return self.stats.median
+
+    @property
+    def ci_ms(self) -> Optional[tuple[float, float]]:
+        s = self.stats
+        return None if s.ci_low is None or s.ci_high is None else (s.ci_low, s.ci_high)
+
+    @property
+    def runs(self) -> int:
+        return self.stats.count
+
+    @property
+    def trusted(self) -> bool:
+        return self.stats.trusted
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.stats
+        out = {"median_ms": s.median, "mean_ms": s.mean, "std_ms": s.std, "p10_ms": s.p10, "p90_ms": s.p90,
+               "min_ms": s.min, "count": s.count, "batch_size": self.batch_size, "fingerprint": dict(self.fingerprint)}
+        if s.confidence is not None:  # the adaptive protocol's report
+            out.update(ci_ms=list(self.ci_ms or (None, None)), confidence=s.confidence, rel_ci=s.rel_ci,
+                       rounds=s.rounds, capped=s.capped, trusted=s.trusted, flags=list(s.flags), notes=list(s.notes))
+        return out
+
+    def describe(self, name: str = "the model") -> str:
+        """'net on onnxruntime: median 0.412 ms (95 % CI 0.409-0.415, ±0.7 %, 12 sessions, n=1430)'."""
+        s = self.stats
+        if s.confidence is None:
+            tail = f"p10 {s.p10:.3f}, p90 {s.p90:.3f}, n={s.count}"
+        else:
+            ci = self.ci_ms
+            iv = f"{s.confidence:.0%} CI {ci[0]:.3f}-{ci[1]:.3f}, ±{s.rel_ci:.1%}" if ci else "no interval"
+            tail = f"{iv}, {s.rounds} sessions, n={s.count}" + (", stopped by the time cap" if s.capped else "")
+        return f"{name} on {self.fingerprint.get('backend', '?')}: median {s.median:.3f} ms ({tail})"
 
 
 _REQUIRED = ("median", "mean", "std", "p10", "p90", "min", "count")

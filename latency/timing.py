@@ -71,6 +71,8 @@ from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 
+from jaxnas.errors import UserError
+
 from .stats import TimingStats
 
 __all__ = [
@@ -85,7 +87,7 @@ class TimingWarning(UserWarning):
     """A measurement is flagged untrustworthy (drift, bursts, imprecise at the cap)."""
 
 
-class TimingError(RuntimeError):
+class TimingError(UserError, RuntimeError):
     """No usable measurement could be taken (every round discarded)."""
 
 
@@ -722,41 +724,79 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Comparison(Verdict):
-    """Models timed in alternating rounds (:func:`compare_adaptive`); model 0 is the reference.
+    """Models timed in alternating rounds in one session (:func:`compare_adaptive`, or fixed rounds by
+    :func:`latency.backends.measure_paired`); model 0 is the reference (``a``), model 1 ``b``.
 
     ``rounds[j]`` holds model j's per-round statistics (round i of every model was taken back to back);
-    ``stats[j]`` its pooled statistics with the CI of its median.  Ratios are per round (model j's round
-    median / the reference's in the same round), their median and its order-statistic CI.
+    ``stats[j]`` its pooled statistics with the CI of its median.  Every figure against the reference is
+    per round, then its median and order-statistic CI: a slow spell that hits one round moves it less
+    than it moves either model's own time.  ``ratio`` = a's time / b's time (> 1: b is faster).
     """
 
     names: tuple[str, ...]
     rounds: tuple[tuple[TimingStats, ...], ...]
     stats: tuple[TimingStats, ...]
+    fingerprint: Any = None         # the runtime's (a mapping), where the caller knows it
+    batch_size: int = 1
 
-    def ratios(self, j: int) -> np.ndarray:
-        return np.asarray([c.median for c in self.rounds[j]]) / np.asarray([r.median for r in self.rounds[0]])
+    def _times(self, j: int) -> np.ndarray:
+        return np.asarray([r.median for r in self.rounds[j]])
 
-    def ratio(self, j: int = 1) -> float:
-        """Median over rounds of model j's time / the reference's (< 1: model j is faster)."""
-        return float(np.median(self.ratios(j)))
-
-    def ratio_ci(self, j: int = 1) -> Optional[tuple[float, float]]:
-        return median_ci(self.ratios(j), self.confidence)
+    def speedups(self, j: int = 1) -> np.ndarray:
+        """Per round: the reference's time / model j's."""
+        return self._times(0) / self._times(j)
 
     def speedup(self, j: int = 1) -> float:
-        """The reference's time / model j's (> 1: model j is faster)."""
-        return 1.0 / self.ratio(j)
+        """Median over rounds of the reference's time / model j's (> 1: model j is faster)."""
+        return float(np.median(self.speedups(j)))
 
     def speedup_ci(self, j: int = 1) -> Optional[tuple[float, float]]:
-        ci = self.ratio_ci(j)
-        return None if ci is None else (1.0 / ci[1], 1.0 / ci[0])
+        return median_ci(self.speedups(j), self.confidence)
 
-    def pair(self, j: int = 1) -> "Any":
-        """The reference and model j as a :class:`latency.backends.PairedTiming`."""
-        from .backends.base import PairedTiming
+    @property
+    def ratio(self) -> float:
+        """a's time / b's time, per round, median (the contract's `Comparison.ratio`)."""
+        return self.speedup(1)
 
-        return PairedTiming(self.rounds[0], self.rounds[j], confidence=self.confidence, capped=self.capped,
-                            flags=self.flags, notes=self.notes)
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.speedups(1))
+
+    def deltas_ms(self, j: int = 1) -> np.ndarray:
+        """Per round: model j's median - the reference's."""
+        return self._times(j) - self._times(0)
+
+    def delta_ms(self, j: int = 1) -> float:
+        return float(np.median(self.deltas_ms(j)))
+
+    def delta_std_ms(self, j: int = 1) -> float:
+        return float(self.deltas_ms(j).std())
+
+    def delta_ci_ms(self, j: int = 1) -> Optional[tuple[float, float]]:
+        return median_ci(self.deltas_ms(j), self.confidence)
+
+    def best(self, j: int = 1) -> TimingStats:
+        """Model j's round with the lowest median."""
+        return min(self.rounds[j], key=lambda s: s.median)
+
+    def measurement(self, j: int) -> Any:
+        from .stats import Measurement
+
+        return Measurement(self.stats[j], dict(self.fingerprint or {}), self.batch_size)
+
+    @property
+    def a(self) -> Any:
+        return self.measurement(0)
+
+    @property
+    def b(self) -> Any:
+        return self.measurement(1)
+
+    def extend(self, other: "Comparison") -> "Comparison":
+        """Both comparisons' rounds as one (a re-measurement of the same models that stayed flagged)."""
+        rounds = tuple(r + o for r, o in zip(self.rounds, other.rounds))
+        stats = tuple(pool([s, t]) for s, t in zip(self.stats, other.stats))
+        return dataclasses.replace(other, rounds=rounds, stats=stats)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -764,12 +804,15 @@ class Comparison(Verdict):
             "confidence": self.confidence, "flags": list(self.flags), "notes": list(self.notes),
             "median_ms": {n: s.median for n, s in zip(self.names, self.stats)},
             "ci_ms": {n: [s.ci_low, s.ci_high] for n, s in zip(self.names, self.stats)},
-            "ratio": {}, "speedup": {},
+            "speedup": {}, "delta_ms": {},
         }
         for j in range(1, len(self.names)):
-            ci, sci = self.ratio_ci(j), self.speedup_ci(j)
-            out["ratio"][self.names[j]] = {"value": self.ratio(j), "ci": list(ci) if ci else None}
-            out["speedup"][self.names[j]] = {"value": self.speedup(j), "ci": list(sci) if sci else None}
+            sci = self.speedup_ci(j)
+            out["speedup"][self.names[j]] = {"value": self.speedup(j), "ci": list(sci) if sci else None,
+                                             "rounds": [float(v) for v in self.speedups(j)]}
+            out["delta_ms"][self.names[j]] = self.delta_ms(j)
+        if self.fingerprint:
+            out.update(fingerprint=dict(self.fingerprint), batch_size=self.batch_size)
         return out
 
     def describe(self) -> str:
@@ -781,8 +824,8 @@ class Comparison(Verdict):
                 word, val = "faster", sp
                 iv = f" ({self.confidence:.0%} CI {sci[0]:.3f}-{sci[1]:.3f})" if sci else " (no interval)"
             else:  # say "1.19x slower", not "0.84x faster"
-                word, val, ci = "slower", 1.0 / sp, self.ratio_ci(j)
-                iv = f" ({self.confidence:.0%} CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else " (no interval)"
+                word, val = "slower", 1.0 / sp
+                iv = f" ({self.confidence:.0%} CI {1 / sci[1]:.3f}-{1 / sci[0]:.3f})" if sci else " (no interval)"
             lines.append(f"{self.names[j]} vs {self.names[0]}: {val:.3f}x {word}{iv}, "
                          f"{self.stats[j].median:.4g} vs {self.stats[0].median:.4g} ms, "
                          f"{len(self.rounds[0])} alternating rounds" + (", capped" if self.capped else ""))

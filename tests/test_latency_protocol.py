@@ -13,9 +13,9 @@ import warnings
 import numpy as np
 import pytest
 
-from latency import LatencyTable, TableError, TimingProtocol, TimingStats, TimingWarning, get_backend
-from latency.builder import build_table
-from latency.predictor import LatencyPredictor, format_validation, noise_warning, validate_space
+from jaxnas.latency import LatencyTable, TableError, TimingProtocol, TimingStats, TimingWarning, get_backend
+from jaxnas.latency.builder import build_table
+from jaxnas.latency.predictor import LatencyPredictor, format_validation, noise_warning, validate_space
 
 from test_latency_builder import TINY, FakeBackend
 from test_timing import Clock, StreamTimer
@@ -53,7 +53,7 @@ QUICK = TimingProtocol(priority="none", max_time_s=2.0, max_rounds=60, min_round
 
 @pytest.fixture
 def no_export(monkeypatch):
-    import latency.builder as builder
+    import jaxnas.latency.builder as builder
 
     monkeypatch.setattr(builder, "export_for", lambda spec, backend, directory, **kw: spec)
 
@@ -106,8 +106,8 @@ def test_flagged_entry_is_remeasured_then_stored_flagged_and_warned(tmp_path, no
 
 
 def test_validate_never_uses_a_flagged_measurement_silently(tmp_path, monkeypatch, capsys):
-    import latency.builder as builder
-    import latency.predictor as predictor
+    import jaxnas.latency.builder as builder
+    import jaxnas.latency.predictor as predictor
 
     monkeypatch.setattr(builder, "export_for", lambda spec, backend, directory, **kw: spec)
     bad = lambda spec: spec.name == "tiny_sample1"  # noqa: E731
@@ -175,7 +175,7 @@ def test_every_backend_measures_by_the_protocol(onnx_path, tmp_path):  # noqa: F
 def test_tensorrt_measures_by_the_protocol_with_a_fake_module(monkeypatch, onnx_path):  # noqa: F811
     log: dict = {}
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt("10.3.0", log))
-    monkeypatch.setattr("latency.backends.cuda_driver.CudaDriver", _FakeCuda)
+    monkeypatch.setattr("jaxnas.runtime.cuda_driver.CudaDriver", _FakeCuda)
     _FakeCuda.instances.clear()
     st = get_backend("tensorrt").measure(onnx_path, (1, H, W, CIN), protocol=FAST)
     assert st.median == 0.5 and st.ci_low == st.ci_high == 0.5 and st.rounds == 6 and st.trusted
@@ -185,9 +185,9 @@ def test_tensorrt_measures_by_the_protocol_with_a_fake_module(monkeypatch, onnx_
 @pytest.fixture(scope="module")
 def two_nets(tmp_path_factory):
     """Two 3-block MBConv nets at 16 px, 8 and 64 channels: specs, variables, ONNX files, spec JSON."""
-    from export.onnx_export import export_onnx
+    from jaxnas.export.onnx_export import export_onnx
     from jaxnas import models
-    from latency.spaces import SearchSpace
+    from jaxnas.latency.spaces import SearchSpace
 
     d = tmp_path_factory.mktemp("two_nets")
     out = {}
@@ -205,20 +205,22 @@ def two_nets(tmp_path_factory):
 
 def test_compare_specs_and_files_on_onnxruntime(two_nets):
     """From specs + variables (export, then alternating rounds) and from the exported files."""
-    from latency import measure_paired
-    from latency.measure import compare_files, compare_specs
+    from jaxnas.latency import measure_paired
+    from jaxnas.latency.measure import compare_files, compare_specs
 
     small, big = two_nets["small"], two_nets["big"]
     c = compare_specs({"small": small[:2], "big": big[:2]}, "onnxruntime", protocol=FAST)
     assert c.names == ("small", "big") and len(c.rounds[0]) == len(c.rounds[1]) >= 6
-    assert c.ratio(1) > 1.5 and c.speedup(1) < 1  # the 8x wider net is slower
+    assert c.speedup(1) < 1 / 1.5 and c.ratio == c.speedup(1)  # the 8x wider net is slower
     assert "big vs small:" in c.describe() and "slower" in c.describe()
     d = c.to_dict()
-    assert d["ratio"]["big"]["value"] == pytest.approx(c.ratio(1)) and d["speedup"]["big"]["ci"] is not None
+    assert d["speedup"]["big"]["value"] == pytest.approx(c.speedup(1)) and d["speedup"]["big"]["ci"] is not None
     c2 = compare_files({"small": small[2], "big": big[2]}, small[0], protocol=FAST)
-    assert c2.ratio(1) > 1.5
+    assert c2.speedup() < 1 / 1.5 and c2.a.fingerprint["backend"] == "onnxruntime"
     pt = measure_paired(get_backend("onnxruntime"), small[2], big[2], protocol=FAST)
-    assert pt.speedup < 1 and pt.speedup_ci is not None and len(pt.reference) >= 6
+    assert pt.speedup() < 1 and pt.speedup_ci() is not None and len(pt.rounds[0]) >= 6
+    fixed = compare_files({"small": small[2], "big": big[2]}, small[0], runs=20, rounds=3)
+    assert fixed.names == ("small", "big") and len(fixed.rounds[1]) == 3 and fixed.speedup() < 1
 
 
 def test_cli_measure_and_compare_report_the_interval(two_nets, capsys):
@@ -236,7 +238,7 @@ def test_cli_measure_and_compare_report_the_interval(two_nets, capsys):
     assert main(["latency", "compare", *files, "--max-time", "3", "--rel-ci", "0.05", "--priority", "none",
                  "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["names"] == ["small", "big"] and d["ratio"]["big"]["value"] > 1.5 and d["rounds"] >= 6
+    assert d["names"] == ["small", "big"] and d["speedup"]["big"]["value"] < 1 / 1.5 and d["rounds"] >= 6
     assert main(["latency", "compare", *files, "--max-time", "3", "--rel-ci", "0.05", "--priority", "none"]) == 0
     assert capsys.readouterr().out.startswith("big vs small: ")
 
@@ -247,3 +249,32 @@ def test_when_most_entries_are_flagged_they_are_not_timed_again(tmp_path, no_exp
     be = ProtocolFake(bad=lambda spec: True)
     table = build_table(TINY, be, tmp_path / "t.json", references=0, progress=False, protocol=QUICK)
     assert len(table.untrusted()) == 6 and all(be.prepared.count(n) == 1 for n in be.prepared)
+
+
+def test_oracle_times_each_and_against_by_the_configured_protocol(tmp_path, no_export):
+    """The latency section's protocol reaches a method's cached timings: every entry carries its interval;
+    a flagged one is timed again, stored with its flags and named in one log line."""
+    from jaxnas.latency.config import LatencyConfig
+    from jaxnas.latency.oracle import RuntimeOracle
+    from jaxnas.latency.spaces import load_space
+
+    space = load_space(TINY)
+    specs = {p.key: p.to_spec() for p in space.unique_parts()}
+    be = ProtocolFake(bad=lambda spec: spec.name.startswith("part_head"))
+    msgs: list[str] = []
+    cfg = LatencyConfig(priority="none", max_time_s=1.0)
+    assert cfg.protocol().max_time_s == 1.0 and LatencyConfig().protocol(3.0).max_time_s == 3.0
+    assert LatencyConfig(runs=50).protocol() is None
+    oracle = RuntimeOracle(cfg, log=msgs.append)
+    oracle._runtime = be
+    stats = oracle.measure_each(specs, cache=tmp_path / "each.json")
+    bad = next(k for k in specs if k.startswith("head"))
+    assert all(s.ci_low is not None and s.rounds >= 6 for k, s in stats.items() if k != bad)
+    assert stats[bad].flags and stats[bad].flags[0].startswith("imprecise") and be.prepared.count(specs[bad].name) == 2
+    assert "warning: 1 of 4 entries" in msgs[-1] and "(imprecise: 1;" in msgs[-1]
+    big, small = space.build(space.extreme_arch(largest=True)), space.build(space.extreme_arch(largest=False))
+    base_ms, deltas = oracle.paired_deltas((big, None), {"small": lambda: (small, None)},
+                                           cache=tmp_path / "against.json")
+    entry = json.loads((tmp_path / "against.json").read_text())["entries"]["small"]
+    assert deltas["small"][0] < 0 and entry["meta"]["rounds"] >= 6 and len(entry["meta"]["delta_ci_ms"]) == 2
+    assert base_ms > 0 and "flags" not in entry

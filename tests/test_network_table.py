@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latency import TableError
-from latency.builder import build_table
-from latency.network_table import PROBE_PREFIX, probes, reference_arch
-from latency.predictor import LatencyPredictor
-from latency.spaces import load_space
+from jaxnas.latency import TableError
+from jaxnas.latency.builder import build_table
+from jaxnas.latency.network_table import PROBE_PREFIX, probes, reference_arch
+from jaxnas.latency.predictor import LatencyPredictor
+from jaxnas.latency.spaces import load_space
 
 from test_latency_builder import SMALL, TINY, FakeBackend, install_fake_runtime
 
@@ -17,7 +17,7 @@ CALL_MS = 0.05  # per-network cost a block timed alone would pay again
 
 def additive_ms(spec) -> float:
     """A runtime whose latency is a per-network cost plus a block-dependent cost per part."""
-    from latency.spaces import decompose_spec
+    from jaxnas.latency.spaces import decompose_spec
 
     return CALL_MS + sum(0.01 * (1 + p.kernel % 5) + p.macs() / 1e6 for p in decompose_spec(spec))
 
@@ -77,7 +77,7 @@ def test_probe_delta_is_the_median_of_alternating_rounds(tmp_path, monkeypatch):
     """Δ pairs each probe round with a reference round measured just before it: a slow spell that hits
     one pair moves the rounds' differences less than it moves either model's own timings."""
     space = load_space(TINY)
-    # calls 1-3: the reference alone; then (reference, probe) pairs; the 2nd pair runs on a busy core
+    # call 1: the reference alone; then (reference, probe) pairs; the 3rd pair runs on a busy core
     calls = install_fake_runtime(monkeypatch, lambda spec, n: additive_ms(spec) * (2.0 if n in (6, 7) else 1.0))
     table = build_table(space, FakeBackend(), tmp_path / "t.json", references=None, progress=False, rounds=3,
                         context="network")
@@ -85,4 +85,4 @@ def test_probe_delta_is_the_median_of_alternating_rounds(tmp_path, monkeypatch):
     arch = probes(space, 1.0)[key][3]
     true = additive_ms(space.build(arch)) - additive_ms(space.build(reference_arch(space, 1.0)))
     assert table.get(key)["meta"]["delta_ms"] == pytest.approx(true, rel=1e-9)
-    assert len(calls) == 3 + 2 * 3
+    assert len(calls) == 1 + 2 * 3

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from .base import (DEFAULT_RUNS, DEFAULT_WARMUP, BackendError, LatencyBackend, PairedTiming, collect_samples, compare,
+from .base import (DEFAULT_RUNS, DEFAULT_WARMUP, BackendError, LatencyBackend, collect_samples, compare,
                    measure_paired, measure_with, random_input, resolve_shape, supports_protocol)
 from .ort import OnnxRuntimeBackend
 from .tflite import TFLiteBackend
@@ -27,7 +27,7 @@ __all__ = [
     "BackendError", "UnknownBackendError", "LatencyBackend", "OnnxRuntimeBackend", "TFLiteBackend",
     "XlaBackend", "TensorRTBackend", "build_engine", "build_serialized_engine", "get_backend",
     "backend_names", "BACKENDS", "ALIASES", "collect_samples", "resolve_shape", "random_input",
-    "TENSORRT_MISSING", "DEFAULT_WARMUP", "DEFAULT_RUNS", "PairedTiming", "measure_paired", "compare", "measure_with",
+    "TENSORRT_MISSING", "DEFAULT_WARMUP", "DEFAULT_RUNS", "measure_paired", "compare", "measure_with",
     "supports_protocol",
 ]
 

@@ -2,24 +2,26 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
 
+from jaxnas.runtime import BackendError
+from jaxnas.runtime.model_io import read_model_bytes, resolve_shape
+
 from ..fingerprint import Fingerprint
 from ..stats import TimingStats
-from ..timing import (DEFAULT_PROTOCOL, Comparison, TimingProtocol, Verdict, compare_adaptive, measure_adaptive,
-                      median_ci, warn_if_flagged)
+from ..timing import (DEFAULT_PROTOCOL, Comparison, TimingProtocol, compare_adaptive, measure_adaptive, pool,
+                      warn_if_flagged)
 
 __all__ = [
     "BackendError",
     "LatencyBackend",
     "ModelLike",
     "collect_samples",
-    "PairedTiming",
     "measure_paired",
     "resolve_shape",
     "random_input",
@@ -45,10 +47,6 @@ LEGACY_WARMUP = 20
 LEGACY_RUNS = 100
 
 ModelLike = Union[str, "os.PathLike[str]", bytes, Callable[..., Any]]
-
-
-class BackendError(RuntimeError):
-    """A latency backend cannot run: runtime missing, provider inactive, bad model, …"""
 
 
 @runtime_checkable
@@ -177,80 +175,12 @@ def measure_with(backend: Any, model: Any, input_shape: Optional[Sequence[int]] 
                            runs=LEGACY_RUNS)
 
 
-@dataclass(frozen=True)
-class PairedTiming(Verdict):
-    """Rounds of a reference model and a candidate timed alternately (`measure_paired`).
-
-    ``reference[i]`` and ``candidate[i]`` were timed back to back (round i).  Adaptive pairs also carry
-    the interval's ``confidence``, whether the cap ended them, and flags/notes (:class:`Verdict`)."""
-
-    reference: tuple[TimingStats, ...]
-    candidate: tuple[TimingStats, ...]
-
-    @property
-    def deltas_ms(self) -> np.ndarray:
-        """Per round: candidate median - reference median."""
-        return np.asarray([c.median for c in self.candidate]) - np.asarray([r.median for r in self.reference])
-
-    @property
-    def delta_ms(self) -> float:
-        """The median of the per-round differences: a slow spell that hits one pair moves it less than it
-        moves either model's own timing."""
-        return float(np.median(self.deltas_ms))
-
-    @property
-    def delta_std_ms(self) -> float:
-        return float(self.deltas_ms.std())
-
-    @property
-    def delta_ci_ms(self) -> Optional[tuple[float, float]]:
-        """Order-statistic CI of the median per-round difference (None with too few rounds)."""
-        return median_ci(self.deltas_ms, self.confidence)
-
-    @property
-    def ratios(self) -> np.ndarray:
-        """Per round: candidate median / reference median."""
-        return np.asarray([c.median for c in self.candidate]) / np.asarray([r.median for r in self.reference])
-
-    @property
-    def ratio(self) -> float:
-        """Median over rounds of candidate / reference time (< 1: the candidate is faster)."""
-        return float(np.median(self.ratios))
-
-    @property
-    def ratio_ci(self) -> Optional[tuple[float, float]]:
-        return median_ci(self.ratios, self.confidence)
-
-    @property
-    def speedup(self) -> float:
-        """Reference time / candidate time, from the per-round ratios (> 1: the candidate is faster)."""
-        return 1.0 / self.ratio
-
-    @property
-    def speedup_ci(self) -> Optional[tuple[float, float]]:
-        ci = self.ratio_ci
-        return None if ci is None else (1.0 / ci[1], 1.0 / ci[0])
-
-    @property
-    def best(self) -> TimingStats:
-        """The candidate's round with the lowest median."""
-        return min(self.candidate, key=lambda s: s.median)
-
-    def to_dict(self) -> dict[str, Any]:
-        ci, sci = self.ratio_ci, self.speedup_ci
-        return {"rounds": len(self.reference), "ratio": self.ratio, "ratio_ci": list(ci) if ci else None,
-                "speedup": self.speedup, "speedup_ci": list(sci) if sci else None, "delta_ms": self.delta_ms,
-                "reference_ms": float(np.median([r.median for r in self.reference])),
-                "candidate_ms": float(np.median([c.median for c in self.candidate])),
-                "confidence": self.confidence, "capped": self.capped, "flags": list(self.flags),
-                "notes": list(self.notes)}
-
-
 def measure_paired(backend: "LatencyBackend", reference: Any, candidate: Any,
                    input_shape: Optional[Sequence[int]] = None, *, protocol: Optional[TimingProtocol] = None,
                    warmup: Optional[int] = None, runs: Optional[int] = None, rounds: Optional[int] = None,
-                   batch_size: Optional[int] = None) -> PairedTiming:
-    """Time ``candidate`` against ``reference`` in alternating rounds of one process.
+                   batch_size: Optional[int] = None) -> Comparison:
+    """Time ``candidate`` against ``reference`` in alternating rounds of one process (a
+    :class:`latency.timing.Comparison`, reference first).
 
     By the adaptive ``protocol`` (default): rounds until the CI of the per-round time ratio is within
     ``rel_ci`` (:func:`compare`).  With ``runs`` or ``rounds`` given, or for a backend without
@@ -258,7 +188,7 @@ def measure_paired(backend: "LatencyBackend", reference: Any, candidate: Any,
     the reference then the candidate."""
     if runs is None and rounds is None and supports_protocol(backend):
         return compare(backend, [reference, candidate], input_shape, protocol=protocol,
-                       batch_size=batch_size, names=("reference", "candidate")).pair(1)
+                       batch_size=batch_size, names=("reference", "candidate"))
     if protocol is not None and (runs is not None or rounds is not None):
         raise ValueError("pass either a timing protocol or fixed runs/rounds, not both")
     legacy = not supports_protocol(backend)
@@ -269,7 +199,16 @@ def measure_paired(backend: "LatencyBackend", reference: Any, candidate: Any,
     for _ in range(3 if rounds is None else int(rounds)):
         ref.append(backend.measure(reference, input_shape, warmup=warmup, runs=runs, **kw))
         cand.append(backend.measure(candidate, input_shape, warmup=warmup, runs=runs, **kw))
-    return PairedTiming(tuple(ref), tuple(cand))
+    return Comparison(("reference", "candidate"), (tuple(ref), tuple(cand)), (pool(ref), pool(cand)),
+                      fingerprint=_fingerprint(backend, batch_size), batch_size=batch_size or 1)
+
+
+def _fingerprint(backend: Any, batch_size: Optional[int]) -> Optional[dict[str, Any]]:
+    fp = getattr(backend, "fingerprint", None)
+    if fp is None:
+        return None
+    fp = fp(batch_size or 1)
+    return fp.to_dict() if hasattr(fp, "to_dict") else dict(fp)
 
 
 def compare(backend: Any, models: Union[Sequence[Any], Mapping[str, Any]],
@@ -280,8 +219,8 @@ def compare(backend: Any, models: Union[Sequence[Any], Mapping[str, Any]],
     alternating rounds until every model's time ratio to the first is known to ``rel_ci``.
 
     ``input_shape``: one shape for all, or one per model.  Returns a
-    :class:`latency.timing.Comparison` (``speedup(j)``, ``speedup_ci(j)``, ``ratio(j)``, ``pair(j)``,
-    ``to_dict()``); a flagged comparison also raises a :class:`latency.timing.TimingWarning`."""
+    :class:`latency.timing.Comparison` (``speedup(j)``, ``speedup_ci(j)``,
+    ``delta_ms(j)``, ``to_dict()``); a flagged comparison also raises a :class:`latency.timing.TimingWarning`."""
     if isinstance(models, Mapping):
         names = list(models) if names is None else names
         models = list(models.values())
@@ -300,58 +239,10 @@ def compare(backend: Any, models: Union[Sequence[Any], Mapping[str, Any]],
     p = protocol or DEFAULT_PROTOCOL
     with contextlib.ExitStack() as stack:
         timers = [stack.enter_context(backend.prepare(m, s, batch_size=batch_size)) for m, s in zip(models, shapes)]
-        result = compare_adaptive(timers, p, names=names)
+        result = dataclasses.replace(compare_adaptive(timers, p, names=names),
+                                     fingerprint=_fingerprint(backend, batch_size), batch_size=batch_size or 1)
     warn_if_flagged(result, "the comparison " + " vs ".join(result.names), stacklevel=3)
     return result
-
-
-def resolve_shape(input_shape: Optional[Sequence[Any]], model_shape: Optional[Sequence[Any]],
-                  batch_size: Optional[int], *, what: str = "model") -> tuple[int, ...]:
-    """Concrete input shape from the requested shape, the model's declared shape and the batch.
-
-    ``model_shape`` may hold ``None``/``-1``/strings for dynamic dims.  The
-    requested shape must agree with every static model dim; dynamic dims are
-    taken from the request (dim 0 from ``batch_size`` first).  Raises
-    :class:`BackendError` with both shapes on a mismatch.
-    """
-    def dyn(v: Any) -> bool:
-        return v is None or isinstance(v, str) or (isinstance(v, (int, np.integer)) and v < 0)
-
-    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    if input_shape is None:
-        if model_shape is None:
-            raise BackendError(f"no input_shape given and the {what} declares none")
-        shape = list(model_shape)
-    else:
-        shape = list(input_shape)
-    if not shape:
-        raise BackendError(f"input shape of the {what} is a scalar; expected at least a batch dim")
-    if batch_size is not None:
-        shape[0] = int(batch_size)
-    elif dyn(shape[0]):
-        shape[0] = 1
-    if model_shape is not None:
-        ms = list(model_shape)
-        if len(ms) != len(shape):
-            raise BackendError(f"input rank mismatch: requested shape {tuple(shape)} but the {what} "
-                               f"expects rank {len(ms)} {tuple(ms)}")
-        for i, (want, have) in enumerate(zip(shape, ms)):
-            if dyn(want):
-                if dyn(have):
-                    raise BackendError(f"input dim {i} is dynamic in the {what} {tuple(ms)}; "
-                                       f"pass input_shape with a concrete value")
-                shape[i] = int(have)
-            elif not dyn(have) and int(have) != int(want):
-                hint = ""
-                if len(ms) == 4 and not any(dyn(v) for v in ms[1:] + shape[1:]) and \
-                        sorted(int(v) for v in shape[1:]) == sorted(int(v) for v in ms[1:]):
-                    hint = " (same dims in another order: is the model NCHW? jaxnas measures NHWC)"
-                raise BackendError(f"input shape mismatch: requested {tuple(shape)} but the {what} "
-                                   f"has static input shape {tuple(ms)}{hint}")
-    if any(dyn(v) for v in shape):
-        raise BackendError(f"input shape {tuple(shape)} still has dynamic dims; pass input_shape")
-    return tuple(int(v) for v in shape)
 
 
 def random_input(shape: Sequence[int], dtype: Any = np.float32, seed: int = 0) -> np.ndarray:
@@ -364,19 +255,3 @@ def random_input(shape: Sequence[int], dtype: Any = np.float32, seed: int = 0) -
     if dt == np.bool_:
         return rng.integers(0, 2, size=shape).astype(bool)
     return rng.standard_normal(shape).astype(dt)
-
-
-def read_model_bytes(model: Any, *, kind: str = "model") -> tuple[bytes, str]:
-    """``(bytes, description)`` from a path, bytes or an object with ``SerializeToString``."""
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        return bytes(model), f"<{len(model)} bytes>"
-    if hasattr(model, "SerializeToString"):  # onnx.ModelProto
-        data = model.SerializeToString()
-        return data, f"<{type(model).__name__}>"
-    if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        if not os.path.isfile(path):
-            raise BackendError(f"{kind} file not found: {path}")
-        with open(path, "rb") as f:
-            return f.read(), path
-    raise BackendError(f"expected a {kind} path or bytes, got {type(model).__name__}")
