@@ -3,7 +3,7 @@
 Runs `jaxnas.methods.depth.run` on configs/depth/quick.yaml (baseline training, T(st, end) on
 onnxruntime, importance, stage 2 at T0 = --time-fraction x the summed single-conv time, finetune,
 merge), then exports the baseline and the merged net to ONNX and times both on onnxruntime (1 thread,
-the config's latency batch size; alternating repeats, median of medians).  Targets: speed-up >= 1.3x
+the config's latency batch size; alternating rounds by the config's timing protocol).  Targets: speed-up >= 1.3x
 at T0 ~ 75%, test accuracy within 1 point of the baseline.  Every phase resumes from --workdir.
 
     python benchmarks/depth_e2e.py [--workdir runs/depth-e2e] [--time-fraction 0.75] [--set k=v ...] [--json]
@@ -19,38 +19,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure_pair(be, files: dict[str, Path], shape: tuple[int, ...], warmup: int, runs: int,
-                 repeats: int) -> dict[str, dict[str, float]]:
-    """Alternating rounds: each model's median over rounds of its per-round median (and its min), plus
-    the median over rounds of the per-round ratio to the first model (robust to a shared, busy CPU)."""
-    import numpy as np
-
-    med: dict[str, list[float]] = {k: [] for k in files}
-    mins: dict[str, list[float]] = {k: [] for k in files}
-    for _ in range(repeats):
-        for k, f in files.items():
-            st = be.measure(str(f), shape, warmup=warmup, runs=runs)
-            med[k].append(st.median)
-            mins[k].append(st.min)
-    first = next(iter(files))
-    return {k: {"median_ms": float(np.median(med[k])), "min_ms": float(np.min(mins[k])),
-                "ratio_to_first": float(np.median(np.asarray(med[first]) / np.asarray(med[k])))}
-            for k in files}
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs/depth/quick.yaml"))
     ap.add_argument("--workdir", default=str(ROOT / "runs/depth-e2e"))
     ap.add_argument("--time-fraction", type=float, default=None, help="T0 as a fraction of the summed T(i, i+1)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    ap.add_argument("--repeats", type=int, default=11, help="alternating timing rounds per model")
+    ap.add_argument("--repeats", type=int, default=11, help="alternating rounds with fixed latency.runs (else "
+                    "the adaptive protocol decides)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON only")
     a = ap.parse_args(argv)
 
     from jaxnas.config import load_config
     from jaxnas.export import export_onnx
-    from jaxnas.latency import get_backend
+    from jaxnas.latency.measure import compare_files
     from jaxnas.pipeline import run
     from jaxnas.spec import ArchSpec
     from jaxnas.train import load_variables
@@ -67,7 +49,6 @@ def main(argv=None) -> int:
     summary = run(cfg, workdir, search=True, deploy=False, log=log)
     t_search = time.perf_counter() - t0
 
-    be = get_backend(lat.backend, threads=lat.threads)
     files = {}
     specs = {"baseline": (summary["baseline_spec"], summary["baseline_variables"]),
              "merged": (summary["arch_path"], str(workdir))}
@@ -77,16 +58,16 @@ def main(argv=None) -> int:
         export_onnx(spec, load_variables(var_dir), path, batch_size=lat.batch_size, check=True, tolerance=1e-3)
         files[k] = path
     spec = ArchSpec.load(summary["baseline_spec"])
-    shape = (lat.batch_size, *spec.input_size, spec.in_channels)
-    times = measure_pair(be, files, shape, max(lat.warmup, 50), max(lat.runs, 300), a.repeats)
-    base_ms, merged_ms = times["baseline"]["median_ms"], times["merged"]["median_ms"]
-    speedup = times["merged"]["ratio_to_first"]
+    c = compare_files(files, spec, backend=lat.backend, threads=lat.threads, batch_size=lat.batch_size,
+                      protocol=lat.protocol(30.0), warmup=lat.warmup, runs=lat.runs,
+                      rounds=a.repeats if lat.runs else None)
+    base_ms, merged_ms, speedup = c.stats[0].median, c.stats[1].median, c.ratio
     result = {
-        "model": summary["model"], "device": be.fingerprint(lat.batch_size).to_dict().get("device"),
+        "model": summary["model"], "device": c.fingerprint.get("device"), "speedup_ci": c.speedup_ci(),
         "batch_size": lat.batch_size, "threads": lat.threads,
         "baseline_latency_ms": base_ms, "latency_ms": merged_ms, "speedup": speedup,
-        "speedup_min_latency": times["baseline"]["min_ms"] / times["merged"]["min_ms"],
-        "latency_spread": times,
+        "speedup_min_latency": c.stats[0].min / c.stats[1].min, "timing_flags": list(c.flags),
+        "latency_spread": c.to_dict(),
         "predicted_speedup": summary["predicted_speedup"], "time_limit_ms": summary["time_limit"],
         "baseline_time_sum_ms": summary["baseline_time_sum"], "time_sum_ms": summary["time_sum"],
         "baseline_test_accuracy": summary["baseline_test_accuracy"], "test_accuracy": summary["test_accuracy"],

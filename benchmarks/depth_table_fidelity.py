@@ -17,8 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 
 from depth_solve import synthetic_importance  # noqa: E402
@@ -29,7 +27,7 @@ from jaxnas.methods.depth import (extended_importance, extended_segments, normal
                                   optimal_time_table, read_time_table, solve, valid_segments)
 from jaxnas.methods.depth.merge import merge_network  # noqa: E402
 from jaxnas.methods.depth.mergeable import body_of, fix_act, mergeable_spec, transfer_variables  # noqa: E402
-from jaxnas.latency import get_backend  # noqa: E402
+from jaxnas.latency import get_backend, measure_paired  # noqa: E402
 from jaxnas.latency.config import LatencyConfig  # noqa: E402
 from jaxnas.latency.oracle import RuntimeOracle  # noqa: E402
 from jaxnas.methods.depth.time_table import build_network_time_table, build_time_table  # noqa: E402
@@ -44,7 +42,6 @@ def main(argv=None) -> int:
     ap.add_argument("--subtract-overhead", action="store_true")
     ap.add_argument("--context", choices=["alone", "network"], default="network",
                     help="T(st, end): each merged conv timed alone, or the change of the whole network's latency")
-    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workdir", default=str(ROOT / "runs/depth-fidelity"))
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
@@ -83,14 +80,12 @@ def main(argv=None) -> int:
         mspec, mvars = merge_network(fspec, transfer_variables(variables, fspec))
         merged_file = work / f"merged_{tag}_{frac:g}.onnx"
         export_onnx(mspec, mvars, merged_file, batch_size=bs, check=False)
-        tb, tm = [], []
-        for _ in range(a.rounds):
-            tb.append(be.measure(str(base_file), shape, warmup=20, runs=100).median)
-            tm.append(be.measure(str(merged_file), shape, warmup=20, runs=100).median)
+        c = measure_paired(be, str(base_file), str(merged_file), shape)  # alternating rounds, adaptive
+        ci = c.speedup_ci()
         rows.append({"fraction": frac, "convs": len(r.merge_pos), "acts": len(r.act_pos),
-                     "predicted_speedup": single_sum / r.flt_time_sum,
-                     "measured_speedup": float(np.median(np.asarray(tb) / np.asarray(tm))),
-                     "baseline_ms": float(np.median(tb)), "merged_ms": float(np.median(tm))})
+                     "predicted_speedup": single_sum / r.flt_time_sum, "measured_speedup": c.ratio,
+                     "measured_speedup_ci": list(ci) if ci else None, "flags": list(c.flags),
+                     "baseline_ms": c.stats[0].median, "merged_ms": c.stats[1].median})
     out = {"resolution": res, "width": a.width, "batch_size": bs, "subtract_overhead": a.subtract_overhead,
            "L": chain.L, "single_conv_sum_ms": single_sum, "rows": rows}
     if a.json:

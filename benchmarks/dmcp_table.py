@@ -51,7 +51,7 @@ def measure_block(specs: dict[str, S.ArchSpec], args) -> dict[str, float]:
     for _ in range(args.rounds):
         for n, s in specs.items():
             r = measure_spec(s, variables[n], "onnxruntime", threads=1, warmup=args.warmup, runs=args.runs)
-            best[n] = min(best.get(n, float("inf")), float(r[f"{args.stat}_ms"]))
+            best[n] = min(best.get(n, float("inf")), float(r.to_dict()[f"{args.stat}_ms"]))
     return best
 
 
