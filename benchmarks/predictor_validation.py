@@ -106,7 +106,8 @@ def main(argv=None) -> int:
 def summary(r: dict) -> str:
     la = r["loadavg"]
     lines = [format_validation(r),
-             f"  wall {r['wall_s']:.0f} s; load average (1/5/15 min) before {la['before'][0]:.2f} {la['before'][1]:.2f} "
+             f"  wall {r['wall_s']:.0f} s; load average (1/5/15 min) before "
+             f"{la['before'][0]:.2f} {la['before'][1]:.2f} "
              f"{la['before'][2]:.2f}, after {la['after'][0]:.2f} {la['after'][1]:.2f} {la['after'][2]:.2f}"]
     for st, m in r["by_stat"].items():
         mark = "*" if st == r["stat"] else " "

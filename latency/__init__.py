@@ -19,12 +19,12 @@ from .backends import (ALIASES, BACKENDS, BackendError, LatencyBackend, OnnxRunt
 from .fingerprint import DEFAULT_MATCH_KEYS, Fingerprint, cpu_model_name, host_arch
 from .imports import (import_depth_csv, import_tfnas_pkl, load_tfnas_pkl, tfnas_base, tfnas_key,
                       tfnas_lookup)
-from .stats import TimingStats
+from .stats import Measurement, TimingStats
 from .timing import DEFAULT_PROTOCOL, Comparison, TimingError, TimingProtocol, TimingWarning
 from .table import DEFAULT_COMPAT_KEYS, SCHEMA_VERSION, LatencyTable, TableError, interpolate
 
 __all__ = [
-    "TimingStats", "TimingProtocol", "DEFAULT_PROTOCOL", "TimingWarning", "TimingError", "Comparison",
+    "TimingStats", "Measurement", "TimingProtocol", "DEFAULT_PROTOCOL", "TimingWarning", "TimingError", "Comparison",
     "compare", "measure_paired",
     "Fingerprint", "DEFAULT_MATCH_KEYS", "cpu_model_name", "host_arch",
     "LatencyBackend", "BackendError", "UnknownBackendError", "get_backend", "backend_names",

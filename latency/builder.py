@@ -41,8 +41,9 @@ from .table import DEFAULT_COMPAT_KEYS, REBUILD_HINT, LatencyTable, TableError, 
 from .spaces import BlockConfig, SearchSpace, load_space
 from .timing import DEFAULT_PROTOCOL, TimingProtocol, TimingWarning, pool
 
-__all__ = ["build_table", "open_table", "resolve_backend", "measure_spec_latency", "export_for", "best_of", "median_of",
-           "grid_parts", "reference_archs", "table_meta", "input_shape", "REF_PREFIX", "ONNX_BACKENDS", "TABLE_PROTOCOL",
+__all__ = ["build_table", "open_table", "resolve_backend", "export_for", "best_of", "median_of",
+           "grid_parts", "reference_archs", "table_meta", "input_shape", "REF_PREFIX", "ONNX_BACKENDS",
+           "TABLE_PROTOCOL",
            "measure_entry", "measure_models", "combine", "untrusted_line"]
 
 REF_PREFIX = "ref:"
@@ -130,19 +131,6 @@ def export_for(spec: ArchSpec, backend: LatencyBackend, directory: Union[str, "o
 
 def input_shape(spec: ArchSpec) -> tuple[int, int, int, int]:
     return (1, *spec.input_size, spec.in_channels)
-
-
-def measure_spec_latency(spec: ArchSpec, backend: LatencyBackend, *, warmup: Optional[int] = None,
-                         runs: Optional[int] = None, variables: Optional[dict] = None, workdir: Optional[str] = None,
-                         seed: int = 0, check: bool = False, rounds: int = 1,
-                         protocol: Optional[TimingProtocol] = None) -> TimingStats:
-    """Export ``spec`` to a temp dir, time it (by the protocol, or ``rounds`` x fixed ``runs``: best of), delete it."""
-    with tempfile.TemporaryDirectory(prefix="jaxnas_lat_", dir=workdir) as tmp:
-        model = export_for(spec, backend, tmp, variables=variables, seed=seed, check=check)
-        if runs is None:
-            return measure_with(backend, model, input_shape(spec), protocol=protocol, warmup=warmup)
-        return best_of([backend.measure(model, input_shape(spec), warmup=DEFAULT_WARMUP_FIXED if warmup is None
-                                        else warmup, runs=runs) for _ in range(max(1, int(rounds)))])
 
 
 DEFAULT_WARMUP_FIXED = 20

@@ -187,7 +187,8 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
 
         for key, (rec, cin, cout) in todo.items():
             one = layer_spec(spec, rec, cin, cout)
-            add(key, one, init_variables(build_model(one), seed), (1, *rec["in_shape"][:2], cin), {"cin": cin, "cout": cout})
+            add(key, one, init_variables(build_model(one), seed), (1, *rec["in_shape"][:2], cin),
+                {"cin": cin, "cout": cout})
         if nets:
             full_vars = init_variables(build_model(spec), seed)
             for key in nets:

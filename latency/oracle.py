@@ -52,8 +52,9 @@ class RuntimeOracle:
         from .builder import TABLE_PROTOCOL
 
         t = self._timing(TABLE_PROTOCOL.max_time_s)
-        return build_layer_grid(spec, self._runtime, out_path=self._table_path(out or self.workdir / "latency_grid.json"),
-                                channel_multiple=channel_multiple, log=self.log, **t)
+        out_path = self._table_path(out or self.workdir / "latency_grid.json")
+        return build_layer_grid(spec, self._runtime, out_path=out_path, channel_multiple=channel_multiple, log=self.log,
+                                **t)
 
     def block_table(self, space: Any, *, out: Path | None = None, context: str = "network") -> Any:
         from .builder import build_table

@@ -382,7 +382,7 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
     """
     from .builder import (TABLE_PROTOCOL, _progress, build_table, combine, export_for, grid_parts, input_shape,
                           measure_models, median_of, open_table, resolve_backend, untrusted_line)
-    from .timing import TimingWarning, pool
+    from .timing import TimingWarning
 
     if isinstance(samples, bool) or int(samples) < 1:
         raise ValueError(f"samples must be >= 1, got {samples!r}")

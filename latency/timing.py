@@ -76,9 +76,11 @@ from jaxnas.errors import UserError
 from .stats import TimingStats
 
 __all__ = [
-    "TimingProtocol", "DEFAULT_PROTOCOL", "TimingWarning", "TimingError", "Timer", "Verdict", "RoundResult", "Comparison",
+    "TimingProtocol", "DEFAULT_PROTOCOL", "TimingWarning", "TimingError", "Timer", "Verdict", "RoundResult",
+    "Comparison",
     "median_ci", "median_ci_ranks", "min_rounds_for", "relative_halfwidth", "mann_kendall", "theil_sen_slope",
-    "find_modes", "clean_round", "burst_mask", "measure_interleaved", "drift_of", "timing_priority", "measure_adaptive", "compare_adaptive",
+    "find_modes", "clean_round", "burst_mask", "measure_interleaved", "drift_of", "timing_priority",
+    "measure_adaptive", "compare_adaptive",
     "pool", "warn_if_flagged", "flag_codes",
 ]
 

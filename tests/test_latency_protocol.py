@@ -10,10 +10,9 @@ import json
 import sys
 import warnings
 
-import numpy as np
 import pytest
 
-from jaxnas.latency import LatencyTable, TableError, TimingProtocol, TimingStats, TimingWarning, get_backend
+from jaxnas.latency import LatencyTable, TableError, TimingProtocol, TimingWarning, get_backend
 from jaxnas.latency.builder import build_table
 from jaxnas.latency.predictor import LatencyPredictor, format_validation, noise_warning, validate_space
 
@@ -278,3 +277,22 @@ def test_oracle_times_each_and_against_by_the_configured_protocol(tmp_path, no_e
     entry = json.loads((tmp_path / "against.json").read_text())["entries"]["small"]
     assert deltas["small"][0] < 0 and entry["meta"]["rounds"] >= 6 and len(entry["meta"]["delta_ci_ms"]) == 2
     assert base_ms > 0 and "flags" not in entry
+
+
+def test_deploy_times_the_net_against_its_baseline_in_alternating_rounds(two_nets):
+    """A method's net against its baseline (the runner's deploy step): one Comparison, baseline first, by
+    the latency section's protocol (or its fixed runs), with the speed-up's interval in the summary."""
+    from jaxnas.deploy import deploy
+    from jaxnas.latency.config import LatencyConfig
+
+    small, big = two_nets["small"], two_nets["big"]
+    lat = LatencyConfig(rel_ci=0.05, max_time_s=3.0, priority="none")
+    r = deploy(small[0], small[1], None, lat, out_dir=None, baseline=big[:2])
+    c = r.comparison
+    assert c.names == ("baseline", "model") and len(c.rounds[0]) >= 6 and c.ratio > 1.5  # the small net is faster
+    s = r.summary()
+    assert s["speedup"] == c.ratio and s["speedup_ci"][0] <= c.ratio <= s["speedup_ci"][1]
+    assert s["latency"]["ci_ms"][0] is not None and s["baseline_latency_ms"] == c.a.median_ms
+    assert "faster than the baseline (paired" in r.describe() and "95% CI" in r.describe()
+    fixed = deploy(small[0], small[1], None, LatencyConfig(runs=20), out_dir=None, baseline=big[:2]).comparison
+    assert len(fixed.rounds[0]) == 5 and fixed.ratio > 1.5 and fixed.stats[0].ci_low is None

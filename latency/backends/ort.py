@@ -215,7 +215,8 @@ class _OrtTimer(TimerBase):
         self.what = what
 
     def session(self):
-        sess, self._first = (self._first, None) if self._first is not None else (self.backend.make_session(self.data), None)
+        sess = self._first if self._first is not None else self.backend.make_session(self.data)
+        self._first = None
         out_names, feeds = self.out_names, self.feeds
         return lambda: sess.run(out_names, feeds)
 
