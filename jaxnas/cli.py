@@ -223,11 +223,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _latency_config(args: argparse.Namespace, **extra: Any) -> Any:
+    from jaxnas.config import ConfigError
     from jaxnas.latency.config import LatencyConfig
 
-    return LatencyConfig(backend=args.backend, threads=args.threads, warmup=args.warmup, runs=args.runs,
-                         rel_ci=args.rel_ci, priority=args.priority,
-                         **({"max_time_s": args.max_time} if args.max_time else {}), **extra)
+    try:
+        return LatencyConfig(backend=args.backend, threads=args.threads, warmup=args.warmup, runs=args.runs,
+                             rel_ci=args.rel_ci, priority=args.priority,
+                             **({"max_time_s": args.max_time} if args.max_time else {}), **extra)
+    except ConfigError as e:
+        raise ConfigError([ln.replace("latency.rel_ci", "--rel-ci") for ln in e.errors]) from None
 
 
 def _warn(lines: Any) -> None:
