@@ -336,7 +336,7 @@ def test_base_errors(tmp_path):
 def test_save_resolved_config_round_trip(tmp_path):
     cfg = config_from_dict({
         "name": "yes",                    # a string YAML 1.1 would read as bool
-        "data": {"name": "1e3"},          # a string YAML 1.2 would read as float
+        "data": {"source": "tfds", "name": "1e3"},  # a string YAML 1.2 would read as float
         "optim": {"weight_decay": 5e-5, "grad_clip": 2},
         "export": {"formats": ["onnx"]},
         "search": {"method": "dmcp", "target_macs": 3e8, "args": {"x": [1, 2], "y": None}},

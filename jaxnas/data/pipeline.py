@@ -107,6 +107,13 @@ class Dataset:
         if cfg.limit_test is not None and cfg.limit_test < len(y_te):
             keep, _ = stratified_pick(y_te, cfg.limit_test, cfg.seed, _TAG_LIMIT_TEST)
             x_te, y_te = x_te[keep], y_te[keep]
+        unseen = np.setdiff1d(y_te, y_tr)
+        if unseen.size:
+            shown = ", ".join(str(int(v)) for v in unseen[:8]) + (", ..." if unseen.size > 8 else "")
+            hint = (f" (data.limit_train={cfg.limit_train} may keep too few examples to cover every class)"
+                    if cfg.limit_train is not None else "")
+            raise DataError(f"{info}: test labels {shown} never occur in the train split{hint}; the model cannot "
+                            "learn them: check the labels of the test split")
         h = cfg.holdout
         n_hold = int(h) if h >= 1 else int(round(h * len(y_tr)))
         if n_hold >= len(y_tr):
