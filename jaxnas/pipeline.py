@@ -80,7 +80,27 @@ def prepare(cfg: ExperimentConfig, *, search: bool = False) -> Prepared:
     dataset = load_dataset(cfg.dataset_config())
     check_data_fits(cfg, dataset)
     spec = build_spec(cfg.model, dataset.num_classes, dataset.image_shape)
+    check_model_fits(spec, cfg.data.batch_size)
     return Prepared(cfg, dataset, spec, method, args)
+
+
+def check_model_fits(spec: Any, batch_size: int) -> None:
+    """Refuse a model whose training on CPU could not fit in memory, before building it: a lower bound
+    (weights, gradients and one optimizer slot in float32, and each layer's output for one batch, kept for
+    the backward pass), so a refusal is certain and a pass is not a promise. On an accelerator the batch is
+    split over devices with memories of their own; XLA reports what does not fit there."""
+    import jax
+
+    from jaxnas import spec as S
+    from jaxnas.resources import check_fits_memory
+
+    if jax.default_backend() != "cpu":
+        return
+    cost = S.analyze(spec)
+    acts = sum(layer.out_shape[0] * layer.out_shape[1] * layer.out_shape[2] for b in cost.blocks for layer in b.layers)
+    need = 4 * (3 * cost.params + batch_size * acts)
+    check_fits_memory(need, f"training {spec.name} ({cost.params / 1e6:.3g} M parameters, batch {batch_size})",
+                      "lower model.width, data.image_size or data.batch_size, or choose a smaller model", share=1.0)
 
 
 def check_data_fits(cfg: ExperimentConfig, dataset: Any) -> None:

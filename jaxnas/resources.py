@@ -43,11 +43,12 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} PiB"
 
 
-def check_fits_memory(nbytes: float, what: str, fix: str) -> None:
-    """Raise ResourceError when `nbytes` exceed MEMORY_SHARE of the available memory.
+def check_fits_memory(nbytes: float, what: str, fix: str, share: float = MEMORY_SHARE) -> None:
+    """Raise ResourceError when `nbytes` exceed `share` of the available memory.
 
-    `what` names the allocation ("the DP table for ..."), `fix` says what to change."""
-    limit = MEMORY_SHARE * available_memory()
+    `what` names the allocation ("the DP table for ..."), `fix` says what to change. A lower bound of what a
+    whole run needs is checked against all of it (`share=1`): a refusal is then certain."""
+    limit = share * available_memory()
     if not nbytes <= limit:  # also catches inf / nan sizes
         raise ResourceError(f"{what} would need {format_bytes(nbytes)}, more than the {format_bytes(limit)} this "
                             f"machine can give it; {fix}")

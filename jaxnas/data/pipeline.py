@@ -7,6 +7,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from jaxnas.resources import check_fits_memory
+
 from .config import DataConfig
 from .errors import DataError, suggest
 from .sources import RawData, as_labels, as_uint8_images, load_raw
@@ -123,6 +125,11 @@ class Dataset:
         target = None
         if cfg.image_size is not None:
             target = (cfg.image_size,) * 2 if isinstance(cfg.image_size, int) else tuple(cfg.image_size)
+            n, c = len(y_tr) + len(y_te), x_tr.shape[-1]
+            # The resized splits alone (uint8): a lower bound, refused only when it cannot fit at all.
+            check_fits_memory(n * target[0] * target[1] * c, f"data.image_size={cfg.image_size} ({n} images "
+                              f"of {target[0]}x{target[1]}x{c})", "lower data.image_size or data.limit_train / "
+                              "data.limit_test", share=1.0)
         for k, (x, y) in splits.items():
             if target is not None:
                 x = resize_images(x, target, cfg.resize)
