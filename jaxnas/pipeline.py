@@ -122,6 +122,11 @@ def _check_run_kind(workdir: Path, search: bool, allow: bool) -> None:
     summary = read_summary(workdir)
     if not summary or allow:
         return
+    from jaxnas.weights.workdir import MARKER
+
+    if summary.get(MARKER):
+        raise WorkdirError(f"{workdir} holds imported weights (jaxnas import-weights); train or search into a new "
+                           "--workdir that names it (search.args.baseline, train.distill.teacher)")
     was = f"a `jaxnas search` ({summary['method']})" if "method" in summary else "a `jaxnas train` run"
     if ("method" in summary) != search:
         raise WorkdirError(f"{workdir} holds {was}; `jaxnas {'search' if search else 'train'}` would replace its "
