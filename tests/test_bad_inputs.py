@@ -348,6 +348,24 @@ def test_refused_first_run_leaves_no_work_dir(env, capsys):
     assert code == 2 and "exceeds" in err and list(empty.iterdir()) == []
 
 
+def test_train_refuses_an_imported_work_dir(tmp_path, capsys):
+    """`jaxnas train` on an import-weights work dir (its own config.yaml) would train from scratch over the
+    imported weights: refused, before the data is even read."""
+    pytest.importorskip("safetensors")
+    from test_import_weights import random_state_dict, save_safetensors
+
+    state, _ = random_state_dict("mobilenet_v2", 0.5, classes=10, res=32)
+    src = save_safetensors(state, tmp_path / "mbv2.safetensors")
+    work = tmp_path / "imported"
+    assert cli.main(["import-weights", str(src), "--model", "mobilenet_v2", "--width", "0.5", "--out", str(work),
+                     "--resolution", "32", "--num-classes", "10"]) == 0
+    capsys.readouterr()
+    before = tree_hash(work)
+    code, _, err = run_cli(capsys, ["train", str(work / "config.yaml"), "--workdir", str(work), "--no-deploy"])
+    assert code == 2 and err.count("\n") == 1 and "holds imported weights" in err
+    assert tree_hash(work) == before
+
+
 def _train_argv(cfg: Path, work: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "jaxnas.cli", "train", str(cfg), "--workdir", str(work), "--no-deploy",
             "--quiet", *extra]
