@@ -189,19 +189,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _spec_and_variables(args: argparse.Namespace) -> tuple[Any, Any]:
     """A trained work dir, or a zoo model / spec JSON with --random-init."""
+    return _spec_variables_config(args)[:2]
+
+
+def _spec_variables_config(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(spec, weights, the work dir's config or None): a trained work dir, or a zoo model / spec JSON with
+    --random-init."""
     from jaxnas.workdir import WorkdirError, load_workdir
 
     target = args.target
     if os.path.isdir(target):
-        _, spec, variables = load_workdir(target)
-        return spec, variables
+        cfg, spec, variables = load_workdir(target)
+        return spec, variables, cfg
     if not args.random_init:
         raise WorkdirError(f"{target} is not a work dir; to use an untrained model pass --random-init")
     from jaxnas import models
 
     args.model = target
     spec = _resolve(args)
-    return spec, models.init_variables(models.build_model(spec), 0)
+    return spec, models.init_variables(models.build_model(spec), 0), None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -209,14 +215,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from jaxnas.deploy import deploy
     from jaxnas.export.config import ExportConfig
 
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    # The flags override the work dir's export section (formats, route, tolerance), else the defaults.
+    given = {k: v for k, v in (("formats", args.format and [f.strip() for f in args.format.split(",") if f.strip()]),
+                                ("route", args.route)) if v is not None}
     try:
-        export_cfg = ExportConfig(formats=formats, route=args.route)
+        export_cfg = ExportConfig(**given)
     except ConfigError as e:
         raise ConfigError([ln.replace("export.formats", "--format") for ln in e.errors]) from None
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a file; give a directory for the exported files")
-    spec, variables = _spec_and_variables(args)
+    spec, variables, cfg = _spec_variables_config(args)
+    if cfg is not None:
+        export_cfg = cfg.export.replace(**given)
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:
@@ -380,9 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("export", help="export a work dir or a model to ONNX / TFLite / TensorRT with parity checks")
     q.add_argument("target", metavar="WORKDIR_OR_MODEL")
     model_args(q, random_init=True)
-    q.add_argument("--format", default="onnx,tflite", help="comma list of onnx, tflite, tensorrt")
+    q.add_argument("--format", help="comma list of onnx, tflite, tensorrt (default: a work dir's export.formats, "
+                   "else onnx,tflite)")
     q.add_argument("--out", required=True)
-    q.add_argument("--route", default="jax2onnx", choices=("jax2onnx", "tflite"))
+    q.add_argument("--route", choices=("jax2onnx", "tflite"), help="default: a work dir's export.route, else jax2onnx")
     q.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     q.add_argument("--dynamic-batch", action="store_true")
     _json_flag(q)

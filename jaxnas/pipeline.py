@@ -25,7 +25,7 @@ from jaxnas.schema import validate
 from jaxnas.workdir import (ARCH, LOCK, WorkdirError, WorkdirLock, check_config_change, check_workdir_path,
                             keep_previous_config, read_summary, write_summary)
 
-__all__ = ["run", "Prepared", "prepare", "resolve_method", "check_target"]
+__all__ = ["run", "Prepared", "prepare", "resolve_method", "check_target", "check_latency_table"]
 
 
 def resolve_method(cfg: ExperimentConfig) -> tuple[Any, Any]:
@@ -55,6 +55,29 @@ def check_target(cfg: ExperimentConfig, method: Any) -> None:
     if method.requires_target and not given:
         raise SearchError(f"method {method.name!r} needs a target: set "
                           + " or ".join(f"search.target_{k}" for k in method.targets))
+
+
+def check_latency_table(cfg: ExperimentConfig, method: Any = None) -> None:
+    """`latency.table` is refused where it would be ignored: `jaxnas train` (it times the network end to
+    end) and a method (None: train) that reads no table under the config's target kind."""
+    from jaxnas.methods import SearchError
+
+    if not cfg.latency.table:
+        return
+    if method is None:
+        raise SearchError("latency.table: `jaxnas train` times the trained network end to end and reads no "
+                          "latency table; remove latency.table (tables are for `jaxnas search`)")
+    s = cfg.search
+    kind = "macs" if s.target_macs is not None else "latency_ms" if s.target_latency_ms is not None else "none"
+    if method.table_targets is None or kind in method.table_targets:
+        return
+    if not method.table_targets:
+        why = f"method {method.name!r} reads no latency table"
+    else:
+        given = "no target" if kind == "none" else f"search.target_{kind}"
+        why = (f"method {method.name!r} reads one only for "
+               f"{' or '.join(f'search.target_{k}' for k in method.table_targets)}, not for {given}")
+    raise SearchError(f"latency.table: {why}, so {cfg.latency.table} would be ignored; remove latency.table")
 
 
 @dataclasses.dataclass
@@ -181,8 +204,10 @@ def run(cfg: ExperimentConfig, workdir: str | Path, *, search: bool = False, dep
     """
     workdir = Path(workdir)
     t0 = time.time()
-    if search:
-        check_target(cfg, resolve_method(cfg)[0])  # config-only checks first: cheap, and nothing to undo
+    method = resolve_method(cfg)[0] if search else None
+    if method is not None:
+        check_target(cfg, method)  # config-only checks first: cheap, and nothing to undo
+    check_latency_table(cfg, method)
     check_workdir_path(workdir)
     created, lock_existed = _missing_dirs(workdir), (workdir / LOCK).exists()
     lock = WorkdirLock(workdir).acquire()

@@ -220,6 +220,21 @@ CASES = [
      + _set("search.method=depth", "search.target_macs=1000"), ["search.target_macs", "does not take a macs"]),
     ("threads_on_xla_config", NEW + _set("latency.backend=xla", "latency.threads=2"),
      ["latency.threads", "xla backend takes no thread count"]),
+    ("sgd_with_adam_b1", NEW + _set("optim.b1=0.5"), ["optim.b1: sgd has no Adam moments", "would be ignored"]),
+    ("adamw_with_momentum", NEW + _set("optim.name=adamw", "optim.momentum=0.5"), ["optim.momentum: adamw"]),
+    ("constant_schedule_end_value", NEW + _set("schedule.name=constant", "schedule.end_value=0.1"),
+     ["schedule.end_value: a constant schedule does not decay"]),
+    ("warmup_start_without_warmup", NEW + _set("schedule.warmup_start=0.5"), ["schedule.warmup_start"]),
+    ("temperature_without_teacher", NEW + _set("train.distill.temperature=4"), ["train.distill.temperature"]),
+    ("teacher_without_weight", NEW + _set("train.distill.teacher={w}"), ["train.distill.teacher", "weight is 0"]),
+    ("width_with_spec", NEW + _set("model.width=0.5"), ["model.width: model.spec gives the whole network"]),
+    ("latency_table_for_train", NEW + _set("latency.table={d}/opt.csv"),
+     ["latency.table: `jaxnas train`", "reads no latency table"]),
+    ("latency_table_for_depth", ["search", "{c}", "--workdir", "{d}/new"]
+     + _set("search.method=depth", "latency.table={d}/opt.csv"), ["method 'depth' reads no latency table"]),
+    ("latency_table_for_dmcp_macs", ["search", "{c}", "--workdir", "{d}/new"]
+     + _set("search.method=dmcp", "search.target_macs=1000", "latency.table={d}/opt.csv"),
+     ["only for search.target_latency_ms, not for search.target_macs"]),
     # -- specs and CLI numbers: types, not just shapes; the path of the wrong field
     ("spec_out_true", ["info", "{d}/out_true.json"], ["blocks[0].layers[0].out", "got true"]),
     ("spec_out_negative", ["info", "{d}/out_negative.json"], ["blocks[2].layers[0].out", "got -16"]),
@@ -431,6 +446,87 @@ def test_outputs_honour_the_umask(env, tmp_path):
     assert r.returncode == 0, r.stderr
     modes = {(p.is_dir(), p.stat().st_mode & 0o777) for p in (tmp_path / "w").rglob("*")}
     assert modes <= {(False, 0o640), (True, 0o750)} and (False, 0o640) in modes, modes
+
+
+# ----------------------------------------------------------------------------------------------------
+# Every accepted config key does something, or is refused.
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_keys_the_run_would_ignore_are_refused_and_defaults_pass():
+    """A key set away from its default where its section ignores it is refused; the same key at its default
+    (every stored config.yaml lists all keys) or where it is used passes."""
+    from jaxnas.config import ConfigError, config_from_dict, config_to_dict
+    from jaxnas.model_config import ModelConfig
+    from jaxnas.train.config import DistillConfig, OptimConfig, ScheduleConfig
+
+    for section, data, key in [(OptimConfig, {"b2": 0.9}, "b2"), (OptimConfig, {"name": "adamw", "nesterov": False},
+                                                                   "nesterov"),
+                               (ScheduleConfig, {"warmup_start": 0.1}, "warmup_start"),
+                               (ScheduleConfig, {"name": "constant", "end_value": 0.5}, "end_value"),
+                               (DistillConfig, {"temperature": 2.0}, "temperature"),
+                               (ModelConfig, {"spec": "a.json", "name": "resnet18"}, "name"),
+                               (ModelConfig, {"spec": "a.json", "dropout": 0.2}, "dropout"),
+                               (ModelConfig, {"spec": "a.json", "small_input": False}, "small_input")]:
+        with pytest.raises(ConfigError, match=f"{section.section}.{key}: .* would be ignored"):
+            section(**data)
+    OptimConfig(name="adamw", b1=0.5, momentum=0.9)
+    ScheduleConfig(warmup_epochs=1, warmup_start=0.1, name="linear", end_value=0.5)
+    DistillConfig(teacher="runs/t", weight=0.5, temperature=2.0)
+    ModelConfig(spec="a.json", width=1.0, name="mobilenet_v2")
+    full = config_to_dict(config_from_dict({"model": {"spec": "a.json"}, "optim": {"name": "adamw"}}))
+    config_from_dict(full)  # a stored config (every key, defaults included) loads again
+
+
+def test_dmcp_latency_search_refuses_a_table_from_another_device(tmp_path, capsys):
+    """`latency.table` is the table a latency-target search uses; one measured on another device or runtime
+    is refused in one line (not silently replaced by a new measurement here), and the file is kept."""
+    pytest.importorskip("onnxruntime")
+    from jaxnas.latency.builder import resolve_backend
+    from jaxnas.latency.table import LatencyTable
+    from test_dmcp import _tiny_setup
+
+    from jaxnas.config import config_to_yaml
+
+    _, cfg = _tiny_setup(tmp_path, 20000.0)
+    table = tmp_path / "grid.json"
+    here = resolve_backend("onnxruntime", 1).fingerprint(batch_size=1).to_dict()
+    LatencyTable.new({**here, "device": "Other CPU 9000"}).save(table)
+    before = tree_hash(table)
+    conf = tmp_path / "dmcp.yaml"
+    conf.write_text(config_to_yaml(cfg))
+    code, _, err = run_cli(capsys, ["search", str(conf), "--workdir", str(tmp_path / "w"), "--no-deploy",
+                                    "--set", "search.target_macs=null", "--set", "search.target_latency_ms=0.05",
+                                    "--set", f"latency.table={table}"])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Other CPU 9000" in lines[0] and "device" in lines[0], lines[0]
+    assert tree_hash(table) == before and not (tmp_path / "w" / "latency_grid.json").exists()
+
+
+def test_export_of_a_work_dir_uses_its_export_section(env, tmp_path, monkeypatch, capsys):
+    """`jaxnas export WORKDIR` exports the formats (route, tolerance) of the work dir's config unless
+    --format / --route say otherwise."""
+    import shutil
+
+    import jaxnas.deploy
+    from jaxnas.config import load_config, save_resolved_config
+
+    work = tmp_path / "w"
+    shutil.copytree(env["work"], work)
+    save_resolved_config(load_config(work / "config.yaml", ["export.formats=[tflite]", "export.route=tflite",
+                                                             "export.tolerance=0.001"]), work)
+    seen = []
+
+    class Result:
+        exports: dict = {}
+
+    monkeypatch.setattr(jaxnas.deploy, "deploy", lambda spec, v, export, latency, **kw: seen.append(export) or Result())
+    assert run_cli(capsys, ["export", str(work), "--out", str(tmp_path / "e")])[0] == 0
+    assert (seen[-1].formats, seen[-1].route, seen[-1].tolerance) == (("tflite",), "tflite", 0.001)
+    assert run_cli(capsys, ["export", str(work), "--out", str(tmp_path / "e"), "--format", "onnx",
+                            "--route", "jax2onnx"])[0] == 0
+    assert (seen[-1].formats, seen[-1].route, seen[-1].tolerance) == (("onnx",), "jax2onnx", 0.001)
 
 
 # ----------------------------------------------------------------------------------------------------

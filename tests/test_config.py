@@ -92,6 +92,7 @@ def test_overrides_nested_types(tmp_path):
         "model.num_classes=null",            # null
         "data.image_size=null",
         "train.distill.temperature=2",       # int -> float, 3 levels deep
+        "train.distill.teacher=runs/t", "train.distill.weight=0.5",
         "train.epochs=1",                    # overrides the file
         "search.args.steps=100",             # into a dict-typed field
         "search.args.sub.k=[1, 2]",          # creates nested mappings in a dict field
