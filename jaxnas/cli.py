@@ -296,7 +296,7 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
     from jaxnas.weights import import_weights
 
     s = import_weights(args.source, args.model, args.out, width=args.width, num_classes=args.num_classes,
-                       resolution=args.resolution, overrides=args.set or ())
+                       resolution=args.resolution, overrides=args.set or (), replace=args.replace)
     head = (f"{s['num_classes']} classes" if s["classifier"] == "imported" else
             f"new {s['num_classes']}-class classifier (the state dict's has {s['source_num_classes']})")
     return _emit(s, f"{args.out}: {s['layout']} {s['model']} as {s['zoo_model']} ({s['params']:,} params, "
@@ -447,6 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "state dict's (default: the state dict's)")
     q.add_argument("--resolution", type=positive_int, default=224, help="input size in arch.json and config.yaml")
     q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the written config.yaml")
+    q.add_argument("--replace", action="store_true", help="replace an earlier import in --out made from another "
+                   "file or with another config (the default refuses it)")
     _json_flag(q)
     q.set_defaults(fn=cmd_import_weights)
 

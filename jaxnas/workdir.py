@@ -86,23 +86,23 @@ def load_workdir(workdir: str | Path) -> tuple[ExperimentConfig, ArchSpec, dict]
 # ----------------------------------------------------------------------------------------------------
 
 
-def check_workdir_path(workdir: str | Path) -> None:
+def check_workdir_path(workdir: str | Path, flag: str = "--workdir") -> None:
     """A work dir must be a jaxnas work dir, an empty directory or a path where one can be made (nothing is
-    created here): a run never mixes its files into a directory that holds something else."""
+    created here): a run never mixes its files into a directory that holds something else. `flag`: the
+    option that named it, for the message."""
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
-        raise WorkdirError(f"--workdir {workdir} is a file, not a directory; choose another --workdir")
+        raise WorkdirError(f"{flag} {workdir} is a file, not a directory; choose another {flag}")
     if workdir.is_dir() and not (workdir / CONFIG).exists():
         others = [p.name for p in workdir.iterdir() if p.name != LOCK]
         if others:
-            raise WorkdirError(f"--workdir {workdir} is not empty and holds no jaxnas run (no {CONFIG}; it has "
+            raise WorkdirError(f"{flag} {workdir} is not empty and holds no jaxnas run (no {CONFIG}; it has "
                                f"{', '.join(sorted(others)[:3])}{', ...' if len(others) > 3 else ''}); choose an "
-                               "empty or new --workdir")
+                               f"empty or new {flag}")
     for parent in workdir.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
-                raise WorkdirError(f"--workdir {workdir}: {parent} is a file, not a directory; choose another "
-                                   "--workdir")
+                raise WorkdirError(f"{flag} {workdir}: {parent} is a file, not a directory; choose another {flag}")
             break
 
 
@@ -115,26 +115,28 @@ class WorkdirLock:
     command line for the refusal come from the kernel's lock table (/proc/locks).
     """
 
-    def __init__(self, workdir: str | Path):
+    def __init__(self, workdir: str | Path, flag: str = "--workdir"):
         self.workdir = Path(workdir)
         self.path = self.workdir / LOCK
+        self.flag = flag  # the option that named the work dir, for messages
         self._fd: int | None = None
 
     def acquire(self) -> "WorkdirLock":
-        check_workdir_path(self.workdir)
+        flag = self.flag
+        check_workdir_path(self.workdir, flag)
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as e:
-            raise WorkdirError(f"cannot use --workdir {self.workdir}: {e.strerror or e} ({e.filename or self.path});"
-                               " choose a writable --workdir") from None
+            raise WorkdirError(f"cannot use {flag} {self.workdir}: {e.strerror or e} ({e.filename or self.path});"
+                               f" choose a writable {flag}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = lock_holder(fd)
             os.close(fd)
             raise WorkdirError(f"{self.workdir} is in use by another jaxnas command ({holder}); wait for it to "
-                               "finish or stop it, or use another --workdir") from None
+                               f"finish or stop it, or use another {flag}") from None
         self._fd = fd
         return self
 

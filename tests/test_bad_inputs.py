@@ -381,6 +381,42 @@ def test_train_refuses_an_imported_work_dir(tmp_path, capsys):
     assert tree_hash(work) == before
 
 
+def test_import_weights_never_damages_a_work_dir(env, tmp_path, capsys):
+    """`jaxnas import-weights --out` replaces an earlier import only with the same import (same file and
+    config) or with --replace; it never writes into a work dir another command holds or a training's work
+    dir, and a bad --out is one line naming --out."""
+    pytest.importorskip("safetensors")
+    from jaxnas.workdir import WorkdirLock
+    from test_import_weights import random_state_dict, save_safetensors
+
+    state, _ = random_state_dict("mobilenet_v2", 0.5, classes=10, res=32)
+    src = save_safetensors(state, tmp_path / "mbv2.safetensors")
+    work = tmp_path / "imported"
+    argv = ["import-weights", str(src), "--model", "mobilenet_v2", "--width", "0.5", "--resolution", "32",
+            "--num-classes", "10"]
+    assert run_cli(capsys, argv + ["--out", str(work)])[0] == 0
+    assert run_cli(capsys, argv + ["--out", str(work)])[0] == 0  # the same import again
+    before = tree_hash(work)
+    for extra, words in [(["--num-classes", "5"], ["holds another import", "model.num_classes: 10 -> 5", "--replace"]),
+                         (["--set", "optim.learning_rate=0.5"], ["optim.learning_rate: 0.1 -> 0.5"])]:
+        code, _, err = run_cli(capsys, argv + ["--out", str(work)] + extra)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and all(w in lines[0] for w in words), err
+        assert tree_hash(work) == before
+    with WorkdirLock(work):  # another command holds it
+        code, _, err = run_cli(capsys, argv + ["--out", str(work)])
+        assert code == 2 and "is in use by another jaxnas command" in err and "another --out" in err, err
+    assert tree_hash(work) == before
+    for out, words in [(env["work"], "already holds files that are not an earlier import"),
+                       (env["d"] / "afile" / "x", "afile is a file, not a directory; choose another --out")]:
+        was = tree_hash(out.parent)
+        code, _, err = run_cli(capsys, argv + ["--out", str(out)])
+        assert code == 2 and err.count("\n") == 1 and words in err, err
+        assert tree_hash(out.parent) == was
+    assert run_cli(capsys, argv + ["--out", str(work), "--num-classes", "5", "--replace"])[0] == 0
+    assert json.loads((work / "summary.json").read_text())["num_classes"] == 5
+
+
 def _train_argv(cfg: Path, work: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "jaxnas.cli", "train", str(cfg), "--workdir", str(work), "--no-deploy",
             "--quiet", *extra]
