@@ -37,7 +37,10 @@ def workdir_config(imported: ImportedWeights, overrides: Sequence[str] = ()):
                   "normalize": IMAGENET_NORMALIZE},
          "model": {"name": imported.source.zoo, "width": imported.width, "small_input": False,
                    "num_classes": spec.head.num_classes, "dropout": spec.head.dropout}}
-    return config_from_dict(apply_overrides(d, list(overrides), ExperimentConfig), ExperimentConfig)
+    d = apply_overrides(d, list(overrides), ExperimentConfig)
+    if d["data"].get("source") != "tfds" and not any(o.split("=")[0].strip() == "data.name" for o in overrides):
+        d["data"].pop("name")  # ImageNet's tfds name; another source takes none (it would be refused)
+    return config_from_dict(d, ExperimentConfig)
 
 
 def _is_import_dir(path: Path) -> bool:
