@@ -641,6 +641,27 @@ def test_data_that_does_not_fit_the_model_is_refused(env):
         prepare(config_from_dict(cfg))
 
 
+def test_json_outputs_are_strict(tmp_path):
+    """A diverged loss (NaN, inf) is written as null in metrics.jsonl and summary.json: strict JSON parsers
+    (jq, browsers, Python with parse_constant) read every JSON output."""
+    from jaxnas.train.metrics import MetricsWriter, read_metrics
+    from jaxnas.workdir import write_summary
+
+    def refuse(name: str):
+        raise ValueError(f"not strict JSON: {name}")
+
+    m = MetricsWriter(tmp_path)
+    m.write({"step": 1, "split": "train", "loss": float("nan"), "lr": np.float32(np.inf)})
+    m.close()
+    write_summary(tmp_path, {"test_loss": float("nan"), "curve": [1.0, float("-inf")]})
+    for name in ("metrics.jsonl", "summary.json"):
+        for line in ([(tmp_path / name).read_text()] if name.endswith(".json") else
+                     (tmp_path / name).read_text().splitlines()):
+            json.loads(line, parse_constant=refuse)
+    assert read_metrics(tmp_path)[0]["loss"] is None
+    assert json.loads((tmp_path / "summary.json").read_text())["curve"] == [1.0, None]
+
+
 def test_eval_batch_never_exceeds_the_split(env):
     """A data.eval_batch_size far beyond the split evaluates the split as it is (same figures, no padding to a
     huge batch)."""
