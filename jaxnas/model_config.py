@@ -15,7 +15,8 @@ __all__ = ["ModelConfig", "build_spec"]
 
 class ModelConfig(Section):
     """The model section of the experiment config: a zoo model (name, width, small_input, dropout) or an
-    arch spec JSON (`spec`, which overrides `name`); `num_classes` null takes the data's class count;
+    arch spec JSON (`spec`: the whole network; name, width, small_input and dropout set beside it
+    are refused); `num_classes` null takes the data's class count;
     `depthwise` picks the conv implementation ('auto': the CPU forms on CPU, XLA's grouped conv elsewhere;
     exports always use plain convs)."""
 
