@@ -52,7 +52,7 @@ def test_defaults_round_trip():
 def test_dict_config_dict_round_trip_nondefault():
     d = config_to_dict(ExperimentConfig())
     d["name"] = "rt"
-    d["model"].update(width=0.75, spec="specs/a.json", depthwise="shift")
+    d["model"].update(width=0.75, depthwise="shift")  # (a spec beside width is refused: width would be ignored)
     d["optim"].update(name="adamw", grad_clip=1.0)
     d["train"]["distill"] = {"teacher": "runs/teacher", "weight": 0.5, "temperature": 4.0}
     d["export"]["formats"] = ["onnx"]
