@@ -1,0 +1,211 @@
+"""jaxnas's ONNX export against `torch.onnx.export` of the same network with the same weights.
+
+For each model and resolution: random weights with non-trivial BN statistics; the PyTorch network is
+built from the ArchSpec + those variables (`torch_net.py`, BN folded as every jaxnas export folds it,
+so no torchvision is needed), its output checked against the JAX model, and exported with
+`torch.onnx.export` (TorchScript exporter, opset 18; `--dynamo` for the dynamo exporter, which needs
+onnxscript).  jaxnas exports with `export.export_onnx` (parity-checked), with the default NHWC input and,
+unless `--layouts NHWC`, also with an NCHW input.  All files are timed in one process with the latency
+package's onnxruntime sessions (CPU, 1 thread, sequential, ORT_ENABLE_ALL), batch 1, in alternating
+rounds (the order reverses every round); each round's figure is the median of its runs, the table
+gives the median over rounds and the median of the per-round ratios jaxnas / PyTorch.
+
+Models: MobileNetV2-1.0 (10 classes at 32/64 px, 1000 at 224), ResNet-18 (same), and a depth-compressed
+MobileNetV2-1.0 (seeded random activation/merge pattern, `merge_network`: merged convs with large
+kernels and fused residuals).  Needs torch (`pip install torch==2.13.0`; not a jaxnas dependency).
+Run it alone on the machine (`flock /tmp/jaxnas-timing.lock python benchmarks/export_vs_torch.py`).
+
+    python benchmarks/export_vs_torch.py [--models mobilenet_v2 resnet18 merged_mbv2]
+        [--resolutions 32 64 224] [--rounds 9] [--target-ms 300] [--layouts NHWC NCHW] [--dynamo] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from jaxnas import export
+from jaxnas.export import onnx_graph
+from jaxnas.export.parity import parity_input, random_variables, reference_output
+from jaxnas import spec as S
+from jaxnas import zoo
+from torch_net import torch_net
+
+MODELS = ("mobilenet_v2", "resnet18", "merged_mbv2")
+PATTERN_SEED = 0
+
+
+def classes_at(resolution: int) -> int:
+    return 1000 if resolution >= 224 else 10
+
+
+def merged_mbv2(resolution: int, num_classes: int, seed: int = PATTERN_SEED) -> tuple[S.ArchSpec, dict]:
+    """A depth-compressed MobileNetV2-1.0: a seeded random pattern (40 % merge points, 60 % of the
+    segment ends keep their ReLU6), merged exactly (`merge_network`)."""
+    from jaxnas.methods.depth import merge_boundaries, stride_breaks
+    from jaxnas.methods.depth.merge import merge_network
+    from jaxnas.methods.depth.mergeable import body_of, fix_act, mergeable_spec, transfer_variables
+
+    spec = zoo.mobilenet_v2(1.0, num_classes, resolution)
+    variables = random_variables(spec, mean_std=0.1, bias_std=0.1)
+    chain = body_of(mergeable_spec(spec)).chain
+    rng = np.random.default_rng(seed)
+    merge = {p for p in range(1, chain.L + 1) if rng.random() < 0.4} | set(stride_breaks(chain)) | {chain.L}
+    acts = {b for b in merge_boundaries(chain, [], merge)[1:] if rng.random() < 0.6}
+    fs = fix_act(spec, sorted(acts), sorted(merge))
+    return merge_network(fs, transfer_variables(variables, fs))
+
+
+def build(model: str, resolution: int) -> tuple[S.ArchSpec, dict]:
+    if model == "merged_mbv2":
+        return merged_mbv2(resolution, classes_at(resolution))
+    spec = zoo.get_spec(model, resolution=resolution, num_classes=classes_at(resolution))
+    # small BN shifts: deep nets' logits grow with them, and parity is absolute
+    return spec, random_variables(spec, mean_std=0.1, bias_std=0.1)
+
+
+def torch_onnx(spec: S.ArchSpec, variables: dict, dynamo: bool) -> tuple[bytes, float]:
+    """(ONNX bytes of torch.onnx.export, max |torch - JAX| on the parity input)."""
+    import torch
+
+    net = torch_net(spec, variables)
+    h, w = spec.input_size
+    x = parity_input((1, h, w, spec.in_channels))
+    with torch.no_grad():
+        y = net(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    diff = float(np.abs(y - reference_output(spec, variables, x)).max())
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, spec.in_channels, h, w),), buf, input_names=["input"],
+                          output_names=["output"], opset_version=18, dynamo=dynamo)
+    return buf.getvalue(), diff
+
+
+def node_summary(data: bytes) -> dict[str, int]:
+    import onnx
+
+    m = onnx.ModelProto.FromString(data)
+    ops = onnx_graph.op_counts(m)
+    return {"nodes": sum(v for k, v in ops.items() if k != "Constant"), "Conv": ops["Conv"], "Add": ops["Add"],
+            "Transpose": ops["Transpose"], "layout_transposes": len(onnx_graph.layout_transposes(m)),
+            "bias_adds": len(onnx_graph.bias_adds(m))}
+
+
+def time_rounds(sessions: dict, rounds: int, target_ms: float) -> dict[str, list[float]]:
+    """Per-round median ms of each session, the order alternating between rounds."""
+    names = list(sessions)
+    for name in names:  # warm-up + a per-run estimate that sets the runs per round
+        sess, feed = sessions[name]
+        for _ in range(5):
+            sess.run(None, feed)
+    est = {}
+    for name in names:
+        sess, feed = sessions[name]
+        t0 = time.perf_counter()
+        for _ in range(5):
+            sess.run(None, feed)
+        est[name] = (time.perf_counter() - t0) / 5 * 1e3
+    runs = max(10, int(target_ms / max(min(est.values()), 1e-3)))
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            sess, feed = sessions[name]
+            for _ in range(3):
+                sess.run(None, feed)
+            ts = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                ts.append(time.perf_counter() - t0)
+            out[name].append(statistics.median(ts) * 1e3)
+    return out
+
+
+def run_case(model: str, resolution: int, args, backend) -> dict:
+    spec, variables = build(model, resolution)
+    h, w = spec.input_size
+    x = np.random.default_rng(0).standard_normal((1, h, w, spec.in_channels)).astype(np.float32)
+    files: dict[str, tuple[bytes, np.ndarray]] = {}
+    row: dict = {"model": model, "resolution": resolution, "classes": classes_at(resolution),
+                 "convs": sum(len(b.layers) + isinstance(b.shortcut, S.Conv) for b in spec.blocks)}
+    with tempfile.TemporaryDirectory(prefix="jaxnas_vs_torch_") as tmp:
+        for layout in args.layouts:
+            r = export.export_onnx(spec, variables, Path(tmp) / f"{layout}.onnx", input_layout=layout)
+            files[f"jaxnas_{layout}"] = (r.path.read_bytes(), x if layout == "NHWC" else x.transpose(0, 3, 1, 2))
+            row[f"parity_{layout}"] = r.max_abs_diff
+    tdata, row["parity_torch"] = torch_onnx(spec, variables, args.dynamo)
+    files["torch"] = (tdata, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    sessions = {}
+    for name, (data, inp) in files.items():
+        sess = backend.make_session(data)
+        sessions[name] = (sess, {sess.get_inputs()[0].name: np.ascontiguousarray(inp)})
+        row[f"nodes_{name}"] = node_summary(data)
+    times = time_rounds(sessions, args.rounds, args.target_ms)
+    for name, ts in times.items():
+        row[f"ms_{name}"] = statistics.median(ts)
+        if name != "torch":
+            row[f"ratio_{name}"] = statistics.median(a / b for a, b in zip(ts, times["torch"]))
+            row[f"ratio_max_{name}"] = max(a / b for a, b in zip(ts, times["torch"]))
+    row["rounds"] = {k: [round(v, 4) for v in ts] for k, ts in times.items()}
+    return row
+
+
+def _nodes(n: dict) -> str:
+    return f"{n['nodes']} ({n['Conv']} Conv, {n['Add']} Add, {n['Transpose']} T)"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--resolutions", type=int, nargs="+", default=[32, 64, 224])
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--target-ms", type=float, default=300.0, help="timed milliseconds per file per round")
+    ap.add_argument("--layouts", nargs="+", default=["NHWC", "NCHW"], choices=list(export.ONNX_LAYOUTS))
+    ap.add_argument("--dynamo", action="store_true", help="torch.onnx.export(dynamo=True) (needs onnxscript)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        print("error: this benchmark needs PyTorch: pip install torch==2.13.0", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    from jaxnas.latency import get_backend
+
+    backend = get_backend("onnxruntime", threads=1)
+    load0 = os.getloadavg()
+    rows = [run_case(m, r, args, backend) for m in args.models for r in args.resolutions]
+    load1 = os.getloadavg()
+    if args.json:
+        print(json.dumps({"rows": rows, "loadavg_start": load0, "loadavg_end": load1,
+                          "torch": torch.__version__}, indent=1))
+        return 0
+    import onnxruntime
+
+    print(f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, 1 thread, batch 1, {args.rounds} "
+          f"alternating rounds; load average at start {load0[0]:.2f}, at end {load1[0]:.2f}")
+    head = f"{'model':13s} {'px':>4s} " + " ".join(f"{'jaxnas ' + l + ' ms':>16s} {'/torch':>7s} {'(max)':>6s}"
+                                                   for l in args.layouts)
+    print(head + f" {'torch ms':>9s}  nodes jaxnas NHWC | torch   parity jaxnas / torch")
+    for row in rows:
+        cells = " ".join(f"{row[f'ms_jaxnas_{l}']:16.3f} {row[f'ratio_jaxnas_{l}']:7.3f} "
+                         f"{row[f'ratio_max_jaxnas_{l}']:6.2f}" for l in args.layouts)
+        first = args.layouts[0]
+        print(f"{row['model']:13s} {row['resolution']:4d} {cells} {row['ms_torch']:9.3f}  "
+              f"{_nodes(row[f'nodes_jaxnas_{first}'])} | {_nodes(row['nodes_torch'])}   "
+              f"{row[f'parity_{first}']:.1e} / {row['parity_torch']:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
