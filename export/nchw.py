@@ -12,13 +12,14 @@ constants already in ONNX layouts, so each conv traces to one bare `Conv`:
   HardSigmoid); swish is x * sigmoid(x), as PyTorch exports SiLU;
 * pools run through flax's `max_pool` / `avg_pool` (the forms jax2onnx converts to MaxPool /
   AveragePool) between an NCHW -> NHWC -> NCHW transpose pair that cancels with the plugin's own;
-  their explicit padding becomes the pool's `pads` (`onnx_graph.fold_pad_into_pool`);
+  their explicit padding becomes the pool's `pads` (`onnx_graph.fold_pad`);
 * the head: global mean over H, W (ReduceMean) -> dense layers (Gemm).  VGG's adaptive-7 pool and
   the (h, w, c) flattening of the Flax model are folded into the first dense layer's weights (both
   are linear): flatten(pool(x)) @ W == flatten_chw(x) @ W', exact up to float32 rounding of W'
   (at 224 px the pool is the identity and W' is W with its rows reordered);
-* with an NHWC boundary (the default) the input is transposed once, and a head-less net's feature
-  map is transposed back once at the output.
+* the boundary is the Flax model's, NHWC: the input is transposed once, and a head-less net's
+  feature map is transposed back once at the output (an NCHW boundary is made on the graph,
+  `onnx_graph.set_boundary_layout`, where these Transposes cancel).
 
 The reference for every export stays the Flax model: `export_onnx` checks the file against it
 (`export.parity`), so this second form of the network is verified each time it is used.  BatchNorm
@@ -30,11 +31,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from jaxnas import ops
 from jaxnas.spec import ArchSpec, Block, Conv, Head, analyze
 
-__all__ = ["nchw_forward", "LAYOUTS"]
+__all__ = ["nchw_forward"]
 
-LAYOUTS = ("NHWC", "NCHW")
 _DIMS = ("NCHW", "OIHW", "NCHW")
 
 
@@ -44,21 +45,10 @@ def _f32(a: Any) -> np.ndarray:
 
 def _activation(name: str, x):
     import jax
-    import jax.numpy as jnp
 
-    if name == "relu":
-        return jax.nn.relu(x)
-    if name == "relu6":
-        return jnp.clip(x, 0.0, 6.0)
-    if name == "identity":
-        return x
-    if name == "swish":
-        return x * jax.nn.sigmoid(x)
-    if name == "hswish":
-        return jax.nn.hard_swish(x)  # x * relu6(x + 3) / 6, one HardSwish op
-    if name == "sigmoid":
-        return jax.nn.sigmoid(x)
-    raise ValueError(f"unknown activation {name!r}")
+    if name == "hswish":  # one HardSwish op; ops.activation's x * clip(x + 3, 0, 6) / 6 traces to four
+        return jax.nn.hard_swish(x)
+    return ops.activation(name, x)  # layout-free; relu6 -> Clip, swish -> x * Sigmoid(x)
 
 
 def _conv(conv: Conv, p: Mapping[str, Any], s: Mapping[str, Any], eps: float, x):
@@ -174,29 +164,24 @@ def _head(head: Head, in_shape: tuple[int, int, int], p: Mapping[str, Any], x):
     return x
 
 
-def nchw_forward(spec: ArchSpec, variables: Mapping[str, Any], *, layout: str = "NHWC",
-                 bn_eps: float = 1e-5) -> Callable[[Any], Any]:
-    """`x -> logits` (or the last feature map for a head-less spec) computed in NCHW.
+def nchw_forward(spec: ArchSpec, variables: Mapping[str, Any], *, bn_eps: float = 1e-5) -> Callable[[Any], Any]:
+    """`x (NHWC) -> logits` (or a head-less spec's last feature map, NHWC), computed in NCHW.
 
-    `layout` is the boundary layout: 'NHWC' takes NHWC input (one Transpose in the graph) and returns
-    a head-less net's feature map as NHWC; 'NCHW' takes and returns NCHW, with no Transpose at all.
-    `bn_eps` is used only for convs whose BN is not folded.  The weights are closed over.
+    Same inputs and outputs as the Flax model in eval mode.  `bn_eps` is used only for convs whose BN
+    is not folded.  The weights are closed over.
     """
     import jax.numpy as jnp
 
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     params = variables["params"]
     stats = variables.get("batch_stats", {}) or {}
     feature_shape = analyze(spec).blocks[-1].out_shape if spec.blocks else (*spec.input_size, spec.in_channels)
 
     def forward(x):
-        if layout == "NHWC":
-            x = jnp.transpose(x, (0, 3, 1, 2))
+        x = jnp.transpose(x, (0, 3, 1, 2))
         for i, block in enumerate(spec.blocks):
             x = _block(block, params.get(f"block{i}", {}), stats.get(f"block{i}", {}), bn_eps, x)
         if spec.head.num_classes:
             return _head(spec.head, feature_shape, params["head"], x)
-        return jnp.transpose(x, (0, 2, 3, 1)) if layout == "NHWC" else x
+        return jnp.transpose(x, (0, 2, 3, 1))
 
     return forward

@@ -56,10 +56,17 @@ POOLS_CHOICE = S.ArchSpec("pools_choice", (
 ), S.Head(10, hidden=(32,), dropout=0.2), (12, 12), 3)
 
 
+def adaptive_head(hw: int) -> S.ArchSpec:
+    """A VGG-like conv + VGG's classifier (adaptive-7 pool, flatten, hidden layer with dropout)."""
+    return S.ArchSpec("adaptive", (S.Block("vgg", (S.Conv(8, (3, 3), act="relu", bias=True),)),),
+                      S.Head(10, pool="adaptive7", hidden=(16,), dropout=0.5), (hw, hw), 3)
+
+
 def family(name: str) -> tuple[S.ArchSpec, dict]:
     if name == "merged_mbv2":
         return merged_mbv2()
-    spec = {"se_mbconv": SE_MBCONV, "pools_choice": POOLS_CHOICE}.get(name) or family_spec(name)
+    spec = {"se_mbconv": SE_MBCONV, "pools_choice": POOLS_CHOICE, "adaptive": adaptive_head(9)}.get(name) \
+        or family_spec(name)
     return spec, random_variables(spec)
 
 
@@ -103,7 +110,7 @@ def test_onnx_nchw_input_has_no_transpose(name, tmp_path):
                                reference_output(spec, v, x), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["se_mbconv", "vgg19_bn", "pools_choice"])
+@pytest.mark.parametrize("name", ["se_mbconv", "adaptive", "pools_choice"])
 def test_onnx_dynamic_batch_is_lean(name, tmp_path):
     spec, v = family(name)
     r = export.export_onnx(spec, v, tmp_path / "m.onnx", dynamic_batch=True)
@@ -124,6 +131,27 @@ def test_onnx_head_less_block_layouts(layout, tmp_path):
         assert r.input_shape == (1, 8, 16, 16) and r.output_shape == (1, out_hwc[2], *out_hwc[:2])
     assert r.max_abs_diff <= 1e-4
     assert_lean(onnx.load(str(r.path)), spec, layout)
+
+
+@pytest.mark.parametrize("hw", [7, 9, 3], ids=["identity_pool", "overlapping_bins", "repeated_bins"])
+def test_adaptive7_head_folds_into_the_dense_layer(hw, tmp_path):
+    # The adaptive-7 pool and the (h, w, c) flattening become the first dense layer's weights.
+    spec = adaptive_head(hw)
+    r = export.export_onnx(spec, random_variables(spec), tmp_path / "m.onnx")
+    assert r.max_abs_diff <= 1e-4
+    m = onnx.load(str(r.path))
+    assert_lean(m, spec, "NHWC")
+    gemm = next(n for n in m.graph.node if n.op_type == "Gemm")
+    w = next(i for i in m.graph.initializer if i.name == gemm.input[1])
+    assert tuple(w.dims) == (8 * hw * hw, 16)  # reads the feature map itself, not 7 x 7 pooled bins
+
+
+def test_unfolded_bn_exports(tmp_path):
+    spec = SE_MBCONV
+    r = export.export_onnx(spec, random_variables(spec), tmp_path / "m.onnx", fold_bn=False)
+    assert r.max_abs_diff <= 1e-4
+    ops = og.op_counts(onnx.load(str(r.path)))
+    assert ops["Conv"] == spec_convs(spec) and ops["Transpose"] == 1  # BN as a per-channel Mul + Add
 
 
 def test_bad_layout_is_one_line_error(tmp_path):
