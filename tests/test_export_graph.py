@@ -263,3 +263,22 @@ def test_tflite_ops_are_lean(name, tmp_path):
     assert "TRANSPOSE" not in ops, ops
     assert ops.get("CONV_2D", 0) + ops.get("DEPTHWISE_CONV_2D", 0) == spec_convs(spec), ops
     assert ops.get("ADD", 0) == residual_adds(spec), ops  # biases live in the convs
+
+
+def test_tensorrt_engine_parity_uses_the_onnx_layout(tmp_path, monkeypatch):
+    # No TensorRT here: the "engine" is the ONNX file run by onnxruntime; what is checked is that the
+    # engine's parity input and output follow the ONNX file's layout.
+    from jaxnas.export import tensorrt_export as trt_mod
+
+    def fake_build(onnx_path, path, **kw):
+        path.write_bytes(open(onnx_path, "rb").read())
+        return path
+
+    monkeypatch.setattr(trt_mod, "engine_from_onnx", fake_build)
+    monkeypatch.setattr(trt_mod, "run_engine", lambda path, x: run_onnx(path, x))
+    spec = LAYERS["mbconv"]
+    v = random_variables(spec)
+    for layout in ("NHWC", "NCHW"):
+        onnx_res = export.export_onnx(spec, v, tmp_path / f"{layout}.onnx", input_layout=layout)
+        r = trt_mod.engine_export(spec, v, tmp_path / f"{layout}.engine", onnx_res)
+        assert r.layout == layout and r.input_shape == onnx_res.input_shape and r.max_abs_diff <= 1e-4
