@@ -8,7 +8,9 @@ onnxscript).  jaxnas exports with `export.export_onnx` (parity-checked), with th
 unless `--layouts NHWC`, also with an NCHW input.  All files are timed in one process with the latency
 package's onnxruntime sessions (CPU, 1 thread, sequential, ORT_ENABLE_ALL), batch 1, in alternating
 rounds (the order reverses every round); each round's figure is the median of its runs, the table
-gives the median over rounds and the median of the per-round ratios jaxnas / PyTorch.
+gives the median over rounds and the median of the per-round ratios jaxnas / PyTorch.  As a control
+the PyTorch file is timed a second time in its own session (`torch/torch`, unless `--no-control`): the
+ratio of two identical files is what the machine's noise alone gives.
 
 Models: MobileNetV2-1.0 (10 classes at 32/64 px, 1000 at 224), ResNet-18 (same), and a depth-compressed
 MobileNetV2-1.0 (seeded random activation/merge pattern, `merge_network`: merged convs with large
@@ -16,7 +18,8 @@ kernels and fused residuals).  Needs torch (`pip install torch==2.13.0`; not a j
 Run it alone on the machine (`flock /tmp/jaxnas-timing.lock python benchmarks/export_vs_torch.py`).
 
     python benchmarks/export_vs_torch.py [--models mobilenet_v2 resnet18 merged_mbv2]
-        [--resolutions 32 64 224] [--rounds 9] [--target-ms 300] [--layouts NHWC NCHW] [--dynamo] [--json]
+        [--resolutions 32 64 224] [--rounds 9] [--target-ms 300] [--layouts NHWC NCHW] [--no-control]
+        [--dynamo] [--json]
 """
 from __future__ import annotations
 
@@ -145,6 +148,8 @@ def run_case(model: str, resolution: int, args, backend) -> dict:
             row[f"parity_{layout}"] = r.max_abs_diff
     tdata, row["parity_torch"] = torch_onnx(spec, variables, args.dynamo)
     files["torch"] = (tdata, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    if not args.no_control:  # the same file in a second session: its ratio is the noise of the protocol
+        files["torch_again"] = files["torch"]
     sessions = {}
     for name, (data, inp) in files.items():
         sess = backend.make_session(data)
@@ -172,6 +177,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target-ms", type=float, default=300.0, help="timed milliseconds per file per round")
     ap.add_argument("--layouts", nargs="+", default=["NHWC", "NCHW"], choices=list(export.ONNX_LAYOUTS))
     ap.add_argument("--dynamo", action="store_true", help="torch.onnx.export(dynamo=True) (needs onnxscript)")
+    ap.add_argument("--no-control", action="store_true",
+                    help="skip timing the PyTorch file a second time (the ratio of identical files: the noise)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -196,12 +203,15 @@ def main(argv=None) -> int:
           f"alternating rounds; load average at start {load0[0]:.2f}, at end {load1[0]:.2f}")
     head = f"{'model':13s} {'px':>4s} " + " ".join(f"{'jaxnas ' + l + ' ms':>16s} {'/torch':>7s} {'(max)':>6s}"
                                                    for l in args.layouts)
-    print(head + f" {'torch ms':>9s}  nodes jaxnas NHWC | torch   parity jaxnas / torch")
+    control = not args.no_control
+    print(head + f" {'torch ms':>9s}" + (f" {'torch/torch':>11s}" if control else "")
+          + "  nodes jaxnas NHWC | torch   parity jaxnas / torch")
     for row in rows:
         cells = " ".join(f"{row[f'ms_jaxnas_{l}']:16.3f} {row[f'ratio_jaxnas_{l}']:7.3f} "
                          f"{row[f'ratio_max_jaxnas_{l}']:6.2f}" for l in args.layouts)
         first = args.layouts[0]
-        print(f"{row['model']:13s} {row['resolution']:4d} {cells} {row['ms_torch']:9.3f}  "
+        noise = f" {row['ratio_torch_again']:11.3f}" if control else ""
+        print(f"{row['model']:13s} {row['resolution']:4d} {cells} {row['ms_torch']:9.3f}{noise}  "
               f"{_nodes(row[f'nodes_jaxnas_{first}'])} | {_nodes(row['nodes_torch'])}   "
               f"{row[f'parity_{first}']:.1e} / {row['parity_torch']:.1e}")
     return 0
