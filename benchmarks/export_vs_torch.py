@@ -8,7 +8,9 @@ onnxscript).  jaxnas exports with `export.export_onnx` (parity-checked), with th
 unless `--layouts NHWC`, also with an NCHW input.  All files are timed in one process with the latency
 package's onnxruntime sessions (CPU, 1 thread, sequential, ORT_ENABLE_ALL), batch 1, in alternating
 rounds (the order reverses every round); each round's figure is the median of its runs, the table
-gives the median over rounds and the median of the per-round ratios jaxnas / PyTorch.  As a control
+gives the median over rounds and the median of the per-round ratios jaxnas / PyTorch.  The NCHW file is
+also compared with PyTorch's node by node (`graph_signature`: ops, non-default attributes, edges,
+weight shapes): equal graphs can only differ in time by the machine's noise.  As a control
 the PyTorch file is timed a second time in its own session (`torch/torch`, unless `--no-control`): the
 ratio of two identical files is what the machine's noise alone gives.
 
@@ -104,6 +106,47 @@ def node_summary(data: bytes) -> dict[str, int]:
             "bias_adds": len(onnx_graph.bias_adds(m))}
 
 
+# ONNX attributes whose value here is the operator's default (torch writes them, jax2onnx does not) or is
+# implied by the weight's shape
+_DEFAULT_ATTRS = {"group": 1, "dilations": [1, 1], "kernel_shape": None, "ceil_mode": 0, "storage_order": 0,
+                  "auto_pad": b"NOTSET"}
+
+
+def graph_signature(data: bytes) -> list[tuple]:
+    """The computation a file's graph describes, names aside: per node in order (Constant nodes folded
+    into their value's shape), its op, its non-default attributes and where each input comes from (the
+    graph input, an initializer of a given shape, or output k of the n-th node).  Two files with equal
+    signatures run the same kernels on the same shapes."""
+    import onnx
+
+    m = onnx.ModelProto.FromString(data)
+    consts = {i.name: tuple(i.dims) for i in m.graph.initializer}
+    inputs = {i.name for i in m.graph.input}
+    producer: dict[str, tuple[int, int]] = {}
+    sig = []
+    for node in m.graph.node:
+        if node.op_type == "Constant":
+            consts[node.output[0]] = tuple(node.attribute[0].t.dims)
+            continue
+        attrs = {}
+        for a in node.attribute:
+            v = onnx.helper.get_attribute_value(a)
+            v = list(v) if isinstance(v, (list, tuple)) else v
+            if a.name in _DEFAULT_ATTRS and (_DEFAULT_ATTRS[a.name] is None or _DEFAULT_ATTRS[a.name] == v):
+                continue
+            attrs[a.name] = str(v)
+        srcs = ["input" if x in inputs else ("const", consts[x]) if x in consts
+                else ("node", *producer[x]) if x in producer else ("none",) for x in node.input]
+        if node.op_type == "Gemm" and attrs.get("transB") == "1" and srcs[1][0] == "const":
+            # a constant (out, in) weight with transB is the (in, out) one: onnxruntime packs B at load
+            attrs.pop("transB")
+            srcs[1] = ("const", srcs[1][1][::-1])
+        for k, out in enumerate(node.output):
+            producer[out] = (len(sig), k)
+        sig.append((node.op_type, tuple(sorted(attrs.items())), tuple(srcs)))
+    return sig
+
+
 def time_rounds(sessions: dict, rounds: int, target_ms: float) -> dict[str, list[float]]:
     """Per-round median ms of each session, the order alternating between rounds."""
     names = list(sessions)
@@ -155,6 +198,8 @@ def run_case(model: str, resolution: int, args, backend) -> dict:
         sess = backend.make_session(data)
         sessions[name] = (sess, {sess.get_inputs()[0].name: np.ascontiguousarray(inp)})
         row[f"nodes_{name}"] = node_summary(data)
+    if "jaxnas_NCHW" in files:  # an NCHW file has the same graph as PyTorch's when lean: the timing can only differ by noise
+        row["same_graph_NCHW"] = graph_signature(files["jaxnas_NCHW"][0]) == graph_signature(files["torch"][0])
     times = time_rounds(sessions, args.rounds, args.target_ms)
     for name, ts in times.items():
         row[f"ms_{name}"] = statistics.median(ts)
@@ -205,7 +250,7 @@ def main(argv=None) -> int:
                                                    for l in args.layouts)
     control = not args.no_control
     print(head + f" {'torch ms':>9s}" + (f" {'torch/torch':>11s}" if control else "")
-          + "  nodes jaxnas NHWC | torch   parity jaxnas / torch")
+          + "  nodes jaxnas NHWC | torch   NCHW graph = torch's   parity jaxnas / torch")
     for row in rows:
         cells = " ".join(f"{row[f'ms_jaxnas_{l}']:16.3f} {row[f'ratio_jaxnas_{l}']:7.3f} "
                          f"{row[f'ratio_max_jaxnas_{l}']:6.2f}" for l in args.layouts)
@@ -213,6 +258,7 @@ def main(argv=None) -> int:
         noise = f" {row['ratio_torch_again']:11.3f}" if control else ""
         print(f"{row['model']:13s} {row['resolution']:4d} {cells} {row['ms_torch']:9.3f}{noise}  "
               f"{_nodes(row[f'nodes_jaxnas_{first}'])} | {_nodes(row['nodes_torch'])}   "
+              f"{({True: 'yes', False: 'NO'}.get(row.get('same_graph_NCHW'), '-')):^20s}   "
               f"{row[f'parity_{first}']:.1e} / {row['parity_torch']:.1e}")
     return 0
 
