@@ -206,16 +206,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     try:
-        export_cfg = ExportConfig(formats=formats, route=args.route)
+        export_cfg = ExportConfig(formats=formats, route=args.route, input_layout=args.input_layout)
     except ConfigError as e:
         raise ConfigError([ln.replace("export.formats", "--format") for ln in e.errors]) from None
     spec, variables = _spec_and_variables(args)
     result = deploy(spec, variables, export_cfg, None, out_dir=args.out, precision=args.precision,
                     dynamic_batch=args.dynamic_batch)
-    out = {fmt: {"path": str(r.path), "max_abs_diff": r.max_abs_diff, "seconds": r.seconds}
+    out = {fmt: {"path": str(r.path), "max_abs_diff": r.max_abs_diff, "seconds": r.seconds,
+                 "input_shape": r.input_shape, "layout": r.layout}
            for fmt, r in result.exports.items()}
-    return _emit(out, "\n".join(f"{k}: {v['path']} (max |diff| {v['max_abs_diff']:.2e}, {v['seconds']:.1f} s)"
-                                for k, v in out.items()), args.json)
+    return _emit(out, "\n".join(f"{k}: {v['path']} ({v['layout']} input, max |diff| {v['max_abs_diff']:.2e}, "
+                                f"{v['seconds']:.1f} s)" for k, v in out.items()), args.json)
 
 
 def _latency_config(args: argparse.Namespace, **extra: Any) -> Any:
@@ -346,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--route", default="jax2onnx", choices=("jax2onnx", "tflite"))
     q.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     q.add_argument("--dynamic-batch", action="store_true")
+    q.add_argument("--input-layout", default="NHWC", choices=("NHWC", "NCHW"),
+                   help="ONNX / TensorRT input layout: NHWC (as the JAX model; one Transpose at the input) or "
+                        "NCHW (as PyTorch users feed it; no layout op); TFLite is always NHWC")
     _json_flag(q)
     q.set_defaults(fn=cmd_export)
 

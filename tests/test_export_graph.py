@@ -172,6 +172,29 @@ def test_export_model_passes_the_layout(tmp_path):
     assert json.loads((tmp_path / "export.json").read_text())["formats"]["onnx"]["layout"] == "NCHW"
 
 
+def test_nchw_through_the_cli_and_the_deploy_timing(capsys, tmp_path):
+    # `jaxnas export --input-layout NCHW` ships an NCHW file, and the deploy step times it (and a baseline)
+    # with NCHW arrays: an NHWC array would be refused by onnxruntime (16x16 input, 8 channels).
+    import json
+
+    from jaxnas import cli
+    from jaxnas.deploy import deploy
+    from jaxnas.export.config import ExportConfig
+    from jaxnas.latency.config import LatencyConfig
+
+    spec = LAYERS["mbconv"]
+    spec.save(tmp_path / "b.json")
+    code = cli.main(["export", str(tmp_path / "b.json"), "--random-init", "--format", "onnx", "--out",
+                     str(tmp_path / "e"), "--input-layout", "NCHW", "--json"])
+    out = json.loads(capsys.readouterr().out)["onnx"]
+    assert code == 0 and out["layout"] == "NCHW" and out["input_shape"] == [1, 8, 16, 16]
+    assert og.op_counts(onnx.load(out["path"]))["Transpose"] == 0
+    v = random_variables(spec)
+    r = deploy(spec, v, ExportConfig(formats=("onnx",), input_layout="NCHW"), LatencyConfig(warmup=1, runs=3),
+               out_dir=tmp_path / "d", baseline=(spec, v), compare_rounds=1)
+    assert r.exports["onnx"].layout == "NCHW" and r.latency.stats.count == 3 and len(r.comparison.ratios) == 1
+
+
 # ------------------------------------------------------------------------------------- graph passes
 
 def _model(nodes, inits, x_shape, y_shape, extra_inputs=()):
