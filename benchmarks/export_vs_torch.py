@@ -7,7 +7,8 @@ so no torchvision is needed), its output checked against the JAX model, and expo
 onnxscript).  jaxnas exports with `export.export_onnx` (parity-checked), with the default NHWC input and,
 unless `--layouts NHWC`, also with an NCHW input.  All files are timed in one process with the latency
 package's onnxruntime sessions (CPU, 1 thread, sequential, ORT_ENABLE_ALL), batch 1, in alternating
-rounds (the order reverses every round); each round's figure is the median of its runs, the table
+rounds (the order reverses every round; `--turn-runs K`: turns of K runs within a round, for a loaded
+machine); each round's figure is the median of its runs, the table
 gives the median over rounds and the median of the per-round ratios jaxnas / PyTorch.  The NCHW file is
 also compared with PyTorch's node by node (`graph_signature`: ops, non-default attributes, edges,
 weight shapes): equal graphs can only differ in time by the machine's noise.  As a control
@@ -21,7 +22,7 @@ Run it alone on the machine (`flock /tmp/jaxnas-timing.lock python benchmarks/ex
 
     python benchmarks/export_vs_torch.py [--models mobilenet_v2 resnet18 merged_mbv2]
         [--resolutions 32 64 224] [--rounds 9] [--target-ms 300] [--layouts NHWC NCHW] [--no-control]
-        [--dynamo] [--json]
+        [--turn-runs K] [--dynamo] [--json]
 """
 from __future__ import annotations
 
@@ -147,8 +148,11 @@ def graph_signature(data: bytes) -> list[tuple]:
     return sig
 
 
-def time_rounds(sessions: dict, rounds: int, target_ms: float) -> dict[str, list[float]]:
-    """Per-round median ms of each session, the order alternating between rounds."""
+def time_rounds(sessions: dict, rounds: int, target_ms: float, turn_runs: int = 0) -> dict[str, list[float]]:
+    """Per-round median ms of each session, the order alternating between rounds.  `turn_runs` > 0:
+    within a round the sessions take turns of that many runs (a b c a b c ...), so that load changing within
+    a round hits all files alike; the first run of a turn finds another model's weights in the caches, the
+    median of the runs does not see it when a turn has 3 runs or more."""
     names = list(sessions)
     for name in names:  # warm-up + a per-run estimate that sets the runs per round
         sess, feed = sessions[name]
@@ -164,7 +168,20 @@ def time_rounds(sessions: dict, rounds: int, target_ms: float) -> dict[str, list
     runs = max(10, int(target_ms / max(min(est.values()), 1e-3)))
     out: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        order = names if r % 2 == 0 else names[::-1]
+        if turn_runs > 0:
+            ts_of: dict[str, list[float]] = {n: [] for n in names}
+            for _ in range(-(-runs // turn_runs)):
+                for name in order:
+                    sess, feed = sessions[name]
+                    for _ in range(turn_runs):
+                        t0 = time.perf_counter()
+                        sess.run(None, feed)
+                        ts_of[name].append(time.perf_counter() - t0)
+            for name in names:
+                out[name].append(statistics.median(ts_of[name]) * 1e3)
+            continue
+        for name in order:
             sess, feed = sessions[name]
             for _ in range(3):
                 sess.run(None, feed)
@@ -200,7 +217,7 @@ def run_case(model: str, resolution: int, args, backend) -> dict:
         row[f"nodes_{name}"] = node_summary(data)
     if "jaxnas_NCHW" in files:  # an NCHW file has the same graph as PyTorch's when lean: the timing can only differ by noise
         row["same_graph_NCHW"] = graph_signature(files["jaxnas_NCHW"][0]) == graph_signature(files["torch"][0])
-    times = time_rounds(sessions, args.rounds, args.target_ms)
+    times = time_rounds(sessions, args.rounds, args.target_ms, turn_runs=args.turn_runs)
     for name, ts in times.items():
         row[f"ms_{name}"] = statistics.median(ts)
         if name != "torch":
@@ -224,6 +241,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dynamo", action="store_true", help="torch.onnx.export(dynamo=True) (needs onnxscript)")
     ap.add_argument("--no-control", action="store_true",
                     help="skip timing the PyTorch file a second time (the ratio of identical files: the noise)")
+    ap.add_argument("--turn-runs", type=int, default=0, metavar="K",
+                    help="within a round, the files take turns of K runs (robust to a loaded machine; 0: one "
+                         "turn per file and round)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -239,13 +259,13 @@ def main(argv=None) -> int:
     rows = [run_case(m, r, args, backend) for m in args.models for r in args.resolutions]
     load1 = os.getloadavg()
     if args.json:
-        print(json.dumps({"rows": rows, "loadavg_start": load0, "loadavg_end": load1,
+        print(json.dumps({"rows": rows, "loadavg_start": load0, "loadavg_end": load1, "turn_runs": args.turn_runs,
                           "torch": torch.__version__}, indent=1))
         return 0
     import onnxruntime
 
     print(f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, 1 thread, batch 1, {args.rounds} "
-          f"alternating rounds; load average at start {load0[0]:.2f}, at end {load1[0]:.2f}")
+          f"alternating rounds{f' (turns of {args.turn_runs} runs)' if args.turn_runs else ''}; load average at start {load0[0]:.2f}, at end {load1[0]:.2f}")
     head = f"{'model':13s} {'px':>4s} " + " ".join(f"{'jaxnas ' + l + ' ms':>16s} {'/torch':>7s} {'(max)':>6s}"
                                                    for l in args.layouts)
     control = not args.no_control
