@@ -85,7 +85,7 @@ def random_variables(spec: ArchSpec, seed: int = 0, var_range: tuple[float, floa
 def jax_model(spec: ArchSpec, variables: Mapping[str, Any]) -> tuple[Any, dict]:
     """(model, variables) as exported: grouped depthwise convs, the spec's BN epsilon (DF nets: 1e-4)."""
     from jaxnas import models
-    from export.fold import spec_bn_eps
+    from jaxnas.export.fold import spec_bn_eps
 
     model = models.build_model(spec, depthwise_impl="grouped", bn_eps=spec_bn_eps(spec))
     return model, {"params": variables["params"], "batch_stats": variables.get("batch_stats", {}) or {}}

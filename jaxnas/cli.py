@@ -21,7 +21,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     for mod, names in (("jaxnas.data", ("DataError",)), ("jaxnas.train", ("CheckpointError",)),
                        ("jaxnas.methods.depth", ("TableError", "BudgetError", "MergeCheckError")),
                        ("jaxnas.methods.dmcp", ("SearchError",)), ("jaxnas.methods.depth.pipeline", ("DepthError",)),
-                       ("latency", ("BackendError", "TableError")), ("export", ("ExportError",))):
+                       ("jaxnas.latency", ("BackendError", "TableError")), ("jaxnas.export", ("ExportError",))):
         try:
             m = __import__(mod, fromlist=list(names))
         except Exception:
@@ -127,7 +127,7 @@ def _spec_and_variables(args):
 
 
 def cmd_export(args) -> int:
-    import export
+    from jaxnas import export
     spec, variables = _spec_and_variables(args)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     results = export.export_model(spec, variables, args.out, formats, route=args.route,
@@ -140,7 +140,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_latency_measure(args) -> int:
-    from latency.measure import measure_spec
+    from jaxnas.latency.measure import measure_spec
     spec, variables = _spec_and_variables(args)
     result = measure_spec(spec, variables, args.backend, threads=args.threads, batch_size=args.batch_size,
                           warmup=args.warmup, runs=args.runs)
@@ -151,7 +151,7 @@ def cmd_latency_measure(args) -> int:
 
 
 def cmd_latency_build(args) -> int:
-    from latency.builder import build_table
+    from jaxnas.latency.builder import build_table
     table = build_table(args.space, args.backend, args.out, threads=args.threads, warmup=args.warmup,
                         runs=args.runs, context=args.context)
     _print({"path": str(args.out), "entries": len(table)}, args.json,
@@ -160,7 +160,7 @@ def cmd_latency_build(args) -> int:
 
 
 def cmd_latency_validate(args) -> int:
-    from latency.predictor import validate_space
+    from jaxnas.latency.predictor import validate_space
     report = validate_space(args.space, args.backend, args.samples, table_path=args.table, threads=args.threads,
                             seed=args.seed, warmup=args.warmup, runs=args.runs, context=args.context)
     _print(report, args.json)

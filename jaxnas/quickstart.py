@@ -37,8 +37,8 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", *, epochs: float | N
     t0 = time.time()
     run_training(quickstart_config(epochs), workdir)
     if export:
-        import export as exporter
-        from latency.measure import measure_onnx
+        from jaxnas import export as exporter
+        from jaxnas.latency.measure import measure_onnx
         _, spec, variables = load_workdir(workdir)
         results = exporter.export_model(spec, variables, workdir / "export", ("onnx", "tflite"))
         onnx = results["onnx"]

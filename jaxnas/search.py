@@ -17,8 +17,8 @@ METHODS = ("dmcp", "depth")
 
 
 def _measure(spec, variables, cfg: ExperimentConfig, workdir: Path, tag: str) -> dict[str, Any]:
-    import export
-    from latency.measure import measure_onnx
+    from jaxnas import export
+    from jaxnas.latency.measure import measure_onnx
     out = workdir / "export" / tag
     res = export.export_model(spec, variables, out, ("onnx",), route=cfg.export.route,
                               tolerance=cfg.export.tolerance)["onnx"]
@@ -55,7 +55,7 @@ def _run_dmcp(cfg: ExperimentConfig, workdir: Path) -> dict[str, Any]:
         # The method sees latency only through this table: per-layer timings on a channel grid.
         from jaxnas.config import config_from_dict
         from jaxnas.methods.dmcp.args import DMCPArgs
-        from latency.layer_grid import build_layer_grid
+        from jaxnas.latency.layer_grid import build_layer_grid
         args = config_from_dict(cfg.search.args, DMCPArgs, prefix="search.args")
         supernet = experiment.build_spec(cfg, dataset.num_classes, dataset.image_shape)
         table = build_layer_grid(supernet, cfg.latency.backend, out_path=workdir / "latency_grid.json",
@@ -84,8 +84,8 @@ def depth_time_table_fn(cfg: ExperimentConfig, workdir: Path, log=print):
     from jaxnas.config import config_from_dict
     from jaxnas.methods.depth.mergeable import body_of
     from jaxnas.methods.depth.pipeline import DepthArgs
-    from latency.segment_network import build_network_time_table
-    from latency.segment_table import build_time_table
+    from jaxnas.latency.segment_network import build_network_time_table
+    from jaxnas.latency.segment_table import build_time_table
     lat = cfg.latency
     context = config_from_dict(cfg.search.args, DepthArgs, prefix="search.args").time_table_context
 

@@ -5,8 +5,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from latency.backends import get_backend
-from latency.stats import TimingStats
+from jaxnas.latency.backends import get_backend
+from jaxnas.latency.stats import TimingStats
 
 
 def _result(stats: TimingStats, backend, batch_size: int) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def measure_spec(spec, variables, backend: str = "onnxruntime", *, threads: int 
         be = get_backend("xla")
         fn = jax.jit(lambda x: model.apply(variables, x))
         return _result(be.measure(fn, shape, warmup=warmup, runs=runs), be, batch_size)
-    import export
+    from jaxnas import export
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         if backend in ("tflite", "litert"):
             res = export.export_tflite(spec, variables, Path(tmp) / "model.tflite")

@@ -18,7 +18,7 @@ matters, and with Σ c = L_base a budget T0 = f · Σ T(i, i+1) asks for a netwo
 The additive model assumes merges in different segments do not interact (each Δ is measured with every
 other segment unmerged); `benchmarks/depth_table_fidelity.py` measures how well that holds.
 
-    from latency.segment_network import build_network_time_table
+    from jaxnas.latency.segment_network import build_network_time_table
     build_network_time_table(spec, "runs/x/time_table.csv", threads=1)
 """
 from __future__ import annotations
@@ -85,8 +85,8 @@ def measure_segment_deltas(spec: ArchSpec, cache_path: str | Path, *, variables:
     cached in a `LatencyTable` JSON at `cache_path` (entry = the merged network's timing, Δ in its meta),
     so an interrupted build resumes.  Weights do not change latency: `variables` defaults to random ones.
     """
-    from export import export_onnx
-    from export.parity import random_variables
+    from jaxnas.export import export_onnx
+    from jaxnas.export.parity import random_variables
 
     be = get_backend(backend, threads=threads) if isinstance(backend, str) else backend
     base = mergeable_spec(spec) if META_ACT not in spec.metadata else spec

@@ -8,7 +8,7 @@ channels, kernel, stride, padding, type) are measured once.  Measurements are ca
 `LatencyTable` JSON next to the CSV (``<csv stem>.cache.json``), so an interrupted build resumes where
 it stopped.  The CSV is the original's ``id,st,end,time,stdev`` (ms per batch; time = median).
 
-    from latency.segment_table import build_time_table
+    from jaxnas.latency.segment_table import build_time_table
     build_time_table(body_of(spec).chain, "runs/x/time_table.csv", threads=1)
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def measure_segments(chain: ConvChain, cache_path: str | Path, *, act: str = "re
     With `subtract_overhead`, each time is reduced by that of :func:`overhead_conv` at the same input
     shape (floored at 1 ns), so that T(st, end) estimates the conv's cost inside a network.
     """
-    from export import export_onnx
+    from jaxnas.export import export_onnx
     from jaxnas.models import build_model, init_variables
 
     be = get_backend(backend, threads=threads) if isinstance(backend, str) else backend

@@ -136,8 +136,8 @@ def test_importance_resumes_and_skips_done_segments(tmp_path):
 # ------------------------------------------------------------------------------------ latency table
 
 def test_segment_table_builds_and_resumes(tmp_path):
-    from latency import get_backend
-    from latency.segment_table import build_time_table
+    from jaxnas.latency import get_backend
+    from jaxnas.latency.segment_table import build_time_table
 
     chain = body_of(tiny_mbv2(res=8)).chain
     be = get_backend("onnxruntime", threads=1)
@@ -175,7 +175,7 @@ class ConvCountRuntime:
 
     def measure(self, path, shape, *, warmup, runs):
         import onnx
-        from latency import TimingStats
+        from jaxnas.latency import TimingStats
 
         self.calls += 1
         ops = [n.op_type for n in onnx.load(path).graph.node]
@@ -187,11 +187,11 @@ def test_segment_network_table_times_merges_in_the_network(tmp_path):
     """Δ(st, end) is the whole network's change when only that segment is merged; Σ T(i, i+1) = L_base;
     a rebuild resumes from the cache without measuring."""
     import onnx
-    from export import export_onnx
-    from export.parity import random_variables
+    from jaxnas.export import export_onnx
+    from jaxnas.export.parity import random_variables
     from jaxnas.methods.depth.mergeable import mergeable_spec
-    from latency import get_backend
-    from latency.segment_network import (build_network_time_table, conv_split, measure_segment_deltas,
+    from jaxnas.latency import get_backend
+    from jaxnas.latency.segment_network import (build_network_time_table, conv_split, measure_segment_deltas,
                                          network_time_table, segment_network)
 
     spec = tiny_mbv2(res=8)
