@@ -187,6 +187,11 @@ class PopSearch:
                 self.pred[i] = np.nan if p is None else p
             self.margin = self.model.margin
             self.seed_indices = seeds
+            blind = [i for i in range(n) if not np.isfinite(self.pred[i])]
+            if blind:  # parts the seed set never held: no prediction, so measure them
+                self.log(f"pop: pre-screen: {len(blind)} architectures hold parts no seed network holds; measuring them")
+                for i in blind:
+                    self.measurer(self.keys[i], self.spec(i))
             d = self.model.describe()
             self.log(f"pop: pre-screen table: {d['parts']} parts, leave-one-out error median "
                      f"{_pct(d['loo_median_rel_error'])}, max {_pct(d['loo_max_rel_error'])} -> margin "
@@ -343,7 +348,7 @@ class PopSearch:
         members_bin = [i for i, b in zip(open_idx, bins) if b == pick]
         return members_bin[int(rng.integers(len(members_bin)))]
 
-    def _select_round(self, boundary: Boundary, budget_left: int) -> list[str]:
+    def _select_round(self, boundary: Boundary) -> list[str]:
         rng = np.random.default_rng()
         rng.bit_generator.state = self.state["rng"]
         status, _ = self._classify_all(boundary)
@@ -351,7 +356,7 @@ class PopSearch:
         supers = self._supers(boundary)
         batch: list[int] = []
         first = self.state["round"] == 0
-        while open_idx and len(batch) < min(self.s.candidates_per_round, budget_left):
+        while open_idx and len(batch) < self.s.candidates_per_round:
             i = self._draw(rng, open_idx, boundary, first and not batch)
             open_idx.remove(i)
             self.measurer(self.keys[i], self.spec(i))
@@ -390,7 +395,7 @@ class PopSearch:
                 if self._time_up():
                     stop = "time_budget"
                     break
-                keys = self._select_round(boundary, self._budget_left())
+                keys = self._select_round(boundary)
                 if not keys:
                     stop = "exhausted"
                     self._save_state()
@@ -408,9 +413,12 @@ class PopSearch:
                 self._save_state()
                 self.log(f"pop:   {job.key}: {self.cache.ms(job.key):.4f} ms, held-out accuracy {acc:.4f}")
 
-            self.executor.run([self._job(k) for k in todo], done, should_stop=self._time_up)
+            # A round is always drawn whole; the budget only limits what is trained now, so a search
+            # continued with a larger budget follows the same trajectory as one started with it.
+            self.executor.run([self._job(k) for k in todo[:max(0, self._budget_left())]], done,
+                              should_stop=self._time_up)
             if any(k not in self.state["trained"] for k in pending["keys"]):
-                stop = "time_budget"
+                stop = "max_trainings" if self._budget_left() <= 0 else "time_budget"
                 break
             boundary = self._boundary()
             status, _ = self._classify_all(boundary)

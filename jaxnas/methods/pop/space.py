@@ -143,7 +143,6 @@ class ResNetSpace:
             out.append(StageChoices(str(st.get("name") or f"res{i + 2}"), _pos_ints(st["depths"], f"stages[{i}].depths"),
                                     tuple(ws)))
         self.stages: tuple[StageChoices, ...] = tuple(out)
-        self._check_resolution()
 
     # ------------------------------------------------------------ identity
     @property
@@ -153,15 +152,6 @@ class ResNetSpace:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "family": self.family, "hash": self.hash, "size": self.size(),
                 "definition": self.definition}
-
-    def _check_resolution(self) -> None:
-        h = self.resolution
-        for _, s in self.stem:
-            h = (h - 1) // s + 1
-        for _ in self.stages:
-            h = (h - 1) // 2 + 1
-        if h < 1:
-            raise SpaceError(f"resolution {self.resolution} is too small for the space's strides")
 
     # ------------------------------------------------------------ enumeration
     def _stage_seqs(self, si: int) -> list[tuple[Width, ...]]:
