@@ -281,3 +281,13 @@ def test_boundary_files_and_pareto_chart(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert chosen["on_boundary"] and chosen["latency_ms"] <= 0.5
     assert chosen["accuracy"] == max(e["accuracy"] for e in out.evaluated if e["latency_ms"] <= 0.5)
+
+
+def test_mbconv_space_is_searched_on_a_seeded_random_pool(tmp_path):
+    space = load_space("pop-mbv2-small")
+    out = pop(space, tmp_path, pool_size=60, max_trainings=12, candidates_per_round=6).run()
+    c = out.counts
+    assert c["pool_mode"] == "sampled" and c["pool_size"] == 60 and c["space_size"] == space.size()
+    assert c["trained"] == 12 and out.boundary
+    again = pop(space, tmp_path / "again", pool_size=60, max_trainings=12, candidates_per_round=6).run()
+    assert comparable_outcome(again)[:2] == comparable_outcome(out)[:2]     # the same pool and trajectory

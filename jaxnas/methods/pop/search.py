@@ -5,7 +5,7 @@
     outcome = search.run()
 
 1. Pool: every architecture of the space (or, above ``max_enumerate``, a seeded random sample of
-   ``pool_size`` distinct ones).  Latency: with ``prescreen`` an additive table is fitted to a seed
+   ``pool_size`` distinct ones plus the space's smallest and largest).  Latency: with ``prescreen`` an additive table is fitted to a seed
    set of end-to-end measurements covering every part of the pool (`timing`), and each architecture
    gets a prediction with a relative error bound; without it every architecture is measured.
 2. Round: classify the untrained architectures — *excluded* when certainly outside the latency
@@ -134,7 +134,8 @@ class PopSearch:
         if size <= self.s.max_enumerate:
             return list(self.space.archs()), "all"
         rng = np.random.default_rng([self.s.seed, 2])
-        seen: dict[str, Any] = {}
+        # The smallest and the largest architecture always belong to the pool (the ends of the range).
+        seen: dict[str, Any] = {self.space.arch_key(a): a for a in (self.space.smallest(), self.space.largest())}
         tries = 0
         while len(seen) < self.s.pool_size and tries < 20 * self.s.pool_size:
             a = self.space.sample_arch(rng)
@@ -169,8 +170,7 @@ class PopSearch:
         lo, hi = self.s.window_ms
         if lo is not None and hi is not None and lo > hi:
             raise PopError(f"search.args.latency_window_ms: [{lo}, {hi}] is empty (low > high)")
-        extremes = sorted({self.index[self.space.arch_key(self.space.smallest())],
-                           self.index[self.space.arch_key(self.space.largest())]} & set(range(n)))
+        extremes = sorted({self.index[self.space.arch_key(a)] for a in (self.space.smallest(), self.space.largest())})
         self.pred = np.full(n, np.nan)
         self.margin = 0.0
         if self.s.prescreen:

@@ -231,8 +231,10 @@ class ResNetSpace:
         return max(self.archs(), key=lambda a: (sum(map(len, a)), [_pair(w) for s in a for w in s]))
 
     def sample_arch(self, rng: np.random.Generator) -> ResNetArch:
-        archs = list(self.archs())
-        return archs[int(rng.integers(len(archs)))]
+        """A uniformly random architecture (the enumeration is listed once and kept)."""
+        if not hasattr(self, "_all"):
+            self._all = list(self.archs())
+        return self._all[int(rng.integers(len(self._all)))]
 
     # ------------------------------------------------------------ specs
     def build(self, arch: ResNetArch, name: str | None = None) -> ArchSpec:
