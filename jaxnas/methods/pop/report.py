@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from jaxnas.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 from jaxnas.spec import to_dict
@@ -42,11 +42,12 @@ def write_boundary(workdir: str | Path, outcome: PopOutcome, header: Mapping[str
     return {"boundary_json": str(workdir / "boundary.json"), "boundary_csv": str(workdir / "boundary.csv")}
 
 
-def plot_pareto(path: str | Path, outcome: PopOutcome, *, title: str, target_ms: float | None = None,
-                chosen_key: str | None = None, window_ms: tuple[float | None, float | None] = (None, None),
+def plot_pareto(path: str | Path, outcome: PopOutcome, *, title: str,
+                target_ms: float | Sequence[float] | None = None, chosen_key: str | Sequence[str] | None = None,
+                window_ms: tuple[float | None, float | None] = (None, None),
                 accuracy_label: str = "held-out accuracy (short schedule)") -> Path:
     """pareto.png: evaluated candidates, the boundary B(D) as a step line, the count pruned without
-    training, the target latency and the chosen net.  Needs matplotlib (`pip install jaxnas[plot]`)."""
+    training, the target latencies and the chosen nets.  Needs matplotlib (`pip install jaxnas[plot]`)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -75,13 +76,15 @@ def plot_pareto(path: str | Path, outcome: PopOutcome, *, title: str, target_ms:
     for v in (lo, hi):
         if v is not None:
             ax.axvline(v, c="0.8", lw=0.8, ls=":")
-    if target_ms is not None:
-        ax.axvline(target_ms, c="tab:blue", lw=1.0, ls="--", label=f"target {target_ms:g} ms")
-    if chosen_key is not None:
-        ch = [e for e in ev if e["key"] == chosen_key]
-        if ch:
-            ax.scatter([ch[0]["latency_ms"]], [ch[0]["accuracy"]], s=140, marker="*", c="tab:blue", zorder=4,
-                       label="chosen")
+    targets = [] if target_ms is None else [target_ms] if isinstance(target_ms, (int, float)) else list(target_ms)
+    for j, t in enumerate(targets):
+        ax.axvline(t, c="tab:blue", lw=1.0, ls="--", label="target " + ", ".join(f"{x:g}" for x in targets) + " ms"
+                   if j == 0 else None)
+    keys = [] if chosen_key is None else [chosen_key] if isinstance(chosen_key, str) else list(chosen_key)
+    ch = [e for e in ev if e["key"] in set(keys)]
+    if ch:
+        ax.scatter([e["latency_ms"] for e in ch], [e["accuracy"] for e in ch], s=140, marker="*", c="tab:blue",
+                   zorder=4, label="chosen")
     ax.set_xlabel("measured latency (ms)")
     ax.set_ylabel(accuracy_label)
     ax.set_title(title, fontsize=10)
