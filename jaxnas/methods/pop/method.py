@@ -66,8 +66,6 @@ def choose(outcome: PopOutcome, target_ms: float | None) -> dict[str, Any]:
 
 
 def search(ctx: Any, args: PopArgs) -> Any:
-    from jaxnas.methods.base import SearchResult
-
     cfg, log = ctx.cfg, ctx.log
     if not ctx.dataset.num_examples("holdout"):
         raise PopError("POP scores candidates on the holdout split, which is empty: set data.holdout > 0 "
@@ -105,6 +103,7 @@ def search(ctx: Any, args: PopArgs) -> Any:
         "chosen": chosen["key"], "boundary": outcome.boundary, "counts": c, "stop_reason": outcome.stop_reason,
         "prescreen": outcome.prescreen, **files,
     }
+    from jaxnas.methods.base import SearchResult
     return SearchResult(spec=spec, variables=variables, metrics=metrics)
 
 

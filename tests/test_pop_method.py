@@ -1,0 +1,78 @@
+"""POP on the method contract: search(ctx, args) with injected fakes (synthetic oracle and trainer)."""
+import json
+import types
+from pathlib import Path
+
+import pytest
+
+from jaxnas.config import load_config
+from jaxnas.methods.pop import PopArgs, PopError
+from jaxnas.methods.pop.method import search
+from jaxnas.methods.pop.synthetic import SYNTHETIC_SPACE, SyntheticOracle
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakeDataset:
+    image_shape = (28, 28, 1)
+    num_classes = 10
+
+    def __init__(self, holdout=200):
+        self.holdout = holdout
+
+    def num_examples(self, split):
+        return {"train": 1000, "holdout": self.holdout, "test": 500}[split]
+
+
+class FakeTrainer:
+    """Accuracy = the synthetic oracle's; records what it was asked to train."""
+
+    def __init__(self):
+        self.oracle = SyntheticOracle()
+        self.calls = []
+
+    def train(self, spec, workdir, *, epochs=None, eval_split="test", test=True, **kw):
+        self.calls.append((spec.name, epochs, eval_split, test))
+        metrics = {"test": self.evaluate(spec, None, "test")} if test else {}
+        return types.SimpleNamespace(variables={"params": {}}, metrics=metrics)
+
+    def evaluate(self, spec, variables, split="test"):
+        acc = self.oracle.accuracy(spec) - (0.01 if split == "test" else 0.0)
+        return {"accuracy": acc, "loss": 1.0 - acc, "count": 100.0}
+
+
+class FakeOracle(SyntheticOracle):
+    backend = "synthetic"
+
+
+def ctx_for(tmp_path, target=0.5, holdout=200, **set_):
+    overrides = [f"search.target_latency_ms={target}"] + [f"{k}={v}" for k, v in set_.items()]
+    cfg = load_config(ROOT / "configs" / "pop" / "quick.yaml", overrides)
+    return types.SimpleNamespace(cfg=cfg, workdir=tmp_path, dataset=FakeDataset(holdout), spec=None,
+                                 oracle=FakeOracle(), trainer=FakeTrainer(), log=lambda m: None)
+
+
+def test_search_returns_the_best_boundary_net_under_the_target_retrained(tmp_path):
+    ctx = ctx_for(tmp_path, target=0.5)
+    args = PopArgs(space=SYNTHETIC_SPACE, max_trainings=30, candidate_epochs=2, prescreen=False)
+    res = search(ctx, args)
+    m = res.metrics
+    bd = json.loads((tmp_path / "boundary.json").read_text())
+    on = [e for e in bd["evaluated"] if e["on_boundary"] and e["latency_ms"] <= 0.5]
+    best = max(on, key=lambda e: e["accuracy"])
+    assert m["chosen"] == best["key"] and m["search_latency_ms"] == best["latency_ms"] <= 0.5
+    assert res.spec.metadata["pop_arch"] == best["key"]
+    assert m["target"] == {"latency_ms": 0.5} and m["space_size"] == 405 and m["trained"] == 30
+    assert m["pruned_without_training"] == bd["counts"]["pruned_without_training"]
+    assert m["test_accuracy"] == pytest.approx(FakeOracle().accuracy(res.spec) - 0.01)
+    assert (tmp_path / "boundary.csv").is_file() and (tmp_path / "pareto.png").is_file()
+    # candidates: the short schedule, no test evaluation; the chosen net: the full recipe, tested
+    cands, final = ctx.trainer.calls[:-1], ctx.trainer.calls[-1]
+    assert all(c[1] == 2 and c[3] is False for c in cands) and final[1] is None and final[3] is True
+
+
+def test_search_refuses_an_empty_holdout_before_training(tmp_path):
+    ctx = ctx_for(tmp_path, holdout=0)
+    with pytest.raises(PopError, match="data.holdout"):
+        search(ctx, PopArgs(space=SYNTHETIC_SPACE, prescreen=False))
+    assert ctx.trainer.calls == []
