@@ -21,6 +21,7 @@ its predicted latency and counts the decisions its measured latency would have c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -30,65 +31,24 @@ import numpy as np
 
 from jaxnas import spec as S
 from jaxnas import zoo
-from jaxnas.config import config_from_dict, load_config
+from jaxnas.config import load_config
 from jaxnas.io_utils import atomic_write_json
 from jaxnas.methods.pop import LocalExecutor, PopArgs, PopSearch
 from jaxnas.methods.pop.method import candidate_trainer, choose, settings_from_args, space_for
 from jaxnas.methods.pop.report import plot_pareto, write_boundary
+from jaxnas.schema import validate
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------------ services
 def services(cfg, workdir: Path, log):
-    """(dataset, trainer, oracle): the core's services (the contract's Trainer and RuntimeOracle)."""
-    try:
-        from jaxnas.latency.oracle import RuntimeOracle
-        from jaxnas.pipeline import prepare
-        from jaxnas.trainer import Trainer
-    except ImportError:  # TEMPORARY: before the method contract lands on main
-        return _shim_services(cfg, log)
+    """(dataset, trainer, oracle): the core's services, as `jaxnas search` hands them to the method."""
+    from jaxnas.latency.oracle import RuntimeOracle
+    from jaxnas.pipeline import prepare
+    from jaxnas.trainer import Trainer
     dataset = prepare(cfg).dataset
     return dataset, Trainer(cfg, dataset, log=log), RuntimeOracle(cfg.latency, workdir=workdir, log=log)
-
-
-def _shim_services(cfg, log):  # TEMPORARY (see services)
-    import dataclasses
-    import types
-
-    from jaxnas import experiment, models
-    from jaxnas.latency.backends import get_backend
-    from jaxnas.latency.measure import measure_spec
-    from jaxnas.train import evaluate, fit
-    dataset = experiment.load_data(cfg)
-
-    class Trainer:
-        def train(self, spec, workdir, *, epochs=None, eval_split=None, test=True):
-            optim, schedule, loop = experiment.train_sections(cfg)
-            loop = dataclasses.replace(loop, eval_every_epochs=0.0, epochs=epochs or loop.epochs)
-            model = models.build_model(spec, cfg.model.depthwise)
-            state, _ = fit(model, models.init_variables(model, cfg.train.seed), dataset, workdir=str(workdir),
-                           optim=optim, schedule=schedule, loop=loop)
-            v = state.variables()
-            return types.SimpleNamespace(variables=v, metrics={"test": self.evaluate(spec, v)} if test else {})
-
-        def evaluate(self, spec, variables, split="test"):
-            out = evaluate(models.build_model(spec, cfg.model.depthwise), variables, dataset, split,
-                           cfg.data.eval_batch_size)
-            return {k: float(v) for k, v in out.items()}
-
-    class Oracle:
-        backend = cfg.latency.backend
-
-        def fingerprint(self):
-            return get_backend(self.backend, threads=cfg.latency.threads).fingerprint(cfg.latency.batch_size).to_dict()
-
-        def measure(self, spec):
-            lat = cfg.latency
-            return measure_spec(spec, models.init_variables(models.build_model(spec), 0), lat.backend,
-                                threads=lat.threads, batch_size=lat.batch_size, warmup=lat.warmup, runs=lat.runs)
-
-    return dataset, Trainer(), Oracle()
 
 
 # ------------------------------------------------------------------------------------------------ baselines
@@ -144,14 +104,14 @@ def main(argv=None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     log = lambda m: print(m, flush=True)  # noqa: E731
     cfg = load_config(a.config, a.set)
-    args = config_from_dict(cfg.search.args, PopArgs, prefix="search.args")
+    args = validate(cfg.search.args, PopArgs, "search.args")
     dataset, trainer, oracle = services(cfg, work, log)
     space = space_for(args, dataset)
 
     # 1. The search.
     settings = settings_from_args(args, target_latency_ms=min(a.targets), seed=cfg.train.seed)
     if a.audit:
-        settings = settings.__class__(**{**settings.__dict__, "prescreen_audit": True})
+        settings = dataclasses.replace(settings, prescreen_audit=True)
     pop = PopSearch(space, settings, measure=oracle.measure, fingerprint=oracle.fingerprint(),
                     executor=LocalExecutor(candidate_trainer(trainer)), workdir=work / "pop", log=log)
     outcome = pop.run()

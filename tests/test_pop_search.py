@@ -251,6 +251,11 @@ def test_bad_input_fails_before_any_training(tmp_path):
         pop(SPACE, tmp_path / "w2", o, window_ms=(0.001, 0.01), prescreen=True).run()
     with pytest.raises(PopError, match="below the fastest"):
         pop(SPACE, tmp_path / "t", o, target_latency_ms=0.01).run()
+    # Within the fast check's slack (x2 of the extremes): caught once every latency is known.
+    with pytest.raises(PopError, match="outside the latency range"):
+        pop(SPACE, tmp_path / "w3", o, window_ms=(1.0, 1.5)).run()
+    with pytest.raises(PopError, match="below the fastest"):
+        pop(SPACE, tmp_path / "t2", o, target_latency_ms=0.15, prescreen=True).run()
     assert o.trained == 0
     with pytest.raises(ValueError, match="max_trainings: must be >= 1"):
         PopArgs(max_trainings=0)

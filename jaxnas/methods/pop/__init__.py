@@ -54,6 +54,7 @@ Decisions (the paper leaves these open):
    searched on a seeded random pool of ``pool_size``.
 8. Short-training noise can violate the partial-order assumption; as in the paper nothing corrects it.
 """
+from jaxnas.methods.base import Method
 from jaxnas.methods.pop.args import PopArgs
 from jaxnas.methods.pop.boundary import Boundary, dominated_at, pareto_boundary
 from jaxnas.methods.pop.executor import Executor, LocalExecutor, TrainJob
@@ -62,8 +63,24 @@ from jaxnas.methods.pop.search import PopError, PopOutcome, PopSearch, PopSettin
 from jaxnas.methods.pop.space import PRESETS, MBConvSpace, ResNetSpace, SpaceError, load_space
 from jaxnas.methods.pop.timing import AdditiveLatencyModel, LatencyCache, LatencyCacheError
 
+
+
+def _search(ctx, args):
+    from jaxnas.methods.pop.method import search
+
+    return search(ctx, args)
+
+
+METHOD = Method(
+    name="pop",
+    summary="Partial order pruning (CVPR'19): measured-latency Pareto search over block widths and depths",
+    targets=("latency_ms",),
+    args=PopArgs,
+    search=_search,
+)
+
 __all__ = [
-    "AdditiveLatencyModel", "Boundary", "Executor", "LatencyCache", "LatencyCacheError", "LocalExecutor",
+    "METHOD", "AdditiveLatencyModel", "Boundary", "Executor", "LatencyCache", "LatencyCacheError", "LocalExecutor",
     "MBConvSpace", "OrderKey", "PRESETS", "PopArgs", "PopError", "PopOutcome", "PopSearch", "PopSettings",
     "ResNetSpace", "SpaceError", "TrainJob", "comparable", "dominated_at", "load_space", "order_key",
     "pareto_boundary", "precedes",

@@ -1,4 +1,4 @@
-"""`search.args` of POP (validated before anything is measured or trained).
+"""`search.args` of POP (validated by the runner before anything is measured or trained).
 
 The candidate trainings use the config's `optim` / `schedule` / `train` sections with
 ``candidate_epochs`` epochs (the "short schedule"; accuracy on the `holdout` split); the chosen net is
@@ -6,16 +6,20 @@ retrained with the full recipe (`train.epochs`) and reported on `test`.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import Any, Union
+
+from pydantic import model_validator
+
+from jaxnas.schema import Section
 
 
-@dataclasses.dataclass(frozen=True)
-class PopArgs:
+class PopArgs(Section):
+    section = "search.args"
+
     # Search space: a preset ('pop-small', 'pop-imagenet', 'pop-imagenet-basic', 'pop-mbv2-small'), a YAML
     # path or an inline definition (jaxnas/methods/pop/space.py); input size, channels and classes
     # follow the data.
-    space: Any = "pop-small"
+    space: Union[str, dict[str, Any]] = "pop-small"
     latency_window_ms: tuple[float, float] | None = None   # [low, high] ms; null: the whole space
     # Budget: stop after this many candidate trainings or this much wall time (whichever first).
     max_trainings: int = 40
@@ -37,9 +41,10 @@ class PopArgs:
     pool_size: int = 20_000
     retrain: bool = True                      # retrain the chosen net with the full recipe
 
-    def __post_init__(self):
+    @model_validator(mode="after")
+    def _check(self) -> "PopArgs":
         e: list[str] = []
-        if isinstance(self.max_trainings, bool) or not isinstance(self.max_trainings, int) or self.max_trainings < 1:
+        if self.max_trainings < 1:
             e.append(f"max_trainings: must be >= 1 (a budget of zero trainings evaluates nothing), "
                      f"got {self.max_trainings}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
@@ -47,9 +52,8 @@ class PopArgs:
         if self.candidate_epochs <= 0:
             e.append(f"candidate_epochs: must be > 0, got {self.candidate_epochs}")
         w = self.latency_window_ms
-        if w is not None:
-            if len(w) != 2 or any(v is None or v <= 0 for v in w) or w[0] >= w[1]:
-                e.append(f"latency_window_ms: [low, high] with 0 < low < high, got {list(w)}")
+        if w is not None and not 0 < w[0] < w[1]:
+            e.append(f"latency_window_ms: [low, high] with 0 < low < high, got {list(w)}")
         for k in ("candidates_per_round", "latency_bins", "max_enumerate", "pool_size"):
             if getattr(self, k) < 1:
                 e.append(f"{k}: must be >= 1, got {getattr(self, k)}")
@@ -65,6 +69,7 @@ class PopArgs:
             e.append(f"prescreen_safety: must be >= 1, got {self.prescreen_safety}")
         if e:
             raise ValueError("\n".join(e))
+        return self
 
 
 __all__ = ["PopArgs"]

@@ -43,6 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from jaxnas.io_utils import atomic_write_json
+from jaxnas.methods.base import SearchError
 from jaxnas.spec import ArchSpec, SpecError, analyze
 
 from jaxnas.methods.pop.boundary import Boundary
@@ -56,7 +57,7 @@ CACHE_FILE = "latency_cache.json"
 STATE_VERSION = 1
 
 
-class PopError(ValueError):
+class PopError(SearchError):
     """A POP search that cannot start or continue (bad window, empty space, other workdir): one line."""
 
 
@@ -171,6 +172,7 @@ class PopSearch:
         if lo is not None and hi is not None and lo > hi:
             raise PopError(f"search.args.latency_window_ms: [{lo}, {hi}] is empty (low > high)")
         extremes = sorted({self.index[self.space.arch_key(a)] for a in (self.space.smallest(), self.space.largest())})
+        self._early_check([self.measurer(self.keys[i], self.spec(i)) for i in extremes])
         self.pred = np.full(n, np.nan)
         self.margin = 0.0
         if self.s.prescreen:
@@ -204,6 +206,22 @@ class PopSearch:
         self.cache.flush()
         self._check_window()
         self.prepared = True
+
+    def _early_check(self, extreme_ms: Sequence[float]) -> None:
+        """Fail fast on a window or target far outside the space: the smallest and largest nets'
+        latencies, with a factor 2 of slack (latency is not monotone), bound the space's range.
+        `_check_window` checks exactly once every architecture has a latency."""
+        lo_ms, hi_ms = min(extreme_ms) / 2, max(extreme_ms) * 2
+        w_lo, w_hi = self.s.window_ms
+        if (w_lo is not None and w_lo > hi_ms) or (w_hi is not None and w_hi < lo_ms):
+            raise PopError(f"search.args.latency_window_ms [{w_lo}, {w_hi}] is outside the latency range of space "
+                           f"{self.space.name!r} (its smallest and largest nets measure {min(extreme_ms):.4g} and "
+                           f"{max(extreme_ms):.4g} ms); pick a window inside it")
+        t = self.s.target_latency_ms
+        if t is not None and t < lo_ms:
+            raise PopError(f"search.target_latency_ms {t} is below the fastest architecture of space "
+                           f"{self.space.name!r} (its smallest net measures {min(extreme_ms):.4g} ms); raise the "
+                           "target or use a smaller space")
 
     def lat_bounds(self, i: int) -> tuple[float, float, bool]:
         """(low, high, measured) latency bounds of architecture i."""

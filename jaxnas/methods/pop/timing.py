@@ -27,13 +27,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from jaxnas.errors import UserError
 from jaxnas.io_utils import atomic_write_json
 from jaxnas.spec import ArchSpec, analyze
 
 from jaxnas.methods.pop.order import block_key
 
 
-class LatencyCacheError(ValueError):
+class LatencyCacheError(UserError, ValueError):
     """A latency cache measured on another device/runtime than the one configured."""
 
 
