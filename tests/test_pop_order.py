@@ -50,7 +50,7 @@ def test_dongfeng_nets_df1_below_df2_and_df2a_incomparable():
 
 
 def test_mbconv_order_kernels_and_expansions():
-    space = load_space("pop-mbv2-small")
+    space = load_space("mbv2-small")
     base = space.smallest()
     w, stages = base
 

@@ -289,7 +289,7 @@ def test_boundary_files_and_pareto_chart(tmp_path):
 
 
 def test_mbconv_space_is_searched_on_a_seeded_random_pool(tmp_path):
-    space = load_space("pop-mbv2-small")
+    space = load_space("mbv2-small")
     out = pop(space, tmp_path, pool_size=60, max_trainings=12, candidates_per_round=6).run()
     c = out.counts
     assert c["pool_mode"] == "sampled" and c["pool_size"] == 60 and c["space_size"] == space.size()

@@ -37,7 +37,9 @@ def test_sizes_count_the_enumeration():
         if isinstance(space, ResNetSpace):
             assert space.size() == sum(1 for _ in space.archs()), name
     assert load_space("pop-small").size() == 405
-    mb = MBConvSpace({**PRESETS["pop-mbv2-small"], "stages": PRESETS["pop-mbv2-small"]["stages"][:3]})
+    from jaxnas.latency.spaces import BUILTIN_SPACES
+    d = BUILTIN_SPACES["mbv2-small"]
+    mb = MBConvSpace({**d, "stages": d["stages"][:3]})
     assert mb.size() == sum(1 for _ in mb.archs()) == 1 * 20 * 80
 
 
@@ -88,17 +90,18 @@ def test_decreasing_or_mixed_arch_is_rejected():
         mixed.check(((16, (16, 64)),))
 
 
-def test_mbconv_space_builds_the_latency_spaces_specs():
+def test_mbconv_space_is_the_latency_spaces_space():
     from jaxnas.latency.spaces import BUILTIN_SPACES, SearchSpace
-    d = PRESETS["pop-mbv2-small"]
-    assert {**d, "name": "mbv2-small"} == BUILTIN_SPACES["mbv2-small"]
     ref = SearchSpace(BUILTIN_SPACES["mbv2-small"])
-    ours = load_space("pop-mbv2-small")
+    ours = load_space("mbv2-small", resolution=28, in_channels=1, num_classes=10)
+    assert ours.size() == ref.size() == 13_762_560_000
     rng = np.random.default_rng(0)
     for _ in range(20):
         arch = ours.sample_arch(rng)
         a = ours.build(arch)
-        b = ref.build(ours.arch_json(arch))
-        assert _structure(a) == _structure(b)
-        assert ours.parse_key(ours.arch_key(arch)) == arch
-    assert _structure(ours.build(ours.largest())) == _structure(ref.build(ref.extreme_arch(True)))
+        assert a.input_size == (28, 28) and a.in_channels == 1 and a.head.num_classes == 10
+        assert _structure(a) == _structure(SearchSpace({**BUILTIN_SPACES["mbv2-small"], "resolution": 28,
+                                                         "in_channels": 1}).build(ours.arch_json(arch)))
+        assert ours.parse_key(ours.arch_key(arch)) == arch and ours.contains(arch)
+    assert _structure(load_space("mbv2-small").build(ours.largest())) == _structure(ref.build(ref.extreme_arch(True)))
+    assert _structure(load_space("mbv2-small").build(ours.smallest())) == _structure(ref.build(ref.extreme_arch(False)))

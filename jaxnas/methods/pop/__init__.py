@@ -30,7 +30,7 @@ Decisions (the paper leaves these open):
    (the released nets have 3 / 3-11 / 4-6 blocks); bottleneck widths (mid, out) as DF2A's for
    res3/res4, one block kind per stage; "non-decreasing" compares (mid, out) componentwise, across
    stages too.  The small-input variant (``pop-small``) uses stride-1 stem convs of 8/16 channels and
-   a quarter of the widths.  The MBConv variant searches `latency.spaces`' spaces.
+   a quarter of the widths.  The MBConv variant searches the spaces of `jaxnas.latency.spaces`.
 2. Partial order: a stage's first (stride-2) block maps to the other's first block; the rest embed in
    order anywhere ("adding blocks" anywhere after it).  Larger kernels and an added SE count as
    widening (MBConv space); shortcut types are ignored (they follow from the widths); a basic and a

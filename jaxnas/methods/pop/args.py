@@ -16,9 +16,9 @@ from jaxnas.schema import Section
 class PopArgs(Section):
     section = "search.args"
 
-    # Search space: a preset ('pop-small', 'pop-imagenet', 'pop-imagenet-basic', 'pop-mbv2-small'), a YAML
-    # path or an inline definition (jaxnas/methods/pop/space.py); input size, channels and classes
-    # follow the data.
+    # Search space: a preset ('pop-small', 'pop-imagenet', 'pop-imagenet-basic'; the MBConv spaces of
+    # jaxnas.latency.spaces: 'mbv2-small', 'mbv2-224'), a YAML path or an inline definition
+    # (jaxnas/methods/pop/space.py); input size, channels and classes follow the data.
     space: Union[str, dict[str, Any]] = "pop-small"
     latency_window_ms: tuple[float, float] | None = None   # [low, high] ms; null: the whole space
     # Budget: stop after this many candidate trainings or this much wall time (whichever first).

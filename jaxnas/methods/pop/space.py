@@ -11,10 +11,10 @@ Two families, each a small definition dict (YAML in a config's `search.args.spac
   projection shortcut whenever its stride is 2 or its configured width differs from the previous
   block's (`jaxnas.zoo.dfnet` builds every architecture, so DF1/DF2/DF2A of `pop-imagenet` are
   exactly the zoo's nets).
-* ``family: mbv2`` — the MobileNetV2-block space of `latency.spaces` (same keys: widths, per-stage
-  depths/kernels/expansions/se, stem, last, head) so POP searches the same space as the other
-  methods; an architecture is (width multiplier, per stage the (kernel, expansion, se) of each kept
-  block) and builds the same spec as ``latency.spaces.SearchSpace.build`` (a test checks it).
+* ``family: mbv2`` — the MobileNetV2-block spaces of `jaxnas.latency.spaces` (same definition: widths,
+  per-stage depths/kernels/expansions/se, stem, last, head; that module builds the specs), so POP
+  searches the same space as the other methods; an architecture is (width multiplier, per stage the
+  (kernel, expansion, se) of each kept block).
 
 An architecture ("arch") is a plain hashable tuple; `space.build(arch)` gives its spec and
 `space.arch_key(arch)` a short stable string used in every file POP writes.
@@ -31,8 +31,8 @@ from typing import Any, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
-from jaxnas.spec import SE, ArchSpec, Block, Conv, Head, SpecError, Stage, make_divisible
-from jaxnas.zoo import dfnet, mbv2_block
+from jaxnas.spec import ArchSpec, SpecError
+from jaxnas.zoo import dfnet
 
 Width = Union[int, tuple[int, int]]           # basic block width, or bottleneck (mid, out)
 ResNetArch = tuple[tuple[Width, ...], ...]    # per searched stage, its blocks' widths
@@ -317,111 +317,59 @@ def _structure(spec: ArchSpec) -> tuple:
 # The MobileNetV2-block space (the format of latency.spaces)
 # ----------------------------------------------------------------------------------------------------
 
-_MB_KEYS = {"name", "family", "resolution", "in_channels", "act", "kernels", "expansions", "se", "se_ratio",
-            "widths", "stem", "stages", "last", "head", "description"}
-_MB_STAGE_KEYS = {"channels", "blocks", "stride", "depths", "kernels", "expansions", "se"}
-
-
-@dataclasses.dataclass(frozen=True)
-class _MBStage:
-    channels: int
-    stride: int
-    depths: tuple[int, ...]
-    choices: tuple[MBChoice, ...]   # sorted (kernel, expansion, se)
-
-
 class MBConvSpace:
-    """The MobileNetV2-block space of `latency.spaces` (same definition format and specs)."""
+    """The MobileNetV2-block space of `jaxnas.latency.spaces` (that module builds the specs, so POP
+    searches exactly the nets its block tables and the other methods see)."""
 
     family = "mbv2"
 
     def __init__(self, definition: Mapping[str, Any]):
-        d = copy.deepcopy(dict(definition))
-        unknown = sorted(set(d) - _MB_KEYS)
-        if unknown:
-            raise SpaceError(f"unknown key(s) {unknown} in an mbv2 space; known: {sorted(_MB_KEYS)}")
-        self.definition = d
-        self.name = str(d.get("name") or "space")
-        self.resolution = _pos_ints(d.get("resolution", 224), "resolution")[0]
-        self.in_channels = _pos_ints(d.get("in_channels", 3), "in_channels")[0]
-        self.act = str(d.get("act", "relu6"))
-        self.se_ratio = float(d.get("se_ratio", 0.25))
-        widths = d.get("widths", [1.0])
-        self.widths = tuple(sorted({float(w) for w in (widths if isinstance(widths, (list, tuple)) else [widths])}))
-        if not self.widths or any(w <= 0 for w in self.widths):
-            raise SpaceError(f"widths: positive multipliers, got {widths!r}")
-        stem = dict(d.get("stem") or {})
-        self.stem_channels = _pos_ints(stem.get("channels", 32), "stem.channels")[0]
-        self.stem_kernel = _pos_ints(stem.get("kernel", 3), "stem.kernel")[0]
-        self.stem_stride = _pos_ints(stem.get("stride", 2), "stem.stride")[0]
-        self.last_channels = _pos_ints((d.get("last") or {}).get("channels", 1280), "last.channels")[0]
-        self.num_classes = _pos_ints((d.get("head") or {}).get("num_classes", 1000), "head.num_classes")[0]
-        stages = d.get("stages")
-        if not isinstance(stages, (list, tuple)) or not stages:
-            raise SpaceError("stages: a list of {channels, blocks, stride, depths, ...}")
-        out = []
-        for i, st in enumerate(stages):
-            bad = sorted(set(st) - _MB_STAGE_KEYS)
-            if bad:
-                raise SpaceError(f"stages[{i}]: unknown key(s) {bad}; known: {sorted(_MB_STAGE_KEYS)}")
-            n = _pos_ints(st.get("blocks", 1), f"stages[{i}].blocks")[0]
-            depths = _pos_ints(st.get("depths", [n]), f"stages[{i}].depths")
-            if max(depths) > n:
-                raise SpaceError(f"stages[{i}].depths {list(depths)} exceed blocks={n}")
-            ks = _pos_ints(st.get("kernels", d.get("kernels", [3])), f"stages[{i}].kernels")
-            if any(k % 2 == 0 for k in ks):
-                raise SpaceError(f"stages[{i}].kernels must be odd, got {list(ks)}")
-            es = st.get("expansions", d.get("expansions", [6]))
-            es = tuple(sorted({float(e) for e in (es if isinstance(es, (list, tuple)) else [es])}))
-            ses = st.get("se", d.get("se", [False]))
-            ses = tuple(sorted({bool(s) for s in (ses if isinstance(ses, (list, tuple)) else [ses])}))
-            if not es or not ses or any(e <= 0 for e in es):
-                raise SpaceError(f"stages[{i}]: expansions and se must not be empty (expansions > 0)")
-            out.append(_MBStage(_pos_ints(st.get("channels"), f"stages[{i}].channels")[0],
-                                _pos_ints(st.get("stride", 1), f"stages[{i}].stride")[0], depths,
-                                tuple(itertools.product(ks, es, ses))))
-        self.stages: tuple[_MBStage, ...] = tuple(out)
+        from jaxnas.latency.spaces import SearchSpace
+
+        try:
+            self.inner = SearchSpace(definition)
+        except SpecError as e:
+            raise SpaceError(str(e)) from None
+        self.definition = self.inner.definition
+        self.name = self.inner.name
+        self.widths = tuple(sorted(self.inner.widths))
+        self.stage_choices: tuple[tuple[MBChoice, ...], ...] = tuple(
+            tuple(sorted((int(k), float(e), bool(se)) for k, e, se in itertools.product(st.kernels, st.expansions, st.se)))
+            for st in self.inner.stages)
+        self.depths = tuple(tuple(sorted(st.depths)) for st in self.inner.stages)
 
     @property
     def hash(self) -> str:
-        return _hash(self.definition)
+        return self.inner.hash
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "family": self.family, "hash": self.hash, "size": self.size(),
                 "definition": self.definition}
 
     def size(self) -> int:
-        n = 1
-        for st in self.stages:
-            n *= sum(len(st.choices) ** dd for dd in st.depths)
-        return n * len(self.widths)
+        return self.inner.size()
 
     def archs(self) -> Iterator[MBArch]:
-        per_stage = [[seq for dd in st.depths for seq in itertools.product(st.choices, repeat=dd)]
-                     for st in self.stages]
+        per_stage = [[seq for dd in ds for seq in itertools.product(ch, repeat=dd)]
+                     for ch, ds in zip(self.stage_choices, self.depths)]
         for w in self.widths:
             for combo in itertools.product(*per_stage):
                 yield (w, tuple(combo))
 
     def sample_arch(self, rng: np.random.Generator) -> MBArch:
-        w = self.widths[int(rng.integers(len(self.widths)))]
-        stages = []
-        for st in self.stages:
-            dd = st.depths[int(rng.integers(len(st.depths)))]
-            stages.append(tuple(st.choices[int(rng.integers(len(st.choices)))] for _ in range(dd)))
-        return (w, tuple(stages))
+        return self.check(self._from_json(self.inner.sample_arch(rng)))
 
     def check(self, arch: MBArch) -> MBArch:
         w, stages = float(arch[0]), tuple(tuple((int(c[0]), float(c[1]), bool(c[2])) for c in s) for s in arch[1])
         if w not in self.widths:
             raise SpaceError(f"width {w} is not one of {list(self.widths)}")
-        if len(stages) != len(self.stages):
-            raise SpaceError(f"arch has {len(stages)} stages, the space {len(self.stages)}")
-        for i, (st, seq) in enumerate(zip(self.stages, stages)):
-            if len(seq) not in st.depths:
-                raise SpaceError(f"stage {i}: depth {len(seq)} is not one of {list(st.depths)}")
+        if len(stages) != len(self.stage_choices):
+            raise SpaceError(f"arch has {len(stages)} stages, the space {len(self.stage_choices)}")
+        for i, (ch, ds, seq) in enumerate(zip(self.stage_choices, self.depths, stages)):
+            if len(seq) not in ds:
+                raise SpaceError(f"stage {i}: depth {len(seq)} is not one of {list(ds)}")
             for c in seq:
-                if c not in st.choices:
+                if c not in ch:
                     raise SpaceError(f"stage {i}: choice {c} is not in the space")
         return (w, stages)
 
@@ -433,43 +381,16 @@ class MBConvSpace:
         return True
 
     def smallest(self) -> MBArch:
-        return (self.widths[0], tuple(tuple([st.choices[0]] * st.depths[0]) for st in self.stages))
+        return (self.widths[0], tuple(tuple([ch[0]] * ds[0]) for ch, ds in zip(self.stage_choices, self.depths)))
 
     def largest(self) -> MBArch:
-        return (self.widths[-1], tuple(tuple([st.choices[-1]] * st.depths[-1]) for st in self.stages))
-
-    def _ch(self, c: int, width: float) -> int:
-        return make_divisible(c * width, 8)
+        return (self.widths[-1], tuple(tuple([ch[-1]] * ds[-1]) for ch, ds in zip(self.stage_choices, self.depths)))
 
     def build(self, arch: MBArch, name: str | None = None) -> ArchSpec:
-        """The spec ``latency.spaces.SearchSpace(definition).build`` gives for the same choices."""
-        width, stages = self.check(arch)
-        h = w = self.resolution
-        p = self.stem_kernel // 2
-        h = (h + 2 * p - self.stem_kernel) // self.stem_stride + 1
-        w = (w + 2 * p - self.stem_kernel) // self.stem_stride + 1
-        cin = self._ch(self.stem_channels, width)
-        blocks = [Block("conv", (Conv(cin, (self.stem_kernel,) * 2, self.stem_stride, act=self.act),), name="stem")]
-        spec_stages = []
-        for si, (st, seq) in enumerate(zip(self.stages, stages)):
-            cout = self._ch(st.channels, width)
-            start = len(blocks)
-            for j, (k, e, se) in enumerate(seq):
-                s = st.stride if j == 0 else 1
-                mid = int(round(cin * e))
-                b = mbv2_block(cin, mid, cout, s, kernel=k, expand=mid != cin, act=self.act, name=f"b{len(blocks)}")
-                if se:
-                    b = dataclasses.replace(b, se=SE(make_divisible(mid * self.se_ratio, 8),
-                                                     after=1 if mid != cin else 0))
-                blocks.append(b)
-                cin = cout
-            spec_stages.append(Stage(f"stage{si + 1}", start, len(blocks)))
-        last = make_divisible(self.last_channels * max(1.0, width), 8)
-        blocks.append(Block("conv", (Conv(last, (1, 1), act=self.act),), name="last"))
-        return ArchSpec(name or f"{self.name}_{self.arch_key((width, stages))}", tuple(blocks),
-                        Head(self.num_classes, dropout=0.0), (self.resolution, self.resolution), self.in_channels,
-                        tuple(spec_stages), meta={"space": self.name, "space_hash": self.hash,
-                                                  "pop_arch": self.arch_key((width, stages))})
+        arch = self.check(arch)
+        key = self.arch_key(arch)
+        spec = self.inner.build(self.arch_json(arch), name=name or f"{self.name}_{key}")
+        return spec.replace(meta={**spec.metadata, "pop_arch": key})
 
     @staticmethod
     def arch_key(arch: MBArch) -> str:
@@ -492,9 +413,16 @@ class MBConvSpace:
             stages.append(tuple(seq))
         return (float(head[1:]), tuple(stages))
 
-    def arch_json(self, arch: MBArch) -> Any:
+    @staticmethod
+    def arch_json(arch: MBArch) -> dict[str, Any]:
+        """The arch in `jaxnas.latency.spaces`' form: {width, depths, blocks}."""
         return {"width": arch[0], "depths": [len(s) for s in arch[1]],
                 "blocks": [[[k, e, se] for k, e, se in seq] for seq in arch[1]]}
+
+    @staticmethod
+    def _from_json(d: Mapping[str, Any]) -> MBArch:
+        return (float(d["width"]), tuple(tuple((int(c[0]), float(c[1]), bool(c[2]) if len(c) > 2 else False)
+                                               for c in seq) for seq in d["blocks"]))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -535,26 +463,17 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"name": "res4", "depths": [1, 2, 3], "widths": [64, 128]},
         ],
     },
-    # The small-input MobileNetV2 space of latency.spaces ('mbv2-small'): too large to enumerate
-    # (1.4e10), so POP searches a seeded random pool of it (search.args.pool_size).
-    "pop-mbv2-small": {
-        "name": "pop-mbv2-small", "family": "mbv2", "resolution": 32, "in_channels": 3, "act": "relu6",
-        "kernels": [3, 5], "expansions": [3, 6], "se": [False], "se_ratio": 0.25, "widths": [1.0],
-        "stem": {"channels": 32, "kernel": 3, "stride": 1},
-        "stages": [
-            {"channels": 16, "blocks": 1, "stride": 1, "depths": [1], "kernels": [3], "expansions": [1]},
-            {"channels": 24, "blocks": 2, "stride": 2, "depths": [1, 2]},
-            {"channels": 32, "blocks": 3, "stride": 2, "depths": [2, 3]},
-            {"channels": 64, "blocks": 4, "stride": 2, "depths": [2, 3, 4]},
-            {"channels": 96, "blocks": 3, "stride": 1, "depths": [2, 3]},
-            {"channels": 160, "blocks": 3, "stride": 2, "depths": [2, 3]},
-            {"channels": 320, "blocks": 1, "stride": 1, "depths": [1]},
-        ],
-        "last": {"channels": 1280}, "head": {"num_classes": 10},
-    },
 }
 
 Space = Union[ResNetSpace, MBConvSpace]
+
+
+def _mbconv_presets() -> dict[str, dict[str, Any]]:
+    """The MBConv spaces of `jaxnas.latency.spaces` ('mbv2-small': too large to enumerate (1.4e10), so
+    POP searches a seeded random pool of it, search.args.pool_size)."""
+    from jaxnas.latency.spaces import BUILTIN_SPACES
+
+    return BUILTIN_SPACES
 
 
 def load_space(spec: Union[str, Mapping[str, Any], Space], *, resolution: int | None = None,
@@ -567,6 +486,8 @@ def load_space(spec: Union[str, Mapping[str, Any], Space], *, resolution: int | 
         d = dict(spec)
     elif isinstance(spec, str) and spec in PRESETS:
         d = PRESETS[spec]
+    elif isinstance(spec, str) and spec in _mbconv_presets():
+        d = {"family": "mbv2", **_mbconv_presets()[spec]}
     elif isinstance(spec, str) and (spec.endswith((".yaml", ".yml", ".json")) or Path(spec).is_file()):
         p = Path(spec)
         if not p.is_file():
@@ -578,9 +499,9 @@ def load_space(spec: Union[str, Mapping[str, Any], Space], *, resolution: int | 
         d = {"name": p.stem, **d}
     else:
         import difflib
-        hint = difflib.get_close_matches(str(spec), list(PRESETS), n=1)
+        hint = difflib.get_close_matches(str(spec), [*PRESETS, *_mbconv_presets()], n=1)
         raise SpaceError(f"unknown POP space {spec!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                         + f"; presets: {', '.join(PRESETS)}, or a definition dict / YAML path")
+                         + f"; presets: {', '.join([*PRESETS, *_mbconv_presets()])}, or a definition dict / YAML path")
     d = copy.deepcopy(dict(d))
     family = d.get("family", "resnet")
     if resolution is not None:
