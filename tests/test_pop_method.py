@@ -76,3 +76,27 @@ def test_search_refuses_an_empty_holdout_before_training(tmp_path):
     with pytest.raises(PopError, match="data.holdout"):
         search(ctx, PopArgs(space=SYNTHETIC_SPACE, prescreen=False))
     assert ctx.trainer.calls == []
+
+
+@pytest.mark.slow
+def test_jaxnas_search_pop_end_to_end_on_a_tiny_space(tmp_path, capsys):
+    """`jaxnas search` with POP: real onnxruntime latency, real (tiny) trainings, deploy, summary."""
+    from jaxnas import cli
+    space = "{family: resnet, name: tiny, stem: [[8, 1], [16, 1]], stages: [{depths: [1], widths: [16]}, " \
+            "{depths: [1], widths: [32]}, {depths: [1, 2], widths: [64]}]}"
+    work = tmp_path / "w"
+    argv = ["search", str(ROOT / "configs" / "pop" / "quick.yaml"), "--workdir", str(work),
+            "--set", f"search.args.space={space}", "--set", "search.args.max_trainings=2",
+            "--set", "search.args.candidate_epochs=0.05", "--set", "train.epochs=0.05",
+            "--set", "data.limit_train=1500", "--set", "search.target_latency_ms=0.5",
+            "--set", "export.formats=[onnx]"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    s = json.loads((work / "summary.json").read_text())
+    assert s["target"] == {"latency_ms": 0.5} and s["space_size"] == 2 and s["trained"] == 2
+    assert s["pruned_without_training"] == 0 and 0 <= s["test_accuracy"] <= 1 and s["latency_ms"] > 0
+    for f in ("arch.json", "boundary.json", "boundary.csv", "pareto.png"):
+        assert (work / f).is_file(), f
+    # Rerun: everything resumes (no new training, same summary).
+    assert cli.main(argv) == 0
+    again = json.loads((work / "summary.json").read_text())
+    assert again["chosen"] == s["chosen"] and again["test_accuracy"] == s["test_accuracy"]

@@ -1,4 +1,6 @@
 """POP search spaces: the DF space and its members, the small-input variant, the MBConv variant."""
+import json
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,20 @@ def test_df_nets_are_members_of_the_imagenet_space_with_their_exact_macs(name):
     assert (S.macs(built), S.params(built)) == DF_EXACT[name] == (S.macs(ref), S.params(ref))
     assert space.contains(arch) and arch in set(space.archs())
     assert space.parse_key(space.arch_key(arch)) == arch
+
+
+def test_jaxnas_info_gives_the_df_nets_exact_macs_also_from_a_pop_arch_json(capsys, tmp_path):
+    from jaxnas import cli
+    space = load_space("pop-imagenet")
+    for name, (macs, params) in DF_EXACT.items():
+        assert cli.main(["info", name, "--json"]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert (d["macs"], d["params"]) == (macs, params)
+        path = tmp_path / f"{name}.json"
+        space.build(space.arch_of(zoo.get_spec(name))).save(path)        # what POP writes as arch.json
+        assert cli.main(["info", str(path), "--json"]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert (d["macs"], d["params"]) == (macs, params)
 
 
 def test_basic_space_holds_df1_df2_but_not_the_bottleneck_df2a():
