@@ -89,7 +89,7 @@ def plot_pareto(path: str | Path, outcome: PopOutcome, *, title: str,
     ax.set_ylabel(accuracy_label)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best", framealpha=0.6)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
