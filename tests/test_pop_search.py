@@ -78,6 +78,7 @@ def test_pop_recovers_the_exact_front_with_far_fewer_trainings(tmp_path, capsys)
     trained, total = out.counts["trained"], len(pts)
     assert trained + out.counts["pruned_without_training"] == total == 405
     assert oracle.trained == trained and trained <= total / 2
+    assert out.counts["order_violations"] == 0 < out.counts["order_pairs_trained"]   # the oracle is monotone
     with capsys.disabled():
         print(f"\n[pop synthetic] exact front of {len(front)} nets; trained {trained} of {total} "
               f"({trained / total:.2f} of exhaustive, {total / trained:.1f}x fewer), "

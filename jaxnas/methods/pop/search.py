@@ -484,6 +484,7 @@ class PopSearch:
             "in_window": sum(1 for s in status if s != "excluded"),
             "measured_end_to_end": sum(1 for k in self.keys if k in self.cache),
             "rounds": self.state["round"], "boundary_size": len(boundary.keys),
+            **self._violations(),
         }
         prescreen = None
         if self.model is not None:
@@ -492,6 +493,15 @@ class PopSearch:
             if self.s.prescreen_audit:
                 prescreen["audit"] = self._audit(boundary, status)
         return PopOutcome(evaluated, boundary.keys, counts, list(self.state["history"]), prescreen, stop)
+
+    def _violations(self) -> dict[str, Any]:
+        """How far the trained candidates contradict the partial-order assumption (A ⪯ A' but
+        Acc(A) > Acc(A'), e.g. from short-training noise): such an A' prunes more than it should."""
+        acc = {self.index[k]: r["accuracy"] for k, r in self.state["trained"].items()}
+        pairs = [(acc[i] - acc[j]) for i in acc for j in acc if i != j and acc[i] > acc[j] and self.leq(i, j)]
+        comparable = sum(1 for i in acc for j in acc if i != j and self.leq(i, j))
+        return {"order_pairs_trained": comparable, "order_violations": len(pairs),
+                "order_violation_max": max(pairs, default=0.0)}
 
     def _audit(self, boundary: Boundary, status: Sequence[str]) -> dict[str, Any]:
         """Measure every architecture the pre-screen classified without a measurement and count the
