@@ -184,6 +184,14 @@ def test_resume_after_interruptions_ends_with_the_same_boundary(tmp_path):
         s.run()
     assert comparable_outcome(pop(TINY, tmp_path / "b", prescreen=True).run()) == comparable_outcome(ref_p)
 
+    # Restarting a finished search measures and trains nothing more and reports the same counts (a wide
+    # pre-screen bound puts unmeasured nets first in the target check's order).
+    kw = dict(prescreen=True, target_latency_ms=0.3, prescreen_min_margin=0.6, max_trainings=6)
+    first = pop(TINY, tmp_path / "c", **kw).run()
+    o3 = SyntheticOracle()
+    again = pop(TINY, tmp_path / "c", o3, **kw).run()
+    assert (o3.measured, o3.trained) == (0, 0) and comparable_outcome(again) == comparable_outcome(first)
+
 
 class ReverseExecutor:
     """Finishes a round's jobs in reverse order (as a cluster might)."""

@@ -249,10 +249,10 @@ class PopSearch:
                            "pick a window inside it")
         t = self.s.target_latency_ms
         if t is not None:
-            # Some architecture must measure at or under the target: measure the fastest candidates by
-            # their lower bound until one does (usually the space's smallest, already measured).
-            ok = False
-            for i in sorted((i for i in range(n) if lows[i] <= t), key=lambda i: lows[i]):
+            # Some architecture must measure at or under the target: one already measured (usually the
+            # space's smallest), else the fastest candidates by their lower bound, measured until one does.
+            ok = any(self.cache.ms(k) is not None and self.cache.ms(k) <= t for k in self.keys)
+            for i in sorted((i for i in range(n) if lows[i] <= t and not ok), key=lambda i: lows[i]):
                 if self.measurer(self.keys[i], self.spec(i)) <= t:
                     ok = True
                     break
