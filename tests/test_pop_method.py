@@ -94,9 +94,24 @@ def test_jaxnas_search_pop_end_to_end_on_a_tiny_space(tmp_path, capsys):
     s = json.loads((work / "summary.json").read_text())
     assert s["target"] == {"latency_ms": 0.5} and s["space_size"] == 2 and s["trained"] == 2
     assert s["pruned_without_training"] == 0 and 0 <= s["test_accuracy"] <= 1 and s["latency_ms"] > 0
+    assert s["achieved"] == {"latency_ms": s["latency_ms"]}   # the deploy measurement, not the search's
     for f in ("arch.json", "boundary.json", "boundary.csv", "pareto.png"):
         assert (work / f).is_file(), f
     # Rerun: everything resumes (no new training, same summary).
     assert cli.main(argv) == 0
     again = json.loads((work / "summary.json").read_text())
     assert again["chosen"] == s["chosen"] and again["test_accuracy"] == s["test_accuracy"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.args.max_trainings=0", "error: search.args.max_trainings: must be >= 1"),
+    ("search.args.space={family: resnet, name: empty, stem: [[8, 1]], stages: [{depths: [1], widths: [64]}, "
+     "{depths: [1], widths: [32]}]}", "error: search.args.space: the constraints of space 'empty' exclude every"),
+])
+def test_jaxnas_search_pop_bad_input_is_one_line_before_any_training(tmp_path, capsys, override, message):
+    from jaxnas import cli
+    work = tmp_path / "w"
+    rc = cli.main(["search", str(ROOT / "configs" / "pop" / "quick.yaml"), "--workdir", str(work), "--set", override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith(message) and "Traceback" not in "\n".join(err)
+    assert not (work / "pop" / "candidates").exists() and not (work / "summary.json").exists()
