@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from jaxnas.config import load_config
-from jaxnas.methods.pop import PopArgs, PopError
+from jaxnas.methods.pop import PopArgs, PopError, load_space
 from jaxnas.methods.pop.method import search
 from jaxnas.methods.pop.synthetic import SYNTHETIC_SPACE, SyntheticOracle
 
@@ -115,3 +115,18 @@ def test_jaxnas_search_pop_bad_input_is_one_line_before_any_training(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith(message) and "Traceback" not in "\n".join(err)
     assert not (work / "pop" / "candidates").exists() and not (work / "summary.json").exists()
+
+
+def test_pop_configs_load_and_their_args_validate():
+    from jaxnas.methods import get as get_method
+    from jaxnas.schema import validate
+    for name in ("quick.yaml", "imagenet.yaml"):
+        path = ROOT / "configs" / "pop" / name
+        cfg = load_config(path)
+        args = validate(cfg.search.args, get_method(cfg.search.method).args, "search.args")
+        assert cfg.search.method == "pop" and cfg.latency.batch_size == 1 and cfg.search.target_latency_ms > 0
+        assert f"jaxnas search configs/pop/{name}" in path.read_text()
+        assert load_space(args.space, resolution=cfg.data.image_size, in_channels=3, num_classes=10).size() > 100
+    quick, full = (load_config(ROOT / "configs" / "pop" / n) for n in ("quick.yaml", "imagenet.yaml"))
+    assert (quick.data.source, quick.latency.backend, quick.latency.threads) == ("embedded", "onnxruntime", 1)
+    assert (full.data.image_size, full.latency.backend) == (224, "tensorrt")
