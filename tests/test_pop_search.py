@@ -136,6 +136,10 @@ def test_prescreen_saves_measurements_and_keeps_the_exact_front(tmp_path):
     audit = pre["audit"]
     assert audit["measured"] == pre["saved_measurements"] and audit["within_margin"] == 1.0
     assert audit["wrong_decisions"] == []
+    # The audit measures into its own file: a rerun reports the same counts and the same audit, measuring nothing.
+    calls = oracle.measured
+    again = pop(SPACE, tmp_path, oracle, prescreen=True, prescreen_audit=True).run()
+    assert again.counts == out.counts and again.prescreen == pre and oracle.measured == calls
 
 
 def test_prescreen_audit_counts_wrong_decisions_when_the_margin_is_too_small(tmp_path):

@@ -5,6 +5,7 @@ Work dir::
 
     pop/pop_state.json        search state (resume)       pop/latency_cache.json   measured latencies
     pop/candidates/<id>/      each candidate's short training (resumable)
+    pop/latency_audit.json    with search.args.prescreen_audit: what the pre-screen left unmeasured
     boundary.json, boundary.csv, pareto.png                 every evaluated candidate, B(D), the chart
     retrain/                  the chosen net, full recipe
 """

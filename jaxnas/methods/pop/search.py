@@ -54,6 +54,7 @@ from jaxnas.methods.pop.timing import AdditiveLatencyModel, LatencyCache, Measur
 
 STATE_FILE = "pop_state.json"
 CACHE_FILE = "latency_cache.json"
+AUDIT_FILE = "latency_audit.json"
 STATE_VERSION = 1
 
 
@@ -505,21 +506,25 @@ class PopSearch:
 
     def _audit(self, boundary: Boundary, status: Sequence[str]) -> dict[str, Any]:
         """Measure every architecture the pre-screen classified without a measurement and count the
-        decisions its measured latency would have changed (candidates wrongly excluded or pruned)."""
+        decisions its measured latency would have changed (candidates wrongly excluded or pruned).
+        The audit's measurements go to their own cache (``latency_audit.json``): the search's cache
+        keeps only what the search measured, so a rerun reports the same counts and a resumed search
+        follows the same trajectory with or without an audit in between."""
         unmeasured = [i for i, k in enumerate(self.keys) if k not in self.cache]
-        self.log(f"pop: audit: measuring the {len(unmeasured)} architectures the pre-screen left unmeasured")
-        before = {i: status[i] for i in unmeasured}
-        errs = []
-        for i in unmeasured:
-            ms = self.measurer(self.keys[i], self.spec(i))
-            errs.append(abs(ms - self.pred[i]) / ms)
+        audit = LatencyCache(self.workdir / AUDIT_FILE, self.cache.fingerprint)
+        measure = Measurer(audit, self.measurer.measure_fn, self.log)
+        todo = sum(1 for i in unmeasured if self.keys[i] not in audit)
+        self.log(f"pop: audit: {len(unmeasured)} architectures the pre-screen left unmeasured ({todo} to measure)")
         supers = self._supers(boundary)
-        wrong = []
+        errs, wrong = [], []
         for i in unmeasured:
-            now, _ = self.classify(i, boundary, supers)
-            if before[i] in ("excluded", "pruned") and now == "open":
-                wrong.append({"key": self.keys[i], "was": before[i], "predicted_ms": float(self.pred[i]),
-                              "measured_ms": self.cache.ms(self.keys[i])})
+            ms = measure(self.keys[i], self.spec(i))
+            errs.append(abs(ms - self.pred[i]) / ms)
+            now = "excluded" if self._in_window(ms, ms) == "out" else "pruned" if self._pruned(i, ms, supers) else "open"
+            if status[i] in ("excluded", "pruned") and now == "open":
+                wrong.append({"key": self.keys[i], "was": status[i], "predicted_ms": float(self.pred[i]),
+                              "measured_ms": ms})
+        audit.flush()
         e = np.asarray(errs) if errs else np.zeros(1)
         return {"measured": len(unmeasured), "max_rel_error": float(e.max()), "median_rel_error": float(np.median(e)),
                 "within_margin": float(np.mean(e <= self.margin)), "wrong_decisions": wrong}
@@ -533,4 +538,4 @@ def _plain(v: Any) -> Any:
     return json.loads(json.dumps(v, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
 
 
-__all__ = ["CACHE_FILE", "PopError", "PopOutcome", "PopSearch", "PopSettings", "STATE_FILE"]
+__all__ = ["AUDIT_FILE", "CACHE_FILE", "PopError", "PopOutcome", "PopSearch", "PopSettings", "STATE_FILE"]

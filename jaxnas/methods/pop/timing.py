@@ -15,8 +15,8 @@ networks that covers every part of the pool.  Its relative error bound ``margin`
 leave-one-out error on the seed set times a safety factor (at least ``min_margin``).  A candidate is
 classified from the prediction only when the decision holds for every latency in
 ``[pred (1 - margin), pred (1 + margin)]``; otherwise it is measured first.  The search reports how
-many end-to-end measurements this saved, and ``prescreen_audit`` measures the rest afterwards and
-counts the decisions the prediction got wrong.
+many end-to-end measurements this saved, and ``prescreen_audit`` measures the rest afterwards (into
+``latency_audit.json``, apart from the search's cache) and counts the decisions the prediction got wrong.
 """
 from __future__ import annotations
 
