@@ -10,9 +10,11 @@
    rounds (median of rounds), and at each target the fastest width-scaled and the fastest depth-scaled
    net with equal or higher measured latency than the POP net is taken.
 4. The POP nets and those baselines are retrained with the same budget (the config's full recipe,
-   `train.epochs`) and evaluated on the test split.
+   `train.epochs`) and evaluated on the test split, once per `--seeds` training seed (train.seed,
+   train.seed + 1, ...); the comparison is on the mean test accuracy over the seeds, and the table
+   also counts the seeds at which the POP net wins.
 
-    flock /tmp/jaxnas-timing.lock python benchmarks/pop_e2e.py --workdir runs/pop-bench [--faster] [--audit] [--json]
+    flock /tmp/jaxnas-timing.lock python benchmarks/pop_e2e.py --workdir runs/pop-bench [--seeds 3] [--faster] [--audit] [--json]
 
 Every stage resumes from `--workdir` (the search state, the latency cache, each training's checkpoints,
 the paired timings).  `--audit` afterwards measures every architecture the pre-screen classified from
@@ -37,6 +39,7 @@ from jaxnas.methods.pop import LocalExecutor, PopArgs, PopSearch
 from jaxnas.methods.pop.method import candidate_trainer, choose, settings_from_args, space_for
 from jaxnas.methods.pop.report import plot_pareto, write_boundary
 from jaxnas.schema import validate
+from jaxnas.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +49,6 @@ def services(cfg, workdir: Path, log):
     """(dataset, trainer, oracle): the core's services, as `jaxnas search` hands them to the method."""
     from jaxnas.latency.oracle import RuntimeOracle
     from jaxnas.pipeline import prepare
-    from jaxnas.trainer import Trainer
     dataset = prepare(cfg).dataset
     return dataset, Trainer(cfg, dataset, log=log), RuntimeOracle(cfg.latency, workdir=workdir, log=log)
 
@@ -97,6 +99,7 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--audit", action="store_true", help="measure what the pre-screen left unmeasured")
     p.add_argument("--faster", action="store_true",
                    help="also retrain, for reference, each family's slowest net that is faster than the POP net")
+    p.add_argument("--seeds", type=int, default=1, help="retraining seeds per net (train.seed, train.seed + 1, ...)")
     p.add_argument("--set", action="append", default=[], help="config override key.path=value")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
@@ -145,23 +148,31 @@ def main(argv=None) -> dict[str, Any]:
                 picks[f"{kind} (faster)"] = max(faster, key=lambda n: lat[n]["median_ms"]) if faster else None
         rows.append((t, picks))
 
-    # 4. Retrain with the same budget and test (one training per distinct network: same spec, same seed).
+    # 4. Retrain with the same budget and test (one training per distinct network and seed).
+    seeds = [cfg.train.seed + i for i in range(a.seeds)]
+    trainers = {seeds[0]: trainer}
+    for sd in seeds[1:]:
+        trainers[sd] = Trainer(load_config(a.config, [*a.set, f"train.seed={sd}"]), dataset, log=log)
     results: dict[str, Any] = {}
-    trained: dict[str, float] = {}
+    trained: dict[tuple[str, int], float] = {}
     for t, picks in rows:
         for role, name in picks.items():
             if name is None or name in results:
                 continue
             spec = nets[name]
             ident = spec.replace(name="net", meta=()).to_json(indent=None)
-            if ident not in trained:
-                res = trainer.train(spec, work / "retrain" / name.replace(":", "_").replace("@", "_"),
-                                    eval_split=None, test=True)
-                trained[ident] = float(res.metrics["test"]["accuracy"])
-            results[name] = {"test_accuracy": trained[ident], "macs": S.macs(spec), "params": S.params(spec),
-                             "latency_ms": lat[name]["median_ms"],
+            accs = []
+            for sd in seeds:
+                if (ident, sd) not in trained:
+                    tag = name.replace(":", "_").replace("@", "_") + ("" if sd == seeds[0] else f"_seed{sd}")
+                    res = trainers[sd].train(spec, work / "retrain" / tag, eval_split=None, test=True)
+                    trained[(ident, sd)] = float(res.metrics["test"]["accuracy"])
+                accs.append(trained[(ident, sd)])
+            results[name] = {"test_accuracy": float(np.mean(accs)), "test_accuracy_seeds": accs,
+                             "macs": S.macs(spec), "params": S.params(spec), "latency_ms": lat[name]["median_ms"],
                              "arch": [[b.layers[-1].out for b in spec.blocks[st.start:st.end]] for st in spec.stages]}
-            log(f"bench: {name}: test accuracy {results[name]['test_accuracy']:.4f}, {lat[name]['median_ms']:.4f} ms")
+            log(f"bench: {name}: test accuracy {results[name]['test_accuracy']:.4f} (seeds {seeds}: "
+                f"{', '.join(f'{x:.4f}' for x in accs)}), {lat[name]['median_ms']:.4f} ms")
 
     table = []
     for t, picks in rows:
@@ -174,6 +185,10 @@ def main(argv=None) -> dict[str, Any]:
     wins = {t: all(r["net"] is None or r["role"] not in fam or
                    results[picks["pop"]]["test_accuracy"] > r["test_accuracy"] for r in table if r["target_ms"] == t)
             for t, picks in rows}
+    for r in table:  # at how many seeds the POP net beats this row's net
+        if r["net"] is not None and r["role"] != "pop":
+            mine = results[dict(rows)[r["target_ms"]]["pop"]]["test_accuracy_seeds"]
+            r["pop_wins_seeds"] = sum(p > b for p, b in zip(mine, r["test_accuracy_seeds"]))
     c = outcome.counts
     summary = {
         "space": space.name, "space_size": c["space_size"], "trained": c["trained"],
@@ -184,7 +199,7 @@ def main(argv=None) -> dict[str, Any]:
                                                      for e in outcome.evaluated if e["on_boundary"]],
         "table": table, "pop_more_accurate": wins, "pareto_png": str(png),
         "search_seconds": round(t_search, 1), "seconds": round(time.time() - t0, 1),
-        "retrain_epochs": cfg.train.epochs, "candidate_epochs": args.candidate_epochs,
+        "retrain_epochs": cfg.train.epochs, "candidate_epochs": args.candidate_epochs, "seeds": seeds,
     }
     atomic_write_json(work / "bench.json", summary)
     if a.json:
@@ -196,15 +211,19 @@ def main(argv=None) -> dict[str, Any]:
         print("boundary (measured ms, held-out accuracy):")
         for e in summary["boundary"]:
             print(f"  {e['key']:<32} {e['latency_ms']:.4f}  {e['accuracy']:.4f}")
-        print("\n| target ms | net | stage widths | MACs | latency ms | test acc |")
-        print("|---|---|---|---|---|---|")
+        print(f"\n| target ms | net | stage widths | MACs | latency ms | test acc (mean of {len(seeds)} seeds) | "
+              "per seed | POP wins at |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in table:
             if r["net"] is None:
-                print(f"| {r['target_ms']:g} | {r['role']}: none slower | | | | |")
+                print(f"| {r['target_ms']:g} | {r['role']}: none slower | | | | | | |")
                 continue
+            per = ", ".join(f"{x:.4f}" for x in r["test_accuracy_seeds"])
+            won = "" if r["role"] == "pop" else f"{r['pop_wins_seeds']}/{len(seeds)} seeds"
             print(f"| {r['target_ms']:g} | {r['role']}: {r['net']} | {r['arch']} | {r['macs'] / 1e6:.2f} M | "
-                  f"{r['latency_ms']:.4f} | {r['test_accuracy']:.4f} |")
-        print(f"\nPOP more accurate than both baselines of equal or higher latency: {wins}; pareto.png: {png}")
+                  f"{r['latency_ms']:.4f} | {r['test_accuracy']:.4f} | {per} | {won} |")
+        print(f"\nPOP more accurate (mean test accuracy) than both baselines of equal or higher latency: {wins}; "
+              f"pareto.png: {png}")
         if outcome.prescreen and outcome.prescreen.get("audit"):
             au = outcome.prescreen["audit"]
             print(f"pre-screen audit: {au['measured']} unmeasured architectures measured; prediction error median "
