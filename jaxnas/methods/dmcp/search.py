@@ -198,6 +198,51 @@ def make_steps(model: Any, space: DMCPSpace, cost: CostModel, tx_w: optax.Gradie
     return weight_step, arch_step
 
 
+@dataclasses.dataclass
+class SearchProgram:
+    """The compiled pieces of one search: optimizers, the initial state and the iteration step."""
+
+    weight_step: Callable
+    arch_step: Callable
+    tx_w: optax.GradientTransformation
+    tx_a: optax.GradientTransformation
+    schedule_fn: Callable[[Any], Any]
+    space: DMCPSpace
+    cfg: SearchConfig
+    start: int  # first architecture-training iteration
+    total: int  # iterations of the whole search
+
+    def init_state(self, variables: dict[str, Any]) -> TrainState:
+        """A step-0 state (weights, BN stats, alphas, both optimizer states, rng) from supernet `variables`."""
+        # The jitted updates donate the state's buffers: work on copies, never on the caller's arrays.
+        variables = jax.tree.map(jnp.array, variables)
+        params = {"net": variables["params"], "alpha": self.space.init_alphas(self.cfg.alpha_init)}
+        opt_state = {"weights": self.tx_w.init(params["net"]), "arch": self.tx_a.init(params["alpha"])}
+        return TrainState(params=params, batch_stats=dict(variables.get("batch_stats", {})), opt_state=opt_state,
+                          step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(self.cfg.seed))
+
+    def iteration(self, state: TrainState, batch: dict[str, Any], step: int) -> tuple[TrainState, dict[str, Any]]:
+        """One search iteration at host step `step` (= state.step): the weight step, then the
+        architecture step from `start` on."""
+        state, metrics = self.weight_step(state, batch)
+        if step >= self.start:
+            state, am = self.arch_step(state, batch)
+            metrics = {**metrics, **am}
+        return state, metrics
+
+
+def build_program(model: Any, space: DMCPSpace, cost: CostModel, cfg: SearchConfig, steps_per_epoch: int, *,
+                  start: int | None = None) -> SearchProgram:
+    """The search's optimizers and steps for `steps_per_epoch` iterations per epoch; `start` overrides
+    the first architecture iteration (benchmarks time either phase)."""
+    total, first_arch = schedule_steps(cfg, steps_per_epoch)
+    start = first_arch if start is None else start
+    tx_w, schedule_fn = make_optimizer(cfg.optim, cfg.schedule, steps_per_epoch, total)
+    tx_a = arch_optimizer(cfg, total - first_arch)
+    weight_step, arch_step = make_steps(model, space, cost, tx_w, tx_a, cfg, start, schedule_fn)
+    return SearchProgram(weight_step, arch_step, tx_w, tx_a, schedule_fn, space, cfg, start, total)
+
+
 def search(model: Any, variables: dict[str, Any], space: DMCPSpace, cost: CostModel, dataset: Any,
            cfg: SearchConfig, workdir: str | Path, *, log: Callable[[str], None] | None = None) -> SearchResult:
     """Runs (or resumes) the DMCP search in `workdir`; returns the final alphas and supernet weights."""
@@ -206,17 +251,11 @@ def search(model: Any, variables: dict[str, Any], space: DMCPSpace, cost: CostMo
     steps_per_epoch = int(dataset.steps_per_epoch("train", cfg.batch_size))
     if steps_per_epoch < 1:
         raise ValueError(f"the train split has fewer examples than the search batch size {cfg.batch_size}")
-    total, start = schedule_steps(cfg, steps_per_epoch)
+    program = build_program(model, space, cost, cfg, steps_per_epoch)
+    total, start = program.total, program.start
     stop = total if cfg.max_steps is None else min(total, cfg.max_steps)
-
-    tx_w, schedule_fn = make_optimizer(cfg.optim, cfg.schedule, steps_per_epoch, total)
-    tx_a = arch_optimizer(cfg, total - start)
-    # The jitted updates donate the state's buffers: work on copies, never on the caller's arrays.
-    variables = jax.tree.map(jnp.array, variables)
-    params = {"net": variables["params"], "alpha": space.init_alphas(cfg.alpha_init)}
-    opt_state = {"weights": tx_w.init(params["net"]), "arch": tx_a.init(params["alpha"])}
-    state = TrainState(params=params, batch_stats=dict(variables.get("batch_stats", {})), opt_state=opt_state,
-                       step=jnp.zeros((), jnp.int32), rng=jax.random.PRNGKey(cfg.seed))
+    state = program.init_state(variables)
+    params, opt_state = state.params, state.opt_state
 
     store = CheckpointStore(workdir / "checkpoints", keep=cfg.keep_checkpoints)
     run_meta = {"batch_size": cfg.batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total,
@@ -257,7 +296,6 @@ def search(model: Any, variables: dict[str, Any], space: DMCPSpace, cost: CostMo
         say(f"dmcp: resumed the search at step {step}/{stop}")
     if step < stop:
         say(f"dmcp: search {stop} steps ({steps_per_epoch}/epoch), architecture steps from step {start}")
-    weight_step, arch_step = make_steps(model, space, cost, tx_w, tx_a, cfg, start, schedule_fn)
     writer = MetricsWriter(workdir, resume_step=step)
     t0 = time.perf_counter()
     pending: list[dict[str, Any]] = []
@@ -271,11 +309,7 @@ def search(model: Any, variables: dict[str, Any], space: DMCPSpace, cost: CostMo
                     break
                 wanted -= 1
                 batch = {"image": jnp.asarray(batch["image"]), "label": jnp.asarray(batch["label"])}
-                do_arch = step >= start
-                state, metrics = weight_step(state, batch)
-                if do_arch:
-                    state, am = arch_step(state, batch)
-                    metrics = {**metrics, **am}
+                state, metrics = program.iteration(state, batch, step)
                 step += 1
                 pending.append(metrics)
                 progress.update(step)
