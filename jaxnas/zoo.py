@@ -246,3 +246,4 @@ def resolve_spec(model_or_path: str, **kw) -> ArchSpec:
         spec = ArchSpec.load(model_or_path)
         return spec.with_input(kw.get("resolution"), kw.get("num_classes"), kw.get("in_channels"))
     return get_spec(model_or_path, **kw)
+
