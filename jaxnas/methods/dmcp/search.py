@@ -97,6 +97,27 @@ def arch_optimizer(cfg: SearchConfig, arch_steps: int) -> optax.GradientTransfor
     return optax.chain(*parts)
 
 
+def sandwich_widths(space: DMCPSpace, cfg: SearchConfig, start: int, state: TrainState
+                    ) -> tuple[tuple[dict[str, jax.Array], ...], jax.Array]:
+    """(masks of the sandwich's two random passes, p(random)) at `state.step`.
+
+    Before `start` each random width is uniform per group; from `start` on it is uniform with probability
+    p = random_prob_decay ** ((step - start) // random_prob_every), else a direct sample of the Markov chain."""
+    k_width = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 1)
+    alphas = state.params["alpha"]
+    after = state.step >= start
+    decays = jnp.maximum(state.step - start, 0) // cfg.random_prob_every
+    p_random = jnp.where(after, jnp.power(cfg.random_prob_decay, decays.astype(jnp.float32)), 1.0)
+    randoms = []
+    for r in range(2):
+        ka, kb, kc = jax.random.split(jax.random.fold_in(k_width, r), 3)
+        uniform_k, markov_k = space.random_k(ka), space.markov_k(alphas, kb)
+        use_uniform = jnp.logical_or(~after, jax.random.uniform(kc) < p_random)
+        ks = {g: jnp.where(use_uniform, uniform_k[g], markov_k[g]) for g in space.prunable}
+        randoms.append(space.masks_from_k(ks))
+    return tuple(randoms), p_random
+
+
 def make_steps(model: Any, space: DMCPSpace, cost: CostModel, tx_w: optax.GradientTransformation,
                tx_a: optax.GradientTransformation, cfg: SearchConfig, start: int,
                schedule_fn: Callable[[Any], Any]) -> tuple[Callable, Callable]:
@@ -114,22 +135,6 @@ def make_steps(model: Any, space: DMCPSpace, cost: CostModel, tx_w: optax.Gradie
     def apply(net, params, batch_stats, x, choices, rng):
         return net.apply({"params": params, "batch_stats": batch_stats}, x, train=True, choices=choices,
                          mutable=["batch_stats"], rngs={"dropout": rng})
-
-    def sample_widths(state: TrainState):
-        """Masks of the two random passes, stacked on axis 0."""
-        k_width = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 1)
-        alphas = state.params["alpha"]
-        after = state.step >= start
-        decays = jnp.maximum(state.step - start, 0) // cfg.random_prob_every
-        p_random = jnp.where(after, jnp.power(cfg.random_prob_decay, decays.astype(jnp.float32)), 1.0)
-        randoms = []
-        for r in range(2):
-            ka, kb, kc = jax.random.split(jax.random.fold_in(k_width, r), 3)
-            uniform_k, markov_k = space.random_k(ka), space.markov_k(alphas, kb)
-            use_uniform = jnp.logical_or(~after, jax.random.uniform(kc) < p_random)
-            ks = {g: jnp.where(use_uniform, uniform_k[g], markov_k[g]) for g in space.prunable}
-            randoms.append(space.masks_from_k(ks))
-        return jax.tree.map(lambda *m: jnp.stack(m), *randoms), p_random
 
     # The masked supernet pass: the max pass (all-ones masks, CE; its logits are the teacher) and the two
     # random passes (KL to the teacher) share this one compiled program.  Unrolling the passes in one
@@ -169,6 +174,11 @@ def make_steps(model: Any, space: DMCPSpace, cost: CostModel, tx_w: optax.Gradie
                    "lr": jnp.asarray(schedule_fn(state.step), jnp.float32), "p_random": p_random}
         return new_state, metrics
 
+    def sample_widths(state: TrainState):
+        # Also the zero gradient accumulator, so the host launches one program less per step.
+        randoms, p_random = sandwich_widths(space, cfg, start, state)
+        return randoms, p_random, jax.tree.map(jnp.zeros_like, state.params["net"])
+
     sample_jit = jax.jit(sample_widths)
     pass_jit = jax.jit(masked_pass, donate_argnums=(6,))
     min_jit = jax.jit(min_pass, donate_argnums=(3,))
@@ -177,15 +187,13 @@ def make_steps(model: Any, space: DMCPSpace, cost: CostModel, tx_w: optax.Gradie
     def weight_step(state: TrainState, batch):
         """Sandwich step: max (CE), min and two random widths (KL to the max-width output), one update."""
         x, y = batch["image"], batch["label"]
-        random_masks, p_random = sample_jit(state)
-        grads = jax.tree.map(jnp.zeros_like, state.params["net"])
-        no_teacher = jnp.zeros((x.shape[0], spec.head.num_classes), jnp.float32)
-        ce, acc, teacher, stats, grads = pass_jit(state, x, y, full_masks, jnp.int32(0), no_teacher, grads)
+        random_masks, p_random, grads = sample_jit(state)
+        no_teacher = np.zeros((x.shape[0], spec.head.num_classes), np.float32)  # unused by the CE pass
+        ce, acc, teacher, stats, grads = pass_jit(state, x, y, full_masks, np.int32(0), no_teacher, grads)
         kd_min, grads = min_jit(state, x, teacher, grads)
         losses = [ce, kd_min]
-        for r in range(2):
-            masks = jax.tree.map(lambda a: a[r], random_masks)
-            kd, _, _, _, grads = pass_jit(state, x, y, masks, jnp.int32(2 + r), teacher, grads)
+        for r, masks in enumerate(random_masks):
+            kd, _, _, _, grads = pass_jit(state, x, y, masks, np.int32(2 + r), teacher, grads)
             losses.append(kd)
         return update_jit(state, grads, stats, losses, acc, p_random)
 
