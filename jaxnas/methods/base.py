@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # types only: the runner passes the objects in
     from jaxnas.trainer import Trainer
 
 __all__ = ["Method", "SearchContext", "SearchResult", "LatencyOracle", "SearchError", "TARGET_KINDS",
-           "CommandResult"]
+           "CommandResult", "lazy_exports"]
 
 # Target kinds a method may accept; the config names them search.target_<kind>.
 TARGET_KINDS = ("macs", "latency_ms")
@@ -134,3 +134,17 @@ class Method:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "summary": self.summary, "targets": list(self.targets),
                 "commands": self.add_commands is not None}
+
+
+def lazy_exports(package: str, table: dict[str, tuple[str, ...]]) -> tuple[Callable[[str], Any], list[str]]:
+    """(`__getattr__`, names) for a method package whose names load from `package.<module>` on first use,
+    so importing the package (the registry, `jaxnas --help`) does not import jax, flax or pydantic."""
+    where = {name: module for module, names in table.items() for name in names}
+
+    def __getattr__(name: str) -> Any:
+        module = where.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{module}"), name)
+
+    return __getattr__, sorted(where)

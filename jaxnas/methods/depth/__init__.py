@@ -7,7 +7,7 @@ Every piece loads on first access (the numpy core: segments, tables, dp; the Fla
 networks, merging, importance, time tables, the search `run_search`), so `import jaxnas.methods.depth`
 (the registry, `jaxnas --help`) stays light.
 """
-from jaxnas.methods.base import Method
+from jaxnas.methods.base import Method, lazy_exports
 
 
 def add_commands(sub):
@@ -31,7 +31,7 @@ METHOD = Method(
     add_commands=add_commands,
 )
 
-_LAZY = {
+_LAZY = {  # module -> names loaded from it on first access
     "args": ("DepthArgs",),
     "dp": ("BudgetError", "MergeCheckError", "MergePattern", "SolveResult", "extended_importance",
            "extended_segments", "importance_offset", "min_achievable_time", "normalize_importance",
@@ -52,16 +52,6 @@ _LAZY = {
     "time_table": ("build_network_time_table", "build_time_table", "conv_split", "network_time_table",
                    "segment_conv_spec", "segment_network", "segment_times"),
 }
-_LAZY_NAMES = {name: mod for mod, names in _LAZY.items() for name in names}
+__getattr__, _LAZY_NAMES = lazy_exports(__name__, _LAZY)
 
-
-def __getattr__(name: str):
-    mod = _LAZY_NAMES.get(name)
-    if mod is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
-
-
-__all__ = ["METHOD", "add_commands", *sorted(_LAZY_NAMES)]
+__all__ = ["METHOD", "add_commands", *_LAZY_NAMES]
