@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from jaxnas.schema import Section
 
@@ -43,3 +43,11 @@ class LatencyConfig(Section):
 
         cap = self.max_time_s or default_cap_s or DEFAULT_PROTOCOL.max_time_s
         return DEFAULT_PROTOCOL.replace(rel_ci=self.rel_ci, max_time_s=cap, priority=self.priority)
+
+    @model_validator(mode="after")
+    def _threads_where_honoured(self) -> "LatencyConfig":
+        key = self.backend.strip().lower()
+        if self.threads != 1 and key in ("xla", "jax", "tensorrt", "trt"):
+            raise ValueError(f"threads: the {key} backend takes no thread count (it runs on its own pool or on "
+                             "the GPU); remove latency.threads, or time on onnxruntime or tflite")
+        return self

@@ -27,12 +27,14 @@ __all__ = ["Measurement", "Comparison", "input_shape", "measure_file", "measure_
            "compare_specs"]
 
 
-def _backend(backend: str, threads: int):
-    return get_backend(backend, threads=threads) if backend not in ("tensorrt", "trt", "xla", "jax") \
-        else get_backend(backend)
+def _backend(name: str, threads: int):
+    return get_backend(name, threads=threads)  # xla / tensorrt refuse a count they cannot honour
 
 
-def input_shape(spec, batch_size: int = 1) -> tuple[int, int, int, int]:
+def input_shape(spec, batch_size: int = 1, layout: str = "NHWC") -> tuple[int, int, int, int]:
+    """The input a file exported from `spec` takes (`layout`: the file's own, `ExportResult.layout`)."""
+    if layout == "NCHW":
+        return (batch_size, spec.in_channels, *spec.input_size)
     return (batch_size, *spec.input_size, spec.in_channels)
 
 
@@ -52,10 +54,11 @@ def _measurement(stats: TimingStats, be, batch_size: int) -> Measurement:
 
 def measure_file(path: str | Path, spec, *, backend: str = "onnxruntime", threads: int = 1, batch_size: int = 1,
                  warmup: Optional[int] = None, runs: Optional[int] = None,
-                 protocol: Optional[TimingProtocol] = None) -> Measurement:
-    """Time an exported model file; ``runs`` given: the fixed loop (``warmup`` + ``runs``), else the protocol."""
+                 protocol: Optional[TimingProtocol] = None, layout: str = "NHWC") -> Measurement:
+    """Time an exported model file (`layout`: its input's, `ExportResult.layout`); ``runs`` given: the fixed
+    loop (``warmup`` + ``runs``), else the protocol."""
     be = _backend(backend, threads)
-    return _measurement(_time(be, str(path), input_shape(spec, batch_size), warmup=warmup, runs=runs,
+    return _measurement(_time(be, str(path), input_shape(spec, batch_size, layout), warmup=warmup, runs=runs,
                               protocol=protocol), be, batch_size)
 
 
@@ -105,12 +108,12 @@ def _compare(be, models: list[Any], shapes: Any, names: list[str], *, protocol: 
 
 def compare_files(files: Contenders, spec_or_shape: Any, *, backend: str = "onnxruntime", threads: int = 1,
                   batch_size: int = 1, protocol: Optional[TimingProtocol] = None, warmup: Optional[int] = None,
-                  runs: Optional[int] = None, rounds: Optional[int] = None) -> Comparison:
+                  runs: Optional[int] = None, rounds: Optional[int] = None, layout: str = "NHWC") -> Comparison:
     """Already-exported models (paths; a mapping names them, the first is the reference) in alternating
-    rounds.  ``spec_or_shape``: the spec whose input they take, or the input shape (one for all, or a
-    list with one per model)."""
+    rounds.  ``spec_or_shape``: the spec whose input they take (in `layout`), or the input shape (one for
+    all, or a list with one per model)."""
     names, items = _named(files, "model")
-    shape = input_shape(spec_or_shape, batch_size) if hasattr(spec_or_shape, "input_size") else spec_or_shape
+    shape = input_shape(spec_or_shape, batch_size, layout) if hasattr(spec_or_shape, "input_size") else spec_or_shape
     return _compare(_backend(backend, threads), [str(f) if isinstance(f, Path) else f for f in items], shape, names,
                     protocol=protocol, warmup=warmup, runs=runs, rounds=rounds, batch_size=batch_size)
 
