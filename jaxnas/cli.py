@@ -217,7 +217,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     # The flags override the work dir's export section (formats, route, tolerance), else the defaults.
     given = {k: v for k, v in (("formats", args.format and [f.strip() for f in args.format.split(",") if f.strip()]),
-                                ("route", args.route)) if v is not None}
+                                ("route", args.route), ("input_layout", args.input_layout)) if v is not None}
     try:
         export_cfg = ExportConfig(**given)
     except ConfigError as e:
@@ -233,10 +233,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out}: cannot create it ({e.strerror or e}); choose a writable directory") from None
     result = deploy(spec, variables, export_cfg, None, out_dir=args.out, precision=args.precision,
                     dynamic_batch=args.dynamic_batch)
-    out = {fmt: {"path": str(r.path), "max_abs_diff": r.max_abs_diff, "seconds": r.seconds}
+    out = {fmt: {"path": str(r.path), "max_abs_diff": r.max_abs_diff, "seconds": r.seconds,
+                 "input_shape": r.input_shape, "layout": r.layout}
            for fmt, r in result.exports.items()}
-    return _emit(out, "\n".join(f"{k}: {v['path']} (max |diff| {v['max_abs_diff']:.2e}, {v['seconds']:.1f} s)"
-                                for k, v in out.items()), args.json)
+    return _emit(out, "\n".join(f"{k}: {v['path']} ({v['layout']} input, max |diff| {v['max_abs_diff']:.2e}, "
+                                f"{v['seconds']:.1f} s)" for k, v in out.items()), args.json)
 
 
 def _threads(args: argparse.Namespace) -> int:
@@ -396,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--route", choices=("jax2onnx", "tflite"), help="default: a work dir's export.route, else jax2onnx")
     q.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     q.add_argument("--dynamic-batch", action="store_true")
+    q.add_argument("--input-layout", default=None, choices=("NHWC", "NCHW"),
+                   help="ONNX / TensorRT input layout (default: a work dir's export.input_layout, else NHWC): NHWC (as the JAX "
+                        "model; one Transpose at the input) or "
+                        "NCHW (as PyTorch users feed it; no layout op); TFLite is always NHWC")
     _json_flag(q)
     q.set_defaults(fn=cmd_export)
 
