@@ -5,6 +5,7 @@
                          optim=OptimConfig(), schedule=ScheduleConfig(), loop=TrainLoopConfig(epochs=5))
 """
 
+from jaxnas.train.bn import combine_batch_stats, recalibrate_bn, reset_batch_stats
 from jaxnas.train.checkpoint import CheckpointError, CheckpointStore, load_variables, save_final
 from jaxnas.train.config import DistillConfig, OptimConfig, ScheduleConfig, TrainLoopConfig, coerce
 from jaxnas.train.loop import StepInfo, evaluate, fit
@@ -20,8 +21,8 @@ from jaxnas.train.steps import (
 __all__ = [
     "CSV_FIELDS", "CheckpointError", "CheckpointStore", "DistillConfig", "LossContext", "MetricsWriter",
     "OptimConfig", "Progress", "ScheduleConfig", "StepInfo", "TrainLoopConfig", "TrainState",
-    "check_batch_size", "classification_loss", "coerce", "cross_entropy", "data_position", "distillation_kl",
+    "check_batch_size", "classification_loss", "combine_batch_stats", "coerce", "cross_entropy", "data_position", "distillation_kl",
     "eval_metrics", "evaluate", "fit", "load_variables", "make_eval_step", "make_mesh", "make_optimizer",
-    "make_schedule", "make_train_step", "multi_optimizer", "path_labels", "read_metrics", "replicate",
+    "make_schedule", "make_train_step", "multi_optimizer", "path_labels", "read_metrics", "recalibrate_bn", "replicate", "reset_batch_stats",
     "save_final", "shard_batch", "weight_decay_mask",
 ]
