@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnas import ops
-from jaxnas.methods.metapruning.space import FULL_ID, NUM_SCALES, SCALES, GenBlock, GenConv, MetaSpace, Ref
+from jaxnas.methods.metapruning.space import (FULL_ID, NUM_SCALES, SCALES, GenBlock, GenConv, MetaSpace, Ref,
+                                              scaled)
 from jaxnas.spec import ArchSpec
 
 _SCALES = np.asarray(SCALES, np.float32)
@@ -51,10 +52,10 @@ class Encoding:
         return jnp.asarray(_SCALES)[self.ids[np.asarray([self.none if r is None else r for r in refs])]]
 
     def mask(self, ref: Ref, base: int) -> jax.Array | None:
-        """(base,) prefix mask of ``int(base * s)`` ones, None for fixed-width (scale 1.0) layers."""
+        """(base,) prefix mask of ``scaled(base, id)`` ones, None for fixed-width (scale 1.0) layers."""
         if ref is None:
             return None
-        counts = jnp.asarray(np.asarray([int(base * s) for s in SCALES], np.int32))
+        counts = jnp.asarray(np.asarray([scaled(base, k) for k in range(NUM_SCALES)], np.int32))
         return (jnp.arange(base) < counts[self.sid(ref)]).astype(jnp.float32)
 
 
@@ -275,7 +276,7 @@ def _fan_in(params: Mapping[str, Any], path: Sequence[str]) -> int:
 
 def generated_kernels(model: PruningNet, params: Mapping[str, Any], genes: Sequence[int]) -> list[dict[str, np.ndarray]]:
     ids = jnp.asarray(np.asarray(genes, np.int32))
-    out = model.apply({"params": params}, {"ids": ids}, method=PruningNet.generate)
+    out = jax.jit(lambda p, ids: model.apply({"params": p}, {"ids": ids}, method=PruningNet.generate))(params, ids)
     return jax.tree.map(np.asarray, out)
 
 
@@ -313,7 +314,8 @@ def materialize(model: PruningNet, variables: Mapping[str, Any], genes: Sequence
                 cin = cout
         new_p[f"block{k}"], new_s[f"block{k}"] = bp, bs
         k += 2 if b.pool_after is not None else 1
-    new_p["head"] = {"classifier": {n: np.asarray(v) for n, v in params["classifier"].items()}}
+    cls = params["classifier"]   # its input rows beyond the last width see zeros in the PruningNet
+    new_p["head"] = {"classifier": {"kernel": np.asarray(cls["kernel"])[:cin], "bias": np.asarray(cls["bias"])}}
     return spec, {"params": new_p, "batch_stats": new_s}
 
 

@@ -35,6 +35,8 @@ import dataclasses
 import re
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from jaxnas.spec import ArchSpec, Block, Conv, Head, Pool, Stage
 
 SCALES: tuple[float, ...] = tuple((10 + 3 * i) / 100 for i in range(31))
@@ -49,8 +51,9 @@ class GeneError(ValueError):
 
 
 def scaled(base: int, sid: int) -> int:
-    """``int(base * s)`` channels at scale id `sid` (the original's rounding)."""
-    return int(base * SCALES[sid])
+    """``int(base * s)`` channels at scale id `sid` (the original's rounding; at least 1, which only
+    matters for `width_mult` < 1: the original's narrowest layer has int(22 * 0.1) = 2)."""
+    return max(1, int(base * SCALES[sid]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +114,7 @@ class MetaSpace:
     small_input: bool = False
     random_low: int = 0          # random candidates draw ids in [random_low, random_high)
     random_high: int = NUM_SCALES
+    width_mult: float = 1.0
 
     # ------------------------------------------------------------------ genes
     @property
@@ -247,6 +251,8 @@ class MetaSpace:
         head = Head(self.num_classes)
         meta = {"family": f"metapruning_{self.family}", "metapruning_genes": genes,
                 "small_input": self.small_input, "residual_rule": residual_rule}
+        if self.width_mult != 1.0:
+            meta["width_mult"] = self.width_mult
         spec = ArchSpec(name or f"metapruning_{self.family}", tuple(blocks), head,
                         (self.resolution, self.resolution), self.in_channels, tuple(stages), meta=meta)
         return spec
@@ -263,7 +269,8 @@ class MetaSpace:
         return {"family": self.family, "genes": [dataclasses.asdict(g) for g in self.genes],
                 "printed_length": self.printed_length, "resolution": self.resolution,
                 "num_classes": self.num_classes, "in_channels": self.in_channels,
-                "small_input": self.small_input, "random_range": [self.random_low, self.random_high]}
+                "small_input": self.small_input, "random_range": [self.random_low, self.random_high],
+                "width_mult": self.width_mult}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -278,8 +285,15 @@ R50_STAGE_REPEAT = (3, 4, 6, 3)
 R50_BASE = (64,) + (256,) * 3 + (512,) * 4 + (1024,) * 6 + (2048,) * 3
 
 
-def _mobilenet_v2(in_channels: int, small_input: bool) -> tuple[tuple[Gene, ...], tuple[GenBlock, ...], int]:
-    base = MBV2_BASE
+def _scaler(width_mult: float):
+    return lambda b: b if width_mult == 1.0 else max(1, int(round(b * width_mult)))
+
+
+def _mobilenet_v2(in_channels: int, small_input: bool, width_mult: float
+                  ) -> tuple[tuple[Gene, ...], tuple[GenBlock, ...], int]:
+    ref, sb = MBV2_BASE, _scaler(width_mult)   # strides/residuals follow the original's base widths
+    base = tuple(sb(b) for b in ref)
+    last = sb(MBV2_LAST)
     stage_of, first = [], 0
     genes = []
     for s, r in enumerate(MBV2_STAGE_REPEAT):
@@ -295,28 +309,30 @@ def _mobilenet_v2(in_channels: int, small_input: bool) -> tuple[tuple[Gene, ...]
     for i in range(1, len(base)):
         b_in, b_out = base[i - 1], base[i]
         mid = base[0] if i == 1 else 6 * b_in
-        stride = 1 if i == 1 else (2 if b_in != b_out and b_out not in (132, 448) else 1)
+        stride = 1 if i == 1 else (2 if ref[i - 1] != ref[i] and ref[i] not in (132, 448) else 1)
         g_in, g_out, g_mid = stage_of[i - 1], stage_of[i], n_stage + i - 1   # search convention: mid[i-1]
         gen = (g_mid, g_in, g_out)
         convs = (GenConv("conv0", 1, 1, False, b_in, mid, g_in, g_mid, gen, 64, g_mid, False, "relu6"),
                  GenConv("conv1", 3, stride, True, mid, mid, g_mid, g_mid, gen, 64, g_mid, False, "relu6"),
                  GenConv("conv2", 1, 1, False, mid, b_out, g_mid, g_out, gen, 64, g_out, False, "identity"))
-        blocks.append(GenBlock(f"b{i}", "mbconv", convs, "identity" if b_in == b_out else None))
+        blocks.append(GenBlock(f"b{i}", "mbconv", convs, "identity" if ref[i - 1] == ref[i] else None))
     g_last = stage_of[-1]
-    blocks.append(GenBlock("last", "conv", (GenConv("conv0", 1, 1, False, base[-1], MBV2_LAST, g_last, None,
+    blocks.append(GenBlock("last", "conv", (GenConv("conv0", 1, 1, False, base[-1], last, g_last, None,
                                                     (g_last,), 32, g_last, False, "relu6"),)))
-    return tuple(genes), tuple(blocks), MBV2_LAST
+    return tuple(genes), tuple(blocks), last
 
 
-def _mobilenet_v1(in_channels: int, small_input: bool) -> tuple[tuple[Gene, ...], tuple[GenBlock, ...], int]:
-    base = MBV1_BASE
+def _mobilenet_v1(in_channels: int, small_input: bool, width_mult: float
+                  ) -> tuple[tuple[Gene, ...], tuple[GenBlock, ...], int]:
+    ref, sb = MBV1_BASE, _scaler(width_mult)
+    base = tuple(sb(b) for b in ref)
     n = len(base) - 1  # 13 genes: outputs of the stem and layers 1..12
     genes = tuple(Gene("stem" if i == 0 else f"l{i}.out", "layer", base[i]) for i in range(n))
     blocks = [GenBlock("stem", "conv", (GenConv("conv0", 3, 1 if small_input else 2, False, in_channels, base[0],
                                                 None, 0, (0,), 32, 0, True, "relu"),))]
     for i in range(1, len(base)):
         b_in, b_out = base[i - 1], base[i]
-        stride = 2 if b_in != b_out and b_out != 64 else 1
+        stride = 2 if ref[i - 1] != ref[i] and ref[i] != 64 else 1
         g_in, g_out = i - 1, (i if i < n else None)
         gen = (g_in, g_out)
         convs = (GenConv("conv0", 3, stride, True, b_in, b_in, g_in, g_in, gen, 32, g_in, True, "relu"),
@@ -325,27 +341,29 @@ def _mobilenet_v1(in_channels: int, small_input: bool) -> tuple[tuple[Gene, ...]
     return genes, tuple(blocks), base[-1]
 
 
-def _resnet50(in_channels: int, small_input: bool) -> tuple[tuple[Gene, ...], tuple[GenBlock, ...], int]:
+def _resnet50(in_channels: int, small_input: bool, width_mult: float
+              ) -> tuple[tuple[Gene, ...], tuple[GenBlock, ...], int]:
     if small_input:
         raise GeneError("the resnet50 space has no small-input variant (use mobilenet_v2 or mobilenet_v1)")
-    base = R50_BASE
+    base = tuple(_scaler(width_mult)(b) for b in R50_BASE)
     # The original's vector holds one id per stage (it expands them per block itself): layers=1.
-    genes = [Gene("stem", "stage", 64)] + [Gene(f"stage{s + 1}", "stage", 256 * 2 ** s)
-                                           for s in range(len(R50_STAGE_REPEAT) - 1)]
+    starts = np.cumsum((1,) + R50_STAGE_REPEAT[:-1])
+    genes = [Gene("stem", "stage", base[0])] + [Gene(f"stage{s + 1}", "stage", base[int(starts[s])])
+                                                for s in range(len(R50_STAGE_REPEAT) - 1)]
     n_out = len(genes)  # 4
     stage_of = [s for s, r in enumerate(R50_STAGE_REPEAT) for _ in range(r)]
     for j in range(1, len(base)):
-        genes.append(Gene(f"b{j}.mid", "mid", base[j] // 4))
+        genes.append(Gene(f"b{j}.mid", "mid", max(1, base[j] // 4)))
 
     def out_gene(s: int) -> Ref:
         return 1 + s if s < len(R50_STAGE_REPEAT) - 1 else None
 
-    blocks = [GenBlock("stem", "conv", (GenConv("conv0", 7, 2, False, in_channels, 64, None, 0, (0,), 32, 0, False,
+    blocks = [GenBlock("stem", "conv", (GenConv("conv0", 7, 2, False, in_channels, base[0], None, 0, (0,), 32, 0, False,
                                                 "relu"),), pool_after=Pool(3, 2, 1))]
     for j in range(1, len(base)):
         s = stage_of[j - 1]
         first = j == 1 or stage_of[j - 2] != s
-        b_in, b_out, mid = base[j - 1], base[j], base[j] // 4
+        b_in, b_out, mid = base[j - 1], base[j], max(1, base[j] // 4)
         stride = 2 if first and s > 0 else 1
         g_in = 0 if j == 1 else out_gene(stage_of[j - 2])
         g_out, g_mid = out_gene(s), n_out + j - 1
@@ -365,17 +383,23 @@ _RANDOM_RANGE = {"resnet50": (12, 24)}
 
 
 def get_space(family: str, *, resolution: int = 224, num_classes: int = 1000, in_channels: int = 3,
-              small_input: bool = False) -> MetaSpace:
-    """The MetaPruning search space of `family` (mobilenet_v2, mobilenet_v1, resnet50)."""
+              small_input: bool = False, width_mult: float = 1.0) -> MetaSpace:
+    """The MetaPruning search space of `family` (mobilenet_v2, mobilenet_v1, resnet50).
+
+    `width_mult` != 1 scales every base width (``max(1, round(base * width_mult))``, the fixed last widths
+    included) for small problems and tests; 1.0 is the original's space.  Strides and the base residual
+    rule always follow the original's base widths."""
+    if not 0 < width_mult <= 4:
+        raise GeneError(f"width_mult must be in (0, 4], got {width_mult}")
     if family not in _BUILDERS:
         import difflib
         hint = difflib.get_close_matches(family, FAMILIES, n=1)
         raise GeneError(f"unknown MetaPruning space '{family}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
                         + f"; one of {', '.join(FAMILIES)}")
-    genes, blocks, head_in = _BUILDERS[family](in_channels, small_input)
+    genes, blocks, head_in = _BUILDERS[family](in_channels, small_input, float(width_mult))
     lo, hi = _RANDOM_RANGE.get(family, (0, NUM_SCALES))
     return MetaSpace(family, genes, blocks, head_in, int(resolution), int(num_classes), int(in_channels),
-                     bool(small_input), lo, hi)
+                     bool(small_input), lo, hi, float(width_mult))
 
 
 __all__ = ["FAMILIES", "FULL_ID", "GenBlock", "GenConv", "Gene", "GeneError", "MetaSpace", "NUM_SCALES",

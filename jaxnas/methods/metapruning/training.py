@@ -28,9 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnas.methods.metapruning.args import SCHEDULES
 from jaxnas.methods.metapruning.space import NUM_SCALES, MetaSpace
-
-SCHEDULES = ("linear_epoch", "multistep_epoch", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
