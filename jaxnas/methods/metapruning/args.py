@@ -1,4 +1,5 @@
-"""`search.args` of MetaPruning.  Defaults are the original's MobileNetV2 settings (§2.3, §2.4).
+"""`search.args` of MetaPruning (a `jaxnas.schema.Section`: unknown keys and bad values are refused with
+one line each before anything runs).  Defaults are the original's MobileNetV2 settings (§2.3, §2.4).
 
 The space comes from `space` (default: the config's `model.name`); resolution, classes and input channels
 from the data, `small_input` from `model.small_input`.  The target is the config's `search.target_macs`
@@ -8,19 +9,24 @@ the widest network on the configured runtime); `min_macs` / `min_latency_ms` mak
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
+from pydantic import model_validator
+
 from jaxnas.methods.metapruning.space import FAMILIES, NUM_SCALES, RESIDUAL_RULES
+from jaxnas.schema import Section
 
 SCHEDULES = ("linear_epoch", "multistep_epoch", "linear")
 
 
-@dataclasses.dataclass(frozen=True)
-class MetaPruningArgs:
+class MetaPruningArgs(Section):
+    section = "search.args"
+
     # Space.
     space: Literal["mobilenet_v2", "mobilenet_v1", "resnet50"] | None = None   # None: model.name
     width_mult: float = 1.0             # scales every base width (1.0: the original's space)
+    channel_multiple: int = 1           # every width rounded to a multiple of this (1: the original); 8 keeps
+                                        # onnxruntime/CPU on its fast blocked kernels (see space.get_space)
     residual_rule: Literal["base", "pruned"] = "base"   # of the retrained network (module `space`)
     # PruningNet training (§2.4: MobileNets 64 epochs, batch 512, lr 0.25; ResNet 32 / 256 / 0.1, multistep).
     epochs: float = 64.0
@@ -63,14 +69,14 @@ class MetaPruningArgs:
     min_latency_ms: float | None = None
     latency_stat: Literal["median", "mean", "p10", "min"] = "median"
     latency_smooth: bool = False
-    latency_grid_step: float = 0.25
     verify_latency: int = 10            # latency targets: measure up to this many best candidates end to end
                                         # and keep the first within the target (0: trust the table)
     latency_tolerance: float = 0.05     # ... measured <= target * (1 + tolerance)
     # Pipeline.
     retrain: bool = True
 
-    def __post_init__(self):
+    @model_validator(mode="after")
+    def _check(self) -> "MetaPruningArgs":
         e = []
         if self.space is not None and self.space not in FAMILIES:
             e.append(f"space: must be one of {', '.join(FAMILIES)}, got {self.space!r}")
@@ -86,6 +92,8 @@ class MetaPruningArgs:
         for k in ("weight_decay", "label_smoothing", "momentum", "eval_every_epochs"):
             if getattr(self, k) < 0:
                 e.append(f"{k}: must be >= 0, got {getattr(self, k)}")
+        if not 1 <= self.channel_multiple <= 64:
+            e.append(f"channel_multiple: must be in [1, 64], got {self.channel_multiple}")
         for k in ("population", "select_num", "top_k", "max_iters", "mutation_rounds", "crossover_tries",
                   "random_tries", "calib_batches", "candidates_per_call", "eval_batch", "log_every",
                   "checkpoint_every", "keep_checkpoints"):
@@ -109,8 +117,6 @@ class MetaPruningArgs:
                 e.append(f"random_range: must be [low, high) within [0, {NUM_SCALES}], got {list(self.random_range)}")
         if self.recalib_momentum is not None and not 0 < self.recalib_momentum <= 1:
             e.append(f"recalib_momentum: must be in (0, 1] or null, got {self.recalib_momentum}")
-        if not 0 < self.latency_grid_step <= 1:
-            e.append(f"latency_grid_step: must be in (0, 1], got {self.latency_grid_step}")
         if not 0 <= self.latency_tolerance < 1:
             e.append(f"latency_tolerance: must be in [0, 1), got {self.latency_tolerance}")
         for k in ("min_macs", "min_latency_ms"):
@@ -119,6 +125,7 @@ class MetaPruningArgs:
                 e.append(f"{k}: must be >= 0 or null, got {v}")
         if e:
             raise ValueError("\n".join(e))
+        return self
 
 
 __all__ = ["MetaPruningArgs", "SCHEDULES"]

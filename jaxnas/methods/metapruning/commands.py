@@ -17,11 +17,8 @@ from jaxnas.methods.metapruning.flops import flops_original
 from jaxnas.methods.metapruning.space import FAMILIES, RESIDUAL_RULES, GeneError, get_space
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("metapruning", help="MetaPruning tools (decode gene vectors)",
-                              description="MetaPruning tools.")
-    sub = p.add_subparsers(dest="metapruning_command", metavar="COMMAND")
-    sub.required = True
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """`jaxnas metapruning decode` (the CLI makes `jaxnas metapruning` and hands its sub-parsers here)."""
     d = sub.add_parser("decode", help="decode a gene vector into an arch spec",
                        description="Decode a MetaPruning gene vector (search convention) into an arch spec JSON.")
     d.add_argument("family", choices=FAMILIES)
@@ -32,6 +29,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--in-channels", type=int, default=3)
     d.add_argument("--small-input", action="store_true", help="stride-1 stem for 28-32 px inputs (MobileNets)")
     d.add_argument("--width-mult", type=float, default=1.0, help="scale the space's base widths (1.0: original)")
+    d.add_argument("--channel-multiple", type=int, default=1,
+                   help="round every width to a multiple of this (1: the original)")
     d.add_argument("--residual-rule", choices=RESIDUAL_RULES, default="base",
                    help="base: the PruningNet's shortcuts (default); pruned: the original's final nets'")
     d.add_argument("--out", required=True, help="where to write the arch spec JSON")
@@ -40,13 +39,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def decode(family: str, genes: Any, *, resolution: int = 224, num_classes: int = 1000, in_channels: int = 3,
-           small_input: bool = False, width_mult: float = 1.0, residual_rule: str = "base") -> tuple[S.ArchSpec, dict]:
+           small_input: bool = False, width_mult: float = 1.0, channel_multiple: int = 1,
+           residual_rule: str = "base") -> tuple[S.ArchSpec, dict]:
     """(spec, facts) of a gene vector; raises `GeneError` / `SpecError` on bad input."""
     for name, v in (("--resolution", resolution), ("--num-classes", num_classes), ("--in-channels", in_channels)):
         if v < 1:
             raise GeneError(f"{name} must be >= 1, got {v}")
     space = get_space(family, resolution=resolution, num_classes=num_classes, in_channels=in_channels,
-                      small_input=small_input, width_mult=width_mult)
+                      small_input=small_input, width_mult=width_mult, channel_multiple=channel_multiple)
     ids = space.parse_genes(genes)
     spec = space.to_spec(ids, residual_rule=residual_rule)
     cost = S.analyze(spec)
@@ -58,7 +58,7 @@ def decode(family: str, genes: Any, *, resolution: int = 224, num_classes: int =
 def decode_command(args: argparse.Namespace) -> tuple[dict, str]:
     spec, facts = decode(args.family, args.genes, resolution=args.resolution, num_classes=args.num_classes,
                          in_channels=args.in_channels, small_input=args.small_input, width_mult=args.width_mult,
-                         residual_rule=args.residual_rule)
+                         channel_multiple=args.channel_multiple, residual_rule=args.residual_rule)
     spec.save(args.out)
     facts["arch_path"] = str(args.out)
     text = (f"{spec.name}: {facts['macs'] / 1e6:.2f} M MACs, {facts['flops_original'] / 1e6:.2f} M FLOPs (original "

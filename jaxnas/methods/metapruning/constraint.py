@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from jaxnas import spec as S
+from jaxnas.methods.base import SearchError
 from jaxnas.methods.metapruning.flops import flops_original
 from jaxnas.methods.metapruning.space import FULL_ID, MetaSpace, scaled
 from jaxnas.supernet import conv_sites
@@ -27,7 +28,7 @@ from jaxnas.supernet import conv_sites
 KINDS = ("macs", "flops_original", "latency_ms")
 
 
-class BudgetError(ValueError):
+class BudgetError(SearchError):
     """A budget no network of the space can meet, or a latency table that does not fit the space."""
 
 
@@ -139,7 +140,7 @@ def check_table_covers(space: MetaSpace, table: Any) -> None:
     if len(layers) != len(sites):
         raise BudgetError(f"the latency table describes {len(layers)} conv layers but the {space.family} space has "
                           f"{len(sites)}; rebuild it for this space")
-    lowest = {g.name: scaled(g.base, 0) for g in space.genes}
+    lowest = {g.name: scaled(g.base, 0, space.channel_multiple) for g in space.genes}
     for site, rec in zip(sites, layers):
         for (group, full), grid, what in ((site.cin, rec.get("cin_grid", []), "input"),
                                          (site.cout, rec.get("cout_grid", []), "output")):
@@ -150,7 +151,7 @@ def check_table_covers(space: MetaSpace, table: Any) -> None:
                 raise BudgetError(
                     f"the latency table times layer {rec.get('key', site.index)} for {what} channels "
                     f"{min(grid)}..{max(grid)} but the space needs {need[0]}..{need[1]}; rebuild it with "
-                    "min_fraction <= 0.1 and channel_multiple 1")
+                    f"min_fraction <= 0.1 and channel_multiple {space.channel_multiple}")
 
 
 __all__ = ["Budget", "BudgetError", "CostFunction", "KINDS", "check_reachable", "check_table_covers",

@@ -33,12 +33,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from jaxnas.io_utils import atomic_write_json
+from jaxnas.methods.base import SearchError
 from jaxnas.methods.metapruning.space import NUM_SCALES
 
 Genes = tuple[int, ...]
 
 
-class EvolutionError(ValueError):
+class EvolutionError(SearchError):
     """The search cannot proceed (e.g. no candidate satisfies the constraint)."""
 
 

@@ -6,8 +6,9 @@ Work dir layout (everything resumes after a kill)::
     pruningnet/         PruningNet training (orbax checkpoints, metrics.jsonl/csv)
     evolution/          state.json (population, top list, tested candidates, RNG, trace), tested.json
     verify.json         end-to-end latencies of the best candidates (latency targets)
+    chosen_arch.json    the picked network (the runner writes it to arch.json too)
     retrain/            the chosen network trained from scratch by the core trainer
-    metapruning.json    the method's summary
+    metapruning.json    the method's metrics (merged into summary.json by the runner)
 
 Every input check (space, gene settings, target reachable, latency table covering the space, a held-out
 split to measure fitness on) happens in `prepare`, before any training.
@@ -22,13 +23,14 @@ from typing import Any, Callable
 
 from jaxnas import spec as S
 from jaxnas.io_utils import atomic_write_json
+from jaxnas.methods.base import SearchContext, SearchError, SearchResult
 from jaxnas.methods.metapruning.args import MetaPruningArgs
 from jaxnas.methods.metapruning.constraint import Budget, BudgetError, CostFunction, check_reachable
 from jaxnas.methods.metapruning.evolution import EvolutionConfig
 from jaxnas.methods.metapruning.space import FAMILIES, GeneError, MetaSpace, get_space
 
 
-class MetaPruningError(ValueError):
+class MetaPruningError(SearchError):
     """A MetaPruning run that cannot start (bad space, unreachable budget, table or data problem)."""
 
 
@@ -55,7 +57,7 @@ def space_for(cfg: Any, dataset: Any, args: MetaPruningArgs) -> MetaSpace:
     try:
         space = get_space(family, resolution=h, num_classes=classes, in_channels=c,
                           small_input=bool(cfg.model.small_input) and family != "resnet50",
-                          width_mult=args.width_mult)
+                          width_mult=args.width_mult, channel_multiple=args.channel_multiple)
         S.validate(space.max_spec())
         S.validate(space.to_spec(space.uniform(0)))
     except (GeneError, S.SpecError) as e:
@@ -238,5 +240,39 @@ def result_metrics(setup: Setup, searched: Searched, spec: S.ArchSpec) -> dict[s
     }
 
 
-__all__ = ["MetaPruningError", "Searched", "Setup", "evolution_config", "make_budget", "prepare", "result_metrics",
+def run_search(ctx: SearchContext, args: MetaPruningArgs) -> SearchResult:
+    """MetaPruning on the method contract: the picked, retrained network as a `SearchResult`."""
+    cfg, workdir, dataset, log = ctx.cfg, Path(ctx.workdir), ctx.dataset, ctx.log
+    t0 = time.time()
+    workdir.mkdir(parents=True, exist_ok=True)
+    setup = prepare(cfg, dataset, args, log=log,
+                    table_fn=lambda widest: ctx.oracle.layer_table(widest, channel_multiple=args.channel_multiple,
+                                                                  out=workdir / "latency_grid.json"))
+    searched = train_and_evolve(cfg, dataset, setup, workdir, log=log,
+                                measure_fn=lambda spec: float(ctx.oracle.measure(spec).median_ms))
+    space = setup.space
+    spec = space.to_spec(searched.genes, residual_rule=args.residual_rule, name=f"metapruning_{space.family}")
+    chosen_path = workdir / "chosen_arch.json"
+    retrain_dir = workdir / "retrain"
+    if chosen_path.is_file() and retrain_dir.exists() and S.ArchSpec.load(chosen_path) != spec:
+        raise MetaPruningError(f"{chosen_path} differs from the network this search picks and {retrain_dir} holds "
+                               "a retraining of it; use a fresh work dir")
+    spec.save(chosen_path)
+    log(f"metapruning: picked genes {list(space.to_printed(searched.genes))} (held-out error {searched.error:.2f} %), "
+        f"{S.macs(spec) / 1e6:.3f} M MACs" + (f", predicted {searched.record['predicted_latency_ms']:.4f} ms"
+                                              if "predicted_latency_ms" in searched.record else ""))
+    variables, test_acc = None, None
+    if args.retrain:
+        t1 = time.time()
+        trained = ctx.trainer.train(spec, retrain_dir)
+        variables, test_acc = trained.variables, float(trained.metrics["test"]["accuracy"])
+        searched.seconds["retrain"] = round(time.time() - t1, 1)
+        log(f"metapruning: retrained test accuracy {test_acc:.4f}")
+    metrics = result_metrics(setup, searched, spec)
+    metrics.update(test_accuracy=test_acc, retrained=bool(args.retrain), method_seconds=round(time.time() - t0, 1))
+    atomic_write_json(workdir / "metapruning.json", metrics)
+    return SearchResult(spec, variables, metrics)
+
+
+__all__ = ["MetaPruningError", "run_search", "Searched", "Setup", "evolution_config", "make_budget", "prepare", "result_metrics",
            "space_for", "train_and_evolve", "training_config"]

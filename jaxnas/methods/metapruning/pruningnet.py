@@ -30,8 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnas import ops
-from jaxnas.methods.metapruning.space import (FULL_ID, NUM_SCALES, SCALES, GenBlock, GenConv, MetaSpace, Ref,
-                                              scaled)
+from jaxnas.methods.metapruning.space import FULL_ID, NUM_SCALES, SCALES, GenBlock, GenConv, MetaSpace, Ref
 from jaxnas.spec import ArchSpec
 
 _SCALES = np.asarray(SCALES, np.float32)
@@ -51,12 +50,12 @@ class Encoding:
     def scales(self, refs: Sequence[Ref]) -> jax.Array:
         return jnp.asarray(_SCALES)[self.ids[np.asarray([self.none if r is None else r for r in refs])]]
 
-    def mask(self, ref: Ref, base: int) -> jax.Array | None:
-        """(base,) prefix mask of ``scaled(base, id)`` ones, None for fixed-width (scale 1.0) layers."""
-        if ref is None:
+    def mask(self, conv: GenConv) -> jax.Array | None:
+        """(max_out,) prefix mask of the conv's sampled width, None for fixed-width (scale 1.0) layers."""
+        if conv.out_gene is None:
             return None
-        counts = jnp.asarray(np.asarray([scaled(base, k) for k in range(NUM_SCALES)], np.int32))
-        return (jnp.arange(base) < counts[self.sid(ref)]).astype(jnp.float32)
+        counts = jnp.asarray(np.asarray([conv.width(k) for k in range(NUM_SCALES)], np.int32))
+        return (jnp.arange(conv.max_out) < counts[self.sid(conv.out_gene)]).astype(jnp.float32)
 
 
 def torch_linear_init(fan_in: int):
@@ -133,7 +132,7 @@ class GenConvLayer(nn.Module):
 
     def setup(self):
         self.gen = Generator(int(np.prod(self.conv.weight_shape)), self.conv.hidden)
-        self.bn = WidthBatchNorm(self.conv.base_out, self.conv.bn_affine, self.bn_momentum, self.bn_eps)
+        self.bn = WidthBatchNorm(self.conv.max_out, self.conv.bn_affine, self.bn_momentum, self.bn_eps)
 
     def kernel(self, enc: Encoding) -> jax.Array:
         """The full-size HWIO kernel generated for this encoding (leading candidate axes allowed)."""
@@ -142,7 +141,7 @@ class GenConvLayer(nn.Module):
 
     def __call__(self, x: jax.Array, w: jax.Array, enc: Encoding, train: bool) -> jax.Array:
         c = self.conv
-        mask = enc.mask(c.out_gene, c.base_out)
+        mask = enc.mask(c)
         if mask is not None:
             w = w * mask
         pads = ((c.kernel // 2,) * 2,) * 2

@@ -106,30 +106,45 @@ def make_tx(cfg: PruningNetTraining, steps_per_epoch: int) -> tuple[optax.Gradie
 def train_pruningnet(model: Any, variables: dict, dataset: Any, cfg: PruningNetTraining, workdir: str | Path,
                      *, eval_split: str = "holdout", log: Callable[[str], None] | None = None,
                      mesh: Any = None) -> tuple[dict, list[dict]]:
-    """Train (or resume training) the PruningNet in `workdir`; returns (variables, metrics rows).
+    """Train (or resume training) the PruningNet in `workdir` with the core loop (`jaxnas.train.run_loop`);
+    returns (variables, metrics rows).
 
     Evaluation (every `eval_every_epochs` on `eval_split`) uses one random encoding drawn from the seed,
     as the original validates with one random encoding."""
-    from jaxnas.train import ScheduleConfig, TrainLoopConfig, fit
+    from jaxnas.train import TrainState, check_batch_size, evaluate, make_mesh, make_train_step, replicate, run_loop
+    from jaxnas.train.parallel import replicated
 
     space = model.space
     spe = int(dataset.steps_per_epoch("train", cfg.batch_size))
     if spe < 1:
         raise ValueError(f"the train split has fewer examples than the PruningNet batch size {cfg.batch_size}")
-    tx, _ = make_tx(cfg, spe)
-    loop = TrainLoopConfig(
-        epochs=cfg.epochs, seed=cfg.seed, label_smoothing=cfg.label_smoothing, log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
-        eval_every_epochs=cfg.eval_every_epochs, progress=cfg.progress, max_steps=cfg.max_steps,
-        batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size, eval_split=eval_split,
-        augment=cfg.augment)
-    # `fit` logs the lr of a ScheduleConfig; 'constant' at the base lr keeps that column honest about
-    # the peak only (the epoch schedule itself lives in `tx`).
-    schedule = ScheduleConfig(name="constant")
-    state, rows = fit(model, variables, dataset, workdir=str(workdir), optim={"learning_rate": cfg.lr},
-                      schedule=schedule, loop=loop, tx=tx, mesh=mesh,
-                      choices=lambda step: {"ids": sample_encoding(space, cfg.seed, step)},
-                      eval_choices={"ids": validation_encoding(space, cfg.seed)})
+    mesh = mesh if mesh is not None else make_mesh()
+    check_batch_size(cfg.batch_size, mesh, "PruningNet batch_size")
+    tx, schedule = make_tx(cfg, spe)
+    total = max(1, int(round(cfg.epochs * spe)))
+    state = replicate(TrainState.create(variables, tx, seed=cfg.seed), mesh)
+    step_fn = make_train_step(model, tx, schedule_fn=schedule, label_smoothing=cfg.label_smoothing, mesh=mesh,
+                              donate=True)
+    sharding = replicated(mesh)
+
+    def update(state, batch, step):
+        return step_fn(state, batch, jax.device_put({"ids": sample_encoding(space, cfg.seed, step)}, sharding))
+
+    has_eval = cfg.eval_every_epochs > 0 and dataset.num_examples(eval_split) > 0
+    val_choices = {"ids": validation_encoding(space, cfg.seed)}
+
+    def evaluate_fn(step, state):
+        out = evaluate(model, state.variables(), dataset, eval_split, cfg.eval_batch_size, val_choices, mesh=mesh,
+                       seed=cfg.seed)
+        return {"split": eval_split, **out}
+
+    state, rows = run_loop(
+        state, update, dataset, workdir=workdir, batch_size=cfg.batch_size, total_steps=total, seed=cfg.seed,
+        stop_step=cfg.max_steps, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=cfg.keep_checkpoints, evaluate_fn=evaluate_fn if has_eval else None,
+        eval_every=max(1, int(round(cfg.eval_every_epochs * spe))) if has_eval else 0, augment=cfg.augment,
+        lr_fn=lambda s: float(schedule(s)), progress=cfg.progress, desc="pruningnet", log=log, mesh=mesh,
+        run_meta={"space": space.family, "num_genes": space.num_genes})
     return jax.device_get(state.variables()), rows
 
 
