@@ -73,6 +73,8 @@ class MetaPruningArgs(Section):
                                         # and keep the first within the target (0: trust the table)
     latency_tolerance: float = 0.05     # ... measured <= target * (1 + tolerance)
     # Pipeline.
+    pruningnet_from: str | None = None  # a MetaPruning work dir whose trained PruningNet this search starts
+                                        # from (it does not depend on the budget: train once, search many)
     retrain: bool = True
 
     @model_validator(mode="after")

@@ -161,8 +161,14 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
     t0 = time.perf_counter()
     model = build_pruningnet(space, cfg.model.depthwise)
     tcfg = training_config(cfg, setup)
+    start = None
+    if a.pruningnet_from:
+        start = Path(a.pruningnet_from) / "pruningnet"
+        if not start.is_dir():
+            raise MetaPruningError(f"search.args.pruningnet_from: {start} does not exist; point it at the work dir "
+                                   "of an earlier MetaPruning search")
     variables, _ = train_pruningnet(model, init_pruningnet(model, setup.seed), dataset, tcfg, workdir / "pruningnet",
-                                    log=log, mesh=mesh)
+                                    log=log, mesh=mesh, start_from=start)
     seconds["pruningnet"] = round(time.perf_counter() - t0, 1)
 
     t1 = time.perf_counter()

@@ -105,13 +105,18 @@ def make_tx(cfg: PruningNetTraining, steps_per_epoch: int) -> tuple[optax.Gradie
 
 def train_pruningnet(model: Any, variables: dict, dataset: Any, cfg: PruningNetTraining, workdir: str | Path,
                      *, eval_split: str = "holdout", log: Callable[[str], None] | None = None,
-                     mesh: Any = None) -> tuple[dict, list[dict]]:
+                     mesh: Any = None, start_from: str | Path | None = None) -> tuple[dict, list[dict]]:
     """Train (or resume training) the PruningNet in `workdir` with the core loop (`jaxnas.train.run_loop`);
     returns (variables, metrics rows).
 
+    `start_from`: another PruningNet training dir whose latest checkpoint a fresh `workdir` starts from
+    (the PruningNet does not depend on the budget: one training serves searches at several targets).
+
     Evaluation (every `eval_every_epochs` on `eval_split`) uses one random encoding drawn from the seed,
     as the original validates with one random encoding."""
-    from jaxnas.train import TrainState, check_batch_size, evaluate, make_mesh, make_train_step, replicate, run_loop
+    from jaxnas.train import (CheckpointStore, TrainState, check_batch_size, evaluate, make_mesh, make_train_step,
+                              replicate, run_loop)
+    from jaxnas.train.checkpoint import CHECKPOINT_DIR
     from jaxnas.train.parallel import replicated
 
     space = model.space
@@ -138,13 +143,20 @@ def train_pruningnet(model: Any, variables: dict, dataset: Any, cfg: PruningNetT
                        seed=cfg.seed)
         return {"split": eval_split, **out}
 
+    restore = None
+    if start_from is not None:
+        store = CheckpointStore(Path(start_from) / CHECKPOINT_DIR)
+        latest = store.latest_step()
+        if latest is None:
+            raise FileNotFoundError(f"{start_from} holds no PruningNet checkpoint to start from")
+        restore = (store, latest)
     state, rows = run_loop(
         state, update, dataset, workdir=workdir, batch_size=cfg.batch_size, total_steps=total, seed=cfg.seed,
         stop_step=cfg.max_steps, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
         keep_checkpoints=cfg.keep_checkpoints, evaluate_fn=evaluate_fn if has_eval else None,
         eval_every=max(1, int(round(cfg.eval_every_epochs * spe))) if has_eval else 0, augment=cfg.augment,
         lr_fn=lambda s: float(schedule(s)), progress=cfg.progress, desc="pruningnet", log=log, mesh=mesh,
-        run_meta={"space": space.family, "num_genes": space.num_genes})
+        run_meta={"space": space.family, "num_genes": space.num_genes}, restore_from=restore)
     return jax.device_get(state.variables()), rows
 
 
