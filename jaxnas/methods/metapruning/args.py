@@ -67,7 +67,7 @@ class MetaPruningArgs(Section):
     macs_counter: Literal["macs", "flops_original"] = "macs"
     min_macs: float | None = None
     min_latency_ms: float | None = None
-    latency_stat: Literal["median", "mean", "p10", "min"] = "median"
+    latency_stat: Literal["median", "mean", "p10", "min"] = "median"   # of the table and the end-to-end check
     latency_smooth: bool = False
     verify_latency: int = 10            # latency targets: measure up to this many best candidates end to end
                                         # and keep the first within the target (0: trust the table)

@@ -255,7 +255,7 @@ def run_search(ctx: SearchContext, args: MetaPruningArgs) -> SearchResult:
                     table_fn=lambda widest: ctx.oracle.layer_table(widest, channel_multiple=args.channel_multiple,
                                                                   out=workdir / "latency_grid.json"))
     searched = train_and_evolve(cfg, dataset, setup, workdir, log=log,
-                                measure_fn=lambda spec: float(ctx.oracle.measure(spec).median_ms))
+                                measure_fn=lambda spec: float(ctx.oracle.measure(spec).to_dict()[f"{args.latency_stat}_ms"]))
     space = setup.space
     spec = space.to_spec(searched.genes, residual_rule=args.residual_rule, name=f"metapruning_{space.family}")
     chosen_path = workdir / "chosen_arch.json"
