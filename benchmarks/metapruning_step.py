@@ -27,7 +27,6 @@ import json
 import multiprocessing
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 

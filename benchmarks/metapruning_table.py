@@ -25,8 +25,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 from jaxnas import models, zoo
 from jaxnas import spec as S
 from jaxnas.config import load_config, override_config

@@ -68,7 +68,7 @@ class CostFunction:
 
     def __init__(self, space: MetaSpace, kind: str, *, table: Any = None, stat: str = "median",
                  smooth: bool = False):
-        from jaxnas.methods.dmcp.cost import LatencyModel, MacsModel
+        from jaxnas.costmodel import LatencyModel, MacsModel
         if kind not in KINDS:
             raise BudgetError(f"budget kind must be one of {KINDS}, got {kind!r}")
         self.space, self.kind = space, kind

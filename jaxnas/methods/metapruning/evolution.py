@@ -28,7 +28,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
