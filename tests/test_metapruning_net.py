@@ -262,3 +262,46 @@ def test_fitness_single_vectorised_and_plain_network_agree():
         pv = recalibrate_bn(plain, pv, [{"image": b} for b in calib], momentum=0.1)
         acc = evaluate(plain, pv, ds, "holdout", batch_size=8)["accuracy"]
         assert err == pytest.approx(100 - 100 * acc, abs=1e-4)
+
+
+MULTIDEVICE = r"""
+import os, sys, tempfile
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, TESTS_DIR)
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from test_metapruning_net import PruningNetTraining, _dataset, _space, build_pruningnet, init_pruningnet, train_pruningnet
+from jaxnas.train import make_mesh
+
+assert len(jax.devices()) == 2, jax.devices()
+space = _space("mobilenet_v2")
+model = build_pruningnet(space)
+cfg = PruningNetTraining(epochs=1, batch_size=16, lr=0.1, log_every=2, checkpoint_every=100, eval_every_epochs=1,
+                         eval_batch_size=8, progress=False)
+tmp = tempfile.mkdtemp()
+one, rows1 = train_pruningnet(model, init_pruningnet(model, 0), _dataset(), cfg, f"{tmp}/one", mesh=make_mesh(jax.devices()[:1]))
+two, rows2 = train_pruningnet(model, init_pruningnet(model, 0), _dataset(), cfg, f"{tmp}/two", mesh=make_mesh())
+jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=2e-5), one, two)
+l1 = [r["loss"] for r in rows1 if r["split"] == "holdout"]
+l2 = [r["loss"] for r in rows2 if r["split"] == "holdout"]
+assert l1 and np.allclose(l1, l2, rtol=1e-5), (l1, l2)
+print("OK")
+"""
+
+
+def test_pruningnet_trains_data_parallel_like_one_device():
+    """2 (virtual CPU) devices, global batch split between them, train like 1 device (BN sees the global
+    batch; the encoding is replicated).  A subprocess: XLA_FLAGS must be set before jax is imported."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": str(tests.parent)}
+    env.pop("XLA_FLAGS", None)
+    script = f"TESTS_DIR = {str(tests)!r}\n" + MULTIDEVICE
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0 and out.stdout.strip().endswith("OK"), out.stderr[-3000:]

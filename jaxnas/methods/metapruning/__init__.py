@@ -28,8 +28,7 @@ Port decisions (details in each module):
 * The search state records which candidates were tested (the original's snapshot did not, so its resumed
   searches could re-propose them); a resumed search ends exactly like an uninterrupted one.
 """
-from jaxnas.methods.base import Method
-from jaxnas.methods.metapruning.args import MetaPruningArgs
+from jaxnas.methods.base import Method, lazy_exports
 
 
 def _search(ctx, args):
@@ -48,10 +47,19 @@ METHOD = Method(
     name="metapruning",
     summary="MetaPruning (ICCV'19): PruningNet weight generation + evolutionary search under a MACs or latency budget",
     targets=("macs", "latency_ms"),
-    args=MetaPruningArgs,
+    args="jaxnas.methods.metapruning.args:MetaPruningArgs",
     search=_search,
     add_commands=_add_commands,
     requires_target=True,
 )
 
-__all__ = ["METHOD", "MetaPruningArgs"]
+_LAZY = {  # module -> names loaded from it on first access (importing the package stays light)
+    "args": ("MetaPruningArgs",),
+    "commands": ("decode",),
+    "constraint": ("Budget", "BudgetError", "CostFunction"),
+    "pipeline": ("MetaPruningError", "run_search"),
+    "space": ("FAMILIES", "GeneError", "MetaSpace", "get_space"),
+}
+__getattr__, _LAZY_NAMES = lazy_exports(__name__, _LAZY)
+
+__all__ = ["METHOD", *_LAZY_NAMES]
