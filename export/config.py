@@ -12,12 +12,15 @@ FORMAT_NAMES = ("onnx", "tflite", "tensorrt")
 
 class ExportConfig(Section):
     """formats: files the deploy step writes (each parity-checked against the JAX model); route: how the
-    ONNX file is made; tolerance: the largest absolute output difference accepted (fp32)."""
+    ONNX file is made; input_layout: the ONNX / TensorRT input, NHWC (as the JAX model and TFLite take it)
+    or NCHW (as a PyTorch user feeds it; no layout op in the graph at all); tolerance: the largest absolute
+    output difference accepted (fp32)."""
 
     section = "export"
 
     formats: tuple[Literal["onnx", "tflite", "tensorrt"], ...] = ("onnx", "tflite")
     route: Literal["jax2onnx", "tflite"] = "jax2onnx"
+    input_layout: Literal["NHWC", "NCHW"] = "NHWC"
     tolerance: Annotated[float, Field(gt=0)] = 1e-4
 
     @field_validator("formats")

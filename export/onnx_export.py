@@ -1,19 +1,25 @@
-"""ArchSpec + variables -> ONNX (NHWC in, model output out), BN folded, parity-checked.
+"""ArchSpec + variables -> ONNX (NHWC or NCHW in, model output out), BN folded, parity-checked.
 
 Two routes:
 
-* ``jax2onnx`` (default): ``jax2onnx.to_onnx`` on the eval-mode forward, opset 18.  The graph keeps the
-  JAX model's own NHWC layout (each Conv is wrapped in Transposes, which onnxruntime/TensorRT fuse or
-  fold: their runtime cost is part of what latency tables measure).  The `value_info` shape metadata it
-  writes is dropped (onnxruntime rejects some of it on ResNets), and the IR version is capped at 10
-  (onnxruntime 1.31 loads at most IR 13; TensorRT's parser is older still).
+* ``jax2onnx`` (default): ``jax2onnx.to_onnx`` on the eval-mode forward written in NCHW
+  (`export.nchw`), opset 18, then the graph passes of `export.onnx_graph` (biases into the Convs and
+  Gemms, pads into the pools, no Identity/Dropout, no broadcast Expands).  The result is what
+  `torch.onnx.export` writes: one Conv per spec conv with its bias, activations, residual Adds,
+  ReduceMean, Gemm, and no Transpose between layers; an NHWC boundary (the default) adds one Transpose
+  at the input (and one at the output of a head-less net), `input_layout='NCHW'` none.  Tracing the
+  NHWC Flax model instead wraps every Conv in a Transpose pair and leaves each bias as an Add
+  (MobileNetV2: 156 Transposes, 62 Adds around 52 Convs).  The `value_info` shape metadata is dropped
+  (onnxruntime rejects some of jax2onnx's on ResNets), and the IR version is capped at 10 (onnxruntime
+  1.31 loads at most IR 13; TensorRT's parser is older still).
 * ``tflite``: jax2tf -> ``tf.lite.TFLiteConverter`` -> ``tf2onnx.convert.from_tflite``.  The TFLite
   converter fuses bias/activation into the convs and the result has two Transposes at the boundary.
   With a dynamic (polymorphic) batch the TFLite converter un-folds BN and the file runs 3-45x slower
   (with BN pre-folded here: 1.1-2.7x at batch 1, from unfused bias/activation and Shape/Expand chains),
   so use this route with static batch sizes only (README.md).  Default: jax2onnx (equal parity and static
   runtime, 10-25x faster export, sound dynamic batch).  (``jax2tf`` + ``tf2onnx.convert.from_function``
-  does not work: tf2onnx cannot convert the ``XlaCallModule`` op that jax2tf emits.)
+  does not work: tf2onnx cannot convert the ``XlaCallModule`` op that jax2tf emits.)  The same graph
+  passes run on its output (an NCHW boundary cancels tf2onnx's boundary Transposes).
 """
 from __future__ import annotations
 
@@ -26,14 +32,19 @@ from typing import Any, Mapping
 from jaxnas.io_utils import atomic_write_bytes
 from jaxnas.spec import ArchSpec, validate
 
-from jaxnas.export.fold import fold_batchnorm
-from jaxnas.export.parity import (ExportError, ExportResult, compare, jax_forward, parity_input, reference_output,
-                           run_onnx)
+from jaxnas.export.fold import fold_batchnorm, spec_bn_eps
+from jaxnas.export.nchw import nchw_forward
+from jaxnas.export.onnx_graph import lean_graph
+from jaxnas.export.parity import LAYOUTS, ExportError, ExportResult, check_file, run_onnx
 
-__all__ = ["export_onnx", "onnx_bytes", "ONNX_ROUTES", "DEFAULT_ONNX_ROUTE", "ONNX_OPSET", "ONNX_IR_VERSION"]
+__all__ = ["export_onnx", "onnx_bytes", "ONNX_ROUTES", "DEFAULT_ONNX_ROUTE", "ONNX_LAYOUTS", "DEFAULT_LAYOUT",
+           "ONNX_OPSET", "ONNX_IR_VERSION"]
 
 ONNX_ROUTES = ("jax2onnx", "tflite")
 DEFAULT_ONNX_ROUTE = "jax2onnx"
+ONNX_LAYOUTS = LAYOUTS
+# NHWC: what the JAX model, TFLite and every latency table here feed; NCHW: what PyTorch users feed.
+DEFAULT_LAYOUT = "NHWC"
 ONNX_OPSET = 18
 ONNX_IR_VERSION = 10
 
@@ -42,6 +53,12 @@ def _check_route(route: str) -> str:
     if route not in ONNX_ROUTES:
         raise ExportError(f"unknown ONNX export route {route!r}; valid routes: {', '.join(ONNX_ROUTES)}")
     return route
+
+
+def _check_layout(layout: str) -> str:
+    if layout not in ONNX_LAYOUTS:
+        raise ExportError(f"unknown input layout {layout!r}; valid layouts: {', '.join(ONNX_LAYOUTS)}")
+    return layout
 
 
 def _shape_of(value_info) -> tuple[int | None, ...]:
@@ -89,7 +106,8 @@ def _via_jax2onnx(spec: ArchSpec, variables: Mapping[str, Any], batch_size: int,
 
     h, w = spec.input_size
     batch: int | str = "B" if dynamic_batch else int(batch_size)
-    return jax2onnx.to_onnx(jax_forward(spec, variables), [(batch, h, w, spec.in_channels)],
+    forward = nchw_forward(spec, variables, bn_eps=spec_bn_eps(spec))
+    return jax2onnx.to_onnx(forward, [(batch, h, w, spec.in_channels)],
                             model_name=spec.name or "model", opset=ONNX_OPSET,
                             input_names=["input"], output_names=["output"])
 
@@ -140,14 +158,16 @@ def _rename_io(proto, old: str, new: str) -> None:
 
 
 def onnx_bytes(spec: ArchSpec, variables: Mapping[str, Any], *, route: str = DEFAULT_ONNX_ROUTE,
-               batch_size: int = 1, dynamic_batch: bool = False, fold_bn: bool = True) -> bytes:
+               batch_size: int = 1, dynamic_batch: bool = False, fold_bn: bool = True,
+               input_layout: str = DEFAULT_LAYOUT) -> bytes:
     """The serialized ONNX model (no parity check, nothing written)."""
-    return _convert(spec, variables, route, batch_size, dynamic_batch, fold_bn).SerializeToString()
+    return _convert(spec, variables, route, batch_size, dynamic_batch, fold_bn, input_layout).SerializeToString()
 
 
 def _convert(spec: ArchSpec, variables: Mapping[str, Any], route: str, batch_size: int, dynamic_batch: bool,
-             fold_bn: bool):
+             fold_bn: bool, layout: str):
     _check_route(route)
+    _check_layout(layout)
     validate(spec)
     if int(batch_size) < 1:
         raise ExportError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -161,31 +181,32 @@ def _convert(spec: ArchSpec, variables: Mapping[str, Any], route: str, batch_siz
     except Exception as e:
         msg = str(e).strip().splitlines()
         raise ExportError(f"{route} could not convert {spec.name}: {msg[-1] if msg else type(e).__name__}") from e
-    return _finalize(proto)
+    return lean_graph(_finalize(proto), layout)
 
 
 def export_onnx(spec: ArchSpec, variables: dict, path: str | Path, *, route: str = DEFAULT_ONNX_ROUTE,
-                batch_size: int = 1, dynamic_batch: bool = False, fold_bn: bool = True, check: bool = True,
-                tolerance: float = 1e-4) -> ExportResult:
+                batch_size: int = 1, dynamic_batch: bool = False, fold_bn: bool = True,
+                input_layout: str = DEFAULT_LAYOUT, check: bool = True, tolerance: float = 1e-4) -> ExportResult:
     """Export `spec` + `variables` (eval mode) to an ONNX file at `path` (written atomically).
 
-    Input: NHWC float32 `(batch_size | 'B', H, W, in_channels)`, named ``input``; output ``output``.
-    `route`: 'jax2onnx' (default) or 'tflite' (see the module docstring: never with `dynamic_batch`
-    if the file is for timing).  With `check`, the file is run in onnxruntime (1 thread) on a fixed
-    input and compared with the unfolded JAX model; raises `ExportError` above `tolerance` (absolute).
+    Input: float32 named ``input``, NHWC `(batch_size | 'B', H, W, in_channels)` by default or NCHW
+    `(batch_size | 'B', in_channels, H, W)` with `input_layout='NCHW'` (a head-less net's feature-map
+    output follows the same layout); output ``output``.  `route`: 'jax2onnx' (default) or 'tflite'
+    (see the module docstring: never with `dynamic_batch` if the file is for timing).  With `check`,
+    the file is run in onnxruntime (1 thread) on a fixed input and compared with the unfolded JAX
+    model; raises `ExportError` above `tolerance` (absolute).
     """
     path = Path(path)
     t0 = time.perf_counter()
-    proto = _convert(spec, variables, route, batch_size, dynamic_batch, fold_bn)
+    proto = _convert(spec, variables, route, batch_size, dynamic_batch, fold_bn, input_layout)
     data = proto.SerializeToString()
     seconds = time.perf_counter() - t0
     in_shape, out_shape = _shape_of(proto.graph.input[0]), _shape_of(proto.graph.output[0])
     diff = None
     if check:  # before writing: a file that fails parity never replaces a good one
-        x = parity_input(in_shape)
-        diff = compare(run_onnx(data, x), reference_output(spec, variables, x), tolerance,
-                       f"ONNX ({route}) export of {spec.name}")
+        diff = check_file(lambda x: run_onnx(data, x), spec, variables, in_shape, input_layout, tolerance,
+                          f"ONNX ({route}) export of {spec.name}")
     t0 = time.perf_counter()
     atomic_write_bytes(path, data)
     seconds += time.perf_counter() - t0
-    return ExportResult("onnx", path, diff, seconds, route, in_shape, out_shape)
+    return ExportResult("onnx", path, diff, seconds, route, in_shape, out_shape, layout=input_layout)

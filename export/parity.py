@@ -2,7 +2,8 @@
 
 The reference is always the ORIGINAL (unfolded) spec + variables run by JAX in eval mode, so a parity
 check covers BN folding as well as the conversion.  Inputs are fixed: seeded standard-normal NHWC
-float32, batch 2 for dynamic-batch files, the file's own batch otherwise.
+float32, batch 2 for dynamic-batch files, the file's own batch otherwise; a file with an NCHW boundary
+(`layout`) gets it transposed, and its 4-D output is transposed back before the comparison.
 """
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ import numpy as np
 from jaxnas.errors import UserError
 from jaxnas.spec import ArchSpec
 
-__all__ = ["ExportError", "ExportResult", "PARITY_SEED", "FP16_RTOL", "parity_input", "jax_model", "jax_forward",
-           "reference_output", "output_shape", "run_onnx", "run_tflite", "compare"]
+__all__ = ["ExportError", "ExportResult", "PARITY_SEED", "FP16_RTOL", "LAYOUTS", "parity_input", "jax_model",
+           "jax_forward", "reference_output", "output_shape", "run_onnx", "run_tflite", "compare", "to_layout",
+           "from_layout", "nhwc_shape", "check_file"]
 
 PARITY_SEED = 1234
+# Boundary layouts of exported files: NHWC (the JAX model's, TFLite's) or NCHW (PyTorch's).
+LAYOUTS = ("NHWC", "NCHW")
 # fp16 TFLite/TensorRT: weights (and, in TensorRT, activations) are rounded to 11 significant bits, so
 # the check is relative to the output's magnitude: |out - ref| <= FP16_RTOL * max(1, max|ref|).
 FP16_RTOL = 1e-2
@@ -33,10 +37,11 @@ class ExportError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class ExportResult:
-    """One exported file.  Shapes are NHWC / model output; a dynamic batch dim is None.
+    """One exported file.  Shapes are the file's own (in `layout`); a dynamic batch dim is None.
 
     `seconds` is the conversion time (trace + convert + write), not the parity run.
-    `max_abs_diff` is None when the export was not checked.
+    `max_abs_diff` is None when the export was not checked.  `layout` is the boundary layout of the
+    input (and of a head-less net's feature-map output): 'NHWC' or 'NCHW'.
     """
 
     format: str
@@ -47,6 +52,7 @@ class ExportResult:
     input_shape: tuple[int | None, ...]
     output_shape: tuple[int | None, ...]
     precision: str = "fp32"
+    layout: str = "NHWC"
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -159,6 +165,34 @@ def run_tflite(model: str | os.PathLike | bytes, x: np.ndarray) -> np.ndarray:
         return np.array(interp.get_tensor(interp.get_output_details()[0]["index"]))
     except Exception as e:
         raise ExportError(f"LiteRT cannot run the exported model: {_last_line(e)}") from e
+
+
+def to_layout(x_nhwc: np.ndarray, layout: str) -> np.ndarray:
+    """An NHWC array in the file's boundary layout."""
+    return np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)) if layout == "NCHW" else x_nhwc
+
+
+def from_layout(y: np.ndarray, layout: str) -> np.ndarray:
+    """A file's output in the JAX model's layout (4-D feature maps NCHW -> NHWC; logits unchanged)."""
+    return np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if layout == "NCHW" and y.ndim == 4 else y
+
+
+def nhwc_shape(shape: Sequence[int | None], layout: str) -> tuple[int | None, ...]:
+    """A 4-D shape given in `layout`, as NHWC."""
+    shape = tuple(shape)
+    return (shape[0], shape[2], shape[3], shape[1]) if layout == "NCHW" and len(shape) == 4 else shape
+
+
+def check_file(run: Callable[[np.ndarray], np.ndarray], spec: ArchSpec, variables: Mapping[str, Any],
+               input_shape: Sequence[int | None], layout: str, tolerance: float, what: str, *,
+               relative: bool = False) -> float:
+    """Parity of a file (`run(x) -> output`, x in the file's `layout`) against the unfolded JAX model.
+
+    The fixed NHWC parity input is transposed into the file's layout and a 4-D output back.
+    """
+    x = parity_input(nhwc_shape(input_shape, layout))
+    out = from_layout(np.asarray(run(to_layout(x, layout))), layout)
+    return compare(out, reference_output(spec, variables, x), tolerance, what, relative=relative)
 
 
 def compare(out: np.ndarray, ref: np.ndarray, tolerance: float, what: str, *, relative: bool = False) -> float:

@@ -20,8 +20,8 @@ import numpy as np
 from jaxnas.spec import ArchSpec
 from jaxnas.runtime import BackendError
 
-from jaxnas.export.onnx_export import DEFAULT_ONNX_ROUTE, export_onnx
-from jaxnas.export.parity import FP16_RTOL, ExportError, ExportResult, compare, parity_input, reference_output
+from jaxnas.export.onnx_export import DEFAULT_LAYOUT, DEFAULT_ONNX_ROUTE, export_onnx
+from jaxnas.export.parity import FP16_RTOL, ExportError, ExportResult, check_file
 
 __all__ = ["export_tensorrt", "engine_export", "engine_from_onnx", "run_engine", "TensorRTMissing",
            "TENSORRT_PRECISIONS"]
@@ -103,7 +103,8 @@ def engine_from_onnx(onnx_path: str | os.PathLike, path: str | Path, *, precisio
 
 def export_tensorrt(spec: ArchSpec, variables: dict, path: str | Path, *, precision: str = "fp32",
                     onnx_path: str | Path | None = None, route: str = DEFAULT_ONNX_ROUTE, batch_size: int = 1,
-                    allow_tf32: bool = False, check: bool = True, tolerance: float = 1e-4) -> ExportResult:
+                    input_layout: str = DEFAULT_LAYOUT, allow_tf32: bool = False, check: bool = True,
+                    tolerance: float = 1e-4) -> ExportResult:
     """Export to ONNX (kept at `onnx_path`, else a temporary file) and build a TensorRT engine at `path`.
 
     Static batch `batch_size`.  With `check`, the ONNX file and then the engine (on the GPU) are
@@ -115,8 +116,8 @@ def export_tensorrt(spec: ArchSpec, variables: dict, path: str | Path, *, precis
     _check_precision(precision)
     with tempfile.TemporaryDirectory(prefix="jaxnas_trt_") as tmp:
         target = Path(onnx_path) if onnx_path is not None else Path(tmp) / "model.onnx"
-        onnx_result = export_onnx(spec, variables, target, route=route, batch_size=batch_size, check=check,
-                                  tolerance=tolerance)
+        onnx_result = export_onnx(spec, variables, target, route=route, batch_size=batch_size,
+                                  input_layout=input_layout, check=check, tolerance=tolerance)
         return engine_export(spec, variables, path, onnx_result, precision=precision, allow_tf32=allow_tf32,
                              check=check, tolerance=tolerance)
 
@@ -131,7 +132,7 @@ def engine_export(spec: ArchSpec, variables: Mapping[str, Any], path: str | Path
                   tolerance: float = 1e-4) -> ExportResult:
     """The engine of an already exported ONNX file (`export_onnx`'s result), parity-checked on the GPU.
 
-    A dynamic-batch ONNX file gets a batch-1 engine.
+    A dynamic-batch ONNX file gets a batch-1 engine; the engine takes the ONNX file's input layout.
     """
     _check_precision(precision)
     path = Path(path)
@@ -146,15 +147,12 @@ def engine_export(spec: ArchSpec, variables: Mapping[str, Any], path: str | Path
         out_shape = (batch,) + tuple(onnx_result.output_shape[1:])
         diff = None
         if check:
-            x = parity_input(in_shape)
-            out = run_engine(tmp, x)
-            what = f"TensorRT ({precision}) engine of {spec.name}"
-            ref = reference_output(spec, variables, x)
-            if precision == "fp16":
-                diff = compare(out, ref, max(tolerance, FP16_RTOL), what, relative=True)
-            else:
-                diff = compare(out, ref, tolerance, what)
+            fp16 = precision == "fp16"
+            diff = check_file(lambda x: run_engine(tmp, x), spec, variables, in_shape, onnx_result.layout,
+                              max(tolerance, FP16_RTOL) if fp16 else tolerance,
+                              f"TensorRT ({precision}) engine of {spec.name}", relative=fp16)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return ExportResult("tensorrt", path, diff, seconds, onnx_result.route, in_shape, out_shape, precision)
+    return ExportResult("tensorrt", path, diff, seconds, onnx_result.route, in_shape, out_shape, precision,
+                        onnx_result.layout)

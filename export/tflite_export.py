@@ -18,8 +18,8 @@ from jaxnas.io_utils import atomic_write_bytes
 from jaxnas.spec import ArchSpec, validate
 
 from jaxnas.export.fold import fold_batchnorm
-from jaxnas.export.parity import (FP16_RTOL, ExportError, ExportResult, compare, jax_model, output_shape,
-                           parity_input, reference_output, run_tflite)
+from jaxnas.export.parity import (FP16_RTOL, ExportError, ExportResult, check_file, jax_model, output_shape,
+                           run_tflite)
 
 __all__ = ["export_tflite", "tflite_bytes", "TFLITE_PRECISIONS"]
 
@@ -85,14 +85,10 @@ def export_tflite(spec: ArchSpec, variables: dict, path: str | Path, *, precisio
     in_shape = (1, h, w, spec.in_channels)
     diff = None
     if check:  # before writing: a file that fails parity never replaces a good one
-        x = parity_input(in_shape)
-        ref = reference_output(spec, variables, x)
-        out = run_tflite(data, x)
-        what = f"TFLite ({precision}) export of {spec.name}"
-        if precision == "fp16":
-            diff = compare(out, ref, max(tolerance, FP16_RTOL), what, relative=True)
-        else:
-            diff = compare(out, ref, tolerance, what)
+        fp16 = precision == "fp16"
+        diff = check_file(lambda x: run_tflite(data, x), spec, variables, in_shape, "NHWC",
+                          max(tolerance, FP16_RTOL) if fp16 else tolerance, f"TFLite ({precision}) export of {spec.name}",
+                          relative=fp16)
     t0 = time.perf_counter()
     atomic_write_bytes(path, data)
     seconds += time.perf_counter() - t0

@@ -87,7 +87,7 @@ def deploy(spec: Any, variables: Any, export: ExportConfig | None, latency: Late
         if export is not None:
             results = exporter.export_model(spec, variables, Path(out_dir), tuple(export.formats), route=export.route,
                                             precision=precision, dynamic_batch=dynamic_batch,
-                                            tolerance=export.tolerance)
+                                            input_layout=export.input_layout, tolerance=export.tolerance)
         export = export if export is not None else ExportConfig()
         result = DeployResult(dict(results))
         if latency is None:
@@ -103,15 +103,18 @@ def deploy(spec: Any, variables: Any, export: ExportConfig | None, latency: Late
         if shipped is None or needs_batch:
             timed = exporter.export_model(spec, variables, Path(tmp) / "timed", (fmt,), route=export.route,
                                           precision=precision, tolerance=export.tolerance,
+                                          input_layout=export.input_layout,
                                           dynamic_batch=dynamic_batch or needs_batch)[fmt]
         else:
             timed = shipped
         if log:
             log(f"deploy: timing {timed.path} on {latency.backend}")
+        kw["layout"] = timed.layout  # the timed file's own input (NCHW files take NCHW arrays)
         result.latency = measure_file(timed.path, spec, **kw)
         if baseline is not None:
             base = exporter.export_model(baseline[0], baseline[1], Path(tmp) / "baseline", (fmt,),
                                          route=export.route, precision=precision, tolerance=export.tolerance,
+                                         input_layout=export.input_layout,
                                          dynamic_batch=dynamic_batch or needs_batch)[fmt]
             if log:
                 log(f"deploy: timing it against the baseline in {compare_rounds} alternating rounds")

@@ -6,6 +6,10 @@ never static) carries
 * ``masks``: {width group name: (C,) array} multiplied into the kernel's output channels and the BN
   affine parameters of every conv whose `Conv.width` names the group (a masked channel is exactly
   zero after the layer, so slicing it away changes nothing — see `jaxnas.supernet.materialize`);
+* ``gates``: {width group name: (C,) array} multiplied into the BN affine parameters only (into the
+  kernel for a conv without BN): a soft scale of the channels after normalisation that the BN does not
+  undo (DMCP's architecture step; a kernel mask m gives BN(m*z), which renormalises m away except
+  through eps).  Hard 0/1 gates give the same outputs as masks;
 * ``acts``: {act slot name: scalar in [0, 1]} blending a layer's activation with identity;
 * ``ops``: {choice block name: (n_candidates,) weights} for op-choice blocks;
 * ``depth``: {stage name: (n_blocks,) weights} for sink-connected depth choice: the stage's output
@@ -80,6 +84,9 @@ class ConvLayer(nn.Module):
         shape = (kh, kw, 1, c.out) if c.depthwise else (kh, kw, cin, c.out)
         w = self.param("kernel", conv_init, shape)
         mask = _lookup(choices, "masks", c.width)
+        scale = _lookup(choices, "gates", c.width)  # scales the BN output (see the module docstring)
+        if scale is not None and not c.norm:
+            mask, scale = (scale if mask is None else mask * scale), None  # linear conv: gate = kernel mask
         if mask is not None:
             w = w * mask
         if c.depthwise:
@@ -90,6 +97,8 @@ class ConvLayer(nn.Module):
             b = self.param("bias", nn.initializers.zeros, (c.out,))
             y = y + (b * mask if mask is not None else b)
         if c.norm:
+            if scale is not None:
+                mask = scale if mask is None else mask * scale
             y = BatchNorm(self.bn_momentum, self.bn_eps, name="bn")(y, train, mask)
         out = ops.activation(c.act, y)
         gate = _lookup(choices, "acts", c.act_slot)

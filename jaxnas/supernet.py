@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Collection, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -120,7 +121,15 @@ def _hard(v, what: str) -> np.ndarray:
 
 
 def _take(a: Any, idx: np.ndarray | None, axis: int) -> Any:
-    return np.asarray(a) if idx is None else np.take(np.asarray(a), idx, axis=axis)
+    """`a` (numpy or jax, traced included) restricted to channels `idx` along `axis`; a jax array stays a
+    jax array, so `materialize` also slices traced weights (a prefix is a static slice)."""
+    if not isinstance(a, jax.Array):
+        return np.asarray(a) if idx is None else np.take(np.asarray(a), idx, axis=axis)
+    if idx is None:
+        return a
+    if idx.size and np.array_equal(idx, np.arange(idx.size)):
+        return jax.lax.slice_in_dim(a, 0, int(idx.size), axis=axis)
+    return jnp.take(a, jnp.asarray(idx), axis=axis)
 
 
 class _Slicer:
@@ -208,7 +217,11 @@ def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
 
 
 def materialize(spec: ArchSpec, variables: Mapping[str, Any], choices: Mapping[str, Any]) -> tuple[ArchSpec, dict]:
-    """(concrete spec, sliced variables) of the sub-network selected by hard `choices`."""
+    """(concrete spec, sliced variables) of the sub-network selected by hard `choices`.
+
+    `choices` must be concrete (numpy or jax arrays with values); `variables` may be traced (inside
+    jit), which makes the slim network a static program whose gradients flow back to the supernet's
+    weights (zero outside the kept channels)."""
     sl = _Slicer(choices)
     params, stats = variables["params"], variables.get("batch_stats", {})
     keep_blocks = set(range(len(spec.blocks)))

@@ -186,17 +186,21 @@ DF_NETS = {
 }
 
 
+DF_STEM = ((32, 2), (64, 2))  # (channels, stride) of conv1, conv2
+
+
 def dfnet(variant: str, num_classes: int = 1000, resolution: int = 224, in_channels: int = 3,
-          widths: tuple | None = None) -> ArchSpec:
-    """POP's DF1 / DF2 / DF2A; `widths` overrides the per-stage block list (the POP search space).
+          widths: tuple | None = None, stem: tuple[tuple[int, int], ...] = DF_STEM) -> ArchSpec:
+    """POP's DF1 / DF2 / DF2A; `widths` overrides the per-stage block list (the POP search space),
+    `stem` the (channels, stride) of the two stem convs (POP's small-input space: stride 1).
 
     A block gets a projection shortcut whenever its stride is 2 or its configured width differs from
     the previous block's (for bottlenecks: mid or out width), as in the released prototxts.
     """
     stages_cfg = widths if widths is not None else DF_NETS[variant]
-    blocks = [Block("conv", (Conv(32, (3, 3), 2, act="relu", width="conv1"),), name="conv1"),
-              Block("conv", (Conv(64, (3, 3), 2, act="relu", width="conv2"),), name="conv2")]
-    cin, prev_cfg, group = 64, None, "conv2"
+    blocks = [Block("conv", (Conv(c, (3, 3), s, act="relu", width=f"conv{i + 1}"),), name=f"conv{i + 1}")
+              for i, (c, s) in enumerate(stem)]
+    cin, prev_cfg, group = stem[-1][0], None, f"conv{len(stem)}"
     stages = []
     for si, cfg in enumerate(stages_cfg):
         start = len(blocks)

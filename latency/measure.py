@@ -55,12 +55,15 @@ class Comparison:
                 "a": self.a.to_dict(), "b": self.b.to_dict()}
 
 
-def input_shape(spec, batch_size: int = 1) -> tuple[int, int, int, int]:
+def input_shape(spec, batch_size: int = 1, layout: str = "NHWC") -> tuple[int, int, int, int]:
+    """The input a file exported from `spec` takes (`layout`: the file's own, `ExportResult.layout`)."""
+    if layout == "NCHW":
+        return (batch_size, spec.in_channels, *spec.input_size)
     return (batch_size, *spec.input_size, spec.in_channels)
 
 
 def _backend(name: str, threads: int):
-    return get_backend(name) if name in ("tensorrt", "trt") else get_backend(name, threads=threads)
+    return get_backend(name, threads=threads)  # xla / tensorrt refuse a count they cannot honour
 
 
 def _is_tflite(backend: str) -> bool:
@@ -80,9 +83,9 @@ def export_for_backend(spec, variables, backend: str, directory: str | Path, *, 
 
 
 def measure_file(path: str | Path, spec, *, backend: str = "onnxruntime", threads: int = 1, batch_size: int = 1,
-                 warmup: int = 20, runs: int = 100) -> Measurement:
+                 warmup: int = 20, runs: int = 100, layout: str = "NHWC") -> Measurement:
     be = _backend(backend, threads)
-    stats = be.measure(str(path), input_shape(spec, batch_size), warmup=warmup, runs=runs)
+    stats = be.measure(str(path), input_shape(spec, batch_size, layout), warmup=warmup, runs=runs)
     return Measurement(stats, be.fingerprint(batch_size).to_dict(), batch_size)
 
 
@@ -94,7 +97,7 @@ def measure_spec(spec, variables, backend: str = "onnxruntime", *, threads: int 
 
         from jaxnas import models
         model = models.build_model(spec)
-        be = get_backend("xla")
+        be = get_backend("xla", threads=threads)
         fn = jax.jit(lambda x: model.apply(variables, x))
         stats = be.measure(fn, input_shape(spec, batch_size), warmup=warmup, runs=runs)
         return Measurement(stats, be.fingerprint(batch_size).to_dict(), batch_size)
@@ -105,10 +108,12 @@ def measure_spec(spec, variables, backend: str = "onnxruntime", *, threads: int 
 
 
 def compare_files(a: str | Path, b: str | Path, spec, *, backend: str = "onnxruntime", threads: int = 1,
-                  batch_size: int = 1, warmup: int = 20, runs: int = 100, rounds: int = 5) -> Comparison:
+                  batch_size: int = 1, warmup: int = 20, runs: int = 100, rounds: int = 5,
+                  layout: str = "NHWC") -> Comparison:
     """Two model files with the same input timed in `rounds` alternating rounds (a, then b)."""
     be = _backend(backend, threads)
-    pt = measure_paired(be, str(b), str(a), input_shape(spec, batch_size), warmup=warmup, runs=runs, rounds=rounds)
+    pt = measure_paired(be, str(b), str(a), input_shape(spec, batch_size, layout), warmup=warmup, runs=runs,
+                        rounds=rounds)
     fp = be.fingerprint(batch_size).to_dict()
     ratios = tuple(c.median / r.median for r, c in zip(pt.reference, pt.candidate))
     return Comparison(Measurement(_median_round(pt.candidate), fp, batch_size),

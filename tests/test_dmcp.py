@@ -335,3 +335,93 @@ def test_search_resumes_exactly(tmp_path):
         assert not np.allclose(full.alphas[g], 0.0)  # two architecture steps moved them
     for a, b in zip(jax.tree.leaves(full.variables), jax.tree.leaves(resumed.variables)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _program_setup(tmp_path, start):
+    """(program, model, supernet variables, a batch, cost model) of the tiny search, architecture steps
+    from `start`."""
+    from jaxnas.methods.dmcp.search import build_program
+    _, cfg = _tiny_setup(tmp_path, 21000.0)
+    setup = _prepare(cfg)
+    model = build_model(setup.supernet)
+    v = init_variables(model, 0)
+    program = build_program(model, setup.space, setup.cost, setup.search, 4, start=start)
+    rng = np.random.default_rng(1)
+    batch = {"image": jnp.asarray(rng.normal(size=(8, 6, 6, 3)), jnp.float32),
+             "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)}
+    return program, model, v, batch, setup.cost
+
+
+def test_weight_step_equals_the_masked_sandwich(tmp_path):
+    """The weight step (min pass on the sliced network, max/random passes on the masked supernet) equals
+    one SGD step on CE(max) + KL(min) + KL(r1) + KL(r2), every pass on the masked supernet (§3.3)."""
+    from jaxnas.methods.dmcp.search import sandwich_widths
+    from jaxnas.train import cross_entropy, distillation_kl
+    start = 10 ** 6  # weight warm-up: the random widths are uniform per group
+    program, model, v, batch, _ = _program_setup(tmp_path, start)
+    space, cfg = program.space, program.cfg
+    state = program.init_state(v)
+    randoms, p_random = sandwich_widths(space, cfg, start, state)
+    widths = [space.masks_from_k(space.full_k()), space.masks_from_k(space.min_k()), *randoms]
+    assert len({tuple(int(np.sum(m)) for m in w.values()) for w in widths}) == 4  # four distinct widths
+
+    def apply(w, masks):
+        return model.apply({"params": w, "batch_stats": state.batch_stats}, batch["image"], train=True,
+                           choices={"masks": masks}, mutable=["batch_stats"])
+
+    def sandwich_loss(w):
+        logits, new = apply(w, widths[0])
+        teacher = jax.lax.stop_gradient(logits)
+        kd = sum(distillation_kl(apply(w, m)[0], teacher) for m in widths[1:])
+        return cross_entropy(logits, batch["label"], cfg.label_smoothing) + kd, new["batch_stats"]
+
+    (loss, stats), grads = jax.value_and_grad(sandwich_loss, has_aux=True)(state.params["net"])
+    updates, _ = program.tx_w.update(grads, state.opt_state["weights"], state.params["net"])
+    want = jax.device_get(optax_apply(state.params["net"], updates))
+    new_state, metrics = program.weight_step(program.init_state(v), batch)
+    assert float(metrics["loss"]) == pytest.approx(float(loss), rel=1e-4)
+    assert float(metrics["p_random"]) == float(p_random) == 1.0
+    for a, b in zip(jax.tree.leaves(new_state.params["net"]), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(new_state.batch_stats), jax.tree.leaves(stats)):  # max pass's statistics
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert int(new_state.step) == 1
+
+
+def optax_apply(params, updates):
+    import optax
+    return optax.apply_updates(params, updates)
+
+
+def test_arch_step_updates_only_alpha_by_its_loss(tmp_path):
+    """The architecture step: CE of the max-width net with BN outputs scaled by P(keep group) plus
+    cost_weight * log_l1(expected cost), one SGD step of alpha only (§3.2, §3.3)."""
+    from jaxnas.train import cross_entropy
+    program, model, v, batch, cost = _program_setup(tmp_path, 0)
+    space, cfg = program.space, program.cfg
+    state = program.init_state(v)
+    a0 = {g: jnp.full_like(a, 0.3) * (1 + jnp.arange(a.size)) / a.size for g, a in state.params["alpha"].items()}
+    state = state.replace(params={**state.params, "alpha": a0})
+
+    def arch_loss(alphas):
+        # Gates scale each group's BN outputs by P(keep) (test_models checks what gates compute).
+        logits, _ = model.apply({"params": state.params["net"], "batch_stats": state.batch_stats},
+                                batch["image"], train=True, choices={"gates": space.soft_masks(alphas)},
+                                mutable=["batch_stats"])
+        return (cross_entropy(logits, batch["label"], cfg.label_smoothing)
+                + cfg.cost_weight * cost.loss(space.expected_channels(alphas)))
+
+    loss, grads = jax.value_and_grad(arch_loss)(a0)
+    updates, _ = program.tx_a.update(grads, state.opt_state["arch"], a0)
+    want, a0 = jax.device_get((optax_apply(a0, updates), a0))  # the step donates the state's buffers
+    net_before = jax.device_get(state.params["net"])
+    stats_before = jax.device_get(state.batch_stats)
+    new_state, metrics = program.arch_step(state, batch)
+    assert float(metrics["arch_loss"]) == pytest.approx(float(loss), rel=1e-5)
+    for g in space.prunable:
+        np.testing.assert_allclose(new_state.params["alpha"][g], want[g], rtol=1e-5, atol=1e-7)
+        assert not np.allclose(new_state.params["alpha"][g], a0[g])
+    for a, b in zip(jax.tree.leaves(new_state.params["net"]), jax.tree.leaves(net_before)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(new_state.batch_stats), jax.tree.leaves(stats_before)):
+        np.testing.assert_array_equal(a, b)
