@@ -51,6 +51,7 @@ METHOD = Method(
     search=_search,
     add_commands=_add_commands,
     requires_target=True,
+    table_targets=("latency_ms",),  # the per-layer grid of a latency budget
 )
 
 _LAZY = {  # module -> names loaded from it on first access (importing the package stays light)
