@@ -1,4 +1,4 @@
-"""Model zoo as architecture specs: MobileNetV2, ResNet-18/34/50, VGG-19-BN, POP's DF1/DF2/DF2A.
+"""Model zoo as architecture specs: MobileNetV1/V2, ResNet-18/34/50, VGG-19-BN, POP's DF1/DF2/DF2A.
 
 Channel counts, strides and parameter counts follow the torchvision reference implementations (and the
 POP Caffe prototxts for the DF nets).  Every conv carries a `width` group name so the same spec serves
@@ -57,6 +57,32 @@ def mobilenet_v2(width: float = 1.0, num_classes: int = 1000, resolution: int = 
     return ArchSpec(name, tuple(blocks), Head(num_classes, dropout=dropout), (resolution, resolution),
                     in_channels, tuple(stages), meta={"family": "mobilenet_v2", "width": width,
                                                       "small_input": small_input})
+
+
+MBV1_SETTINGS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
+                 (512, 1), (512, 1), (1024, 2), (1024, 1))
+
+
+def mobilenet_v1(width: float = 1.0, num_classes: int = 1000, resolution: int = 224,
+                 small_input: bool = False, dropout: float = 0.0, in_channels: int = 3) -> ArchSpec:
+    """MobileNetV1 (Howard et al. 2017): 3x3 stem, 13 depthwise-separable layers, ReLU after every BN (as the
+    paper and MetaPruning; TF-slim uses ReLU6).  Channels ``max(int(c * width), 8)`` (TF-slim's depth
+    multiplier).  `small_input`: stem stride 1 (total stride 16, for 28-32 px)."""
+    def ch(c: int) -> int:
+        return max(int(c * width), 8)
+
+    blocks = [Block("conv", (Conv(ch(32), (3, 3), 1 if small_input else 2, act="relu", width="stem"),),
+                    name="stem")]
+    group = "stem"
+    for i, (c, s) in enumerate(MBV1_SETTINGS, 1):
+        out_group = f"l{i}.out"
+        blocks.append(Block("conv", (Conv(blocks[-1].layers[-1].out, (3, 3), s, depthwise=True,
+                                          act="relu", width=group),
+                                     Conv(ch(c), (1, 1), act="relu", width=out_group)), name=f"l{i}"))
+        group = out_group
+    name = f"mobilenet_v1_{width:g}" + ("_small" if small_input else "")
+    return ArchSpec(name, tuple(blocks), Head(num_classes, dropout=dropout), (resolution, resolution),
+                    in_channels, meta={"family": "mobilenet_v1", "width": width, "small_input": small_input})
 
 
 def resnet_basic(cin: int, cout: int, stride: int, *, in_group: str, mid_group: str, out_group: str,
@@ -211,7 +237,7 @@ def df2a(**kw) -> ArchSpec:
 
 
 ZOO: dict[str, Callable[..., ArchSpec]] = {
-    "mobilenet_v2": mobilenet_v2, "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50,
+    "mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2, "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50,
     "vgg19_bn": vgg19_bn, "df1": df1, "df2": df2, "df2a": df2a,
 }
 

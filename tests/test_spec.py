@@ -6,6 +6,7 @@ from jaxnas import spec as S
 from jaxnas import zoo
 
 PUBLISHED = {  # torchvision parameter counts (exact) and MACs (published, within 2%)
+    "mobilenet_v1": (4_231_976, 569e6),  # MobileNets paper, Table 8: 569 M mult-adds, 4.2 M params
     "mobilenet_v2": (3_504_872, 300e6),
     "resnet18": (11_689_512, 1.82e9),
     "resnet50": (25_557_032, 4.1e9),
@@ -23,6 +24,14 @@ def test_zoo_params_and_macs_match_references(name):
     if p_ref is not None:
         assert cost.params == p_ref
     assert abs(cost.macs - m_ref) / m_ref < 0.02
+
+
+@pytest.mark.parametrize("width,macs,params", [(0.75, 325e6, 2.6e6), (0.5, 149e6, 1.3e6), (0.25, 41e6, 0.5e6)])
+def test_mobilenet_v1_width_multipliers_match_the_paper(width, macs, params):
+    # MobileNets paper, Table 6 (rounded to the figures it prints).
+    cost = S.analyze(zoo.mobilenet_v1(width=width))
+    assert round(cost.macs / 1e6) == macs / 1e6
+    assert round(cost.params / 1e5) / 10 == params / 1e6
 
 
 def test_resnet34_params():

@@ -8,6 +8,7 @@ Method searches run their own jitted `update_fn(state, batch, step)` through `ru
 data order, exact resume, metrics, evaluation and checkpoints.
 """
 
+from jaxnas.train.bn import combine_batch_stats, recalibrate_bn, reset_batch_stats
 from jaxnas.train.checkpoint import CheckpointError, CheckpointStore, load_variables, save_final, weights_source
 from jaxnas.train.config import DistillConfig, OptimConfig, ScheduleConfig, TrainConfig
 from jaxnas.train.loop import StepInfo, UpdateFn, evaluate, fit, run_loop
@@ -23,8 +24,8 @@ from jaxnas.train.steps import (
 __all__ = [
     "CSV_FIELDS", "CheckpointError", "CheckpointStore", "DistillConfig", "Distillation", "LossContext", "MetricsWriter",
     "OptimConfig", "Progress", "ScheduleConfig", "StepInfo", "TrainConfig", "TrainState", "UpdateFn",
-    "check_batch_size", "classification_loss", "cross_entropy", "data_position", "distillation_kl",
+    "check_batch_size", "classification_loss", "combine_batch_stats", "cross_entropy", "data_position", "distillation_kl",
     "eval_metrics", "evaluate", "fit", "load_variables", "make_eval_step", "make_mesh", "make_optimizer",
-    "make_schedule", "make_train_step", "multi_optimizer", "run_loop", "path_labels", "read_metrics", "replicate",
-    "save_final", "shard_batch", "weight_decay_mask", "weights_source",
+    "make_schedule", "make_train_step", "multi_optimizer", "run_loop", "path_labels", "read_metrics", "recalibrate_bn",
+    "replicate", "reset_batch_stats", "save_final", "shard_batch", "weight_decay_mask", "weights_source",
 ]

@@ -1,25 +1,48 @@
-"""BatchNorm recalibration: running statistics recomputed for a network whose weights were trained as
-part of a supernet (DMCP, MetaPruning, one-shot searches), where the supernet's running statistics do
-not describe the sub-network.
+"""BatchNorm recalibration: reset a network's running statistics and recompute them from batches.
+
+Weight-sharing methods evaluate sub-networks whose BN running statistics were never accumulated for that
+sub-network (DMCP's sampled widths, MetaPruning's candidates); before evaluating one, its statistics are
+recomputed over calibration batches run in train mode (each normalised with its own statistics, as during
+training).  Two ways to combine the per-batch statistics:
+
+* ``momentum=None``: the exact average of the per-batch means and (biased) variances, each batch weighted
+  equally (DMCP here; the original DMCP kept only the last batch);
+* ``momentum=m`` (PyTorch convention): reset to mean 0 / var 1, then ``running = (1 - m) running + m batch``
+  per batch in order, i.e. PyTorch's train-mode update (MetaPruning: ``m = 0.1`` over 100 batches).
+
+The model must have a `bn_momentum` attribute (Flax convention; `model.clone(bn_momentum=0.0)` makes a
+train-mode pass write the batch's statistics exactly) and name its running statistics ``mean`` / ``var``
+in the 'batch_stats' collection.  Statistics the calibration passes do not write (e.g. the unused rows of
+MetaPruning's per-width BN banks) come out reset.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["recalibrate_bn"]
+
+def reset_batch_stats(batch_stats: Any) -> Any:
+    """The same tree with every ``var`` leaf 1 and every other leaf (``mean``) 0."""
+    def reset(path, leaf):
+        name = getattr(path[-1], "key", None) if path else None
+        return jnp.ones_like(leaf) if name == "var" else jnp.zeros_like(leaf)
+    return jax.tree_util.tree_map_with_path(reset, batch_stats)
+
+
+def combine_batch_stats(acc: Any, batch: Any, index: Any, momentum: float | None) -> Any:
+    """Fold batch number `index` (from 0) into `acc` (jittable): the running mean of the batches, or the
+    PyTorch EMA from `acc` (the reset statistics before the first batch)."""
+    if momentum is None:
+        return jax.tree.map(lambda a, b: a + (b - a) / (index + 1), acc, batch)
+    return jax.tree.map(lambda a, b: (1 - momentum) * a + momentum * b, acc, batch)
 
 
 def recalibrate_bn(model: Any, variables: Mapping[str, Any], batches: Iterable[Mapping[str, Any]],
-                   choices: Any = None) -> dict[str, Any]:
-    """Variables whose BN running mean/var are the averages of the per-batch statistics of `batches`.
-
-    Each batch is run in train mode (normalising with its own statistics, as during training); the
-    running mean is the mean of the batch means and the running var the mean of the (biased) batch
-    variances, each batch weighted equally.
-    """
+                   choices: Any = None, *, momentum: float | None = None) -> dict[str, Any]:
+    """Variables whose BN running statistics are recomputed from `batches` (see the module docstring)."""
     exact = model.clone(bn_momentum=0.0)  # running <- batch statistics exactly
 
     @jax.jit
@@ -28,13 +51,15 @@ def recalibrate_bn(model: Any, variables: Mapping[str, Any], batches: Iterable[M
         _, mutated = exact.apply(v, x, train=True, mutable=["batch_stats"], **kw)
         return mutated["batch_stats"]
 
-    total, n = None, 0
-    v = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    reset = reset_batch_stats(variables["batch_stats"])
+    v = {"params": variables["params"], "batch_stats": reset}
+    acc, n = reset, 0
     for batch in batches:
-        s = batch_stats(v, batch["image"], choices)
-        total = s if total is None else jax.tree.map(lambda a, b: a + b, total, s)
+        acc = combine_batch_stats(acc, batch_stats(v, batch["image"], choices), n, momentum)
         n += 1
     if n == 0:
         raise ValueError("BN recalibration needs at least one batch")
-    avg = jax.tree.map(lambda a: np.asarray(a) / n, jax.device_get(total))
-    return {"params": variables["params"], "batch_stats": avg}
+    return {"params": variables["params"], "batch_stats": jax.tree.map(np.asarray, jax.device_get(acc))}
+
+
+__all__ = ["combine_batch_stats", "recalibrate_bn", "reset_batch_stats"]

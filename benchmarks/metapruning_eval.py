@@ -1,0 +1,94 @@
+"""MetaPruning candidate evaluation: cost per candidate (BN recalibration + held-out top-1), single vs vectorised.
+
+    python benchmarks/metapruning_eval.py [--config configs/metapruning/quick.yaml] [--ks 1,2,4,8] [--rounds 3]
+
+Builds the config's PruningNet and `FitnessEvaluator` (its calibration batches and held-out split: for the
+quick config 2 x 128 augmented training images and 600 held-out images at 28 px) and times evaluating
+`--candidates` random candidates with `candidates_per_call` K in alternating rounds (after one untimed
+call per K, which compiles).  Prints seconds per candidate and candidates per second per K, the median over
+rounds, and the speed-up of each K over K = 1 (median of per-round ratios).  Errors must agree across K
+(they are checked).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jaxnas import allocator
+from jaxnas.config import load_config
+from jaxnas.data import load_dataset
+from jaxnas.methods.metapruning.args import MetaPruningArgs
+from jaxnas.methods.metapruning.fitness import FitnessEvaluator, calibration_images
+from jaxnas.methods.metapruning.pipeline import space_for
+from jaxnas.methods.metapruning.pruningnet import build_pruningnet, init_pruningnet
+from jaxnas.schema import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "configs/metapruning/quick.yaml"))
+    ap.add_argument("--ks", default="1,2,4,8")
+    ap.add_argument("--candidates", type=int, default=8, help="candidates per timed call set (a multiple of every K)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    allocator.reexec_with_tcmalloc()
+    cfg = load_config(a.config)
+    args = validate(cfg.search.args, MetaPruningArgs, "search.args")
+    dataset = load_dataset(cfg.dataset_config())
+    space = space_for(cfg, dataset, args)
+    model = build_pruningnet(space, cfg.model.depthwise)
+    variables = init_pruningnet(model, 0)
+    calib = calibration_images(dataset, args.calib_batches, args.calib_batch_size or cfg.data.batch_size, 0)
+    holdout = dataset.arrays("holdout")
+    rng = np.random.default_rng(0)
+    cands = [tuple(int(v) for v in rng.integers(0, 31, space.num_genes)) for _ in range(a.candidates)]
+    ks = [int(k) for k in a.ks.split(",")]
+    evaluators = {}
+    load = [round(os.getloadavg()[0], 2)]
+    errors = {}
+    compile_s = {}
+    for k in ks:
+        ev = FitnessEvaluator(model, variables, calib, holdout, eval_batch_size=args.eval_batch_size or
+                              cfg.data.eval_batch_size, momentum=args.recalib_momentum, candidates_per_call=k)
+        t = time.perf_counter()
+        errors[k] = ev(cands[:k])                     # compiles
+        compile_s[k] = time.perf_counter() - t
+        evaluators[k] = ev
+    per_round = {k: [] for k in ks}
+    for _ in range(a.rounds):
+        for k in ks:
+            t = time.perf_counter()
+            err = evaluators[k](cands)
+            per_round[k].append((time.perf_counter() - t) / len(cands))
+            errors[k] = err
+    load.append(round(os.getloadavg()[0], 2))
+    for k in ks[1:]:
+        np.testing.assert_allclose(errors[k], errors[ks[0]], atol=1e-6)
+    rows = []
+    for k in ks:
+        s = float(np.median(per_round[k]))
+        rows.append({"k": k, "seconds_per_candidate": s, "candidates_per_second": 1 / s,
+                     "speedup_over_k1": float(np.median(np.divide(per_round[ks[0]], per_round[k]))),
+                     "first_call_seconds": round(compile_s[k], 1),
+                     "rounds": [round(x, 3) for x in per_round[k]]})
+    out = {"config": a.config, "images_per_candidate": int(calib.shape[0] * calib.shape[1] + len(holdout[1])),
+           "resolution": space.resolution, "load_average": load, "rows": rows}
+    if a.json:
+        print(json.dumps(out, indent=1))
+        return
+    print(f"{out['images_per_candidate']} images per candidate at {space.resolution} px (load {load}):")
+    for r in rows:
+        print(f"  K={r['k']}: {r['seconds_per_candidate']:.3f} s/candidate ({r['candidates_per_second']:.2f}/s), "
+              f"{r['speedup_over_k1']:.2f}x vs K=1 (first call incl. compile {r['first_call_seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Cost models over a spec's conv sites: MACs and latency as functions of per-width-group channel counts.
+
+Shared by the channel-pruning methods (DMCP's expected cost, MetaPruning's constraint).  `MacsModel`:
+MACs as a sum of ``coef * prod(channels[g])`` terms, exact (= `jaxnas.spec.macs` of the sub-network) at
+integer channel counts and differentiable at expected ones.  `LatencyModel`: the sum over every conv of a
+bilinear interpolation in (c_in, c_out) of that layer's measured latency grid (a `LatencyTable` built by
+`jaxnas.latency.layer_grid`; only read here, duck-typed: ``table.meta``, ``table.ms(key, stat)``), then
+the table's end-to-end calibration ``constant_ms + scale * sum``.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnas.spec import ArchSpec, SpecError
+from jaxnas.supernet import Expr, conv_sites
+
+__all__ = ["LatencyModel", "MacsModel", "bilinear"]
+
+
+class MacsModel:
+    """Expected MACs as a sum of ``coef * prod(E[g] for g in factors)`` terms (differentiable)."""
+
+    def __init__(self, spec: ArchSpec, prunable: Any, *, count_bias: bool = False):
+        sites, head = conv_sites(spec, frozenset(prunable))
+        terms: dict[tuple[str, ...], float] = {}
+
+        def add(coef: float, *exprs: Expr) -> None:
+            factors = []
+            for g, c in exprs:
+                if g is None:
+                    coef *= c
+                else:
+                    factors.append(g)
+            key = tuple(sorted(factors))
+            terms[key] = terms.get(key, 0.0) + coef
+
+        for s in sites:
+            kh, kw = s.conv.kernel
+            hw = s.out_hw[0] * s.out_hw[1]
+            if s.layer == "se":  # reduce (c -> se) and expand (se -> c) dense layers
+                add(2.0 * s.conv.out, s.cin)
+                continue
+            if s.conv.depthwise:
+                add(kh * kw * hw, s.cout)
+            else:
+                add(kh * kw * hw, s.cin, s.cout)
+            if count_bias and s.conv.bias:
+                add(hw, s.cout)
+        if head is not None:  # dense layers: features x width (the first sees E[c_last] * pooled size)
+            coef, feat = float(head.features_per_channel), head.cin
+            for width in head.widths:
+                add(coef * width, feat)
+                if count_bias:
+                    add(float(width))
+                coef, feat = 1.0, (None, width)
+        self.terms = tuple(sorted(terms.items()))
+
+    def expected(self, channels: Mapping[str, Any]) -> jax.Array:
+        """Expected MACs given (expected) channel counts per prunable group."""
+        total = 0.0
+        for factors, coef in self.terms:
+            t = coef
+            for g in factors:
+                t = t * channels[g]
+            total = total + t
+        return jnp.asarray(total, jnp.float32)
+
+    def exact(self, channels: Mapping[str, Any]) -> Any:
+        """MACs with these integer channel counts (equals `spec.macs` of the materialised sub-network).
+
+        Channel counts may be numpy arrays of equal shape (many sub-networks at once, float64 result).
+        """
+        if all(np.ndim(v) == 0 for v in channels.values()):
+            total = 0
+            for factors, coef in self.terms:
+                t = int(round(coef))
+                for g in factors:
+                    t *= int(channels[g])
+                total += t
+            return total
+        total = 0.0
+        for factors, coef in self.terms:
+            t = np.float64(coef)
+            for g in factors:
+                t = t * np.asarray(channels[g], np.float64)
+            total = total + t
+        return total
+
+
+# ------------------------------------------------------------------------------------------------
+# Latency from a per-layer grid table
+# ------------------------------------------------------------------------------------------------
+
+def _interp_weights(grid: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Segment index and fraction for piecewise-linear interpolation (linear extrapolation outside)."""
+    if grid.shape[0] == 1:
+        return jnp.zeros((), jnp.int32), jnp.zeros((), x.dtype)
+    i = jnp.clip(jnp.searchsorted(grid, x, side="right") - 1, 0, grid.shape[0] - 2)
+    t = (x - grid[i]) / (grid[i + 1] - grid[i])
+    return i, t
+
+
+def bilinear(xs: jax.Array, ys: jax.Array, values: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+    """Bilinear interpolation of ``values[len(xs), len(ys)]`` at (x, y); axes of length 1 are constant."""
+    i, tx = _interp_weights(xs, x)
+    j, ty = _interp_weights(ys, y)
+    i1 = jnp.minimum(i + 1, xs.shape[0] - 1)
+    j1 = jnp.minimum(j + 1, ys.shape[0] - 1)
+    v00, v01, v10, v11 = values[i, j], values[i, j1], values[i1, j], values[i1, j1]
+    return (1 - tx) * ((1 - ty) * v00 + ty * v01) + tx * ((1 - ty) * v10 + ty * v11)
+
+
+def _weights_np(grid: np.ndarray, x: Any) -> tuple[Any, Any]:
+    if grid.shape[0] == 1:
+        return np.zeros(np.shape(x), np.int64), np.zeros(np.shape(x))
+    i = np.clip(np.searchsorted(grid, x, side="right") - 1, 0, grid.shape[0] - 2)
+    return i, (x - grid[i]) / (grid[i + 1] - grid[i])
+
+
+def _bilinear_np(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, x: Any, y: Any) -> Any:
+    i, tx = _weights_np(xs, x)
+    j, ty = _weights_np(ys, y)
+    i1, j1 = np.minimum(i + 1, xs.shape[0] - 1), np.minimum(j + 1, ys.shape[0] - 1)
+    return ((1 - tx) * ((1 - ty) * values[i, j] + ty * values[i, j1])
+            + tx * ((1 - ty) * values[i1, j] + ty * values[i1, j1]))
+
+
+def _bilinear_fit(xs: np.ndarray, ys: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """Least-squares fit of a + b*x + c*y + d*x*y (terms of one-point axes dropped), at the grid."""
+    x, y = np.meshgrid(xs, ys, indexing="ij")
+    cols = [np.ones_like(x)]
+    if xs.size > 1:
+        cols.append(x)
+    if ys.size > 1:
+        cols.append(y)
+    if xs.size > 1 and ys.size > 1:
+        cols.append(x * y)
+    a = np.stack([c.ravel() for c in cols], axis=1)
+    coef, *_ = np.linalg.lstsq(a, vals.ravel(), rcond=None)
+    return (a @ coef).reshape(vals.shape)
+
+
+class LatencyModel:
+    """Expected latency (ms) of a supernet from a layer-grid `LatencyTable` (see `latency.layer_grid`).
+
+    The table's ``meta['layers']`` lists every conv of the supernet in `conv_sites` order with its
+    entry key, input shape, output channels and channel grids; entries are ``f"{key}:{cin}x{cout}"``.
+    ``meta['calibration'][stat]`` = {'constant_ms', 'scale'} maps the summed layer latencies to end-to-end
+    ms; `stat` picks the entry statistic (median, mean, p10 or min).
+    """
+
+    def __init__(self, spec: ArchSpec, prunable: Any, table: Any, *, stat: str = "median", smooth: bool = False):
+        """`smooth`: replace each layer's measured grid by its least-squares bilinear fit
+        ``a + b*cin + c*cout + d*cin*cout`` (``a + b*c`` for depthwise) before interpolating: tiny layers
+        are timed at the resolution of the runtime's per-call overhead, and a noisy grid has
+        non-monotone cells whose gradients point the wrong way.  The end-to-end calibration is then
+        refitted on the smoothed sums (from the table's ``network:full``/``network:min`` entries)."""
+        meta = getattr(table, "meta", {}) or {}
+        layers = meta.get("layers")
+        if not isinstance(layers, list):
+            raise SpecError("the latency table has no per-layer grid (meta['layers']); build it with "
+                            "latency.layer_grid.build_layer_grid")
+        sites, _ = conv_sites(spec, frozenset(prunable))
+        sites = [s for s in sites if s.layer != "se"]
+        if len(layers) != len(sites):
+            raise SpecError(f"the latency table describes {len(layers)} conv layers but {spec.name} has "
+                            f"{len(sites)}; rebuild the table for this supernet")
+        self.sites = sites
+        self.stat, self.smooth = stat, smooth
+        self._layers, self._np_layers = [], []
+        for s, lay in zip(sites, layers):
+            want = [s.in_hw[0], s.in_hw[1], s.cin[1]]
+            if list(lay["in_shape"]) != want or int(lay["out"]) != s.cout[1] or lay.get("block") != s.block:
+                raise SpecError(f"latency table layer {s.index} is {lay['in_shape']}->{lay['out']} (block "
+                                f"{lay.get('block')}) but the supernet has {want}->{s.cout[1]} (block {s.block}); "
+                                "rebuild the table for this supernet")
+            cin_grid, cout_grid = [int(c) for c in lay["cin_grid"]], [int(c) for c in lay["cout_grid"]]
+            depthwise = bool(lay.get("depthwise", False))
+            if depthwise:
+                xs, ys = np.asarray(cout_grid, np.float64), np.zeros((1,), np.float64)
+                vals = np.asarray([[table.ms(f"{lay['key']}:{c}x{c}", stat)] for c in cout_grid], np.float64)
+            else:
+                xs, ys = np.asarray(cin_grid, np.float64), np.asarray(cout_grid, np.float64)
+                vals = np.asarray([[table.ms(f"{lay['key']}:{a}x{b}", stat) for b in cout_grid] for a in cin_grid],
+                                  np.float64)
+            if smooth:
+                vals = _bilinear_fit(xs, ys, vals)
+            self._np_layers.append((s, depthwise, xs, ys, vals))
+            self._layers.append((s, depthwise, jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32),
+                                 jnp.asarray(vals, jnp.float32)))
+        cal = (meta.get("calibration") or {}).get(stat, {})
+        self.constant_ms = float(cal.get("constant_ms", 0.0))
+        self.scale = float(cal.get("scale", 1.0))
+        if smooth and "network:full" in table:
+            self._recalibrate(table, stat)
+
+    def _recalibrate(self, table: Any, stat: str) -> None:
+        # As latency.layer_grid.calibrate, on the smoothed grids: the full and the minimal network are
+        # the grids' last and first corners.
+        s_full = sum(float(v[-1, -1]) for *_, v in self._np_layers)
+        s_min = sum(float(v[0, 0]) for *_, v in self._np_layers)
+        t_full = table.ms("network:full", stat)
+        self.scale = 1.0
+        if "network:min" in table and s_full - s_min > 1e-9:
+            scale = (t_full - table.ms("network:min", stat)) / (s_full - s_min)
+            if 0.2 <= scale <= 5.0:
+                self.scale = scale
+        self.constant_ms = t_full - self.scale * s_full
+
+    def _layer_sum(self, channels: Mapping[str, Any]) -> jax.Array:
+        def value(e: Expr):
+            return jnp.asarray(e[1], jnp.float32) if e[0] is None else jnp.asarray(channels[e[0]], jnp.float32)
+
+        total = jnp.zeros((), jnp.float32)
+        for s, depthwise, xs, ys, vals in self._layers:
+            if depthwise:
+                total = total + bilinear(xs, ys, vals, value(s.cout), jnp.zeros((), jnp.float32))
+            else:
+                total = total + bilinear(xs, ys, vals, value(s.cin), value(s.cout))
+        return total
+
+    def expected(self, channels: Mapping[str, Any]) -> jax.Array:
+        """Predicted end-to-end latency (ms) at these (expected or integer) channel counts (differentiable)."""
+        return self.constant_ms + self.scale * self._layer_sum(channels)
+
+    def exact(self, channels: Mapping[str, Any]) -> Any:
+        """The same prediction in numpy (channel counts may be arrays: many sub-networks at once)."""
+        def value(e: Expr):
+            return np.float64(e[1]) if e[0] is None else np.asarray(channels[e[0]], np.float64)
+
+        total = 0.0
+        for s, depthwise, xs, ys, vals in self._np_layers:
+            y = np.float64(0.0) if depthwise else value(s.cout)
+            total = total + _bilinear_np(xs, ys, vals, value(s.cout) if depthwise else value(s.cin), y)
+        out = self.constant_ms + self.scale * total
+        return float(out) if np.ndim(out) == 0 else out

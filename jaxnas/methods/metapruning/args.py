@@ -1,0 +1,133 @@
+"""`search.args` of MetaPruning (a `jaxnas.schema.Section`: unknown keys and bad values are refused with
+one line each before anything runs).  Defaults are the original's MobileNetV2 settings (§2.3, §2.4).
+
+The space comes from `space` (default: the config's `model.name`); resolution, classes and input channels
+from the data, `small_input` from `model.small_input`.  The target is the config's `search.target_macs`
+(counted by `macs_counter`) or `search.target_latency_ms` (predicted from a per-layer latency grid of
+the widest network on the configured runtime); `min_macs` / `min_latency_ms` make it a window (ResNet-50:
+[1950, 2050] M).  Retraining uses the config's `optim`, `schedule` and `train` sections.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from jaxnas.methods.metapruning.space import FAMILIES, NUM_SCALES, RESIDUAL_RULES
+from jaxnas.schema import Section
+
+SCHEDULES = ("linear_epoch", "multistep_epoch", "linear")
+
+
+class MetaPruningArgs(Section):
+    section = "search.args"
+
+    # Space.
+    space: Literal["mobilenet_v2", "mobilenet_v1", "resnet50"] | None = None   # None: model.name
+    width_mult: float = 1.0             # scales every base width (1.0: the original's space)
+    channel_multiple: int = 1           # every width rounded to a multiple of this (1: the original); 8 keeps
+                                        # onnxruntime/CPU on its fast blocked kernels (see space.get_space)
+    residual_rule: Literal["base", "pruned"] = "base"   # of the retrained network (module `space`)
+    # PruningNet training (§2.4: MobileNets 64 epochs, batch 512, lr 0.25; ResNet 32 / 256 / 0.1, multistep).
+    epochs: float = 64.0
+    batch_size: int | None = None       # None: data.batch_size
+    lr: float = 0.25
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0           # MBV2 0 (the default), MBV1 4e-5, ResNet 1e-4: generators + classifier
+    label_smoothing: float = 0.1
+    schedule: Literal["linear_epoch", "multistep_epoch", "linear"] = "linear_epoch"
+    gamma: float = 0.1                  # multistep factor
+    seed: int | None = None             # None: train.seed
+    max_steps: int | None = None        # stop PruningNet training early (smoke tests)
+    eval_every_epochs: float = 1.0      # PruningNet validation on the held-out split (0: never)
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    # Evolution (§2.3).
+    population: int = 50
+    select_num: int = 50
+    top_k: int = 10
+    mutation_num: int = 25
+    mutation_prob: float = 0.1
+    crossover_num: int = 25
+    max_iters: int = 20
+    mutation_rounds: int = 10
+    crossover_tries: int = 10
+    random_range: tuple[int, int] | None = None   # None: the space's ([12, 24) for ResNet-50, else [0, 31))
+    random_tries: int = 100_000
+    # Fitness: BN recalibration over training batches with training augmentation, then held-out top-1.
+    calib_batches: int = 100
+    calib_batch_size: int | None = None          # None: data.batch_size (the original: 1000)
+    recalib_momentum: float | None = 0.1         # PyTorch EMA from (0, 1) as the original; null: exact average
+    eval_batch_size: int | None = None           # None: data.eval_batch_size
+    candidates_per_call: int = 1                 # > 1: vectorise the evaluation over this many candidates
+    eval_batch: int = 10                         # candidates per evaluation round (the cache is saved after each)
+    # Constraint.
+    macs_counter: Literal["macs", "flops_original"] = "macs"
+    min_macs: float | None = None
+    min_latency_ms: float | None = None
+    latency_stat: Literal["median", "mean", "p10", "min"] = "median"   # of the table and the end-to-end check
+    latency_smooth: bool = False
+    verify_latency: int = 10            # latency targets: measure up to this many best candidates end to end
+                                        # and keep the first within the target (0: trust the table)
+    latency_tolerance: float = 0.05     # ... measured <= target * (1 + tolerance)
+    # Pipeline.
+    pruningnet_from: str | None = None  # a MetaPruning work dir whose trained PruningNet this search starts
+                                        # from (it does not depend on the budget: train once, search many)
+    retrain: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "MetaPruningArgs":
+        e = []
+        if self.space is not None and self.space not in FAMILIES:
+            e.append(f"space: must be one of {', '.join(FAMILIES)}, got {self.space!r}")
+        if not 0 < self.width_mult <= 4:
+            e.append(f"width_mult: must be in (0, 4], got {self.width_mult}")
+        if self.residual_rule not in RESIDUAL_RULES:
+            e.append(f"residual_rule: must be one of {RESIDUAL_RULES}, got {self.residual_rule!r}")
+        if self.schedule not in SCHEDULES:
+            e.append(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
+        for k in ("epochs", "lr"):
+            if not getattr(self, k) > 0:
+                e.append(f"{k}: must be > 0, got {getattr(self, k)}")
+        for k in ("weight_decay", "label_smoothing", "momentum", "eval_every_epochs"):
+            if getattr(self, k) < 0:
+                e.append(f"{k}: must be >= 0, got {getattr(self, k)}")
+        if not 1 <= self.channel_multiple <= 64:
+            e.append(f"channel_multiple: must be in [1, 64], got {self.channel_multiple}")
+        for k in ("population", "select_num", "top_k", "max_iters", "mutation_rounds", "crossover_tries",
+                  "random_tries", "calib_batches", "candidates_per_call", "eval_batch", "log_every",
+                  "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, k) < 1:
+                e.append(f"{k}: must be >= 1, got {getattr(self, k)}")
+        for k in ("mutation_num", "crossover_num", "verify_latency"):
+            if getattr(self, k) < 0:
+                e.append(f"{k}: must be >= 0, got {getattr(self, k)}")
+        for k in ("batch_size", "max_steps", "calib_batch_size", "eval_batch_size"):
+            v = getattr(self, k)
+            if v is not None and v < 1:
+                e.append(f"{k}: must be >= 1 or null, got {v}")
+        if self.mutation_num + self.crossover_num > self.population:
+            e.append(f"mutation_num + crossover_num ({self.mutation_num + self.crossover_num}) must not exceed "
+                     f"population ({self.population})")
+        if not 0 <= self.mutation_prob <= 1:
+            e.append(f"mutation_prob: must be in [0, 1], got {self.mutation_prob}")
+        if self.random_range is not None:
+            lo, hi = self.random_range
+            if not 0 <= lo < hi <= NUM_SCALES:
+                e.append(f"random_range: must be [low, high) within [0, {NUM_SCALES}], got {list(self.random_range)}")
+        if self.recalib_momentum is not None and not 0 < self.recalib_momentum <= 1:
+            e.append(f"recalib_momentum: must be in (0, 1] or null, got {self.recalib_momentum}")
+        if not 0 <= self.latency_tolerance < 1:
+            e.append(f"latency_tolerance: must be in [0, 1), got {self.latency_tolerance}")
+        for k in ("min_macs", "min_latency_ms"):
+            v = getattr(self, k)
+            if v is not None and v < 0:
+                e.append(f"{k}: must be >= 0 or null, got {v}")
+        if e:
+            raise ValueError("\n".join(e))
+        return self
+
+
+__all__ = ["MetaPruningArgs", "SCHEDULES"]

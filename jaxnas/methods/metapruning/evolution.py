@@ -1,0 +1,258 @@
+"""The original's evolutionary search (seed spec §2.3), with a checkpointed state.
+
+Per iteration: evaluate the population's candidates -> merge them into the running top `select_num`
+(sorted by error; ties keep the order of arrival) -> parents = its first `top_k` -> next population =
+`mutation_num` mutants + `crossover_num` crossovers + random candidates up to `population`.  The first
+population is random.
+
+* Mutation: up to `mutation_rounds` rounds of `mutation_num` proposals; each picks a parent uniformly from
+  the top-k, and each gene mutates with probability `mutation_prob` by adding a random offset in [1, 30]
+  modulo 31 (so the new id always differs).  Genes are the compact encoding: a MobileNetV2 stage gene
+  mutates once and its new value holds for every layer of the stage, as the original writes one value per
+  stage into its per-layer vector.
+* Crossover: up to `crossover_tries * crossover_num` attempts; two distinct parents from the top-k, one
+  uniform bit per gene (per stage / per block for MobileNetV2, as the original's mask).
+* Random: ids uniform in [random_low, random_high) per gene (ResNet: [12, 24)).
+* A proposal is rejected when it violates the constraint, was evaluated before in this search, or is
+  already proposed in this generation.
+
+State (`EvolutionState`, JSON): the iteration to run next, its population (with constraint values), the
+running top list, every evaluated candidate with its error, the numpy bit generator state and the trace.
+`run_evolution` saves it after every iteration, and the evaluation cache after every evaluated batch, so a
+search killed at any point and restarted ends with exactly the result of an uninterrupted one.  (The
+original's snapshot forgot which candidates were tested, so its resumed searches could differ.)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jaxnas.io_utils import atomic_write_json
+from jaxnas.methods.base import SearchError
+from jaxnas.methods.metapruning.space import NUM_SCALES
+
+Genes = tuple[int, ...]
+
+
+class EvolutionError(SearchError):
+    """The search cannot proceed (e.g. no candidate satisfies the constraint)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvolutionConfig:
+    population: int = 50
+    select_num: int = 50         # the running top list ("keep_top_50")
+    top_k: int = 10              # parents
+    mutation_num: int = 25
+    mutation_prob: float = 0.1
+    crossover_num: int = 25
+    max_iters: int = 20
+    mutation_rounds: int = 10
+    crossover_tries: int = 10    # attempts per wanted crossover child
+    random_low: int = 0
+    random_high: int = NUM_SCALES
+    random_tries: int = 100_000  # the original loops forever
+    eval_batch: int = 10         # candidates evaluated (and cached) per evaluator call
+    seed: int = 0
+
+    def __post_init__(self):
+        errors = []
+        for k in ("population", "select_num", "top_k", "max_iters", "mutation_rounds", "crossover_tries",
+                  "random_tries", "eval_batch"):
+            if getattr(self, k) < 1:
+                errors.append(f"{k}: must be >= 1, got {getattr(self, k)}")
+        for k in ("mutation_num", "crossover_num"):
+            if getattr(self, k) < 0:
+                errors.append(f"{k}: must be >= 0, got {getattr(self, k)}")
+        if self.mutation_num + self.crossover_num > self.population:
+            errors.append(f"mutation_num + crossover_num ({self.mutation_num + self.crossover_num}) exceeds "
+                          f"population ({self.population})")
+        if not 0 <= self.mutation_prob <= 1:
+            errors.append(f"mutation_prob: must be in [0, 1], got {self.mutation_prob}")
+        if not 0 <= self.random_low < self.random_high <= NUM_SCALES:
+            errors.append(f"random range [{self.random_low}, {self.random_high}) must lie in [0, {NUM_SCALES}]")
+        if errors:
+            raise ValueError("\n".join(errors))
+
+
+@dataclasses.dataclass
+class EvolutionState:
+    iteration: int                                   # the next iteration to run
+    population: list[tuple[Genes, float]]           # (genes, constraint value) to evaluate in `iteration`
+    top: list[tuple[Genes, float]]                   # (genes, error) sorted by error, at most select_num
+    tested: dict[Genes, float]                       # every candidate evaluated in this search -> error
+    rng: dict                                        # numpy bit generator state
+    trace: list[dict] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"iteration": self.iteration,
+                "population": [[list(g), c] for g, c in self.population],
+                "top": [[list(g), e] for g, e in self.top],
+                "tested": [[list(g), e] for g, e in self.tested.items()],
+                "rng": self.rng, "trace": self.trace}
+
+    @staticmethod
+    def from_json(d: dict) -> "EvolutionState":
+        return EvolutionState(
+            iteration=int(d["iteration"]),
+            population=[(tuple(g), float(c)) for g, c in d["population"]],
+            top=[(tuple(g), float(e)) for g, e in d["top"]],
+            tested={tuple(g): float(e) for g, e in d["tested"]},
+            rng=d["rng"], trace=list(d.get("trace", [])))
+
+
+class Proposer:
+    """Mutation, crossover and random proposals under the constraint (the original's rules)."""
+
+    def __init__(self, cfg: EvolutionConfig, num_genes: int, rng: np.random.Generator,
+                 cost: Callable[[Genes], float], allowed: Callable[[float], bool]):
+        self.cfg, self.n, self.rng = cfg, num_genes, rng
+        self._cost, self.allowed = cost, allowed
+        self.costs: dict[Genes, float] = {}
+
+    def cost(self, genes: Genes) -> float:
+        if genes not in self.costs:
+            self.costs[genes] = float(self._cost(genes))
+        return self.costs[genes]
+
+    def _accept(self, genes: Genes, tested: dict, proposed: dict, out: list) -> bool:
+        if genes in tested or genes in proposed:
+            return False
+        c = self.cost(genes)
+        if not self.allowed(c):
+            return False
+        proposed[genes] = c
+        out.append((genes, c))
+        return True
+
+    def mutation(self, parents: Sequence[Genes], tested: dict, proposed: dict) -> list[tuple[Genes, float]]:
+        cfg, out = self.cfg, []
+        if not parents or cfg.mutation_num == 0:
+            return out
+        p = np.asarray(parents, np.int64)
+        for _ in range(cfg.mutation_rounds):
+            if len(out) >= cfg.mutation_num:
+                break
+            seeds = p[self.rng.choice(len(p), cfg.mutation_num)]
+            flip = self.rng.random((cfg.mutation_num, self.n)) < cfg.mutation_prob
+            offset = self.rng.integers(1, NUM_SCALES, (cfg.mutation_num, self.n)) * flip
+            for child in (seeds + offset) % NUM_SCALES:
+                if self._accept(tuple(int(v) for v in child), tested, proposed, out) and len(out) == cfg.mutation_num:
+                    break
+        return out
+
+    def crossover(self, parents: Sequence[Genes], tested: dict, proposed: dict) -> list[tuple[Genes, float]]:
+        cfg, out = self.cfg, []
+        if len(parents) < 2 or cfg.crossover_num == 0:
+            return out
+        p = np.asarray(parents, np.int64)
+        for _ in range(cfg.crossover_tries * cfg.crossover_num):
+            if len(out) >= cfg.crossover_num:
+                break
+            i, j = self.rng.choice(len(p), 2, replace=False)
+            bits = self.rng.integers(0, 2, self.n).astype(bool)
+            self._accept(tuple(int(v) for v in np.where(bits, p[i], p[j])), tested, proposed, out)
+        return out
+
+    def random(self, num: int, tested: dict, proposed: dict) -> list[tuple[Genes, float]]:
+        cfg, out = self.cfg, []
+        tries = 0
+        while len(out) < num:
+            if tries >= cfg.random_tries:
+                raise EvolutionError(
+                    f"only {len(out)} of {num} random candidates satisfy the constraint after {tries} draws; "
+                    "the budget admits too few networks of the space (relax it, or widen the random id range)")
+            tries += 1
+            genes = tuple(int(v) for v in self.rng.integers(cfg.random_low, cfg.random_high, self.n))
+            self._accept(genes, tested, proposed, out)
+        return out
+
+
+def _bitgen_state(rng: np.random.Generator) -> dict:
+    return json.loads(json.dumps(rng.bit_generator.state, default=int))
+
+
+def _restore_rng(state: dict) -> np.random.Generator:
+    bg = getattr(np.random, state["bit_generator"])()
+    bg.state = state
+    return np.random.Generator(bg)
+
+
+def initial_state(cfg: EvolutionConfig, proposer: Proposer, rng: np.random.Generator) -> EvolutionState:
+    population = proposer.random(cfg.population, {}, {})
+    return EvolutionState(0, population, [], {}, _bitgen_state(rng))
+
+
+def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list[Genes]], Sequence[float]],
+                  cost: Callable[[Genes], float], allowed: Callable[[float], bool], workdir: str | Path | None = None,
+                  *, log: Callable[[str], None] | None = None,
+                  on_evaluated: Callable[[int], None] | None = None) -> EvolutionState:
+    """Run (or resume, from ``workdir/state.json`` and ``workdir/tested.json``) the search; returns the final state.
+
+    `evaluate(genes list) -> errors`; `cost(genes) -> constraint value`; `allowed(value) -> bool`.
+    `on_evaluated(n)` is called after each evaluated batch with the number of new evaluations so far in
+    this session (tests use it to interrupt a search mid-iteration).
+    """
+    say = log or (lambda _m: None)
+    workdir = Path(workdir) if workdir is not None else None
+    state_path = workdir / "state.json" if workdir else None
+    cache_path = workdir / "tested.json" if workdir else None
+    cache: dict[Genes, float] = {}
+    if cache_path is not None and cache_path.is_file():
+        cache = {tuple(g): float(e) for g, e in json.loads(cache_path.read_text())["tested"]}
+    if state_path is not None and state_path.is_file():
+        state = EvolutionState.from_json(json.loads(state_path.read_text()))
+        rng = _restore_rng(state.rng)
+        proposer = Proposer(cfg, num_genes, rng, cost, allowed)
+        say(f"evolution: resumed at iteration {state.iteration} ({len(state.tested)} candidates evaluated, "
+            f"{len(cache)} cached)")
+    else:
+        rng = np.random.default_rng(cfg.seed)
+        proposer = Proposer(cfg, num_genes, rng, cost, allowed)
+        state = initial_state(cfg, proposer, rng)
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    evaluated = 0
+    while state.iteration < cfg.max_iters:
+        t0 = time.perf_counter()
+        todo = [g for g, _ in state.population if g not in cache]
+        for start in range(0, len(todo), cfg.eval_batch):
+            chunk = todo[start:start + cfg.eval_batch]
+            for g, e in zip(chunk, evaluate(chunk)):
+                cache[g] = float(e)
+            evaluated += len(chunk)
+            if cache_path is not None:
+                atomic_write_json(cache_path, {"tested": [[list(g), e] for g, e in cache.items()]})
+            if on_evaluated is not None:
+                on_evaluated(evaluated)
+        fresh = [(g, cache[g]) for g, _ in state.population]
+        for g, e in fresh:
+            state.tested[g] = e
+        state.top = sorted(state.top + fresh, key=lambda t: t[1])[:cfg.select_num]
+        parents = [g for g, _ in state.top[:cfg.top_k]]
+        best_g, best_e = state.top[0]
+        state.trace.append({"iteration": state.iteration, "best_error": best_e, "best_genes": list(best_g),
+                            "best_cost": proposer.cost(best_g),
+                            "mean_top_k_error": float(np.mean([e for _, e in state.top[:cfg.top_k]])),
+                            "evaluated": len(todo), "seconds": round(time.perf_counter() - t0, 3)})
+        say(f"evolution: iteration {state.iteration}: best top-1 error {best_e:.2f} % (cost {proposer.cost(best_g):.6g}), "
+            f"top-{cfg.top_k} mean {state.trace[-1]['mean_top_k_error']:.2f} %, {len(todo)} evaluated in "
+            f"{state.trace[-1]['seconds']:.1f} s")
+        proposed: dict[Genes, float] = {}
+        mutation = proposer.mutation(parents, state.tested, proposed)
+        crossover = proposer.crossover(parents, state.tested, proposed)
+        rand = proposer.random(cfg.population - len(mutation) - len(crossover), state.tested, proposed)
+        state.population = mutation + crossover + rand
+        state.iteration += 1
+        state.rng = _bitgen_state(rng)
+        if state_path is not None:
+            atomic_write_json(state_path, state.to_json())
+    return state
+
+
+__all__ = ["EvolutionConfig", "EvolutionError", "EvolutionState", "Proposer", "initial_state", "run_evolution"]

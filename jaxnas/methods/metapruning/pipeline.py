@@ -1,0 +1,284 @@
+"""MetaPruning end to end: check inputs, train the PruningNet, evolve, pick, retrain.
+
+Work dir layout (everything resumes after a kill)::
+
+    latency_grid.json   per-layer latency grid of the widest network (latency targets only)
+    pruningnet/         PruningNet training (orbax checkpoints, metrics.jsonl/csv)
+    evolution/          state.json (population, top list, tested candidates, RNG, trace), tested.json
+    verify.json         end-to-end latencies of the best candidates (latency targets)
+    chosen_arch.json    the picked network (the runner writes it to arch.json too)
+    retrain/            the chosen network trained from scratch by the core trainer
+    metapruning.json    the method's metrics (merged into summary.json by the runner)
+
+Every input check (space, gene settings, target reachable, latency table covering the space, a held-out
+split to measure fitness on) happens in `prepare`, before any training.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from jaxnas import spec as S
+from jaxnas.io_utils import atomic_write_json
+from jaxnas.methods.base import SearchContext, SearchError, SearchResult
+from jaxnas.methods.metapruning.args import MetaPruningArgs
+from jaxnas.methods.metapruning.constraint import Budget, BudgetError, CostFunction, check_reachable
+from jaxnas.methods.metapruning.evolution import EvolutionConfig
+from jaxnas.methods.metapruning.space import FAMILIES, GeneError, MetaSpace, get_space
+
+
+class MetaPruningError(SearchError):
+    """A MetaPruning run that cannot start (bad space, unreachable budget, table or data problem)."""
+
+
+@dataclasses.dataclass
+class Setup:
+    args: MetaPruningArgs
+    space: MetaSpace
+    budget: Budget
+    cost: CostFunction
+    reachable: tuple[float, float]
+    seed: int
+    batch_size: int
+
+
+def space_for(cfg: Any, dataset: Any, args: MetaPruningArgs) -> MetaSpace:
+    family = args.space or cfg.model.name
+    if family not in FAMILIES:
+        raise MetaPruningError(f"MetaPruning has no search space for model '{family}': set model.name or "
+                               f"search.args.space to one of {', '.join(FAMILIES)}")
+    h, w, c = dataset.image_shape
+    if h != w:
+        raise MetaPruningError(f"MetaPruning spaces take square inputs; the data is {h}x{w}")
+    classes = cfg.model.num_classes or dataset.num_classes
+    try:
+        space = get_space(family, resolution=h, num_classes=classes, in_channels=c,
+                          small_input=bool(cfg.model.small_input) and family != "resnet50",
+                          width_mult=args.width_mult, channel_multiple=args.channel_multiple)
+        S.validate(space.max_spec())
+        S.validate(space.to_spec(space.uniform(0)))
+    except (GeneError, S.SpecError) as e:
+        raise MetaPruningError(f"{e}") from None
+    if args.random_range is not None:
+        space = dataclasses.replace(space, random_low=args.random_range[0], random_high=args.random_range[1])
+    return space
+
+
+def make_budget(cfg: Any, args: MetaPruningArgs) -> Budget:
+    s = cfg.search
+    if s.target_macs is not None and s.target_latency_ms is not None:
+        raise MetaPruningError("set one of search.target_macs and search.target_latency_ms, not both")
+    try:
+        if s.target_macs is not None:
+            return Budget(args.macs_counter, float(s.target_macs), args.min_macs)
+        if s.target_latency_ms is not None:
+            return Budget("latency_ms", float(s.target_latency_ms), args.min_latency_ms)
+    except BudgetError as e:
+        raise MetaPruningError(str(e)) from None
+    raise MetaPruningError("MetaPruning needs a budget: set search.target_macs (MACs; search.args.macs_counter "
+                           "picks jaxnas MACs or the original's FLOPs counter) or search.target_latency_ms")
+
+
+def prepare(cfg: Any, dataset: Any, args: MetaPruningArgs, *, table_fn: Callable[[S.ArchSpec], Any] | None = None,
+            log: Callable[[str], None] = print) -> Setup:
+    """Every check before training; `table_fn(widest spec)` returns the per-layer latency grid (latency
+    budgets only)."""
+    space = space_for(cfg, dataset, args)
+    budget = make_budget(cfg, args)
+    if dataset.num_examples("holdout") == 0:
+        raise MetaPruningError("MetaPruning measures fitness on the held-out split, which is empty: set "
+                               "data.holdout (e.g. 0.1)")
+    batch_size = args.batch_size or cfg.data.batch_size
+    if dataset.num_examples("train") < batch_size:
+        raise MetaPruningError(f"the train split has {dataset.num_examples('train')} examples, fewer than the "
+                               f"PruningNet batch size {batch_size}")
+    table = None
+    if budget.kind == "latency_ms":
+        if table_fn is None:
+            raise MetaPruningError("a latency budget needs the latency oracle's per-layer table")
+        table = table_fn(space.max_spec())
+    try:
+        cost = CostFunction(space, budget.kind, table=table, stat=args.latency_stat, smooth=args.latency_smooth)
+        reachable = check_reachable(space, budget, cost)
+    except BudgetError as e:
+        raise MetaPruningError(str(e)) from None
+    seed = cfg.train.seed if args.seed is None else args.seed
+    log(f"metapruning: {space.family} space ({space.num_genes} genes, {space.resolution} px"
+        f"{', small input' if space.small_input else ''}), budget {budget.describe(budget.max)} in reachable "
+        f"[{budget.describe(reachable[0])}, {budget.describe(reachable[1])}]")
+    return Setup(args, space, budget, cost, reachable, seed, batch_size)
+
+
+def evolution_config(setup: Setup) -> EvolutionConfig:
+    a = setup.args
+    return EvolutionConfig(population=a.population, select_num=a.select_num, top_k=a.top_k,
+                           mutation_num=a.mutation_num, mutation_prob=a.mutation_prob, crossover_num=a.crossover_num,
+                           max_iters=a.max_iters, mutation_rounds=a.mutation_rounds, crossover_tries=a.crossover_tries,
+                           random_low=setup.space.random_low, random_high=setup.space.random_high,
+                           random_tries=a.random_tries, eval_batch=a.eval_batch, seed=setup.seed)
+
+
+def training_config(cfg: Any, setup: Setup):
+    from jaxnas.methods.metapruning.training import PruningNetTraining
+    a = setup.args
+    return PruningNetTraining(
+        epochs=a.epochs, batch_size=setup.batch_size, lr=a.lr, momentum=a.momentum, nesterov=a.nesterov,
+        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, schedule=a.schedule, gamma=a.gamma,
+        seed=setup.seed, max_steps=a.max_steps, log_every=a.log_every, checkpoint_every=a.checkpoint_every,
+        keep_checkpoints=a.keep_checkpoints, eval_every_epochs=a.eval_every_epochs,
+        eval_batch_size=a.eval_batch_size or cfg.data.eval_batch_size, augment=cfg.data.augment,
+        progress=cfg.train.progress)
+
+
+@dataclasses.dataclass
+class Searched:
+    """What the search found, before retraining."""
+
+    genes: tuple[int, ...]
+    error: float
+    record: dict[str, Any]
+    trace: list[dict]
+    verify: list[dict]
+    seconds: dict[str, float]
+    evaluated: int
+
+
+def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
+                     measure_fn: Callable[[S.ArchSpec], float] | None = None,
+                     log: Callable[[str], None] = print, mesh: Any = None,
+                     on_evaluated: Callable[[int], None] | None = None) -> Searched:
+    """PruningNet training, evolution and the pick (all resumable)."""
+    from jaxnas.methods.metapruning.evolution import run_evolution
+    from jaxnas.methods.metapruning.fitness import FitnessEvaluator, calibration_images
+    from jaxnas.methods.metapruning.pruningnet import build_pruningnet, init_pruningnet
+    from jaxnas.methods.metapruning.training import train_pruningnet
+
+    a, space, budget = setup.args, setup.space, setup.budget
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model = build_pruningnet(space, cfg.model.depthwise)
+    tcfg = training_config(cfg, setup)
+    start = None
+    if a.pruningnet_from:
+        start = Path(a.pruningnet_from) / "pruningnet"
+        if not start.is_dir():
+            raise MetaPruningError(f"search.args.pruningnet_from: {start} does not exist; point it at the work dir "
+                                   "of an earlier MetaPruning search")
+    variables, _ = train_pruningnet(model, init_pruningnet(model, setup.seed), dataset, tcfg, workdir / "pruningnet",
+                                    log=log, mesh=mesh, start_from=start)
+    seconds["pruningnet"] = round(time.perf_counter() - t0, 1)
+
+    t1 = time.perf_counter()
+    calib = calibration_images(dataset, a.calib_batches, a.calib_batch_size or setup.batch_size, setup.seed)
+    evaluator = FitnessEvaluator(model, variables, calib, dataset.arrays("holdout"),
+                                 eval_batch_size=a.eval_batch_size or cfg.data.eval_batch_size,
+                                 momentum=a.recalib_momentum, candidates_per_call=a.candidates_per_call)
+    state = run_evolution(evolution_config(setup), space.num_genes, evaluator, setup.cost, budget.allows,
+                          workdir / "evolution", log=log, on_evaluated=on_evaluated)
+    seconds["evolution"] = round(time.perf_counter() - t1, 1)
+
+    genes, error = state.top[0]
+    verify: list[dict] = []
+    if budget.kind == "latency_ms" and a.verify_latency and measure_fn is not None:
+        t2 = time.perf_counter()
+        genes, error, verify = _verify_latency(setup, state.top, measure_fn, workdir / "verify.json", log)
+        seconds["verify"] = round(time.perf_counter() - t2, 1)
+    record = setup.cost.record(genes)
+    trace = [{"iteration": t["iteration"], "best_error": t["best_error"], "mean_top_k_error": t["mean_top_k_error"]}
+             for t in state.trace]
+    return Searched(tuple(genes), float(error), record, trace, verify, seconds, len(state.tested))
+
+
+def _verify_latency(setup: Setup, top: list, measure_fn: Callable[[S.ArchSpec], float], path: Path,
+                    log: Callable[[str], None]) -> tuple[tuple[int, ...], float, list[dict]]:
+    """Measure the best candidates end to end (in error order) and keep the first within the target.
+
+    The per-layer grid predicts each candidate; a network measured end to end can differ (fusions,
+    unaligned channel counts), so the pick is confirmed on the runtime before retraining."""
+    a, budget = setup.args, setup.budget
+    limit = budget.max * (1 + a.latency_tolerance)
+    done = json.loads(path.read_text())["rows"] if path.is_file() else []
+    rows = list(done)
+    for i, (g, err) in enumerate(top[:a.verify_latency]):
+        if i < len(rows):
+            row = rows[i]
+        else:
+            ms = float(measure_fn(setup.space.to_spec(g, residual_rule=a.residual_rule)))
+            row = {"genes": list(g), "holdout_error": err, "predicted_ms": setup.cost(g), "measured_ms": ms}
+            rows.append(row)
+            atomic_write_json(path, {"target_ms": budget.max, "limit_ms": limit, "rows": rows})
+        log(f"metapruning: candidate {i + 1}: error {err:.2f} %, predicted {row['predicted_ms']:.4f} ms, "
+            f"measured {row['measured_ms']:.4f} ms (limit {limit:.4f} ms)")
+        if row["measured_ms"] <= limit:
+            return tuple(g), float(err), rows
+    best = min(rows, key=lambda r: r["measured_ms"])
+    log(f"metapruning: none of the {len(rows)} best candidates measured within {limit:.4f} ms; keeping the "
+        f"fastest ({best['measured_ms']:.4f} ms): the latency table over-predicts the savings on this runtime")
+    return tuple(best["genes"]), float(best["holdout_error"]), rows
+
+
+def result_metrics(setup: Setup, searched: Searched, spec: S.ArchSpec) -> dict[str, Any]:
+    space, budget = setup.space, setup.budget
+    achieved: dict[str, Any] = {"macs": int(S.macs(spec)), "flops_original": searched.record["flops_original"]}
+    if "predicted_latency_ms" in searched.record:
+        achieved["predicted_latency_ms"] = searched.record["predicted_latency_ms"]
+    if searched.verify:
+        chosen = [r for r in searched.verify if tuple(r["genes"]) == searched.genes]
+        if chosen:
+            achieved["verified_latency_ms"] = chosen[0]["measured_ms"]
+    return {
+        "method": "metapruning",
+        "target": budget.as_dict(),
+        "achieved": achieved,
+        "genes": list(searched.genes),
+        "genes_original": list(space.to_printed(searched.genes)),
+        "channels": space.channels(searched.genes),
+        "holdout_error": searched.error,
+        "trace": searched.trace,
+        "reachable": {"min": setup.reachable[0], "max": setup.reachable[1]},
+        "space": space.describe(),
+        "evaluated_candidates": searched.evaluated,
+        "phase_seconds": searched.seconds,
+        **({"latency_verification": searched.verify} if searched.verify else {}),
+    }
+
+
+def run_search(ctx: SearchContext, args: MetaPruningArgs) -> SearchResult:
+    """MetaPruning on the method contract: the picked, retrained network as a `SearchResult`."""
+    cfg, workdir, dataset, log = ctx.cfg, Path(ctx.workdir), ctx.dataset, ctx.log
+    t0 = time.time()
+    workdir.mkdir(parents=True, exist_ok=True)
+    setup = prepare(cfg, dataset, args, log=log,
+                    table_fn=lambda widest: ctx.oracle.layer_table(widest, channel_multiple=args.channel_multiple,
+                                                                  out=workdir / "latency_grid.json"))
+    searched = train_and_evolve(cfg, dataset, setup, workdir, log=log,
+                                measure_fn=lambda spec: float(ctx.oracle.measure(spec).to_dict()[f"{args.latency_stat}_ms"]))
+    space = setup.space
+    spec = space.to_spec(searched.genes, residual_rule=args.residual_rule, name=f"metapruning_{space.family}")
+    chosen_path = workdir / "chosen_arch.json"
+    retrain_dir = workdir / "retrain"
+    if chosen_path.is_file() and retrain_dir.exists() and S.ArchSpec.load(chosen_path) != spec:
+        raise MetaPruningError(f"{chosen_path} differs from the network this search picks and {retrain_dir} holds "
+                               "a retraining of it; use a fresh work dir")
+    spec.save(chosen_path)
+    log(f"metapruning: picked genes {list(space.to_printed(searched.genes))} (held-out error {searched.error:.2f} %), "
+        f"{S.macs(spec) / 1e6:.3f} M MACs" + (f", predicted {searched.record['predicted_latency_ms']:.4f} ms"
+                                              if "predicted_latency_ms" in searched.record else ""))
+    variables, test_acc = None, None
+    if args.retrain:
+        t1 = time.time()
+        trained = ctx.trainer.train(spec, retrain_dir)
+        variables, test_acc = trained.variables, float(trained.metrics["test"]["accuracy"])
+        searched.seconds["retrain"] = round(time.time() - t1, 1)
+        log(f"metapruning: retrained test accuracy {test_acc:.4f}")
+    metrics = result_metrics(setup, searched, spec)
+    metrics.update(test_accuracy=test_acc, retrained=bool(args.retrain), method_seconds=round(time.time() - t0, 1))
+    atomic_write_json(workdir / "metapruning.json", metrics)
+    return SearchResult(spec, variables, metrics)
+
+
+__all__ = ["MetaPruningError", "run_search", "Searched", "Setup", "evolution_config", "make_budget", "prepare", "result_metrics",
+           "space_for", "train_and_evolve", "training_config"]

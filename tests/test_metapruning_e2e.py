@@ -1,0 +1,83 @@
+"""MetaPruning end to end through `jaxnas search` (slow): summary fields, and a search killed with SIGKILL
+mid-way that, rerun, ends with exactly the result of an uninterrupted one."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jaxnas import cli
+from jaxnas import spec as S
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = str(ROOT / "configs/metapruning/quick.yaml")
+# A small version of the quick config: 16 px, quarter widths, a few steps and candidates, a MACs budget.
+TINY = ["data.image_size=16", "data.limit_train=1200", "search.target_latency_ms=null", "search.target_macs=0.5e6",
+        "search.args.width_mult=0.25", "search.args.max_steps=6", "search.args.log_every=3",
+        "search.args.checkpoint_every=3", "search.args.eval_every_epochs=0", "search.args.population=8",
+        "search.args.select_num=8", "search.args.top_k=3", "search.args.mutation_num=3", "search.args.crossover_num=3",
+        "search.args.max_iters=3", "search.args.calib_batches=1", "search.args.calib_batch_size=32",
+        "search.args.candidates_per_call=2", "search.args.eval_batch=2", "train.epochs=0.1", "train.log_every=5",
+        "train.progress=false"]
+
+
+def _sets(extra=()):
+    return [x for s in [*TINY, *extra] for x in ("--set", s)]
+
+
+@pytest.mark.slow
+def test_quick_search_end_to_end_writes_a_complete_summary(tmp_path, capsys):
+    work = tmp_path / "run"
+    code = cli.main(["search", QUICK, "--workdir", str(work), *_sets()])
+    assert code == 0, capsys.readouterr().err
+    s = json.loads((work / "summary.json").read_text())
+    assert s["method"] == "metapruning" and s["target"] == {"macs": 0.5e6}
+    assert s["achieved"]["macs"] <= 0.5e6 and s["achieved"]["latency_ms"] == s["latency_ms"] > 0
+    assert 0 <= s["test_accuracy"] <= 1 and s["retrained"]
+    assert len(s["genes"]) == 25 and len(s["genes_original"]) == 35
+    assert [t["iteration"] for t in s["trace"]] == [0, 1, 2]
+    assert all(a >= b for a, b in zip([t["best_error"] for t in s["trace"]], [t["best_error"] for t in s["trace"]][1:]))
+    spec = S.ArchSpec.load(work / "arch.json")
+    assert S.macs(spec) == s["achieved"]["macs"] and Path(s["onnx_path"]).is_file()
+    # The printed genes decode to the same network with `jaxnas metapruning decode`.
+    code = cli.main(["metapruning", "decode", "mobilenet_v2", "--genes", ",".join(map(str, s["genes_original"])),
+                     "--resolution", "16", "--num-classes", "10", "--in-channels", str(spec.in_channels),
+                     "--small-input", "--width-mult", "0.25", "--channel-multiple", "8",
+                     "--out", str(tmp_path / "decoded.json")])
+    assert code == 0
+    assert S.ArchSpec.load(tmp_path / "decoded.json").blocks == spec.blocks
+
+
+def _start(work: Path, extra=()) -> subprocess.Popen:
+    env = {**os.environ, "JAXNAS_ALLOCATOR": "system"}
+    return subprocess.Popen([sys.executable, "-m", "jaxnas.cli", "search", QUICK, "--workdir", str(work),
+                             *_sets(["search.args.retrain=false", *extra])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+@pytest.mark.slow
+def test_search_killed_mid_evolution_resumes_to_the_same_result(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert _start(full).wait() == 0
+    proc = _start(cut)
+    tested = cut / "evolution" / "tested.json"
+    deadline = time.time() + 1800
+    while time.time() < deadline and proc.poll() is None:
+        if tested.is_file() and len(json.loads(tested.read_text())["tested"]) >= 10:
+            break  # mid-way: some candidates of the second iteration are evaluated
+        time.sleep(0.2)
+    assert proc.poll() is None, "the search ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((cut / "evolution" / "state.json").read_text())
+    assert state["iteration"] < 3                      # killed before the end
+    assert _start(cut).wait() == 0
+    a = json.loads((full / "evolution" / "state.json").read_text())
+    b = json.loads((cut / "evolution" / "state.json").read_text())
+    assert a["top"] == b["top"] and a["tested"] == b["tested"] and a["trace"][-1]["best_error"] == \
+        b["trace"][-1]["best_error"] and a["rng"] == b["rng"]
+    assert (full / "chosen_arch.json").read_text() == (cut / "chosen_arch.json").read_text()

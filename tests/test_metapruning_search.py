@@ -1,0 +1,134 @@
+"""MetaPruning evolutionary search: mutation/crossover/random rules, constraint rejection, exact resume."""
+import json
+
+import numpy as np
+import pytest
+
+from jaxnas.methods.metapruning.constraint import CostFunction
+from jaxnas.methods.metapruning.evolution import (EvolutionConfig, EvolutionError, Proposer, run_evolution)
+from jaxnas.methods.metapruning.space import get_space
+
+
+def _fake_error(genes):
+    """A deterministic fitness: wider early stages and narrower late ones are 'better'."""
+    g = np.asarray(genes, np.float64)
+    w = np.linspace(1.0, -0.5, len(g))
+    return float(50.0 - 0.3 * (g * w).sum() / len(g) + 0.01 * (hash(tuple(genes)) % 7))
+
+
+def _evaluate(batch):
+    return [_fake_error(g) for g in batch]
+
+
+def test_mutation_changes_genes_by_offsets_in_1_30_and_keeps_stage_genes_shared():
+    space = get_space("mobilenet_v2")
+    cfg = EvolutionConfig(mutation_num=25, mutation_prob=0.1)
+    rng = np.random.default_rng(0)
+    prop = Proposer(cfg, space.num_genes, rng, cost=lambda g: 0.0, allowed=lambda c: True)
+    parents = [tuple(int(v) for v in rng.integers(0, 31, space.num_genes)) for _ in range(10)]
+    children = prop.mutation(parents, {p: 1.0 for p in parents}, {})   # parents are always tested
+    assert len(children) == 25
+    changed_fraction = []
+    for child, _ in children:
+        # Each child is a parent with some genes moved; find the closest parent.
+        diffs = [np.asarray(child) != np.asarray(p) for p in parents]
+        k = int(np.argmin([d.sum() for d in diffs]))
+        assert diffs[k].sum() >= 1                       # identical children are rejected (already "tested")
+        changed_fraction.append(diffs[k].mean())
+        # In the original's printed form a stage's layers always share one id.
+        printed = space.to_printed(child)
+        assert space.from_printed(printed) == child
+    assert 0.02 < np.mean(changed_fraction) < 0.25      # per-gene probability 0.1 (at least one change)
+    # Probability 0: every proposal equals its parent, which was tested: no mutants.
+    prop0 = Proposer(EvolutionConfig(mutation_prob=0.0), space.num_genes, rng, lambda g: 0.0, lambda c: True)
+    assert prop0.mutation(parents, {p: 1.0 for p in parents}, {}) == []
+
+
+def test_crossover_takes_every_gene_from_one_of_two_parents():
+    cfg = EvolutionConfig(crossover_num=25)
+    rng = np.random.default_rng(1)
+    prop = Proposer(cfg, 20, rng, cost=lambda g: 0.0, allowed=lambda c: True)
+    parents = [tuple([k] * 20) for k in range(10)]   # parent k: every gene k
+    out = prop.crossover(parents, {}, {})
+    assert len(out) == 25
+    for child, _ in out:
+        assert 1 <= len(set(child)) <= 2               # genes of at most two distinct parents
+        assert set(child) <= set(range(10))
+    assert any(len(set(c)) == 2 for c, _ in out)
+
+
+def test_proposals_violating_the_constraint_or_seen_before_are_rejected():
+    space = get_space("mobilenet_v2")
+    cost = CostFunction(space, "macs")
+    cap = 150e6
+    rng = np.random.default_rng(2)
+    prop = Proposer(EvolutionConfig(), space.num_genes, rng, cost, lambda c: c <= cap)
+    rand = prop.random(30, {}, {})
+    assert len(rand) == 30 and all(c <= cap for _, c in rand)
+    assert all(cost(g) == c for g, c in rand)
+    tested = {g: 1.0 for g, _ in rand[:10]}
+    proposed = {}
+    muts = prop.mutation([g for g, _ in rand[:10]], tested, proposed)
+    assert all(c <= cap for _, c in muts) and not set(tested) & {g for g, _ in muts}
+    assert len({g for g, _ in muts}) == len(muts)
+    # A window (ResNet-style) rejects the too-cheap side as well.
+    lo = 120e6
+    prop2 = Proposer(EvolutionConfig(), space.num_genes, rng, cost, lambda c: lo <= c <= cap)
+    assert all(lo <= c <= cap for _, c in prop2.random(10, {}, {}))
+
+
+def test_random_candidates_use_the_spaces_id_range_and_fail_clearly_when_impossible():
+    space = get_space("resnet50")
+    cfg = EvolutionConfig(random_low=space.random_low, random_high=space.random_high, random_tries=200)
+    prop = Proposer(cfg, space.num_genes, np.random.default_rng(3), lambda g: 0.0, lambda c: True)
+    ids = np.asarray([g for g, _ in prop.random(20, {}, {})])
+    assert ids.min() >= 12 and ids.max() <= 23
+    never = Proposer(cfg, space.num_genes, np.random.default_rng(3), lambda g: 1.0, lambda c: c < 0.5)
+    with pytest.raises(EvolutionError, match="satisfy the constraint"):
+        never.random(5, {}, {})
+
+
+def test_evolution_improves_and_keeps_a_sorted_top_list(tmp_path):
+    cfg = EvolutionConfig(population=20, select_num=20, top_k=5, mutation_num=8, crossover_num=8, max_iters=6, seed=0)
+    state = run_evolution(cfg, 25, _evaluate, cost=lambda g: float(sum(g)), allowed=lambda c: c <= 500,
+                          workdir=tmp_path)
+    errs = [e for _, e in state.top]
+    assert errs == sorted(errs) and len(state.top) == 20
+    assert state.trace[-1]["best_error"] < state.trace[0]["best_error"]
+    assert [t["iteration"] for t in state.trace] == list(range(6))
+    assert all(sum(g) <= 500 for g in state.tested)
+    assert len(state.tested) == 6 * 20                    # every candidate distinct, evaluated once
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kill_after", [7, 25, 40])   # mid first iteration, mid later ones
+def test_a_search_interrupted_mid_way_ends_exactly_like_an_uninterrupted_one(tmp_path, kill_after):
+    cfg = EvolutionConfig(population=12, select_num=12, top_k=4, mutation_num=5, crossover_num=4, max_iters=5,
+                          eval_batch=3, seed=7)
+    kw = dict(cost=lambda g: float(sum(g)), allowed=lambda c: c <= 450)
+    full = run_evolution(cfg, 25, _evaluate, workdir=tmp_path / "full", **kw)
+
+    calls = []
+
+    def counting(batch):
+        calls.append(len(batch))
+        return _evaluate(batch)
+
+    def interrupt(n):
+        if n >= kill_after:
+            raise _Interrupt
+    with pytest.raises(_Interrupt):
+        run_evolution(cfg, 25, counting, workdir=tmp_path / "cut", on_evaluated=interrupt, **kw)
+    first = sum(calls)
+    resumed = run_evolution(cfg, 25, counting, workdir=tmp_path / "cut", **kw)
+    assert resumed.top == full.top
+    assert resumed.tested == full.tested
+    assert [t["best_error"] for t in resumed.trace] == [t["best_error"] for t in full.trace]
+    assert resumed.rng == full.rng
+    # Nothing was evaluated twice: the cache written after each batch survived the interruption.
+    assert sum(calls) == len(full.tested) and first >= kill_after
+    saved = json.loads((tmp_path / "cut" / "state.json").read_text())
+    assert saved["iteration"] == 5
