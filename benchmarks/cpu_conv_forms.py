@@ -24,8 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from jaxnas import allocator, ops, zoo  # noqa: E402
 from train_step import jax_step_timer, paired_rounds, step_ms  # noqa: E402

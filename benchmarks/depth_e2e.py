@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the repo's `export` / `latency` packages, even with a stale editable install
 
 
 def measure_pair(be, files: dict[str, Path], shape: tuple[int, ...], warmup: int, runs: int,
@@ -49,13 +48,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the result as JSON only")
     a = ap.parse_args(argv)
 
-    from export import export_onnx
+    from jaxnas.export import export_onnx
     from jaxnas.config import load_config
     from jaxnas.methods.depth import run
     from jaxnas.search import depth_time_table_fn
     from jaxnas.spec import ArchSpec
     from jaxnas.train import load_variables
-    from latency import get_backend
+    from jaxnas.latency import get_backend
 
     overrides = list(a.set)
     if a.time_fraction is not None:

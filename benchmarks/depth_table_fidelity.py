@@ -20,20 +20,18 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from depth_solve import synthetic_importance  # noqa: E402
-from export import export_onnx  # noqa: E402
-from export.parity import random_variables  # noqa: E402
+from jaxnas.export import export_onnx  # noqa: E402
+from jaxnas.export.parity import random_variables  # noqa: E402
 from jaxnas import zoo  # noqa: E402
 from jaxnas.methods.depth import (extended_importance, extended_segments, normalize_importance,  # noqa: E402
                                   optimal_time_table, read_time_table, solve, valid_segments)
 from jaxnas.methods.depth.merge import merge_network  # noqa: E402
 from jaxnas.methods.depth.mergeable import body_of, fix_act, mergeable_spec, transfer_variables  # noqa: E402
-from latency import get_backend  # noqa: E402
-from latency.segment_network import build_network_time_table  # noqa: E402
-from latency.segment_table import build_time_table  # noqa: E402
+from jaxnas.latency import get_backend  # noqa: E402
+from jaxnas.latency.segment_network import build_network_time_table  # noqa: E402
+from jaxnas.latency.segment_table import build_time_table  # noqa: E402
 
 
 def main(argv=None) -> int:

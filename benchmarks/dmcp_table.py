@@ -21,14 +21,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from jaxnas import experiment, models, zoo  # noqa: E402
 from jaxnas import spec as S  # noqa: E402
@@ -38,8 +36,8 @@ from jaxnas.methods.dmcp import DMCPSpace, LatencyModel, materialize_k, run, sea
 from jaxnas.methods.dmcp.args import DMCPArgs  # noqa: E402
 from jaxnas.methods.dmcp.run import prepare  # noqa: E402
 from jaxnas.methods.dmcp.search import schedule_steps  # noqa: E402
-from latency.layer_grid import build_layer_grid  # noqa: E402
-from latency.measure import measure_spec  # noqa: E402
+from jaxnas.latency.layer_grid import build_layer_grid  # noqa: E402
+from jaxnas.latency.measure import measure_spec  # noqa: E402
 
 
 def measure_block(specs: dict[str, S.ArchSpec], args) -> dict[str, float]:

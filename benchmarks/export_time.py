@@ -20,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 
-import export  # noqa: E402
-from export.parity import random_variables  # noqa: E402
+from jaxnas import export  # noqa: E402
+from jaxnas.export.parity import random_variables  # noqa: E402
 from jaxnas import zoo  # noqa: E402
 from jaxnas import spec as S  # noqa: E402
 
@@ -38,7 +37,7 @@ def family_spec(name: str, resolution: int, width: float, num_classes: int) -> S
 
 
 def _latency_ms(fmt: str, path: Path) -> float:
-    from latency.backends import get_backend
+    from jaxnas.latency.backends import get_backend
 
     backend = get_backend("onnxruntime" if fmt == "onnx" else "tflite", threads=1)
     return backend.measure(str(path), batch_size=1, warmup=3, runs=10).median

@@ -18,10 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's packages, not a stale install
 
-from latency.predictor import validate_space  # noqa: E402
-from latency.spaces import load_space  # noqa: E402
+from jaxnas.latency.predictor import validate_space  # noqa: E402
+from jaxnas.latency.spaces import load_space  # noqa: E402
 
 
 def main(argv=None) -> int:

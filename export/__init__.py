@@ -17,11 +17,11 @@ from typing import Any, Sequence
 from jaxnas.io_utils import atomic_write_json
 from jaxnas.spec import ArchSpec
 
-from export.fold import fold_batchnorm
-from export.onnx_export import DEFAULT_ONNX_ROUTE, ONNX_ROUTES, export_onnx, onnx_bytes
-from export.parity import ExportError, ExportResult
-from export.tensorrt_export import TensorRTMissing, engine_export, export_tensorrt, run_engine
-from export.tflite_export import export_tflite, tflite_bytes
+from jaxnas.export.fold import fold_batchnorm
+from jaxnas.export.onnx_export import DEFAULT_ONNX_ROUTE, ONNX_ROUTES, export_onnx, onnx_bytes
+from jaxnas.export.parity import ExportError, ExportResult
+from jaxnas.export.tensorrt_export import TensorRTMissing, engine_export, export_tensorrt, run_engine
+from jaxnas.export.tflite_export import export_tflite, tflite_bytes
 
 __all__ = ["ExportError", "ExportResult", "TensorRTMissing", "fold_batchnorm", "export_onnx", "onnx_bytes",
            "export_tflite", "tflite_bytes", "export_tensorrt", "run_engine", "export_model", "FORMATS",
@@ -50,7 +50,7 @@ def export_model(spec: ArchSpec, variables: dict, out_dir: str | Path, formats: 
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, ExportResult] = {}
     if "tensorrt" in fmts:
-        from export.tensorrt_export import _import_tensorrt
+        from jaxnas.export.tensorrt_export import _import_tensorrt
 
         _import_tensorrt()  # fail before spending time on the other formats
     if "onnx" in fmts or "tensorrt" in fmts:

@@ -26,8 +26,8 @@ from typing import Any, Mapping
 from jaxnas.io_utils import atomic_write_bytes
 from jaxnas.spec import ArchSpec, validate
 
-from export.fold import fold_batchnorm
-from export.parity import (ExportError, ExportResult, compare, jax_forward, parity_input, reference_output,
+from jaxnas.export.fold import fold_batchnorm
+from jaxnas.export.parity import (ExportError, ExportResult, compare, jax_forward, parity_input, reference_output,
                            run_onnx)
 
 __all__ = ["export_onnx", "onnx_bytes", "ONNX_ROUTES", "DEFAULT_ONNX_ROUTE", "ONNX_OPSET", "ONNX_IR_VERSION"]
@@ -97,7 +97,7 @@ def _via_jax2onnx(spec: ArchSpec, variables: Mapping[str, Any], batch_size: int,
 def _via_tflite(spec: ArchSpec, variables: Mapping[str, Any], batch_size: int, dynamic_batch: bool):
     import onnx
 
-    from export.tflite_export import tflite_bytes
+    from jaxnas.export.tflite_export import tflite_bytes
 
     data = tflite_bytes(spec, variables, batch_size=None if dynamic_batch else batch_size)
     import tf2onnx  # after TF: tf2onnx imports tensorflow itself

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from jaxnas.errors import UserError
 from jaxnas.spec import ArchSpec
 
 __all__ = ["ExportError", "ExportResult", "PARITY_SEED", "FP16_RTOL", "parity_input", "jax_model", "jax_forward",
@@ -26,7 +27,7 @@ PARITY_SEED = 1234
 FP16_RTOL = 1e-2
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export that cannot be produced or whose output does not match the JAX model."""
 
 
@@ -84,8 +85,9 @@ def random_variables(spec: ArchSpec, seed: int = 0, var_range: tuple[float, floa
 
 def jax_model(spec: ArchSpec, variables: Mapping[str, Any]) -> tuple[Any, dict]:
     """(model, variables) as exported: grouped depthwise convs, the spec's BN epsilon (DF nets: 1e-4)."""
+    from jaxnas.export.fold import spec_bn_eps
+
     from jaxnas import models
-    from export.fold import spec_bn_eps
 
     model = models.build_model(spec, depthwise_impl="grouped", bn_eps=spec_bn_eps(spec))
     return model, {"params": variables["params"], "batch_stats": variables.get("batch_stats", {}) or {}}

@@ -18,10 +18,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from jaxnas.spec import ArchSpec
-from latency.backends.base import BackendError
+from jaxnas.latency.backends.base import BackendError
 
-from export.onnx_export import DEFAULT_ONNX_ROUTE, export_onnx
-from export.parity import FP16_RTOL, ExportError, ExportResult, compare, parity_input, reference_output
+from jaxnas.export.onnx_export import DEFAULT_ONNX_ROUTE, export_onnx
+from jaxnas.export.parity import FP16_RTOL, ExportError, ExportResult, compare, parity_input, reference_output
 
 __all__ = ["export_tensorrt", "engine_export", "engine_from_onnx", "run_engine", "TensorRTMissing",
            "TENSORRT_PRECISIONS"]
@@ -34,7 +34,7 @@ class TensorRTMissing(ExportError, BackendError):
 
 
 def _import_tensorrt():
-    from latency.backends.trt import TENSORRT_MISSING
+    from jaxnas.latency.backends.trt import TENSORRT_MISSING
 
     try:
         import tensorrt as trt
@@ -46,7 +46,7 @@ def _import_tensorrt():
 def run_engine(engine_path: str | os.PathLike, x: np.ndarray, *, device: int = 0) -> np.ndarray:
     """Run a serialized single-input engine once on `x` (host array); returns its first output."""
     trt = _import_tensorrt()
-    from latency.backends.cuda_driver import CudaDriver
+    from jaxnas.latency.backends.cuda_driver import CudaDriver
 
     plan = Path(engine_path).read_bytes()
     drv = CudaDriver(device)  # primary context current before TensorRT touches CUDA
@@ -93,7 +93,7 @@ def engine_from_onnx(onnx_path: str | os.PathLike, path: str | Path, *, precisio
     """Build and atomically write the engine for an ONNX file (the latency backend's `build_engine`)."""
     _check_precision(precision)
     _import_tensorrt()
-    from latency.backends.trt import build_engine
+    from jaxnas.latency.backends.trt import build_engine
 
     try:
         return build_engine(onnx_path, path, precision, batch_size=batch_size, allow_tf32=allow_tf32)

@@ -17,8 +17,8 @@ import numpy as np
 from jaxnas.io_utils import atomic_write_bytes
 from jaxnas.spec import ArchSpec, validate
 
-from export.fold import fold_batchnorm
-from export.parity import (FP16_RTOL, ExportError, ExportResult, compare, jax_model, output_shape,
+from jaxnas.export.fold import fold_batchnorm
+from jaxnas.export.parity import (FP16_RTOL, ExportError, ExportResult, compare, jax_model, output_shape,
                            parity_input, reference_output, run_tflite)
 
 __all__ = ["export_tflite", "tflite_bytes", "TFLITE_PRECISIONS"]

@@ -1,235 +1,324 @@
-"""`jaxnas` command line.  Thin: every command calls a library function and prints its result.
+"""`jaxnas` command line. Thin: every command calls a library function and prints what it made.
 
-Known user errors (bad config key, missing data, impossible budget, corrupt checkpoint, ...) print one
-line `error: ...` and exit with status 2; anything else is a bug and keeps its traceback.
+Each command ends with a short human summary (what was made, where, the key figures); `--json` prints
+the machine-readable result instead. A user error (`jaxnas.errors.UserError`: a bad config key,
+missing data, an unreachable target, a corrupt checkpoint, ...) prints one line `error: ...` per
+problem and exits with status 2; anything else is a bug and keeps its traceback. Third-party logging
+(TensorFlow, absl, XLA, orbax) is silenced unless `--verbose`.
+
+Nothing heavy is imported before a command runs: `jaxnas --help` and `jaxnas info` load neither jax,
+flax nor a runtime. Methods add their own sub-commands (`jaxnas <method> <tool>`) through the method
+contract; this file lists no method.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+from jaxnas.errors import UserError
+
+# ----------------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------------
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from jaxnas.config import ConfigError
-    from jaxnas.experiment import WorkdirError
-    from jaxnas.spec import SpecError
-    errors: list[type[BaseException]] = [ConfigError, SpecError, WorkdirError, FileNotFoundError]
-    for mod, names in (("jaxnas.data", ("DataError",)), ("jaxnas.train", ("CheckpointError",)),
-                       ("jaxnas.methods.depth", ("TableError", "BudgetError", "MergeCheckError")),
-                       ("jaxnas.methods.dmcp", ("SearchError",)), ("jaxnas.methods.depth.pipeline", ("DepthError",)),
-                       ("latency", ("BackendError", "TableError")), ("export", ("ExportError",))):
-        try:
-            m = __import__(mod, fromlist=list(names))
-        except Exception:
-            continue
-        errors += [getattr(m, n) for n in names if hasattr(m, n)]
-    return tuple(errors)
-
-
-def _print(obj: Any, as_json: bool, text: str | None = None) -> None:
+def _emit(result: Any, text: str, as_json: bool) -> int:
     if as_json:
-        print(json.dumps(obj, indent=1, sort_keys=True, default=str))
+        from jaxnas.io_utils import dumps_json
+
+        sys.stdout.write(dumps_json(result))
     else:
-        print(text if text is not None else json.dumps(obj, indent=1, default=str))
+        print(text)
+    return 0
+
+
+def _fmt_ms(v: Any) -> str:
+    return f"{v:.3f} ms" if isinstance(v, (int, float)) else "?"
+
+
+def run_summary_text(summary: dict[str, Any], workdir: Path) -> str:
+    """What a train / search / quickstart run made, in a few lines."""
+    head = summary.get("method") or "train"
+    figures = []
+    if summary.get("test_accuracy") is not None:
+        figures.append(f"test accuracy {summary['test_accuracy']:.4f}")
+    if "macs" in summary:
+        figures.append(f"{summary['macs'] / 1e6:.2f} M MACs")
+    if "params" in summary:
+        figures.append(f"{summary['params'] / 1e6:.3f} M params")
+    if "latency_ms" in summary:
+        fp = summary.get("latency", {}).get("fingerprint", {})
+        figures.append(f"{_fmt_ms(summary['latency_ms'])} on {fp.get('backend', '?')} "
+                       f"({fp.get('threads', '?')} thread(s))")
+    if "speedup" in summary:
+        figures.append(f"{summary['speedup']:.2f}x faster than the baseline (paired)")
+    lines = [f"{head} {summary.get('name', '')}: " + ", ".join(figures)]
+    lines.append(f"  work dir   {workdir}  (summary.json, arch.json, config.yaml)")
+    files = [f"{summary[k]}" for k in ("onnx_path", "tflite_path", "tensorrt_path") if k in summary]
+    if files:
+        lines.append("  exported   " + ", ".join(files))
+    if "target" in summary:
+        lines.append(f"  target     {json.dumps(summary['target'])}; achieved {json.dumps(summary.get('achieved'))}")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------
-# info
+# Argument types: numbers are checked where they are parsed.
 # ----------------------------------------------------------------------------------------------------
 
-def _resolve(args) -> "Any":
+
+def _number(kind: type, lo: float, what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return v
+    return parse
+
+
+positive_int = _number(int, 1, ">= 1")
+non_negative_int = _number(int, 0, ">= 0")
+positive_float = _number(float, 1e-300, "> 0")
+
+
+# ----------------------------------------------------------------------------------------------------
+# info / methods
+# ----------------------------------------------------------------------------------------------------
+
+
+def _resolve(args: argparse.Namespace) -> Any:
     from jaxnas import zoo
+
     return zoo.resolve_spec(args.model, resolution=args.resolution, num_classes=args.num_classes,
                             width=getattr(args, "width", None),
                             small_input=True if getattr(args, "small_input", False) else None)
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     from jaxnas import spec as S
+
     spec = _resolve(args)
     cost = S.analyze(spec)
     rows = cost.table()
-    out = {"name": spec.name, "macs": cost.macs, "params": cost.params, "input": [*spec.input_size, spec.in_channels],
-           "num_classes": spec.head.num_classes, "blocks": rows}
+    out = {"name": spec.name, "macs": cost.macs, "params": cost.params,
+           "input": [*spec.input_size, spec.in_channels], "num_classes": spec.head.num_classes, "blocks": rows}
     lines = [f"{spec.name}: {cost.macs / 1e6:.2f} M MACs, {cost.params / 1e6:.3f} M params, input "
              f"{spec.input_size[0]}x{spec.input_size[1]}x{spec.in_channels}",
              f"{'#':>3} {'kind':<10} {'in':>14} {'out':>14} {'MMACs':>9} {'params':>10}"]
     for r in rows:
         lines.append(f"{r['index']:>3} {r['kind']:<10} {'x'.join(map(str, r['in_shape'])):>14} "
                      f"{'x'.join(map(str, r['out_shape'])):>14} {r['macs'] / 1e6:>9.2f} {r['params']:>10}")
-    _print(out, args.json, "\n".join(lines))
-    return 0
+    return _emit(out, "\n".join(lines), args.json)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from jaxnas import methods
+
+    rows = [m.describe() for m in methods.all_methods()]
+    text = "\n".join(f"{r['name']:<12} targets: {', '.join(r['targets']) or '-':<18} {r['summary']}" for r in rows)
+    return _emit(rows, text, args.json)
 
 
 # ----------------------------------------------------------------------------------------------------
-# train / eval / quickstart
+# train / search / quickstart / eval
 # ----------------------------------------------------------------------------------------------------
 
-def _workdir_for(cfg, workdir: str | None) -> Path:
-    return Path(workdir or os.path.join("runs", cfg.name))
+
+def _workdir_for(cfg: Any, workdir: str | None) -> Path:
+    return Path(workdir) if workdir else Path("runs") / cfg.name
 
 
-def cmd_train(args) -> int:
+def _run(args: argparse.Namespace, search: bool) -> int:
     from jaxnas.config import load_config
-    from jaxnas.experiment import run_training
+    from jaxnas.pipeline import run
+
     cfg = load_config(args.config, args.set or ())
-    summary = run_training(cfg, _workdir_for(cfg, args.workdir))
-    _print(summary, True)
-    return 0
+    workdir = _workdir_for(cfg, args.workdir)
+    summary = run(cfg, workdir, search=search, deploy=not args.no_deploy, log=_log(args))
+    return _emit(summary, run_summary_text(summary, workdir), args.json)
 
 
-def cmd_eval(args) -> int:
-    from jaxnas import models
-    from jaxnas.experiment import load_data, load_workdir
-    from jaxnas.train import evaluate
-    cfg, spec, variables = load_workdir(args.workdir)
-    dataset = load_data(cfg)
-    model = models.build_model(spec, cfg.model.depthwise, bn_eps=float(spec.metadata.get("bn_eps", 1e-5)))
-    result = {split: {k: float(v) for k, v in evaluate(model, variables, dataset, split,
-                                                       cfg.data.eval_batch_size).items()}
-              for split in ("test",)}
-    out = {"workdir": str(args.workdir), "test_accuracy": result["test"]["accuracy"],
-           "test_loss": result["test"]["loss"], "test_examples": int(result["test"]["count"])}
-    _print(out, args.json, f"test accuracy {out['test_accuracy']:.4f} (loss {out['test_loss']:.4f}, "
-                           f"{out['test_examples']} examples)")
-    return 0
+def cmd_train(args: argparse.Namespace) -> int:
+    return _run(args, search=False)
 
 
-def cmd_quickstart(args) -> int:
+def cmd_search(args: argparse.Namespace) -> int:
+    return _run(args, search=True)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
     from jaxnas.quickstart import run_quickstart
-    summary = run_quickstart(args.workdir, epochs=args.epochs, export=not args.no_export)
-    _print(summary, True)
-    return 0
+
+    summary = run_quickstart(args.workdir, epochs=args.epochs, export=not args.no_export, log=_log(args))
+    return _emit(summary, run_summary_text(summary, Path(args.workdir)), args.json)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from jaxnas.data import load_dataset
+    from jaxnas.trainer import Trainer
+    from jaxnas.workdir import load_workdir
+
+    cfg, spec, variables = load_workdir(args.workdir)
+    test = Trainer(cfg, load_dataset(cfg.dataset_config())).evaluate(spec, variables, "test")
+    out = {"workdir": str(args.workdir), "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+           "test_examples": int(test["count"])}
+    return _emit(out, f"{args.workdir}: test accuracy {out['test_accuracy']:.4f} (loss {out['test_loss']:.4f}, "
+                      f"{out['test_examples']} examples)", args.json)
 
 
 # ----------------------------------------------------------------------------------------------------
 # export / latency
 # ----------------------------------------------------------------------------------------------------
 
-def _spec_and_variables(args):
+
+def _spec_and_variables(args: argparse.Namespace) -> tuple[Any, Any]:
     """A trained work dir, or a zoo model / spec JSON with --random-init."""
-    from jaxnas import models
-    from jaxnas.experiment import load_workdir
+    from jaxnas.workdir import WorkdirError, load_workdir
+
     target = args.target
     if os.path.isdir(target):
         _, spec, variables = load_workdir(target)
         return spec, variables
-    if not getattr(args, "random_init", True):
-        from jaxnas.experiment import WorkdirError
-        raise WorkdirError(f"{target} is not a work dir; to export an untrained model pass --random-init")
+    if not args.random_init:
+        raise WorkdirError(f"{target} is not a work dir; to use an untrained model pass --random-init")
+    from jaxnas import models
+
     args.model = target
     spec = _resolve(args)
     return spec, models.init_variables(models.build_model(spec), 0)
 
 
-def cmd_export(args) -> int:
-    import export
+def cmd_export(args: argparse.Namespace) -> int:
+    from jaxnas.config import ConfigError
+    from jaxnas.deploy import deploy
+    from jaxnas.export.config import ExportConfig
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    try:
+        export_cfg = ExportConfig(formats=formats, route=args.route)
+    except ConfigError as e:
+        raise ConfigError([ln.replace("export.formats", "--format") for ln in e.errors]) from None
     spec, variables = _spec_and_variables(args)
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    results = export.export_model(spec, variables, args.out, formats, route=args.route,
-                                  precision=args.precision, dynamic_batch=args.dynamic_batch)
+    result = deploy(spec, variables, export_cfg, None, out_dir=args.out, precision=args.precision,
+                    dynamic_batch=args.dynamic_batch)
     out = {fmt: {"path": str(r.path), "max_abs_diff": r.max_abs_diff, "seconds": r.seconds}
-           for fmt, r in results.items()}
-    _print(out, args.json, "\n".join(f"{k}: {v['path']} (max |diff| {v['max_abs_diff']:.2e}, "
-                                     f"{v['seconds']:.1f} s)" for k, v in out.items()))
-    return 0
+           for fmt, r in result.exports.items()}
+    return _emit(out, "\n".join(f"{k}: {v['path']} (max |diff| {v['max_abs_diff']:.2e}, {v['seconds']:.1f} s)"
+                                for k, v in out.items()), args.json)
 
 
-def cmd_latency_measure(args) -> int:
-    from latency.measure import measure_spec
+def _latency_config(args: argparse.Namespace, **extra: Any) -> Any:
+    from jaxnas.latency.config import LatencyConfig
+
+    return LatencyConfig(backend=args.backend, threads=args.threads, warmup=args.warmup, runs=args.runs, **extra)
+
+
+def cmd_latency_measure(args: argparse.Namespace) -> int:
+    from jaxnas.deploy import deploy
+
+    latency = _latency_config(args, batch_size=args.batch_size)
     spec, variables = _spec_and_variables(args)
-    result = measure_spec(spec, variables, args.backend, threads=args.threads, batch_size=args.batch_size,
-                          warmup=args.warmup, runs=args.runs)
-    _print(result, args.json, f"{spec.name} on {result['fingerprint']['backend']}: median "
-                              f"{result['median_ms']:.3f} ms (p10 {result['p10_ms']:.3f}, p90 "
-                              f"{result['p90_ms']:.3f}, n={result['count']})")
-    return 0
+    m = deploy(spec, variables, None, latency, out_dir=None).latency
+    out = m.to_dict()
+    s = m.stats
+    return _emit(out, f"{spec.name} on {m.fingerprint.get('backend', args.backend)}: median {s.median:.3f} ms "
+                      f"(p10 {s.p10:.3f}, p90 {s.p90:.3f}, n={s.count})", args.json)
 
 
-def cmd_latency_build(args) -> int:
-    from latency.builder import build_table
+def cmd_latency_build(args: argparse.Namespace) -> int:
+    from jaxnas.latency.builder import build_table
+
     table = build_table(args.space, args.backend, args.out, threads=args.threads, warmup=args.warmup,
-                        runs=args.runs, context=args.context)
-    _print({"path": str(args.out), "entries": len(table)}, args.json,
-           f"{args.out}: {len(table)} entries")
-    return 0
+                        runs=args.runs, context=args.context, progress=_log(args) or False)
+    return _emit({"path": str(args.out), "entries": len(table)}, f"{args.out}: {len(table)} entries", args.json)
 
 
-def cmd_latency_validate(args) -> int:
-    from latency.predictor import validate_space
+def cmd_latency_validate(args: argparse.Namespace) -> int:
+    from jaxnas.latency.predictor import validate_space
+
     report = validate_space(args.space, args.backend, args.samples, table_path=args.table, threads=args.threads,
                             seed=args.seed, warmup=args.warmup, runs=args.runs, context=args.context)
-    _print(report, args.json)
-    return 0
+    text = json.dumps(report, indent=1, default=str)
+    return _emit(report, text, args.json)
 
 
 # ----------------------------------------------------------------------------------------------------
-# search / depth
+# Parser
 # ----------------------------------------------------------------------------------------------------
 
-def cmd_search(args) -> int:
-    from jaxnas.config import load_config
-    from jaxnas.search import run_search
-    cfg = load_config(args.config, args.set or ())
-    summary = run_search(cfg, _workdir_for(cfg, args.workdir))
-    _print(summary, True)
-    return 0
+
+def _log(args: argparse.Namespace) -> Callable[[str], None] | None:
+    return None if getattr(args, "quiet", False) else (lambda msg: print(msg, flush=True))
 
 
-def cmd_depth_topt(args) -> int:
-    from jaxnas.methods.depth.pipeline import t_opt_cli
-    out = t_opt_cli(args.time_table, args.out)
-    _print(out if isinstance(out, dict) else {"out": str(args.out)}, True)
-    return 0
+def _json_flag(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--json", action="store_true", help="print the machine-readable result")
 
-
-def cmd_depth_solve(args) -> int:
-    from jaxnas.methods.depth.pipeline import solve_cli
-    out = solve_cli(args.opt_time_table, args.importance_table, args.time_limit, args.prec)
-    _print(out, args.json)
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from jaxnas import methods
+
     p = argparse.ArgumentParser(prog="jaxnas", description="Hardware-aware CNN search and pruning in JAX/Flax.")
+    p.add_argument("--verbose", action="store_true", help="show third-party logging (TensorFlow, absl, XLA)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def model_args(q, random_init: bool = False):
-        q.add_argument("--resolution", type=int)
-        q.add_argument("--num-classes", type=int)
-        q.add_argument("--width", type=float)
+    def model_args(q: argparse.ArgumentParser, random_init: bool = False) -> None:
+        q.add_argument("--resolution", type=positive_int)
+        q.add_argument("--num-classes", type=positive_int)
+        q.add_argument("--width", type=positive_float)
         q.add_argument("--small-input", action="store_true", help="stride-1 stem for 28-32 px inputs")
         if random_init:
             q.add_argument("--random-init", action="store_true",
-                           help="export/measure an untrained model (MODEL_OR_SPEC_JSON instead of a work dir)")
+                           help="use an untrained model (MODEL_OR_SPEC_JSON instead of a work dir)")
+
+    def run_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("config")
+        q.add_argument("--workdir", help="where the run goes (default runs/<config name>)")
+        q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        q.add_argument("--no-deploy", action="store_true", help="skip export and latency measurement")
+        q.add_argument("--quiet", action="store_true", help="no progress lines, only the closing summary")
+        _json_flag(q)
 
     q = sub.add_parser("info", help="MACs, params and a per-block table of a zoo model or spec JSON")
     q.add_argument("model", metavar="MODEL_OR_SPEC_JSON")
     model_args(q)
-    q.add_argument("--json", action="store_true")
+    _json_flag(q)
     q.set_defaults(fn=cmd_info)
 
-    q = sub.add_parser("train", help="train a model from a YAML config")
-    q.add_argument("config")
-    q.add_argument("--workdir")
-    q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    q = sub.add_parser("methods", help="the registered search / pruning methods")
+    _json_flag(q)
+    q.set_defaults(fn=cmd_methods)
+
+    q = sub.add_parser("train", help="train a model from a YAML config, then export and measure it")
+    run_args(q)
     q.set_defaults(fn=cmd_train)
+
+    q = sub.add_parser("search", help="run the config's search.method, then export and measure what it found")
+    run_args(q)
+    q.set_defaults(fn=cmd_search)
 
     q = sub.add_parser("eval", help="evaluate a trained work dir on its test split")
     q.add_argument("workdir")
-    q.add_argument("--json", action="store_true")
+    _json_flag(q)
     q.set_defaults(fn=cmd_eval)
 
     q = sub.add_parser("quickstart", help="the main job on the embedded Fashion-MNIST: train, eval, export, measure")
     q.add_argument("--workdir", default="runs/quickstart")
-    q.add_argument("--epochs", type=float, help="override the number of epochs")
+    q.add_argument("--epochs", type=positive_float, help="override the number of epochs")
     q.add_argument("--no-export", action="store_true", help="skip export and latency measurement")
+    q.add_argument("--quiet", action="store_true", help="no progress lines, only the closing summary")
+    _json_flag(q)
     q.set_defaults(fn=cmd_quickstart)
 
     q = sub.add_parser("export", help="export a work dir or a model to ONNX / TFLite / TensorRT with parity checks")
@@ -240,23 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--route", default="jax2onnx", choices=("jax2onnx", "tflite"))
     q.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     q.add_argument("--dynamic-batch", action="store_true")
-    q.add_argument("--json", action="store_true")
+    _json_flag(q)
     q.set_defaults(fn=cmd_export)
 
     lat = sub.add_parser("latency", help="measure latency, build lookup tables, validate the predictor")
     lsub = lat.add_subparsers(dest="latency_command", required=True)
 
-    def timing_args(q):
+    def timing_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--backend", default="onnxruntime")
-        q.add_argument("--threads", type=int, default=1)
-        q.add_argument("--warmup", type=int, default=20)
-        q.add_argument("--runs", type=int, default=100)
-        q.add_argument("--json", action="store_true")
+        q.add_argument("--threads", type=positive_int, default=1)
+        q.add_argument("--warmup", type=non_negative_int, default=20)
+        q.add_argument("--runs", type=positive_int, default=100)
+        _json_flag(q)
 
     q = lsub.add_parser("measure", help="time a work dir or model end to end on a runtime")
     q.add_argument("target", metavar="WORKDIR_OR_MODEL")
     model_args(q, random_init=True)
-    q.add_argument("--batch-size", type=int, default=1)
+    q.add_argument("--batch-size", type=positive_int, default=1)
     timing_args(q)
     q.set_defaults(fn=cmd_latency_measure)
 
@@ -271,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = lsub.add_parser("validate", help="predictor vs end-to-end measurement on random architectures")
     q.add_argument("space")
-    q.add_argument("--samples", type=int, default=20)
+    q.add_argument("--samples", type=positive_int, default=20)
     q.add_argument("--table")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--context", choices=["alone", "network"], default=None,
@@ -280,43 +369,67 @@ def build_parser() -> argparse.ArgumentParser:
     timing_args(q)
     q.set_defaults(fn=cmd_latency_validate)
 
-    q = sub.add_parser("search", help="run a search/pruning method (search.method in the config)")
-    q.add_argument("config")
-    q.add_argument("--workdir")
-    q.add_argument("--set", action="append", metavar="KEY=VALUE")
-    q.set_defaults(fn=cmd_search)
-
-    dep = sub.add_parser("depth", help="depth compression tools (two-stage DP)")
-    dsub = dep.add_subparsers(dest="depth_command", required=True)
-    q = dsub.add_parser("t-opt", help="stage 1: optimal merged-time table from a time table")
-    q.add_argument("--time-table", required=True)
-    q.add_argument("--out", required=True)
-    q.set_defaults(fn=cmd_depth_topt)
-    q = dsub.add_parser("solve", help="stage 2: optimal activation and merge sets under a time budget")
-    q.add_argument("--opt-time-table", required=True)
-    q.add_argument("--importance-table", required=True)
-    q.add_argument("--time-limit", type=float, required=True)
-    q.add_argument("--prec", type=int, default=20)
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(fn=cmd_depth_solve)
+    # Methods' own sub-commands (jaxnas <method> <tool>), through the contract.
+    for method in methods.all_methods():
+        if method.add_commands is None:
+            continue
+        q = sub.add_parser(method.name, help=f"{method.name} tools")
+        msub = q.add_subparsers(dest=f"{method.name}_command", required=True)
+        method.add_commands(msub)
+        for action in msub.choices.values():
+            if not any(a.dest == "json" for a in action._actions):
+                _json_flag(action)
+            action.set_defaults(fn=_method_command)
     return p
+
+
+def _method_command(args: argparse.Namespace) -> int:
+    result, text = args.handler(args)
+    return _emit(result, text, args.json)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Entry
+# ----------------------------------------------------------------------------------------------------
+
+
+def quiet_third_party() -> None:
+    """TensorFlow's C++ logs, the oneDNN notice, absl/orbax INFO lines and library warnings off."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("absl", "tensorflow", "jax", "jax2onnx", "onnx", "orbax", "tf2onnx", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    errors = _user_errors()
+    if not args.verbose:
+        quiet_third_party()
     try:
         return args.fn(args)
-    except errors as e:
-        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
-        if isinstance(e, FileNotFoundError) and e.filename:
-            lines = [f"{e.filename}: no such file or directory"]
-        for line in lines:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return _report(str(e))
+    except OSError as e:
+        # A path the user gave that cannot be read or written (a file where a directory belongs, a read-only
+        # directory, a full disk): one line naming it. Other OS errors are bugs.
+        if e.filename is None:
+            raise
+        return _report(f"{e.filename}: {e.strerror or e}")
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def _report(message: str) -> int:
+    for line in [ln for ln in message.strip().splitlines() if ln.strip()] or ["unknown error"]:
+        print(f"error: {line}", file=sys.stderr)
+    return 2
 
 
 def entry() -> None:

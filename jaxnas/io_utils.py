@@ -1,11 +1,26 @@
-"""Atomic file writes: a crash never leaves a half-written output behind."""
+"""Atomic file writes: a crash never leaves a half-written output behind.
+
+Files get the permissions a plain `open()` would give them (0666 minus the umask; a temp file alone
+would be 0600), and JSON is strict (NaN and infinities become null: `json.loads` elsewhere, browsers
+and jq refuse them).
+"""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -17,6 +32,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -29,18 +45,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
+def json_safe(obj: Any) -> Any:
+    """`obj` with numpy scalars/arrays as plain values and non-finite floats as None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, str) else k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return [json_safe(v) for v in sorted(obj)]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return json_safe(obj.tolist())
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def dumps_json(obj: Any) -> str:
+    """Strict, sorted, indented JSON text of `obj` (see `json_safe`)."""
+    return json.dumps(json_safe(obj), indent=1, sort_keys=True, allow_nan=False) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_jsonable) + "\n")
-
-
-def _jsonable(o):
-    import numpy as np
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (set, frozenset)):
-        return sorted(o)
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+    return atomic_write_text(path, dumps_json(obj))

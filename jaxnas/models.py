@@ -212,8 +212,12 @@ class Net(nn.Module):
 
 
 def build_model(spec: ArchSpec, depthwise_impl: str = "auto", bn_momentum: float = 0.9,
-                bn_eps: float = 1e-5) -> Net:
+                bn_eps: float | None = None) -> Net:
+    """The Flax network of `spec`. `bn_eps` defaults to the spec's own (metadata 'bn_eps', e.g. 1e-4 for
+    POP's nets and PyTorch's 1e-5 for imported weights), else 1e-5."""
     validate(spec)
+    if bn_eps is None:
+        bn_eps = float(spec.metadata.get("bn_eps", 1e-5))
     return Net(spec, depthwise_impl, bn_momentum, bn_eps)
 
 

@@ -6,9 +6,8 @@ package runs it without the repository.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from jaxnas.config import ExperimentConfig, config_from_dict
 
@@ -31,20 +30,8 @@ def quickstart_config(epochs: float | None = None) -> ExperimentConfig:
 
 
 def run_quickstart(workdir: str | Path = "runs/quickstart", *, epochs: float | None = None,
-                   export: bool = True) -> dict[str, Any]:
-    from jaxnas.experiment import load_workdir, run_training, write_summary
-    workdir = Path(workdir)
-    t0 = time.time()
-    run_training(quickstart_config(epochs), workdir)
-    if export:
-        import export as exporter
-        from latency.measure import measure_onnx
-        _, spec, variables = load_workdir(workdir)
-        results = exporter.export_model(spec, variables, workdir / "export", ("onnx", "tflite"))
-        onnx = results["onnx"]
-        timing = measure_onnx(onnx.path, spec, threads=1)
-        write_summary(workdir, {
-            "onnx_path": str(onnx.path), "tflite_path": str(results["tflite"].path),
-            "onnx_max_abs_diff": onnx.max_abs_diff, "tflite_max_abs_diff": results["tflite"].max_abs_diff,
-            "latency_ms": timing["median_ms"], "latency": timing})
-    return write_summary(workdir, {"total_seconds": round(time.time() - t0, 1)})
+                   export: bool = True, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """The main job through the one pipeline: train, evaluate, export (ONNX + TFLite), measure."""
+    from jaxnas.pipeline import run
+
+    return run(quickstart_config(epochs), workdir, deploy=export, log=log)

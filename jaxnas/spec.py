@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+from jaxnas.errors import UserError
+
 ACTIVATIONS = ("relu", "relu6", "identity", "swish", "hswish", "sigmoid")
 BLOCK_KINDS = ("conv", "vgg", "mbconv", "basic", "bottleneck", "merged", "maxpool", "avgpool", "choice")
 SCHEMA_VERSION = 1
@@ -25,7 +27,7 @@ SCHEMA_VERSION = 1
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """An architecture spec that cannot describe a working network."""
 
 

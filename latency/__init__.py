@@ -3,7 +3,7 @@
 Runtime-facing pieces only; every runtime (onnxruntime, LiteRT, JAX, TensorRT)
 is imported lazily by the backend that uses it, so ``import latency`` is cheap.
 
-    from latency import get_backend, LatencyTable
+    from jaxnas.latency import get_backend, LatencyTable
     be = get_backend("onnxruntime", threads=1)
     fp = be.fingerprint(batch_size=1)
     table = LatencyTable.open_or_create("lat.json", fp, meta={"space": "tfnas"})

@@ -100,12 +100,12 @@ def export_for(spec: ArchSpec, backend: LatencyBackend, directory: Union[str, "o
         model = build_model(spec)
         return lambda x: model.apply(variables, x)
     if name == "tflite":
-        from export.tflite_export import export_tflite
+        from jaxnas.export.tflite_export import export_tflite
 
         return str(export_tflite(spec, variables, Path(directory) / f"{stem}.tflite",
                                  precision=getattr(backend, "precision", "fp32"), check=check).path)
     if name in ONNX_BACKENDS:
-        from export.onnx_export import export_onnx
+        from jaxnas.export.onnx_export import export_onnx
 
         return str(export_onnx(spec, variables, Path(directory) / f"{stem}.onnx", check=check).path)
     raise TableError(f"no export route for backend {name!r}; use onnxruntime, tensorrt, tflite or xla")

@@ -143,7 +143,7 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
         from .backends import get_backend
         backend = get_backend(backend, threads=threads)
     if exporter is None:
-        import export as _export
+        from jaxnas import export as _export
 
         def exporter(s, v, p):
             return _export.export_onnx(s, v, p, check=False)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
+from jaxnas.errors import UserError
 from jaxnas.io_utils import atomic_write_text
 
 from .fingerprint import Fingerprint, describe
@@ -55,7 +56,7 @@ REBUILD_HINT = "rebuild it with `jaxnas latency build-table`"
 FingerprintLike = Union[Fingerprint, Mapping[str, Any]]
 
 
-class TableError(ValueError):
+class TableError(UserError, ValueError):
     """A latency table file is missing, corrupt, of another schema, or measured elsewhere."""
 
 

@@ -1,15 +1,16 @@
 """Tests for jaxnas.config: typed YAML configs, overrides, inheritance, validation."""
-import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic
 import pytest
 import yaml
 
 from jaxnas.config import (
     ConfigError,
+    SearchConfig,
     ExperimentConfig,
     apply_overrides,
     config_from_dict,
@@ -21,6 +22,8 @@ from jaxnas.config import (
     override_config,
     save_resolved_config,
 )
+
+from jaxnas.schema import Section
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +67,7 @@ def test_dict_config_dict_round_trip_nondefault():
 
 def test_configs_are_frozen():
     cfg = ExperimentConfig()
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         cfg.train.epochs = 3  # type: ignore[misc]
 
 
@@ -173,9 +176,9 @@ def test_wrong_types_one_line_each():
     assert "train.seed: expected int, got true (a bool)" in errs
     assert "train.log_every: expected int, got 2.5" in errs
     assert "data.augment: expected bool (true/false), got 'yes'" in errs
-    assert "data.image_size: expected int or null, got 'big'" in errs
-    assert "export.formats: expected list of str, got 'onnx'" in errs
-    assert "model: expected mapping (ModelSection), got 3" in errs
+    assert "data.image_size: expected int or list of 2 (int, int) or null, got 'big'" in errs
+    assert "export.formats: expected list of one of 'onnx', 'tflite', 'tensorrt', got 'onnx'" in errs
+    assert "model: expected mapping (ModelConfig), got 3" in errs
     assert len(errs) == 7
     assert isinstance(ei.value, ValueError) and ei.value.errors == errs
 
@@ -187,10 +190,22 @@ def test_bool_not_accepted_as_float():
 
 def test_literal_violation():
     with pytest.raises(ConfigError) as ei:
-        config_from_dict({"optim": {"name": "adam"}, "search": {"method": "nas"}})
+        config_from_dict({"optim": {"name": "adam"}, "export": {"formats": ["onnx", "tflit"]}})
     errs = errors_of(ei)
     assert errs[0] == "optim.name: expected one of 'sgd', 'adamw', got 'adam' — did you mean 'adamw'?"
-    assert errs[1].startswith("search.method: expected one of 'none', 'dmcp'")
+    assert errs[1] == ("export.formats[1]: expected one of 'onnx', 'tflite', 'tensorrt', got 'tflit' — "
+                       "did you mean 'tflite'?")
+
+
+def test_unknown_method_is_refused_by_the_runner_with_a_suggestion():
+    # search.method names a method folder; the registry (not a hand-kept list) says which exist.
+    from jaxnas.methods import SearchError
+    from jaxnas.pipeline import resolve_method
+
+    with pytest.raises(SearchError, match=r"unknown method 'dmpc' — did you mean 'dmcp'\?"):
+        resolve_method(config_from_dict({"search": {"method": "dmpc"}}))
+    with pytest.raises(ConfigError, match=r"unknown key 'search.args.min_widht' — did you mean 'search.args.min_width'\?"):
+        resolve_method(config_from_dict({"search": {"method": "dmcp", "args": {"min_widht": 0.2}}}))
 
 
 def test_optional_and_dict_fields():
@@ -206,7 +221,7 @@ def test_semantic_checks_prefixed():
     with pytest.raises(ConfigError) as ei:
         config_from_dict({"data": {"holdout": 1.5, "batch_size": 0}, "train": {"distill": {"weight": 1.0}}})
     errs = errors_of(ei)
-    assert "data.holdout: must be in [0, 1), got 1.5" in errs
+    assert "data.holdout: must be a fraction in [0, 1) or a whole example count, got 1.5" in errs
     assert "data.batch_size: must be > 0, got 0" in errs
     assert any(e.startswith("train.distill.weight:") and "teacher" in e for e in errs)
 
@@ -214,25 +229,22 @@ def test_semantic_checks_prefixed():
 # ----------------------------------------------------------------------------- generic sub-schemas
 
 
-@dataclasses.dataclass(frozen=True)
-class _Inner:
+class _Inner(Section):
     k: int = 1
 
 
-@dataclasses.dataclass(frozen=True)
-class _MethodArgs:
+class _MethodArgs(Section):
     prune_ratio: float = 0.5
     steps: int = 10
     mode: Literal["a", "b"] = "a"
     widths: tuple[float, ...] = (0.5, 1.0)
     pair: tuple[int, int] = (1, 2)
-    inner: _Inner = dataclasses.field(default_factory=_Inner)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-    required: str = dataclasses.field(default="x")
+    inner: _Inner = _Inner()
+    extra: dict[str, Any] = {}
+    required: str = "x"
 
 
-@dataclasses.dataclass(frozen=True)
-class _NeedsValue:
+class _NeedsValue(Section):
     must: int
 
 

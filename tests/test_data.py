@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxnas.schema import validate
+
 from jaxnas.data import (DataConfig, DataError, Dataset, epoch_order, load_dataset, read_idx,
                          stratified_pick, write_idx)
 from jaxnas.data.transforms import random_crop, random_flip, resize_images
@@ -94,9 +96,10 @@ def test_embedded_default_shapes_and_balance():
     ds = _embedded()
     assert ds.config.source == "embedded"
     assert ds.num_classes == 10 and len(ds.class_names) == 10 and ds.image_shape == (28, 28, 1)
-    assert ds.num_examples("train") == 12000 and ds.num_examples("test") == 3000
-    assert ds.num_examples("holdout") == 0
-    assert np.all(np.bincount(ds.labels("train")) == 1200)
+    # The default holdout (0.1, the data section's default) is carved class-stratified from train.
+    assert ds.num_examples("train") == 10800 and ds.num_examples("test") == 3000
+    assert ds.num_examples("holdout") == 1200
+    assert np.all(np.bincount(ds.labels("train")) == 1080) and np.all(np.bincount(ds.labels("holdout")) == 120)
     assert np.all(np.bincount(ds.labels("test")) == 300)
     x, y = ds.arrays("test")
     assert x.shape == (3000, 28, 28, 1) and x.dtype == np.float32 and y.dtype == np.int32
@@ -160,7 +163,7 @@ def test_epoch_order_deterministic():
 
 def _small_ds(**kw) -> Dataset:
     x, y = _toy(103, classes=4, hw=12)
-    return Dataset.from_arrays(x, y, x[:25], y[:25], config=DataConfig(**kw))
+    return Dataset.from_arrays(x, y, x[:25], y[:25], config=DataConfig(**{"holdout": 0, **kw}))
 
 
 def test_train_batches_follow_epoch_order_and_eval_is_unshuffled():
@@ -242,7 +245,7 @@ def test_npz_source(tmp_path):
     ds = load_dataset(DataConfig(source="npz", path=str(tmp_path / "full.npz")))
     assert ds.class_names == tuple("abcde") and ds.num_examples("test") == 10
     np.savez(tmp_path / "xy.npz", x=x[..., 0].astype(np.float32) / 255.0, y=y)  # (N,H,W) floats in [0,1]
-    ds = load_dataset(DataConfig(source="npz", path=str(tmp_path / "xy.npz"), test_fraction=0.2))
+    ds = load_dataset(DataConfig(source="npz", path=str(tmp_path / "xy.npz"), test_fraction=0.2, holdout=0))
     assert ds.num_examples("train") == 40 and ds.num_examples("test") == 10 and ds.image_shape == (8, 8, 1)
     np.savez(tmp_path / "bad.npz", images=x, labels=y)
     with pytest.raises(DataError, match="expected x_train, y_train, x_test, y_test"):
@@ -267,7 +270,7 @@ def _write_pngs(root: Path, classes: dict[str, int], size=(10, 10), channels=3, 
 def test_image_folder_sources(tmp_path):
     _write_pngs(tmp_path / "split" / "train", {"cat": 4, "dog": 3})
     _write_pngs(tmp_path / "split" / "test", {"cat": 2, "dog": 2}, seed=1)
-    ds = load_dataset(DataConfig(source="image_folder", path=str(tmp_path / "split")))
+    ds = load_dataset(DataConfig(source="image_folder", path=str(tmp_path / "split"), holdout=0))
     assert ds.class_names == ("cat", "dog") and ds.image_shape == (10, 10, 3)
     assert ds.num_examples("train") == 7 and ds.num_examples("test") == 4
     assert list(ds.labels("train")) == [0, 0, 0, 0, 1, 1, 1]
@@ -280,7 +283,7 @@ def test_image_folder_sources(tmp_path):
     _write_pngs(tmp_path / "flat", {"c": 1}, size=(14, 12), channels=1, seed=3)  # overwrites c/0.png, other size
     with pytest.raises(DataError, match="set data.image_size"):
         load_dataset(DataConfig(source="image_folder", path=str(tmp_path / "flat")))
-    ds = load_dataset(DataConfig(source="image_folder", path=str(tmp_path / "flat"), image_size=8,
+    ds = load_dataset(DataConfig(source="image_folder", path=str(tmp_path / "flat"), holdout=0, image_size=8,
                                  test_fraction=0.2))
     assert ds.num_examples("train") == 12 and ds.num_examples("test") == 3 and ds.image_shape == (8, 8, 1)
     assert sorted(ds.labels("test")) == [0, 1, 2]
@@ -372,7 +375,7 @@ def test_tfds_prepared_dataset_loads_by_name_without_builder_code(tiny_tfds_dir)
     # A fresh process has no JaxnasTinyShapes class: tfds must read the prepared files by name alone,
     # as for a dataset prepared earlier with `tfds build`.
     code = ("from jaxnas.data import DataConfig, load_dataset\n"
-            f"ds = load_dataset(DataConfig(source='tfds', name='jaxnas_tiny_shapes', data_dir={tiny_tfds_dir!r}))\n"
+            f"ds = load_dataset(DataConfig(source='tfds', name='jaxnas_tiny_shapes', data_dir={tiny_tfds_dir!r}, holdout=0))\n"
             "print('TFDS', ds.num_examples('train'), ds.num_examples('test'), ds.class_names)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -391,15 +394,15 @@ def test_unknown_source_and_keys_suggest():
     with pytest.raises(DataError, match="did you mean 'image_folder'") as e:
         DataConfig(source="imagefolder")
     assert isinstance(e.value, ValueError)
-    with pytest.raises(DataError, match="did you mean 'holdout'"):
-        DataConfig.from_dict({"hold_out": 0.1})
+    with pytest.raises(DataError, match="did you mean 'data.holdout'"):
+        validate({"hold_out": 0.1}, DataConfig, "data")
     with pytest.raises(DataError, match="unknown split 'tst'.*did you mean 'test'"):
         _small_ds().num_examples("tst")
     with pytest.raises(DataError, match="holdout"):
         DataConfig(holdout=1.5)
     with pytest.raises(DataError, match="split 'holdout' is empty"):
         next(_small_ds().batches("holdout", 4))
-    assert DataConfig.from_dict({"source": "npz", "path": "x.npz", "image_size": [32, 32]}).image_size == (32, 32)
+    assert validate({"source": "npz", "path": "x.npz", "image_size": [32, 32]}, DataConfig).image_size == (32, 32)
 
 
 # ----------------------------------------------------------------------------- sharding

@@ -249,7 +249,7 @@ def test_merge_equivalence_real_mbv2_small():
 
 
 def test_merged_spec_exports_to_onnx(tmp_path):
-    import export
+    from jaxnas import export
 
     spec = tiny_mbv2()
     base = mergeable_spec(spec)

@@ -16,7 +16,8 @@ from jaxnas.methods.depth.importance import (ImportanceConfig, ext_segments_of, 
                                              optimal_importance)
 from jaxnas.methods.depth import importance
 from jaxnas.methods.depth.mergeable import body_of
-from jaxnas.methods.depth.pipeline import DepthArgs, run, solve_cli, t_opt_cli
+from jaxnas.methods.depth.args import DepthArgs
+from jaxnas.methods.depth.commands import solve_cli, t_opt_cli
 from jaxnas.models import build_model, init_variables
 
 from test_depth_merge import tiny_mbv2
@@ -135,13 +136,23 @@ def test_importance_resumes_and_skips_done_segments(tmp_path):
 
 # ------------------------------------------------------------------------------------ latency table
 
+def oracle_over(runtime, warmup=1, runs=3):
+    """The runner's latency oracle over a given backend object (a real or a fake runtime)."""
+    from jaxnas.latency.config import LatencyConfig
+    from jaxnas.latency.oracle import RuntimeOracle
+
+    oracle = RuntimeOracle(LatencyConfig(warmup=warmup, runs=runs), log=None)
+    oracle._runtime = runtime
+    return oracle
+
+
 def test_segment_table_builds_and_resumes(tmp_path):
-    from latency import get_backend
-    from latency.segment_table import build_time_table
+    from jaxnas.latency import get_backend
+    from jaxnas.methods.depth.time_table import build_time_table
 
     chain = body_of(tiny_mbv2(res=8)).chain
     be = get_backend("onnxruntime", threads=1)
-    out = build_time_table(chain, tmp_path / "t.csv", backend=be, warmup=1, runs=3, log=None)
+    out = build_time_table(chain, tmp_path / "t.csv", oracle_over(be))
     T = read_time_table(out, segments=valid_segments(chain))
     assert len(T) == len(valid_segments(chain)) and all(e.time > 0 for e in T.entries.values())
     cache = json.loads((tmp_path / "t.cache.json").read_text())
@@ -158,7 +169,7 @@ def test_segment_table_builds_and_resumes(tmp_path):
             raise AssertionError("a resumed build must not measure again")
 
     (tmp_path / "t.csv").unlink()
-    build_time_table(chain, tmp_path / "t.csv", backend=NoMeasure(be), warmup=1, runs=3, log=None)
+    build_time_table(chain, tmp_path / "t.csv", oracle_over(NoMeasure(be)))
     assert read_time_table(tmp_path / "t.csv").entries == T.entries
 
 
@@ -175,7 +186,7 @@ class ConvCountRuntime:
 
     def measure(self, path, shape, *, warmup, runs):
         import onnx
-        from latency import TimingStats
+        from jaxnas.latency import TimingStats
 
         self.calls += 1
         ops = [n.op_type for n in onnx.load(path).graph.node]
@@ -187,21 +198,21 @@ def test_segment_network_table_times_merges_in_the_network(tmp_path):
     """Δ(st, end) is the whole network's change when only that segment is merged; Σ T(i, i+1) = L_base;
     a rebuild resumes from the cache without measuring."""
     import onnx
-    from export import export_onnx
-    from export.parity import random_variables
+    from jaxnas.export import export_onnx
+    from jaxnas.latency import get_backend
     from jaxnas.methods.depth.mergeable import mergeable_spec
-    from latency import get_backend
-    from latency.segment_network import (build_network_time_table, conv_split, measure_segment_deltas,
-                                         network_time_table, segment_network)
+    from jaxnas.methods.depth.time_table import (build_network_time_table, conv_split, network_time_table,
+                                                 segment_deltas, segment_network)
 
     spec = tiny_mbv2(res=8)
     base = mergeable_spec(spec)
     chain = body_of(base).chain
     segs = [s for s in valid_segments(chain) if s[1] - s[0] > 1][:3] + [(0, 1)]
     rt = ConvCountRuntime(get_backend("onnxruntime", threads=1))
-    base_ms, deltas = measure_segment_deltas(base, tmp_path / "c.json", backend=rt, rounds=3, segments=segs, log=None)
+    variables = init_variables(build_model(base), 0)
+    base_ms, deltas = segment_deltas(base, oracle_over(rt), tmp_path / "c.json", variables=variables, rounds=3,
+                                     segments=segs)
     assert rt.calls == 1 + 3 * 2 * 3 and set(deltas) == set(segs[:3])
-    variables = random_variables(base)
 
     def convs(s, v):
         export_onnx(s, v, tmp_path / "m.onnx", check=False)
@@ -221,23 +232,26 @@ def test_segment_network_table_times_merges_in_the_network(tmp_path):
         assert T[(st, end)][0] == pytest.approx(sum(split[st:end]) + (deltas[(st, end)][0] if end - st > 1 else 0))
     # The whole table, then a resumed rebuild that must not measure.
     rt = ConvCountRuntime(rt.inner)
-    out = build_network_time_table(spec, tmp_path / "t.csv", backend=rt, rounds=1, warmup=1, runs=2, log=None)
+    out = build_network_time_table(spec, tmp_path / "t.csv", oracle_over(rt, runs=2), rounds=1)
     table = read_time_table(out, segments=valid_segments(chain))
     assert sum(table.entries[(i, i + 1)].time for i in range(chain.L)) == pytest.approx(
         1e-3 * c0 + 1e-4 * o0, rel=1e-6)
     n = rt.calls
-    build_network_time_table(spec, tmp_path / "t.csv", backend=rt, rounds=1, warmup=1, runs=2, log=None)
+    build_network_time_table(spec, tmp_path / "t.csv", oracle_over(rt, runs=2), rounds=1)
     assert rt.calls == n
 
 
 # ------------------------------------------------------------------------------------------ run
 
 def test_run_end_to_end_tiny(tmp_path):
+    from jaxnas.methods.depth.mergeable import mergeable_spec
+    from jaxnas.pipeline import run
     from jaxnas.train import save_final
 
     spec = tiny_mbv2(res=8, classes=10)
     spec.save(tmp_path / "tiny.json")
     save_final(tmp_path / "base", init_variables(build_model(spec), 0))  # a given baseline: no training
+    write_synthetic_table(body_of(mergeable_spec(spec)).chain, tmp_path / "t.csv")
     cfg = config_from_dict({
         "data": {"source": "embedded", "image_size": 8, "holdout": 0.2, "limit_train": 400, "limit_test": 200,
                  "batch_size": 32, "eval_batch_size": 100, "channels": 1},
@@ -245,31 +259,29 @@ def test_run_end_to_end_tiny(tmp_path):
         "optim": {"learning_rate": 0.05},
         "train": {"epochs": 1, "max_steps": 4, "progress": False, "log_every": 2, "eval_every_epochs": 1},
         "search": {"method": "depth", "args": {
-            "baseline": str(tmp_path / "base"), "time_fraction": 0.7, "prec": None, "importance_steps": 0,
-            "importance_padding": "same", "importance_batch_size": 16, "importance_eval_examples": 50,
-            "finetune_epochs": 1}},
+            "baseline": str(tmp_path / "base"), "time_table": str(tmp_path / "t.csv"), "time_fraction": 0.7,
+            "prec": None, "importance_steps": 0, "importance_padding": "same", "importance_batch_size": 16,
+            "importance_eval_examples": 50, "finetune_epochs": 1}},
     })
-    built = []
-
-    def time_table_fn(chain, out_csv):
-        built.append(chain.L)
-        return write_synthetic_table(chain, out_csv)
-
-    s = run(cfg, tmp_path / "w", time_table_fn=time_table_fn, log=None)
-    assert built == [14]
+    s = run(cfg, tmp_path / "w", search=True, deploy=False, log=None)
     for k in ("baseline_test_accuracy", "test_accuracy", "act_pos", "merge_pos", "imp_sum", "time_sum"):
         assert k in s
+    assert s["L"] == 14 and s["method"] == "depth"
     assert s["time_sum"] <= s["time_limit"] * 1.01 and s["max_merge_diff"] <= 1e-4
     assert abs(s["test_accuracy"] - s["unmerged_test_accuracy"]) <= 0.01
     from jaxnas.spec import ArchSpec
     from jaxnas.train import load_variables
 
-    merged = ArchSpec.load(s["arch"])
-    assert merged.metadata["depth_merged"] and len(load_variables(s["variables"])["params"]) >= 2
-    assert json.loads((tmp_path / "w/depth_summary.json").read_text())["act_pos"] == s["act_pos"]
+    merged = ArchSpec.load(tmp_path / "w" / "arch.json")
+    assert merged.metadata["depth_merged"] and len(load_variables(tmp_path / "w")["params"]) >= 2
+    assert json.loads((tmp_path / "w/summary.json").read_text())["act_pos"] == s["act_pos"]
     for f in ("opt_time_table.csv", "ext_importance.csv", "importance/importance.csv", "solution.json",
-              "unmerged_arch.json"):
+              "unmerged_arch.json", "config.yaml"):
         assert (tmp_path / "w" / f).exists(), f
-    # No latency source: a clear error before any work on tables.
-    with pytest.raises(TableError, match="no latency table"):
-        run(cfg, tmp_path / "w2", log=None)
+    # A target kind the method does not take is refused before anything runs.
+    from jaxnas.config import override_config
+    from jaxnas.methods import SearchError
+
+    with pytest.raises(SearchError, match="search.target_macs: method 'depth' does not take a macs target"):
+        run(override_config(cfg, ["search.target_macs=1e6"]), tmp_path / "w2", search=True, deploy=False, log=None)
+    assert not (tmp_path / "w2").exists()

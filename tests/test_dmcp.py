@@ -12,7 +12,7 @@ from jaxnas import spec as S
 from jaxnas import zoo
 from jaxnas.config import ConfigError, config_from_dict
 from jaxnas.methods.dmcp import (CostModel, CostTarget, DMCPArgs, DMCPSpace, MacsModel, SearchError, direct_samples,
-                                 log_l1, materialize_k, recalibrate_bn, run)
+                                 log_l1, materialize_k, recalibrate_bn)
 from jaxnas.methods.dmcp.gates import GroupLayout, layout
 from jaxnas.methods.dmcp.run import choose_architecture, make_target
 from jaxnas.models import build_model, init_variables
@@ -233,6 +233,21 @@ def _tiny_setup(tmp_path, target_macs, args=None, train=None):
     return spec, cfg
 
 
+def _prepare(cfg, table=None):
+    """DMCP's setup of a config, as the runner prepares it (data, sized supernet, validated args)."""
+    from jaxnas.methods.dmcp.run import prepare
+    from jaxnas.pipeline import prepare as prepare_run
+
+    p = prepare_run(cfg, search=True)
+    return prepare(cfg, p.args, p.dataset, p.spec, table)
+
+
+def run(cfg, workdir):
+    from jaxnas.pipeline import run as run_pipeline
+
+    return run_pipeline(cfg, workdir, search=True, deploy=False, log=None)
+
+
 def test_unreachable_target_fails_before_training(tmp_path):
     spec, cfg = _tiny_setup(tmp_path, 10.0)
     with pytest.raises(SearchError, match=r"outside the reachable range \["):
@@ -243,7 +258,7 @@ def test_unreachable_target_fails_before_training(tmp_path):
         run(cfg, tmp_path / "w")
     from jaxnas.config import override_config
     with pytest.raises(SearchError, match="latency table"):
-        run(override_config(cfg, ["search.target_macs=null", "search.target_latency_ms=1.0"]), tmp_path / "w")
+        _prepare(override_config(cfg, ["search.target_macs=null", "search.target_latency_ms=1.0"]))
 
 
 def test_two_step_search_sample_retrain_smoke(tmp_path):
@@ -256,8 +271,8 @@ def test_two_step_search_sample_retrain_smoke(tmp_path):
     arch = ArchSpec.load(work / "arch.json")
     hash(arch)  # specs are used as cache keys (export); the DMCP meta must stay hashable
     assert arch.metadata["dmcp_supernet"] == "tiny"
-    assert S.macs(arch) == summary["achieved_macs"]
-    assert abs(summary["achieved_macs"] - target) / target <= 0.03
+    assert S.macs(arch) == summary["achieved"]["macs"] == summary["macs"]
+    assert abs(summary["achieved"]["macs"] - target) / target <= 0.03
     assert summary["target"] == {"macs": target} and summary["search_steps"] == 2
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["params"] == S.params(arch)
     rows = read_metrics(work / "search")
@@ -265,6 +280,9 @@ def test_two_step_search_sample_retrain_smoke(tmp_path):
     v = load_variables(work / "retrain")
     out = build_model(arch).apply(v, np.zeros((2, 6, 6, 3), np.float32))
     assert out.shape == (2, 3) and np.all(np.isfinite(out))
+    # The runner keeps the chosen network's weights in the work dir itself: eval/export/measure read them.
+    top = load_variables(work)
+    np.testing.assert_array_equal(jax.tree.leaves(top)[0], jax.tree.leaves(v)[0])
 
 
 def test_dmcp_configs_load():
@@ -297,10 +315,9 @@ def test_search_resumes_exactly(tmp_path):
     """A search interrupted after one step and resumed equals an uninterrupted one (weights and alphas)."""
     import dataclasses
 
-    from jaxnas.methods.dmcp import search
-    from jaxnas.methods.dmcp.run import prepare
+    from jaxnas.methods.dmcp.search import search
     spec, cfg = _tiny_setup(tmp_path, 21000.0, args={"epochs": 0.75, "warmup_fraction": 0.34})
-    setup = prepare(cfg)  # 3 iterations, alpha trained from iteration 1
+    setup = _prepare(cfg)  # 3 iterations, alpha trained from iteration 1
     model = build_model(setup.supernet)
     v = init_variables(model, 0)
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "cache"))

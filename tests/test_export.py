@@ -12,11 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-import export
-from export import fold as fold_mod
-from export import onnx_export
-from export.parity import ExportError, compare, parity_input, reference_output, run_onnx
-from export.parity import random_variables as rand_vars
+from jaxnas import export
+from jaxnas.export import fold as fold_mod
+from jaxnas.export import onnx_export
+from jaxnas.export.parity import ExportError, compare, parity_input, reference_output, run_onnx
+from jaxnas.export.parity import random_variables as rand_vars
 from jaxnas import models, supernet, zoo
 from jaxnas import spec as S
 
@@ -283,7 +283,7 @@ def test_export_model_writes_files_and_summary(tmp_path):
 # -------------------------------------------------------------------------------------------- TensorRT
 
 def _gpu_visible() -> bool:
-    from latency.backends.cuda_driver import gpu_name
+    from jaxnas.latency.backends.cuda_driver import gpu_name
 
     return gpu_name(0) is not None
 
@@ -293,7 +293,7 @@ HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
 @pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed")
 def test_tensorrt_missing_is_one_line_error(tmp_path):
-    from latency.backends import TENSORRT_MISSING, BackendError
+    from jaxnas.latency.backends import TENSORRT_MISSING, BackendError
 
     spec = LAYERS["dense3x3"]
     for call in (lambda: export.export_tensorrt(spec, rand_vars(spec), tmp_path / "m.engine"),

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-import latency.builder as builder
-from latency import Fingerprint, LatencyTable, TableError, TimingStats
-from latency.builder import build_table, grid_parts, reference_archs
-from latency.spaces import BlockConfig, SearchSpace, SpaceError, load_space, space_names
+import jaxnas.latency.builder as builder
+from jaxnas.latency import Fingerprint, LatencyTable, TableError, TimingStats
+from jaxnas.latency.builder import build_table, grid_parts, reference_archs
+from jaxnas.latency.spaces import BlockConfig, SearchSpace, SpaceError, load_space, space_names
 
 TINY = {
     "name": "tiny", "resolution": 8, "in_channels": 3, "act": "relu6",

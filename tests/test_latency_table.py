@@ -8,9 +8,9 @@ from collections import OrderedDict
 
 import pytest
 
-from latency import (Fingerprint, LatencyTable, TableError, TimingStats, import_depth_csv,
+from jaxnas.latency import (Fingerprint, LatencyTable, TableError, TimingStats, import_depth_csv,
                      import_tfnas_pkl, interpolate, tfnas_base, tfnas_lookup)
-from latency.imports import parse_tfnas_key, tfnas_key
+from jaxnas.latency.imports import parse_tfnas_key, tfnas_key
 
 
 def _fp(**kw) -> Fingerprint:

@@ -8,8 +8,8 @@ import pytest
 
 from jaxnas import zoo
 from jaxnas.spec import ArchSpec, Block, Conv, Head
-from latency import LatencyTable, TableError, TimingStats
-from latency.layer_grid import build_layer_grid, grid_layers, grid_points, layer_spec
+from jaxnas.latency import LatencyTable, TableError, TimingStats
+from jaxnas.latency.layer_grid import build_layer_grid, grid_layers, grid_points, layer_spec
 
 
 def tiny_spec() -> ArchSpec:
@@ -143,7 +143,6 @@ def test_latency_model_rejects_other_supernet(tmp_path):
 def test_real_onnxruntime_grid(tmp_path):
     """One conv layer exported with jax2onnx and timed on onnxruntime (1 thread)."""
     pytest.importorskip("onnxruntime")
-    pytest.importorskip("export")
     spec = ArchSpec("one", (Block("conv", (Conv(8, (3, 3), act="relu", width="a"),)),), Head(2), (8, 8), 3)
     table = build_layer_grid(spec, "onnxruntime", out_path=tmp_path / "g.json", grid_fraction_step=0.5,
                              warmup=2, runs=5, log=None)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latency import TableError
-from latency.builder import build_table
-from latency.network_table import PROBE_PREFIX, probes, reference_arch
-from latency.predictor import LatencyPredictor
-from latency.spaces import load_space
+from jaxnas.latency import TableError
+from jaxnas.latency.builder import build_table
+from jaxnas.latency.network_table import PROBE_PREFIX, probes, reference_arch
+from jaxnas.latency.predictor import LatencyPredictor
+from jaxnas.latency.spaces import load_space
 
 from test_latency_builder import SMALL, TINY, FakeBackend, install_fake_runtime
 
@@ -17,7 +17,7 @@ CALL_MS = 0.05  # per-network cost a block timed alone would pay again
 
 def additive_ms(spec) -> float:
     """A runtime whose latency is a per-network cost plus a block-dependent cost per part."""
-    from latency.spaces import decompose_spec
+    from jaxnas.latency.spaces import decompose_spec
 
     return CALL_MS + sum(0.01 * (1 + p.kernel % 5) + p.macs() / 1e6 for p in decompose_spec(spec))
 

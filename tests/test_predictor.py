@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from latency import Fingerprint, LatencyTable, TimingStats, interpolate
-from latency.predictor import (LatencyPredictor, MissingEntryError, prediction_metrics, rankdata, spearman,
+from jaxnas.latency import Fingerprint, LatencyTable, TimingStats, interpolate
+from jaxnas.latency.predictor import (LatencyPredictor, MissingEntryError, prediction_metrics, rankdata, spearman,
                                validate_space)
-from latency.spaces import BlockConfig, SearchSpace
+from jaxnas.latency.spaces import BlockConfig, SearchSpace
 
 TINY = {
     "name": "tiny", "resolution": 8, "kernels": [3], "expansions": [2],
@@ -87,7 +87,7 @@ def test_overhead_fit_with_params_term():
 
 
 def test_overhead_fit_drops_outliers_and_selects_terms():
-    from latency.predictor import fit_overhead
+    from jaxnas.latency.predictor import fit_overhead
 
     rng = np.random.default_rng(1)
     x = np.column_stack([np.ones(12), rng.integers(13, 20, 12), rng.uniform(1, 2.5, 12)])
@@ -118,7 +118,7 @@ def test_missing_key_is_named(tmp_path):
 
 def test_channel_grid_interpolation():
     cfg = BlockConfig("mbconv", 8, 8, 20, 20, 3, 1, 60, "relu6", 0)
-    from latency.builder import grid_parts
+    from jaxnas.latency.builder import grid_parts
 
     lo, hi = grid_parts(cfg, 8)
     t = LatencyTable.new(_fp(), {"space": "x", "channel_step": 8})
@@ -181,7 +181,7 @@ def test_validate_space_tiny(tmp_path):
 
 
 def test_median_of_reports_the_usual_mode():
-    from latency.builder import best_of, median_of
+    from jaxnas.latency.builder import best_of, median_of
 
     fast, slow = TimingStats.from_samples([0.5] * 4), TimingStats.from_samples([0.6] * 4)
     rounds = [slow, fast, slow, slow, slow]  # one session landed in the fast mode
@@ -197,8 +197,8 @@ def test_validate_cli_with_a_network_table(tmp_path, capsys):
     import yaml
 
     from jaxnas.cli import main
-    from latency.network_table import reference_arch
-    from latency.spaces import load_space
+    from jaxnas.latency.network_table import reference_arch
+    from jaxnas.latency.spaces import load_space
 
     space_file = tmp_path / "tiny.yaml"
     space_file.write_text(yaml.safe_dump(TINY))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import shutil
@@ -15,8 +14,8 @@ import optax
 import pytest
 
 from jaxnas.train import (
-    CSV_FIELDS, CheckpointError, CheckpointStore, DistillConfig, OptimConfig, ScheduleConfig, TrainLoopConfig,
-    TrainState, classification_loss, coerce, cross_entropy, distillation_kl, evaluate, fit, load_variables,
+    CSV_FIELDS, CheckpointError, CheckpointStore, DistillConfig, Distillation, OptimConfig, ScheduleConfig,
+    TrainConfig, TrainState, classification_loss, cross_entropy, distillation_kl, evaluate, fit, load_variables,
     make_eval_step, make_optimizer, make_schedule, make_train_step, read_metrics, weight_decay_mask)
 
 NUM_CLASSES = 4
@@ -99,10 +98,20 @@ def init_variables(model: nn.Module, hw: int = 6, seed: int = 0) -> dict:
     return jax.jit(lambda rng: model.init(rng, jnp.zeros((1, hw, hw, 3)), train=False))(jax.random.PRNGKey(seed))
 
 
-def quick_loop(**kw) -> TrainLoopConfig:
-    base = dict(epochs=3, batch_size=8, eval_batch_size=4, log_every=2, checkpoint_every=4, keep_checkpoints=2,
-                eval_every_epochs=1, progress=False)
-    return TrainLoopConfig(**{**base, **kw})
+def quick_loop(**kw) -> dict:
+    """`fit` keyword arguments: the train section plus the batch sizes and an optional teacher."""
+    extra = {k: kw.pop(k) for k in ("batch_size", "eval_batch_size", "distill") if k in kw}
+    base = dict(epochs=3, log_every=2, checkpoint_every=4, keep_checkpoints=2, eval_every_epochs=1, progress=False)
+    return {"train": TrainConfig(**{**base, **kw}), "batch_size": 8, "eval_batch_size": 4, **extra}
+
+
+def replace_loop(loop: dict, **kw) -> dict:
+    out = dict(loop)
+    for k in ("batch_size", "eval_batch_size"):
+        if k in kw:
+            out[k] = kw.pop(k)
+    out["train"] = loop["train"].replace(**kw)
+    return out
 
 
 OPTIM = OptimConfig(learning_rate=0.05, weight_decay=1e-3)
@@ -117,22 +126,22 @@ def assert_trees_equal(a, b):
 # Configs, losses, optimizer.
 
 
-def test_config_defaults_and_coerce():
-    o, s, t = OptimConfig(), ScheduleConfig(), TrainLoopConfig()
+def test_config_sections_defaults_and_validation():
+    o, s, t = OptimConfig(), ScheduleConfig(), TrainConfig()
     assert (o.name, o.learning_rate, o.momentum, o.nesterov, o.weight_decay) == ("sgd", 0.1, 0.9, True, 4e-5)
     assert s.name == "cosine"
     assert (t.epochs, t.seed, t.label_smoothing, t.log_every, t.checkpoint_every, t.keep_checkpoints,
             t.eval_every_epochs, t.progress, t.max_steps) == (10, 0, 0, 50, 500, 2, 1, True, None)
-    loop = coerce(TrainLoopConfig, {"epochs": 2.5, "distill": {"teacher": None, "weight": 0.0, "temperature": 2.0}})
-    assert loop.epochs == 2.5 and loop.distill == DistillConfig(temperature=2.0)
-    with pytest.raises(TypeError, match="unknown field"):
-        coerce(OptimConfig, {"lr": 0.1})
-    # The experiment config's sections map over by name.
-    cfg = pytest.importorskip("jaxnas.config")
-    if hasattr(cfg, "OptimSection"):
-        assert coerce(OptimConfig, cfg.OptimSection()) == OptimConfig(**dataclasses.asdict(cfg.OptimSection()))
-        assert coerce(ScheduleConfig, cfg.ScheduleSection()) == ScheduleConfig()
-        assert coerce(TrainLoopConfig, cfg.TrainSection()).distill.enabled is False
+    assert TrainConfig(epochs=2.5, distill={"temperature": 2.0}).distill == DistillConfig(temperature=2.0)
+    # The sections are the experiment config's own: the same class, validated the same way.
+    from jaxnas.config import ExperimentConfig, ConfigError
+    assert type(ExperimentConfig().optim) is OptimConfig and type(ExperimentConfig().train) is TrainConfig
+    with pytest.raises(ConfigError, match=r"unknown key 'optim.lr' \(valid keys in 'optim'"):
+        OptimConfig(lr=0.1)
+    with pytest.raises(ConfigError, match="train.epochs: must be > 0, got 0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="train.distill.weight: is 0.5 but no teacher is set"):
+        DistillConfig(weight=0.5)
 
 
 def test_label_smoothing_loss_matches_hand_computation():
@@ -171,7 +180,7 @@ def test_distillation_in_train_step_from_identical_teacher_leaves_only_ce():
     variables = init_variables(model)
     assert "batch_stats" not in variables
     tx = optax.sgd(0.0)
-    distill = DistillConfig(teacher=model, teacher_variables=variables, weight=0.25, temperature=3.0)
+    distill = Distillation(teacher=model, teacher_variables=variables, weight=0.25, temperature=3.0)
     step = make_train_step(model, tx, distill=distill)
     batch = next(TinyDataset().batches("train", 8, seed=0))
     state = TrainState.create(variables, tx)
@@ -201,20 +210,20 @@ def test_weight_decay_mask_excludes_bn_and_bias():
 
 def test_schedules():
     lr, spe, total = 0.1, 10, 100
-    cos = make_schedule(ScheduleConfig("cosine", warmup_epochs=1, warmup_start=0.1, end_value=0.01), lr, spe, total)
+    cos = make_schedule(ScheduleConfig(name="cosine", warmup_epochs=1, warmup_start=0.1, end_value=0.01), lr, spe, total)
     np.testing.assert_allclose(cos(0), 0.01, rtol=1e-6)  # warmup_start * lr
     np.testing.assert_allclose(cos(5), 0.055, rtol=1e-6)  # linear warm-up
     np.testing.assert_allclose(cos(10), 0.1, rtol=1e-6)  # peak at the end of warm-up
     np.testing.assert_allclose(cos(55), 0.001 + (0.1 - 0.001) * 0.5, rtol=1e-5)  # cosine midpoint
     np.testing.assert_allclose(cos(100), 0.001, rtol=1e-5)  # end_value * lr
-    no_warmup = make_schedule(ScheduleConfig("cosine"), lr, spe, total)
+    no_warmup = make_schedule(ScheduleConfig(name="cosine"), lr, spe, total)
     np.testing.assert_allclose([no_warmup(0), no_warmup(100)], [0.1, 0.0], atol=1e-7)
-    const = make_schedule(ScheduleConfig("constant", warmup_epochs=2), lr, spe, total)
+    const = make_schedule(ScheduleConfig(name="constant", warmup_epochs=2), lr, spe, total)
     np.testing.assert_allclose([const(0), const(10), const(20), const(99)], [0, 0.05, 0.1, 0.1], atol=1e-7)
-    lin = make_schedule(ScheduleConfig("linear", end_value=0.5), lr, spe, total)
+    lin = make_schedule(ScheduleConfig(name="linear", end_value=0.5), lr, spe, total)
     np.testing.assert_allclose([lin(0), lin(50), lin(100)], [0.1, 0.075, 0.05], rtol=1e-6)
-    with pytest.raises(ValueError, match="unknown schedule"):
-        make_schedule(ScheduleConfig("step"), lr, spe, total)
+    with pytest.raises(ValueError, match=r"schedule.name: expected one of 'cosine', 'constant', 'linear', got 'step'"):
+        ScheduleConfig(name="step")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +290,7 @@ def test_fit_writes_metrics_checkpoints_and_final(tmp_path, capsys):
     model, ds = TinyNet(), TinyDataset()
     variables = init_variables(model)
     state, history = fit(model, variables, ds, workdir=tmp_path, optim=OPTIM, schedule=SCHEDULE,
-                         loop=quick_loop(label_smoothing=0.1))
+                         **quick_loop(label_smoothing=0.1))
     # 40 train examples / batch 8 = 5 steps per epoch, 3 epochs.
     assert int(state.step) == 15
     train = [r for r in history if r["split"] == "train"]
@@ -305,7 +314,7 @@ def test_fit_writes_metrics_checkpoints_and_final(tmp_path, capsys):
     assert not any(x.is_deleted() for x in jax.tree.leaves(variables))  # donation never frees the caller's arrays
     # A second fit on a finished workdir is a no-op that returns the same state and history.
     again, history2 = fit(model, variables, ds, workdir=tmp_path, optim=OPTIM, schedule=SCHEDULE,
-                          loop=quick_loop(label_smoothing=0.1))
+                          **quick_loop(label_smoothing=0.1))
     assert_trees_equal(again.params, state.params)
     assert history2 == history
 
@@ -320,13 +329,13 @@ def test_resume_is_bitwise_identical_to_uninterrupted(tmp_path):
     kwargs = dict(optim=OPTIM, schedule=SCHEDULE)
     loop = quick_loop(log_every=1)
 
-    full, full_history = fit(model, variables, TinyDataset(), workdir=tmp_path / "full", loop=loop, **kwargs)
+    full, full_history = fit(model, variables, TinyDataset(), workdir=tmp_path / "full", **loop, **kwargs)
 
     # 1) Stopped by max_steps in the middle of epoch 2 (checkpoint at the stop), then resumed.
-    fit(model, variables, TinyDataset(), workdir=tmp_path / "a", loop=dataclasses.replace(loop, max_steps=6), **kwargs)
+    fit(model, variables, TinyDataset(), workdir=tmp_path / "a", **replace_loop(loop, max_steps=6), **kwargs)
     assert CheckpointStore(tmp_path / "a" / "checkpoints").latest_step() == 6
     ds = TinyDataset()
-    resumed, history = fit(model, variables, ds, workdir=tmp_path / "a", loop=loop, **kwargs)
+    resumed, history = fit(model, variables, ds, workdir=tmp_path / "a", **loop, **kwargs)
     assert ds.calls[0] == {"split": "train", "epoch": 1}  # resumed inside epoch 1 (0-based)
     assert_trees_equal(resumed, full)  # params, batch_stats, opt_state, step, rng
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("images_per_sec", "elapsed_s")}  # noqa: E731
@@ -340,9 +349,9 @@ def test_resume_is_bitwise_identical_to_uninterrupted(tmp_path):
             raise Kill()
 
     with pytest.raises(Kill):
-        fit(model, variables, TinyDataset(), workdir=tmp_path / "b", loop=loop, callbacks=[killer], **kwargs)
+        fit(model, variables, TinyDataset(), workdir=tmp_path / "b", **loop, callbacks=[killer], **kwargs)
     ds = TinyDatasetStartStep()
-    resumed, _ = fit(model, variables, ds, workdir=tmp_path / "b", loop=loop, **kwargs)
+    resumed, _ = fit(model, variables, ds, workdir=tmp_path / "b", **loop, **kwargs)
     assert ds.calls[0] == {"split": "train", "epoch": 1, "start_step": 3}
     assert_trees_equal(resumed, full)
     assert max(r["step"] for r in read_metrics(tmp_path / "b")) == 15
@@ -377,15 +386,15 @@ def test_corrupt_or_incompatible_checkpoint_raises_checkpoint_error(tmp_path):
     model, ds = TinyNet(), TinyDataset()
     variables = init_variables(model)
     loop = quick_loop(max_steps=2)
-    fit(model, variables, ds, workdir=tmp_path / "w", loop=loop)
+    fit(model, variables, ds, workdir=tmp_path / "w", **loop)
 
     # A different architecture on the same workdir.
     wide = TinyNet(features=16)
     with pytest.raises(CheckpointError, match="corrupt or incompatible.*fresh --workdir"):
-        fit(wide, init_variables(wide), ds, workdir=tmp_path / "w", loop=loop)
+        fit(wide, init_variables(wide), ds, workdir=tmp_path / "w", **loop)
     # A different batch size: the saved data position no longer maps onto the data.
     with pytest.raises(CheckpointError, match="batch_size=8"):
-        fit(model, variables, ds, workdir=tmp_path / "w", loop=dataclasses.replace(loop, batch_size=4))
+        fit(model, variables, ds, workdir=tmp_path / "w", **replace_loop(loop, batch_size=4))
 
     # Garbage in the checkpoint's files.
     shutil.rmtree(tmp_path / "w" / "final")
@@ -393,10 +402,10 @@ def test_corrupt_or_incompatible_checkpoint_raises_checkpoint_error(tmp_path):
         if f.is_file():
             f.write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match=r"checkpoints/2 is corrupt or incompatible"):
-        fit(model, variables, ds, workdir=tmp_path / "w", loop=loop)
+        fit(model, variables, ds, workdir=tmp_path / "w", **loop)
     with pytest.raises(CheckpointError):
         load_variables(tmp_path / "w")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="no trained weights"):
         load_variables(tmp_path / "empty")
 
 
@@ -405,15 +414,15 @@ def test_fit_with_choices_fn_distillation_and_no_batch_stats(tmp_path):
     model = TinyNet(use_bn=False)
     variables = init_variables(model)
     teacher = TinyNet(features=4)
-    distill = DistillConfig(teacher=teacher, teacher_variables=init_variables(teacher, seed=1), weight=0.5,
+    distill = Distillation(teacher=teacher, teacher_variables=init_variables(teacher, seed=1), weight=0.5,
                             temperature=2.0)
     choices = lambda step: {"mask": (np.arange(8) < 4 + step % 5).astype(np.float32)}  # noqa: E731
     kwargs = dict(choices=choices, eval_choices={"mask": np.ones(8, np.float32)})
     loop = quick_loop(epochs=1, distill=distill)
-    full, _ = fit(model, variables, TinyDataset(), workdir=tmp_path / "full", loop=loop, **kwargs)
-    fit(model, variables, TinyDataset(), workdir=tmp_path / "cut", loop=dataclasses.replace(loop, max_steps=3),
+    full, _ = fit(model, variables, TinyDataset(), workdir=tmp_path / "full", **loop, **kwargs)
+    fit(model, variables, TinyDataset(), workdir=tmp_path / "cut", **replace_loop(loop, max_steps=3),
         **kwargs)
-    state, history = fit(model, variables, TinyDataset(), workdir=tmp_path / "cut", loop=loop, **kwargs)
+    state, history = fit(model, variables, TinyDataset(), workdir=tmp_path / "cut", **loop, **kwargs)
     assert int(state.step) == 5 and state.batch_stats == {}
     assert_trees_equal(state, full)
     assert [(r["step"], r["split"]) for r in history] == [(2, "train"), (3, "train"), (3, "test"), (4, "train"),

@@ -5,8 +5,10 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
+from jaxnas.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A data source is missing, malformed or misconfigured; the message says how to fix it."""
 
 

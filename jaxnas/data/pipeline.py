@@ -68,7 +68,7 @@ class Dataset:
 
     def __init__(self, splits: dict[str, tuple[np.ndarray, np.ndarray]], *, class_names: Sequence[str],
                  config: DataConfig, info: str = "") -> None:
-        self.config = config
+        self.config = config = _seeded(config)
         self.info = info
         self.class_names = tuple(class_names)
         self.num_classes = len(self.class_names)
@@ -90,6 +90,7 @@ class Dataset:
     @classmethod
     def from_raw(cls, raw: RawData, cfg: DataConfig) -> "Dataset":
         """Apply limits, test/holdout carving, resizing and channel conversion to raw source arrays."""
+        cfg = _seeded(cfg)
         x_tr, y_tr = raw.x_train, raw.y_train
         x_te, y_te = raw.x_test, raw.y_test
         info = raw.info
@@ -271,6 +272,11 @@ def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = s / max(n, 1)
     std = np.sqrt(np.maximum(ss / max(n, 1) - mean ** 2, 0.0))
     return mean, np.where(std < 1e-6, 1.0, std)
+
+
+def _seeded(cfg: DataConfig) -> DataConfig:
+    # seed null means "follow train.seed" in an experiment config (resolved there); alone it is 0.
+    return cfg if cfg.seed is not None else cfg.replace(seed=0)
 
 
 def load_dataset(cfg: DataConfig | None = None, **overrides) -> Dataset:

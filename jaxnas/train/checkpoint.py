@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxnas.errors import UserError
 from jaxnas.train.state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
@@ -22,7 +23,7 @@ FINAL_DIR = "final"
 _STATE_FIELDS = ("params", "batch_stats", "opt_state", "step", "rng")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read back into the current run."""
 
 
@@ -141,7 +142,7 @@ def load_variables(workdir: str | Path) -> dict[str, Any]:
     store = CheckpointStore(workdir / CHECKPOINT_DIR) if (workdir / CHECKPOINT_DIR).exists() else None
     step = store.latest_step() if store else None
     if step is None:
-        raise FileNotFoundError(f"no trained weights in {workdir}: neither {FINAL_DIR}/ nor {CHECKPOINT_DIR}/<step>/")
+        raise CheckpointError(f"no trained weights in {workdir}: neither {FINAL_DIR}/ nor {CHECKPOINT_DIR}/<step>/")
     try:
         metadata = store._manager.item_metadata(step)["state"]
         return _restore_variables(

@@ -1,10 +1,14 @@
-"""The `fit` / `evaluate` drivers.
+"""The training loop (`run_loop`, big_vision's shape: a jitted `update_fn` the caller builds, a loop that
+owns data order, resume, metrics, evaluation and checkpoints) and the drivers on top of it: `fit` (plain
+supervised training) and `evaluate`.
 
 Resume: global step `s` consumes batch `s % steps_per_epoch` of epoch
 `s // steps_per_epoch` of `dataset.batches('train', ..., seed=seed, epoch=epoch)`,
 and uses the PRNG key `fold_in(rng, s)`. A checkpoint stores the state at a step,
-so `fit` on a workdir with checkpoints restores the latest one and continues with
-exactly the batches and keys an uninterrupted run would have used.
+so a loop on a workdir with checkpoints restores the latest one and continues with
+exactly the batches and keys an uninterrupted run would have used. Method searches
+(DMCP, MetaPruning, TF-NAS, ...) run their own `update_fn` through `run_loop` and get
+the same guarantees without copying this skeleton.
 """
 
 from __future__ import annotations
@@ -24,14 +28,13 @@ import optax
 from jax.sharding import Mesh
 
 from jaxnas.train.checkpoint import CHECKPOINT_DIR, CheckpointStore, checkpoint_error, save_final
-from jaxnas.train.config import (
-    DistillConfig, OptimConfig, ScheduleConfig, TrainLoopConfig, coerce)
+from jaxnas.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from jaxnas.train.metrics import MetricsWriter
 from jaxnas.train.optim import make_optimizer
 from jaxnas.train.parallel import check_batch_size, make_mesh, replicate, replicated, shard_batch
 from jaxnas.train.progress import Progress, format_seconds
 from jaxnas.train.state import TrainState, data_position
-from jaxnas.train.steps import LossFn, Metrics, cached_eval_step, make_train_step
+from jaxnas.train.steps import Distillation, LossFn, Metrics, cached_eval_step, make_train_step
 
 
 class Dataset(Protocol):
@@ -127,6 +130,168 @@ def _run_eval(eval_step: Callable[..., Metrics], variables: Any, dataset: Datase
 
 
 # ---------------------------------------------------------------------------------------------
+# The loop.
+
+UpdateFn = Callable[[TrainState, Any, int], tuple[TrainState, Metrics]]
+EvalFn = Callable[[int, TrainState], Mapping[str, Any]]
+
+
+def run_loop(
+    state: TrainState,
+    update_fn: UpdateFn,
+    dataset: Dataset,
+    *,
+    workdir: str | Path,
+    batch_size: int,
+    total_steps: int,
+    seed: int,
+    stop_step: int | None = None,
+    log_every: int = 50,
+    checkpoint_every: int = 500,
+    keep_checkpoints: int = 2,
+    checkpoint_at: Sequence[int] = (),
+    evaluate_fn: EvalFn | None = None,
+    eval_every: int = 0,
+    augment: bool | None = None,
+    run_meta: Mapping[str, Any] | None = None,
+    strict_meta: Sequence[str] = ("batch_size", "steps_per_epoch"),
+    restore_from: tuple[CheckpointStore, int] | None = None,
+    lr_fn: Callable[[int], float] | None = None,
+    describe: Callable[[Mapping[str, Any]], str] | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+    log: Callable[[str], None] | None = None,
+    callbacks: Sequence[Callback] = (),
+    mesh: Mesh | None = None,
+) -> tuple[TrainState, list[dict[str, Any]]]:
+    """Runs `state = update_fn(state, batch, step)` over the train split from the state in `workdir`'s
+    latest checkpoint (or `state`) to `stop_step` (default `total_steps`); returns the state and every
+    metrics row of the run (resumed sessions included).
+
+    `update_fn(state, batch, step) -> (state, metrics)`: `step` is the host step number before the update
+    (e.g. to switch phases); `batch` is {'image', 'label'} sharded over `mesh`; metrics are device
+    scalars, averaged over `log_every` steps into a 'train' row ('loss', 'accuracy' and 'lr' when present;
+    `lr_fn(step)` fills a missing lr). `evaluate_fn(step, state) -> {'split', 'loss', 'accuracy', 'count',
+    ...}` runs every `eval_every` steps and at the end. Checkpoints go to `workdir/checkpoints` every
+    `checkpoint_every` steps, at `checkpoint_at` and at the end, with `run_meta`; a checkpoint whose
+    `strict_meta` keys differ from `run_meta` is refused. `restore_from=(store, step)` starts a fresh run
+    from another run's checkpoint (e.g. a shared warm-up). The final weights are the caller's to save.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    steps_per_epoch = int(dataset.steps_per_epoch("train", batch_size))
+    if steps_per_epoch < 1:
+        raise ValueError(f"the train split has fewer examples than batch_size={batch_size}")
+    stop = total_steps if stop_step is None else min(total_steps, stop_step)
+    mesh = mesh if mesh is not None else make_mesh()
+    meta_now = {"batch_size": batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                "seed": seed, **(run_meta or {})}
+
+    # --- Resume. -------------------------------------------------------------------------------
+    store = CheckpointStore(workdir / CHECKPOINT_DIR, keep=keep_checkpoints)
+    elapsed_before, resume_note, origin = 0.0, "", None
+    source, latest = store, store.latest_step()
+    if latest is None and restore_from is not None:
+        source, latest = restore_from
+    if latest is not None:
+        origin = source.path(latest)
+        state, meta = source.restore(latest, state)
+        for key in strict_meta:
+            if key in meta and meta[key] != meta_now.get(key):
+                store.close()
+                raise checkpoint_error(origin, f"it was written with {key}={meta[key]}, this run has "
+                                               f"{meta_now.get(key)}")
+        if source is store:
+            elapsed_before = float(meta.get("elapsed_s", 0.0))
+        if meta.get("total_steps", total_steps) != total_steps:
+            resume_note = (f" (the checkpoint's run had {meta['total_steps']} steps, this one {total_steps}: "
+                           "the lr schedule is recomputed for the new length)")
+    start_step = int(jax.device_get(state.step))
+
+    writer = MetricsWriter(workdir, resume_step=start_step)
+    bar = Progress(stop, start_step, enabled=progress, desc=desc or workdir.name or "train")
+    say = log or bar.log
+    t_start = time.perf_counter()
+    elapsed = lambda: elapsed_before + time.perf_counter() - t_start  # noqa: E731
+    if origin is not None and start_step:
+        say(f"resumed from {origin} (epoch {start_step / steps_per_epoch:.2f}){resume_note}")
+
+    def log_train(step: int, pending: list[Metrics], seconds: float) -> dict[str, Any]:
+        host = jax.device_get(pending)
+        keys = list(dict.fromkeys(k for m in host for k in m))
+        mean = {k: float(np.mean([m[k] for m in host if k in m])) for k in keys}
+        lr = mean.pop("lr", None)
+        lr = float(host[-1]["lr"]) if "lr" in host[-1] else (float(lr_fn(step - 1)) if lr_fn else lr)
+        row = writer.write({
+            "step": step, "epoch": step / steps_per_epoch, "split": "train", "loss": mean.pop("loss", float("nan")),
+            "accuracy": mean.pop("accuracy", float("nan")), "lr": lr,
+            "images_per_sec": len(host) * batch_size / max(seconds, 1e-9), "elapsed_s": elapsed(), **mean})
+        bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}")
+        extra = f" {describe(row)}" if describe else ""
+        say(f"step {step}/{stop} epoch {row['epoch']:.2f} loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
+            + (f"lr {lr:.4g} " if lr is not None else "") + f"{row['images_per_sec']:.0f} img/s{extra} "
+            f"elapsed {format_seconds(row['elapsed_s'])} ETA {format_seconds(bar.eta_seconds(step))}")
+        return row
+
+    def log_eval(step: int, state: TrainState) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        result = dict(evaluate_fn(step, state))
+        row = writer.write({
+            "step": step, "epoch": step / steps_per_epoch, **result,
+            "lr": float(lr_fn(step - 1)) if lr_fn else None,
+            "images_per_sec": result.get("count", 0) / max(time.perf_counter() - t0, 1e-9),
+            "elapsed_s": elapsed()})
+        say(f"eval[{row['split']}] step {step} epoch {row['epoch']:.2f} loss {row['loss']:.4f} "
+            f"acc {row['accuracy']:.4f} ({row.get('count', '?')} examples)")
+        return row
+
+    # --- Steps. --------------------------------------------------------------------------------
+    step = start_step
+    pending: list[Metrics] = []
+    t_interval, paused = time.perf_counter(), 0.0  # `paused`: eval/checkpoint time inside the interval
+    marks = set(checkpoint_at)
+    try:
+        while step < stop:
+            epoch, skip = data_position(step, steps_per_epoch)
+            wanted = min(steps_per_epoch - skip, stop - step)
+            batches = _train_batches(dataset, batch_size, seed=seed, epoch=epoch, skip=skip, augment=augment)
+            consumed = 0
+            for batch in _prefetch(itertools.islice(batches, wanted), mesh):
+                state, metrics = update_fn(state, batch, step)
+                step += 1
+                consumed += 1
+                pending.append(metrics)
+                bar.update(step)
+                train_row = eval_row = None
+                checkpointed = False
+                if step % log_every == 0 or step == stop:
+                    now = time.perf_counter()
+                    train_row = log_train(step, pending, now - t_interval - paused)
+                    pending, t_interval, paused = [], now, 0.0
+                t0 = time.perf_counter()
+                if evaluate_fn is not None and eval_every and (step % eval_every == 0 or step == stop):
+                    eval_row = log_eval(step, state)
+                if step % checkpoint_every == 0 or step == stop or step in marks:
+                    # The data position of the next step: where a resumed run starts reading.
+                    next_epoch, next_in_epoch = data_position(step, steps_per_epoch)
+                    store.save(state, {**meta_now, "epoch": next_epoch, "step_in_epoch": next_in_epoch,
+                                       "elapsed_s": elapsed()})
+                    checkpointed = True
+                paused += time.perf_counter() - t0
+                for callback in callbacks:
+                    callback(StepInfo(step, step / steps_per_epoch, state, train_row, eval_row, checkpointed, workdir))
+            if consumed < wanted:
+                raise RuntimeError(
+                    f"dataset yielded {skip + consumed} train batches in epoch {epoch}, expected "
+                    f"{skip + wanted} (steps_per_epoch={steps_per_epoch})")
+    finally:
+        bar.close()
+        writer.close()
+        store.close()
+    return state, writer.rows
+
+
+# ---------------------------------------------------------------------------------------------
 # Public drivers.
 
 
@@ -157,171 +322,78 @@ def fit(
     dataset: Dataset,
     *,
     workdir: str | Path,
-    optim: OptimConfig | Any = None,
-    schedule: ScheduleConfig | Any = None,
-    loop: TrainLoopConfig | Any = None,
+    batch_size: int,
+    optim: OptimConfig | None = None,
+    schedule: ScheduleConfig | None = None,
+    train: TrainConfig | None = None,
+    eval_batch_size: int | None = None,
+    eval_split: str = "test",
+    augment: bool | None = None,
+    distill: Distillation | None = None,
     choices: Choices = None,
     loss_fn: LossFn | None = None,
     callbacks: Sequence[Callback] = (),
     tx: optax.GradientTransformation | None = None,
     eval_choices: Any = None,
     mesh: Mesh | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Trains `model` from `variables` (or from the latest checkpoint in `workdir`).
+    """Trains `model` from `variables` (or from the latest checkpoint in `workdir`) and saves the final
+    weights to `workdir/final`.
 
-    Configs may be the dataclasses of `jaxnas.train.config`, other dataclasses or
-    mappings with the same field names. `tx` replaces the optimizer built from
-    `optim` (e.g. a `multi_optimizer`); the lr metric still follows `schedule`.
-    `choices` is fixed, or a function of the global step (sampled sub-networks);
-    evaluation uses `eval_choices`, else fixed `choices`, else None.
-    Returns the final state and every metrics row of the run (resumed sessions included).
+    `optim`, `schedule`, `train` are the experiment config's sections (defaults when None); batch sizes,
+    the evaluation split and augmentation come from the caller (the data section, a method's args).
+    `tx` replaces the optimizer built from `optim` (e.g. a `multi_optimizer`); the lr metric still follows
+    `schedule`. `choices` is fixed, or a function of the global step (sampled sub-networks); evaluation
+    uses `eval_choices`, else fixed `choices`, else None. `distill`: a loaded teacher (train.distill names
+    one by path; `jaxnas.trainer` loads it). `log` receives the progress lines (default: printed).
+    Returns the final state and every metrics row of the run.
     """
-    optim = coerce(OptimConfig, optim)
-    schedule = coerce(ScheduleConfig, schedule)
-    loop = coerce(TrainLoopConfig, loop)
-    distill = coerce(DistillConfig, loop.distill)
+    optim = optim if optim is not None else OptimConfig()
+    schedule = schedule if schedule is not None else ScheduleConfig()
+    train = train if train is not None else TrainConfig()
     workdir = Path(workdir)
-
-    # --- Sizes. -------------------------------------------------------------------------------
-    batch_size = loop.batch_size
-    eval_batch_size = loop.eval_batch_size or batch_size
+    eval_batch_size = eval_batch_size or batch_size
     steps_per_epoch = int(dataset.steps_per_epoch("train", batch_size))
     if steps_per_epoch < 1:
         raise ValueError(f"the train split has fewer examples than batch_size={batch_size}")
-    total_steps = max(1, int(round(loop.epochs * steps_per_epoch)))
-    stop_step = total_steps if loop.max_steps is None else min(total_steps, loop.max_steps)
-    eval_every = max(1, int(round(loop.eval_every_epochs * steps_per_epoch))) if loop.eval_every_epochs else 0
-    log_every = loop.log_every or stop_step
-    checkpoint_every = loop.checkpoint_every or stop_step
+    total_steps = max(1, int(round(train.epochs * steps_per_epoch)))
+    eval_every = max(1, int(round(train.eval_every_epochs * steps_per_epoch))) if train.eval_every_epochs else 0
 
-    # --- Devices. -----------------------------------------------------------------------------
     mesh = mesh if mesh is not None else make_mesh()
     check_batch_size(batch_size, mesh, "batch_size")
     if eval_every:
         check_batch_size(eval_batch_size, mesh, "eval_batch_size")
 
-    # --- Optimizer and initial state. ---------------------------------------------------------
     default_tx, schedule_fn = make_optimizer(optim, schedule, steps_per_epoch, total_steps)
     tx = default_tx if tx is None else tx
-    state = replicate(TrainState.create(variables, tx, seed=loop.seed), mesh)
+    state = replicate(TrainState.create(variables, tx, seed=train.seed), mesh)
 
-    # --- Resume from the latest checkpoint. ---------------------------------------------------
-    store = CheckpointStore(workdir / CHECKPOINT_DIR, keep=loop.keep_checkpoints)
-    run_meta = {"batch_size": batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                "seed": loop.seed}
-    elapsed_before, resume_note = 0.0, ""
-    latest = store.latest_step()
-    if latest is not None:
-        state, meta = store.restore(latest, state)
-        for key in ("batch_size", "steps_per_epoch"):
-            if key in meta and meta[key] != run_meta[key]:
-                raise checkpoint_error(
-                    store.path(latest), f"it was written with {key}={meta[key]}, this run has {run_meta[key]}")
-        elapsed_before = float(meta.get("elapsed_s", 0.0))
-        if meta.get("total_steps", total_steps) != total_steps:
-            resume_note = (f" (the checkpoint's run had {meta['total_steps']} steps, this one {total_steps}: "
-                           "the lr schedule is recomputed for the new length)")
-    start_step = int(jax.device_get(state.step))
-
-    # --- Compiled steps. ----------------------------------------------------------------------
-    if distill.enabled:
+    if distill is not None and distill.enabled:
         distill = dataclasses.replace(distill, teacher_variables=replicate(distill.teacher_variables, mesh))
     train_step = make_train_step(
-        model, tx, schedule_fn=schedule_fn, label_smoothing=loop.label_smoothing, distill=distill,
+        model, tx, schedule_fn=schedule_fn, label_smoothing=train.label_smoothing, distill=distill,
         loss_fn=loss_fn, mesh=mesh, donate=True)
-    eval_step = cached_eval_step(model, mesh)
     if callable(choices):
         choices_at = lambda step: jax.device_put(choices(step), replicated(mesh))  # noqa: E731
         fixed_choices = None
     else:
         fixed_choices = None if choices is None else replicate(choices, mesh)
         choices_at = lambda step: fixed_choices  # noqa: E731
-    if eval_choices is not None:
-        eval_choices = replicate(eval_choices, mesh)
-    else:
-        eval_choices = fixed_choices
+    eval_choices = replicate(eval_choices, mesh) if eval_choices is not None else fixed_choices
+    eval_step = cached_eval_step(model, mesh)
 
-    # --- Outputs. -----------------------------------------------------------------------------
-    writer = MetricsWriter(workdir, resume_step=start_step)
-    progress = Progress(stop_step, start_step, enabled=loop.progress, desc=workdir.name or "train")
-    t_start = time.perf_counter()
-    elapsed = lambda: elapsed_before + time.perf_counter() - t_start  # noqa: E731
-    if start_step:
-        progress.log(f"resumed from {store.path(start_step)} (epoch {start_step / steps_per_epoch:.2f}){resume_note}")
+    def evaluate_fn(step: int, state: TrainState) -> dict[str, Any]:
+        result = _run_eval(eval_step, state.variables(), dataset, eval_split, eval_batch_size, eval_choices, mesh,
+                           train.seed)
+        return {"split": eval_split, **result}
 
-    def log_train(step: int, pending: list[Metrics], seconds: float) -> dict[str, Any]:
-        host = jax.device_get(pending)
-        mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-        lr = float(host[-1]["lr"]) if "lr" in host[-1] else float(schedule_fn(step - 1))
-        row = writer.write({
-            "step": step, "epoch": step / steps_per_epoch, "split": "train", "loss": mean.pop("loss"),
-            "accuracy": mean.pop("accuracy"), "lr": lr, "images_per_sec": len(host) * batch_size / max(seconds, 1e-9),
-            "elapsed_s": elapsed(), **{k: v for k, v in mean.items() if k != "lr"}})
-        eta = format_seconds(progress.eta_seconds(step))
-        progress.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.3f}")
-        progress.log(
-            f"step {step}/{stop_step} epoch {row['epoch']:.2f} loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
-            f"lr {lr:.4g} {row['images_per_sec']:.0f} img/s elapsed {format_seconds(row['elapsed_s'])} ETA {eta}")
-        return row
-
-    def log_eval(step: int, state: TrainState) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        result = _run_eval(eval_step, state.variables(), dataset, loop.eval_split, eval_batch_size, eval_choices,
-                           mesh, loop.seed)
-        row = writer.write({
-            "step": step, "epoch": step / steps_per_epoch, "split": loop.eval_split, "loss": result["loss"],
-            "accuracy": result["accuracy"], "lr": float(schedule_fn(step - 1)),
-            "images_per_sec": result["count"] / max(time.perf_counter() - t0, 1e-9), "elapsed_s": elapsed(),
-            "count": result["count"]})
-        progress.log(f"eval[{loop.eval_split}] step {step} epoch {row['epoch']:.2f} loss {row['loss']:.4f} "
-                     f"acc {row['accuracy']:.4f} ({result['count']} examples)")
-        return row
-
-    # --- Training loop. -----------------------------------------------------------------------
-    step = start_step
-    pending: list[Metrics] = []
-    t_interval, paused = time.perf_counter(), 0.0  # `paused`: eval/checkpoint time inside the interval
-    try:
-        while step < stop_step:
-            epoch, skip = data_position(step, steps_per_epoch)
-            wanted = min(steps_per_epoch - skip, stop_step - step)
-            batches = _train_batches(dataset, batch_size, seed=loop.seed, epoch=epoch, skip=skip, augment=loop.augment)
-            consumed = 0
-            for batch in _prefetch(itertools.islice(batches, wanted), mesh):
-                state, metrics = train_step(state, batch, choices_at(step))
-                step += 1
-                consumed += 1
-                pending.append(metrics)
-                progress.update(step)
-                train_row = eval_row = None
-                checkpointed = False
-
-                if step % log_every == 0 or step == stop_step:
-                    now = time.perf_counter()
-                    train_row = log_train(step, pending, now - t_interval - paused)
-                    pending, t_interval, paused = [], now, 0.0
-                t0 = time.perf_counter()
-                if eval_every and (step % eval_every == 0 or step == stop_step):
-                    eval_row = log_eval(step, state)
-                if step % checkpoint_every == 0 or step == stop_step:
-                    # The data position of the next step: where a resumed run starts reading.
-                    next_epoch, next_in_epoch = data_position(step, steps_per_epoch)
-                    store.save(state, {**run_meta, "epoch": next_epoch, "step_in_epoch": next_in_epoch,
-                                       "elapsed_s": elapsed()})
-                    checkpointed = True
-                paused += time.perf_counter() - t0
-
-                for callback in callbacks:
-                    callback(StepInfo(step, step / steps_per_epoch, state, train_row, eval_row, checkpointed, workdir))
-            if consumed < wanted:
-                raise RuntimeError(
-                    f"dataset yielded {skip + consumed} train batches in epoch {epoch}, expected "
-                    f"{skip + wanted} (steps_per_epoch={steps_per_epoch})")
-    finally:
-        progress.close()
-        writer.close()
-        store.close()
-
-    # --- Final weights. -----------------------------------------------------------------------
+    state, rows = run_loop(
+        state, lambda state, batch, step: train_step(state, batch, choices_at(step)), dataset,
+        workdir=workdir, batch_size=batch_size, total_steps=total_steps, seed=train.seed,
+        stop_step=train.max_steps, log_every=train.log_every, checkpoint_every=train.checkpoint_every,
+        keep_checkpoints=train.keep_checkpoints, evaluate_fn=evaluate_fn, eval_every=eval_every,
+        augment=augment, lr_fn=lambda s: float(schedule_fn(s)), progress=train.progress, mesh=mesh,
+        callbacks=callbacks, log=log)
     save_final(workdir, state)
-    return state, writer.rows
+    return state, rows

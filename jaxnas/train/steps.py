@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from jaxnas.train.config import DistillConfig, teacher_apply_fn
 from jaxnas.train.parallel import replicated
 from jaxnas.train.state import TrainState
 
@@ -58,6 +57,33 @@ def classification_loss(
 
 
 @dataclasses.dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation from a frozen, loaded teacher (the `train.distill` section names a work dir;
+    `jaxnas.trainer` loads it into this).
+
+    `teacher` is a Flax module (applied as `teacher.apply(v, x, train=False)`) or a callable
+    `(variables, images) -> logits`; `teacher_variables` are its variables.
+    """
+
+    teacher: Any
+    teacher_variables: Any
+    weight: float
+    temperature: float = 1.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.teacher is not None and self.weight > 0
+
+
+def teacher_apply_fn(teacher: Any) -> Callable[[Any, Any], Any]:
+    if hasattr(teacher, "apply") and hasattr(teacher, "init"):
+        return lambda variables, x: teacher.apply(variables, x, train=False)
+    if callable(teacher):
+        return teacher
+    raise TypeError(f"a distillation teacher must be a Flax module or a callable, got {type(teacher).__name__}")
+
+
+@dataclasses.dataclass(frozen=True)
 class LossContext:
     """What a `loss_fn` hook sees inside the traced train step."""
 
@@ -86,7 +112,7 @@ def make_train_step(
     *,
     schedule_fn: optax.Schedule | None = None,
     label_smoothing: float = 0.0,
-    distill: DistillConfig | None = None,
+    distill: Distillation | None = None,
     loss_fn: LossFn | None = None,
     mesh: Mesh | None = None,
     donate: bool = False,
@@ -210,6 +236,6 @@ def cached_eval_step(model: Any, mesh: Mesh | None = None) -> Callable[..., Metr
 
 
 __all__ = [
-    "LossContext", "LossFn", "classification_loss", "cross_entropy", "distillation_kl",
+    "Distillation", "LossContext", "LossFn", "classification_loss", "cross_entropy", "distillation_kl",
     "eval_metrics", "make_eval_step", "make_train_step",
 ]

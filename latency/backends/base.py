@@ -8,6 +8,8 @@ from typing import Any, Callable, Optional, Protocol, Sequence, Union, runtime_c
 
 import numpy as np
 
+from jaxnas.errors import UserError
+
 from ..fingerprint import Fingerprint
 from ..stats import TimingStats
 
@@ -34,7 +36,7 @@ DEFAULT_MAX_RUNS = 100_000
 ModelLike = Union[str, "os.PathLike[str]", bytes, Callable[..., Any]]
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """A latency backend cannot run: runtime missing, provider inactive, bad model, …"""
 
 

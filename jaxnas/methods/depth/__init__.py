@@ -1,7 +1,11 @@
 """Latency-aware CNN depth compression via two-stage DP (Kim et al., ICML 2023).
 
+    jaxnas search configs/depth/quick.yaml                  # search.method: depth
+    jaxnas depth t-opt / jaxnas depth solve                  # the DP stages on CSV tables
+
 The numpy core (segments, tables, dp) imports eagerly; the Flax side (mergeable networks, merging,
-importance, the pipeline `run`) loads on first access, so `import jaxnas.methods.depth` stays light.
+importance, time tables, the search `run_search`) loads on first access, so `import
+jaxnas.methods.depth` stays light.
 """
 from jaxnas.methods.depth.dp import (BudgetError, MergeCheckError, MergePattern, SolveResult,
                                      extended_importance, extended_segments, importance_offset,
@@ -16,6 +20,26 @@ from jaxnas.methods.depth.tables import (ExtImportanceTable, ImportanceTable, Ta
                                          time_table_from_mapping, write_ext_importance,
                                          write_importance_table, write_opt_table, write_time_table)
 
+from jaxnas.methods.base import Method
+from jaxnas.methods.depth.args import DepthArgs
+from jaxnas.methods.depth.commands import add_commands
+
+
+def _search(ctx, args):
+    from jaxnas.methods.depth.pipeline import run_search
+
+    return run_search(ctx, args)
+
+
+METHOD = Method(
+    name="depth",
+    summary="Depth compression by two-stage DP (ICML'23): remove activations, merge convs under a latency budget",
+    targets=("latency_ms",),
+    args=DepthArgs,
+    search=_search,
+    add_commands=add_commands,
+)
+
 _LAZY = {
     "mergeable": ("Body", "PatternError", "body_of", "fix_act", "freeze_tx", "merge_boundaries",
                   "merge_segments", "mergeable_spec", "pattern_of", "reinit_conv", "skip_bumps",
@@ -23,7 +47,9 @@ _LAZY = {
     "merge": ("forward", "merge_network", "max_abs_diff"),
     "importance": ("GatedNet", "ImportanceConfig", "collect_importance", "ext_segments_of", "measure_importance",
                    "optimal_importance", "segment_acts"),
-    "pipeline": ("DepthArgs", "run", "solve_cli", "t_opt_cli"),
+    "pipeline": ("measure_time_table", "run_search"),
+    "time_table": ("build_network_time_table", "build_time_table", "conv_split", "network_time_table",
+                   "segment_conv_spec", "segment_network", "segment_times"),
 }
 _LAZY_NAMES = {name: mod for mod, names in _LAZY.items() for name in names}
 
@@ -38,7 +64,7 @@ def __getattr__(name: str):
 
 
 __all__ = sorted(_LAZY_NAMES) + [
-    "BudgetError", "ConvChain", "ExtImportanceTable", "ImportanceTable", "MergeCheckError", "MergePattern",
+    "DepthArgs", "METHOD", "BudgetError", "ConvChain", "ExtImportanceTable", "ImportanceTable", "MergeCheckError", "MergePattern",
     "MergedConv", "SolveResult", "TableError", "TimeEntry", "TimeTable", "check_segments",
     "extended_importance", "extended_segments", "feature_shapes", "importance_offset", "is_valid_segment",
     "mbv2_chain", "merged_conv_shape", "min_achievable_time", "normalize_importance",

@@ -16,11 +16,20 @@ from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from jaxnas.methods.depth.tables import (ExtImportanceTable, ExtSegment, ImportanceTable, Segment,
-                                         TableError, TimeEntry, TimeTable, check_segments)
+from jaxnas.errors import UserError
+from jaxnas.methods.depth.tables import (
+    ExtImportanceTable,
+    ExtSegment,
+    ImportanceTable,
+    Segment,
+    TableError,
+    TimeEntry,
+    TimeTable,
+    check_segments,
+)
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError, ValueError):
     """The time limit is below the fastest network the tables allow."""
 
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnas.errors import UserError
 from jaxnas.methods.depth.segments import ConvChain, is_valid_segment, stride_breaks
 from jaxnas.spec import ArchSpec, Block, Conv, analyze
 
@@ -35,7 +36,7 @@ META_MERGE = "depth_merge_pos"
 META_ACT = "depth_act"
 
 
-class PatternError(ValueError):
+class PatternError(UserError, ValueError):
     """An activation / merge pattern (A, S) that the network cannot realise."""
 
 

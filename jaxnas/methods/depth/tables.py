@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+from jaxnas.errors import UserError
+
 Segment = tuple[int, int]
 ExtSegment = tuple[int, int, int, int]
 
@@ -29,7 +31,7 @@ EXT_COLUMNS = ("id", "st", "end", "st_act", "end_act", "imp", "breaks")
 UNITS = "ms"
 
 
-class TableError(ValueError):
+class TableError(UserError, ValueError):
     """A latency / importance table is malformed or does not fit the chain."""
 
 

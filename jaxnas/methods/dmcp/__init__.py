@@ -1,12 +1,11 @@
 """DMCP: Differentiable Markov Channel Pruning (Guo et al., CVPR 2020) on jaxnas supernets.
 
-    from jaxnas.methods.dmcp import run, DMCPArgs, SearchError
-    summary = run(cfg, workdir, latency_table=None)   # cfg.search.method == 'dmcp'
+    jaxnas search configs/dmcp/quick.yaml          # search.method: dmcp
 
 Pieces: `gates` (Markov channel gates, marginals, expected channels, masks, sampling), `cost` (expected
 MACs, expected latency from a layer-grid table, the log_l1 loss), `search` (the alternating training),
-`sample` (snapping, direct sampling, target adjustment, BN recalibration), `run` (the pipeline).
-The method sees latency only through a loaded `latency.LatencyTable` object, never a runtime.
+`sample` (snapping, direct sampling, target adjustment), `run` (the method on the contract).
+The method sees latency only through the oracle's per-layer table, never a runtime.
 
 Port decisions (see docs of each module):
 
@@ -36,16 +35,43 @@ Port decisions (see docs of each module):
 * Running BN statistics during the search follow the max-width pass only; the arch step's BN stats are
   discarded (every sub-network is recalibrated before it is evaluated).
 """
+from jaxnas.methods.base import Method, SearchError
 from jaxnas.methods.dmcp.args import DMCPArgs
-from jaxnas.methods.dmcp.cost import CostModel, CostTarget, LatencyModel, MacsModel, log_l1
-from jaxnas.methods.dmcp.gates import DMCPSpace, GroupLayout
-from jaxnas.methods.dmcp.run import SearchError, Setup, build_cost, check_reachable, prepare, reachable_range, run
-from jaxnas.methods.dmcp.sample import (adjust_to_target, direct_samples, expected_architecture, materialize_k,
-                                        recalibrate_bn)
-from jaxnas.methods.dmcp.search import SearchConfig, SearchResult, search
 
-__all__ = [
-    "CostModel", "CostTarget", "DMCPArgs", "DMCPSpace", "GroupLayout", "LatencyModel", "MacsModel", "SearchConfig",
-    "SearchError", "SearchResult", "Setup", "prepare", "adjust_to_target", "build_cost", "check_reachable", "direct_samples",
-    "expected_architecture", "log_l1", "materialize_k", "reachable_range", "recalibrate_bn", "run", "search",
-]
+
+def _search(ctx, args):
+    from jaxnas.methods.dmcp.run import run_search
+
+    return run_search(ctx, args)
+
+
+METHOD = Method(
+    name="dmcp",
+    summary="Differentiable Markov channel pruning (CVPR'20): per-layer widths under a MACs or latency target",
+    targets=("macs", "latency_ms"),
+    args=DMCPArgs,
+    search=_search,
+    requires_target=True,
+)
+
+_LAZY = {
+    "cost": ("CostModel", "CostTarget", "LatencyModel", "MacsModel", "log_l1"),
+    "gates": ("DMCPSpace", "GroupLayout"),
+    "run": ("Setup", "prepare", "build_cost", "check_reachable", "reachable_range", "run_search"),
+    "sample": ("adjust_to_target", "direct_samples", "expected_architecture", "materialize_k", "recalibrate_bn"),
+    "search": ("SearchConfig", "SearchResult"),  # the function `search`: jaxnas.methods.dmcp.search.search
+}
+_LAZY_NAMES = {name: mod for mod, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    # The numerics import jax; `import jaxnas.methods.dmcp` (the registry, --help) stays light.
+    mod = _LAZY_NAMES.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+
+
+__all__ = ["DMCPArgs", "METHOD", "SearchError", *sorted(_LAZY_NAMES)]

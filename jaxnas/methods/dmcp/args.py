@@ -7,12 +7,16 @@ the config's `optim`, `schedule` and `train` sections.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
+from pydantic import model_validator
 
-@dataclasses.dataclass(frozen=True)
-class DMCPArgs:
+from jaxnas.schema import Section
+
+
+class DMCPArgs(Section):
+    section = "search.args"
+
     # Search space (§3.1): channel groups of width_offset between min_width and model.width.
     min_width: float = 0.1
     width_offset: float = 0.1
@@ -63,7 +67,8 @@ class DMCPArgs:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
 
-    def __post_init__(self):
+    @model_validator(mode="after")
+    def _check(self) -> "DMCPArgs":
         errors = []
         if not 0 < self.min_width:
             errors.append(f"min_width: must be > 0, got {self.min_width}")
@@ -96,3 +101,4 @@ class DMCPArgs:
             errors.append(f"random_prob_decay: must be in (0, 1], got {self.random_prob_decay}")
         if errors:
             raise ValueError("\n".join(errors))
+        return self

@@ -1,12 +1,12 @@
-"""DMCP pipeline: validate, check the target, search (resumable), sample, recalibrate, retrain, evaluate.
+"""DMCP on the method contract: validate, check the target, search (resumable), sample, recalibrate,
+retrain, return the chosen network.
 
-Work dir layout::
+Work dir layout (the runner adds arch.json, final/, export/ and summary.json)::
 
+    latency_grid.json  the per-layer latency grid (latency targets; built by the oracle)
     search/            search checkpoints (orbax), metrics.jsonl/csv, alphas.json
     samples.json       expected architecture, direct samples, the adjusted choice and their costs
-    arch.json          the chosen concrete spec (`ArchSpec.save`)
-    retrain/           `jaxnas.train.fit` of arch.json from scratch (checkpoints, final/, metrics)
-    dmcp.json          the summary `run` returns
+    retrain/           the trainer's run of the chosen spec from scratch (checkpoints, final/, metrics)
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from jaxnas import spec as S
-from jaxnas.config import ExperimentConfig, config_from_dict
 from jaxnas.io_utils import atomic_write_json
+from jaxnas.methods.base import SearchContext, SearchError, SearchResult
 from jaxnas.methods.dmcp.args import DMCPArgs
 from jaxnas.methods.dmcp.cost import CostModel, CostTarget, LatencyModel, MacsModel, uniform_alpha_for
 from jaxnas.methods.dmcp.gates import DMCPSpace
@@ -29,15 +29,7 @@ from jaxnas.methods.dmcp.search import SearchConfig, search
 from jaxnas.train import OptimConfig, ScheduleConfig
 
 
-class SearchError(ValueError):
-    """A DMCP run that cannot start: unreachable target, missing latency table, bad combination."""
-
-
-def _log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def make_target(cfg: ExperimentConfig) -> CostTarget:
+def make_target(cfg: Any) -> CostTarget:
     s = cfg.search
     if s.target_macs is not None and s.target_latency_ms is not None:
         raise SearchError("set one of search.target_macs and search.target_latency_ms, not both")
@@ -59,8 +51,8 @@ def build_cost(space: DMCPSpace, target: CostTarget, latency_table: Any = None,
         except (S.SpecError, KeyError) as e:
             raise SearchError(f"latency table does not fit {space.spec.name}: {e}") from None
     if target.kind == "latency_ms" and latency is None:
-        raise SearchError("search.target_latency_ms needs a per-layer latency table (built by "
-                          "latency.layer_grid.build_layer_grid; `jaxnas search` builds it)")
+        raise SearchError("search.target_latency_ms needs a per-layer latency table (the latency oracle's "
+                          "layer_table; `jaxnas search` builds it)")
     return CostModel(target, macs, latency)
 
 
@@ -78,7 +70,7 @@ def check_reachable(space: DMCPSpace, cost: CostModel) -> tuple[float, float]:
     return lo, hi
 
 
-def search_config(cfg: ExperimentConfig, args: DMCPArgs) -> SearchConfig:
+def search_config(cfg: Any, args: DMCPArgs) -> SearchConfig:
     wd = cfg.optim.weight_decay if args.weight_decay is None else args.weight_decay
     return SearchConfig(
         epochs=args.epochs, batch_size=args.batch_size or cfg.data.batch_size,
@@ -140,14 +132,10 @@ class Setup:
     search: SearchConfig
 
 
-def prepare(cfg: ExperimentConfig, latency_table: Any = None, dataset: Any = None) -> Setup:
-    """Validate `search.args`, load the data, build the supernet and cost; raise `SearchError` when the
-    target is unreachable (all before any training)."""
-    from jaxnas import experiment
-    args = config_from_dict(cfg.search.args, DMCPArgs, prefix="search.args")
+def prepare(cfg: Any, args: DMCPArgs, dataset: Any, supernet: S.ArchSpec, latency_table: Any = None) -> Setup:
+    """The search space and cost of `supernet` (the config's model sized to the data); raises
+    `SearchError` when the target is unreachable (all before any training)."""
     target = make_target(cfg)
-    dataset = experiment.load_data(cfg) if dataset is None else dataset
-    supernet = experiment.build_spec(cfg, dataset.num_classes, dataset.image_shape)
     space = DMCPSpace(supernet, min_width=args.min_width, max_width=cfg.model.width,
                       width_offset=args.width_offset, exclude=args.exclude_groups,
                       channel_multiple=args.channel_multiple)
@@ -159,30 +147,31 @@ def prepare(cfg: ExperimentConfig, latency_table: Any = None, dataset: Any = Non
     return Setup(args, target, dataset, supernet, space, cost, reachable, scfg)
 
 
-def run(cfg: ExperimentConfig, workdir: str | Path, *, latency_table: Any = None,
-        dataset: Any = None) -> dict[str, Any]:
-    """DMCP end to end (see the module docstring); returns the summary (also written to dmcp.json).
-
-    `dataset`: an already loaded `jaxnas.data.Dataset` for `cfg.data` (else it is loaded)."""
-    from jaxnas import experiment, models
+def run_search(ctx: SearchContext, args: DMCPArgs) -> SearchResult:
+    """DMCP end to end (see the module docstring): the chosen, retrained network as a `SearchResult`."""
+    from jaxnas import models
     from jaxnas.train import evaluate
 
-    workdir = Path(workdir)
+    cfg, workdir, dataset, log = ctx.cfg, Path(ctx.workdir), ctx.dataset, ctx.log
     t0 = time.time()
-    setup = prepare(cfg, latency_table, dataset)
-    args, target, dataset, supernet, space, cost = (setup.args, setup.target, setup.dataset, setup.supernet,
-                                                    setup.space, setup.cost)
+    table = None
+    if make_target(cfg).kind == "latency_ms":
+        # The method sees latency only through this table: per-layer timings on a channel grid.
+        table = ctx.oracle.layer_table(ctx.spec, channel_multiple=args.channel_multiple,
+                                       out=workdir / "latency_grid.json")
+    setup = prepare(cfg, args, dataset, ctx.spec, table)
+    target, supernet, space, cost = setup.target, setup.supernet, setup.space, setup.cost
     lo, hi = setup.reachable
     workdir.mkdir(parents=True, exist_ok=True)
-    _log(f"dmcp: supernet {supernet.name} ({S.macs(supernet) / 1e6:.2f} M MACs), {len(space.prunable)} prunable "
-         f"width groups; target {target.describe(target.value)} in reachable [{target.describe(lo)}, "
-         f"{target.describe(hi)}]")
+    log(f"dmcp: supernet {supernet.name} ({S.macs(supernet) / 1e6:.2f} M MACs), {len(space.prunable)} prunable "
+        f"width groups; target {target.describe(target.value)} in reachable [{target.describe(lo)}, "
+        f"{target.describe(hi)}]")
 
     # --- Search. ---------------------------------------------------------------------------------
     scfg = setup.search
     model = models.build_model(supernet, cfg.model.depthwise)
     variables = models.init_variables(model, scfg.seed)
-    result = search(model, variables, space, cost, dataset, scfg, workdir / "search", log=_log)
+    result = search(model, variables, space, cost, dataset, scfg, workdir / "search", log=log)
     alphas = result.alphas
     atomic_write_json(workdir / "search" / "alphas.json", {
         "alphas": {g: a.tolist() for g, a in alphas.items()},
@@ -195,18 +184,19 @@ def run(cfg: ExperimentConfig, workdir: str | Path, *, latency_table: Any = None
     # Meta values stay hashable (specs are dict keys / lru_cache keys elsewhere): channels as pairs.
     spec = spec.replace(meta={**spec.metadata, "dmcp_supernet": supernet.name,
                               "dmcp_channels": tuple(sorted(info["chosen"]["channels"].items()))})
-    arch_path = workdir / "arch.json"
-    if (arch_path.is_file() and (workdir / "retrain").exists()
-            and S.ArchSpec.load(arch_path).replace(meta=()) != spec.replace(meta=())):
-        raise SearchError(f"{arch_path} differs from the architecture this search samples and {workdir / 'retrain'} "
+    retrain_dir = workdir / "retrain"
+    chosen_path = workdir / "search" / "chosen_arch.json"
+    if (chosen_path.is_file() and retrain_dir.exists()
+            and S.ArchSpec.load(chosen_path).replace(meta=()) != spec.replace(meta=())):
+        raise SearchError(f"{chosen_path} differs from the architecture this search samples and {retrain_dir} "
                           "holds a retraining of it; use a fresh workdir")
-    spec.save(arch_path)
+    spec.save(chosen_path)
     achieved_macs = S.macs(spec)
     if not args.count_bias and achieved_macs != info["chosen"]["macs"]:
         raise AssertionError(f"cost model {info['chosen']['macs']} != spec MACs {achieved_macs}")  # a bug
-    _log(f"dmcp: chosen {spec.name}: {achieved_macs / 1e6:.3f} M MACs"
-         + (f", predicted {info['chosen']['predicted_latency_ms']:.4f} ms" if cost.latency is not None else "")
-         + f" ({info['chosen']['relative_error'] * 100:.2f} % from the target)")
+    log(f"dmcp: chosen {spec.name}: {achieved_macs / 1e6:.3f} M MACs"
+        + (f", predicted {info['chosen']['predicted_latency_ms']:.4f} ms" if cost.latency is not None else "")
+        + f" ({info['chosen']['relative_error'] * 100:.2f} % from the target)")
 
     slim = models.build_model(spec, cfg.model.depthwise)
     calib = [dict(image=b["image"], label=b["label"]) for _, b in zip(
@@ -215,37 +205,33 @@ def run(cfg: ExperimentConfig, workdir: str | Path, *, latency_table: Any = None
     inherited_acc = evaluate(slim, inherited, dataset, "test", cfg.data.eval_batch_size)["accuracy"]
     info["inherited_test_accuracy"] = float(inherited_acc)
     atomic_write_json(workdir / "samples.json", info)
-    _log(f"dmcp: inherited weights + recalibrated BN: test accuracy {inherited_acc:.4f}")
+    log(f"dmcp: inherited weights + recalibrated BN: test accuracy {inherited_acc:.4f}")
 
     # --- Retrain from scratch. -------------------------------------------------------------------
-    test_acc = None
+    test_acc, final = None, inherited
     if args.retrain:
-        _, test = experiment.train_spec(spec, dataset, cfg, workdir / "retrain")
-        test_acc = float(test["accuracy"])
-        _log(f"dmcp: retrained test accuracy {test_acc:.4f}")
+        trained = ctx.trainer.train(spec, retrain_dir)
+        final, test_acc = trained.variables, float(trained.metrics["test"]["accuracy"])
+        log(f"dmcp: retrained test accuracy {test_acc:.4f}")
 
-    summary = {
-        "method": "dmcp",
+    metrics = {
         "target": target.as_dict(),
-        "achieved_macs": int(achieved_macs),
-        "params": int(S.params(spec)),
-        "test_accuracy": test_acc,
+        "achieved": {"macs": int(achieved_macs)},
+        "test_accuracy": test_acc if test_acc is not None else float(inherited_acc),
+        "retrained": bool(args.retrain),
         "inherited_test_accuracy": float(inherited_acc),
         "relative_error": info["chosen"]["relative_error"],
         "reachable": {"min": lo, "max": hi},
         "supernet": {"name": supernet.name, "macs": int(S.macs(supernet))},
         "search_steps": result.steps,
-        "arch_path": str(arch_path),
-        "retrain_dir": str(workdir / "retrain") if args.retrain else None,
-        "search_dir": str(workdir / "search"),
         "samples_path": str(workdir / "samples.json"),
-        "seconds": round(time.time() - t0, 1),
+        "method_seconds": round(time.time() - t0, 1),
     }
     if cost.latency is not None:
-        summary["predicted_latency_ms"] = info["chosen"]["predicted_latency_ms"]
-    atomic_write_json(workdir / "dmcp.json", summary)
-    return summary
+        metrics["predicted_latency_ms"] = info["chosen"]["predicted_latency_ms"]
+        metrics["achieved"]["predicted_latency_ms"] = info["chosen"]["predicted_latency_ms"]
+    return SearchResult(spec, final, metrics)
 
 
-__all__ = ["DMCPArgs", "SearchError", "Setup", "prepare", "run", "make_target", "build_cost", "check_reachable", "reachable_range",
-           "choose_architecture", "search_config"]
+__all__ = ["DMCPArgs", "SearchError", "Setup", "prepare", "run_search", "make_target", "build_cost",
+           "check_reachable", "reachable_range", "choose_architecture", "search_config"]

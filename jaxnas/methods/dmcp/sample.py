@@ -11,15 +11,15 @@
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-import jax
 import numpy as np
 
 from jaxnas.methods.dmcp.cost import CostModel
 from jaxnas.methods.dmcp.gates import DMCPSpace
 from jaxnas.spec import ArchSpec
 from jaxnas.supernet import materialize
+from jaxnas.train.bn import recalibrate_bn  # noqa: F401  (shared with other methods; re-exported)
 
 Ks = dict[str, int]
 
@@ -122,31 +122,3 @@ def materialize_k(space: DMCPSpace, variables: Mapping[str, Any], ks: Mapping[st
     if name:
         spec = spec.replace(name=name)
     return spec, sliced
-
-
-def recalibrate_bn(model: Any, variables: Mapping[str, Any], batches: Iterable[Mapping[str, Any]],
-                   choices: Any = None) -> dict[str, Any]:
-    """Variables whose BN running mean/var are the averages of the per-batch statistics of `batches`.
-
-    Each batch is run in train mode (normalising with its own statistics, as during training); the
-    running mean is the mean of the batch means and the running var the mean of the (biased) batch
-    variances, each batch weighted equally.
-    """
-    exact = model.clone(bn_momentum=0.0)  # running <- batch statistics exactly
-
-    @jax.jit
-    def batch_stats(v, x, ch):
-        kw = {} if ch is None else {"choices": ch}
-        _, mutated = exact.apply(v, x, train=True, mutable=["batch_stats"], **kw)
-        return mutated["batch_stats"]
-
-    total, n = None, 0
-    v = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-    for batch in batches:
-        s = batch_stats(v, batch["image"], choices)
-        total = s if total is None else jax.tree.map(lambda a, b: a + b, total, s)
-        n += 1
-    if n == 0:
-        raise ValueError("BN recalibration needs at least one batch")
-    avg = jax.tree.map(lambda a: np.asarray(a) / n, jax.device_get(total))
-    return {"params": variables["params"], "batch_stats": avg}

@@ -1,0 +1,28 @@
+"""The export section of the experiment config: what the pipeline's deploy step writes."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from jaxnas.schema import Section
+
+FORMAT_NAMES = ("onnx", "tflite", "tensorrt")
+
+
+class ExportConfig(Section):
+    """formats: files the deploy step writes (each parity-checked against the JAX model); route: how the
+    ONNX file is made; tolerance: the largest absolute output difference accepted (fp32)."""
+
+    section = "export"
+
+    formats: tuple[Literal["onnx", "tflite", "tensorrt"], ...] = ("onnx", "tflite")
+    route: Literal["jax2onnx", "tflite"] = "jax2onnx"
+    tolerance: Annotated[float, Field(gt=0)] = 1e-4
+
+    @field_validator("formats")
+    @classmethod
+    def _some_format(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one format is needed (onnx, tflite, tensorrt)")
+        return tuple(dict.fromkeys(v))

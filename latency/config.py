@@ -1,0 +1,25 @@
+"""The latency section of the experiment config: the runtime every measured figure comes from."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from jaxnas.schema import Section
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class LatencyConfig(Section):
+    """backend: the runtime (onnxruntime, tflite, xla, tensorrt); threads, batch_size: how it runs;
+    warmup, runs: the timing protocol; table: a lookup table file to use where a method needs one (it is
+    refused when it was measured on another device or runtime)."""
+
+    section = "latency"
+
+    backend: str = "onnxruntime"
+    threads: PositiveInt = 1
+    batch_size: PositiveInt = 1
+    warmup: Annotated[int, Field(ge=0)] = 20
+    runs: PositiveInt = 100
+    table: str | None = None
