@@ -57,7 +57,7 @@ class RuntimeOracle:
 
         return build_table(space, self._runtime, self._table_path(out or self.workdir / "latency_table.json"),
                            threads=self.cfg.threads, warmup=self.cfg.warmup, runs=self.cfg.runs, context=context,
-                           progress=self.log or False)
+                           progress=self.log or False, batch_size=self.cfg.batch_size)
 
     def predictor(self, table: Any) -> Any:
         from .predictor import LatencyPredictor

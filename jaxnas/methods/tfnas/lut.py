@@ -9,7 +9,9 @@ outside (the original's tables hold every mid; tables built here measure a grid 
 from __future__ import annotations
 
 import bisect
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -51,6 +53,21 @@ class Lut:
             curves[key] = (np.array([p[0] for p in pts], np.float64), np.array([p[1] for p in pts], np.float64))
         return cls(float(table.ms("base", stat)), curves, dict(getattr(table, "fingerprint", {}) or {}),
                    dict(getattr(table, "meta", {}) or {}))
+
+    @classmethod
+    def from_json(cls, path: str | Path, stat: str = "median") -> "Lut":
+        """From a latency-table JSON file (`LatencyTable.save`: an imported TF-NAS pickle or a built table)."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LutError(f"latency table {path} not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise LutError(f"cannot read the latency table {path}: {e}") from None
+        if not isinstance(d, Mapping) or d.get("units") != "ms" or not isinstance(d.get("entries"), Mapping):
+            raise LutError(f"{path} is not a latency table in ms (write one with `jaxnas latency build-table` or "
+                           "`jaxnas latency import-tfnas`)")
+        return cls.from_table(_TableData(d), stat)
 
     @classmethod
     def from_raw(cls, raw: Mapping[str, Any]) -> "Lut":
@@ -112,6 +129,23 @@ class Lut:
     def arch_latency(self, space: TfnasSpace, arch: TfnasArch) -> float:
         """base + Σ table[key(block)][mid(block)] of a parsed architecture (the original's get_lookup_latency)."""
         return self.base + sum(self.ms(b.key(op), mid) for b, op, mid in space.arch_blocks(arch))
+
+
+class _TableData:
+    """The parts of a `LatencyTable` JSON dict `Lut.from_table` reads."""
+
+    def __init__(self, d: Mapping[str, Any]):
+        self.entries = dict(d["entries"])
+        self.fingerprint = dict(d.get("fingerprint") or {})
+        self.meta = dict(d.get("meta") or {})
+
+    def ms(self, key: str, stat: str = "median") -> float:
+        e = self.entries[key]
+        v = e.get(stat)
+        v = e.get("mean") if v is None else v
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise LutError(f"latency table entry {key!r} has no number for {stat!r} or 'mean'")
+        return float(v)
 
 
 def interp_extrapolate(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
