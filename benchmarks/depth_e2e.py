@@ -48,13 +48,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print the result as JSON only")
     a = ap.parse_args(argv)
 
-    from jaxnas.export import export_onnx
     from jaxnas.config import load_config
-    from jaxnas.methods.depth import run
-    from jaxnas.search import depth_time_table_fn
+    from jaxnas.export import export_onnx
+    from jaxnas.latency import get_backend
+    from jaxnas.pipeline import run
     from jaxnas.spec import ArchSpec
     from jaxnas.train import load_variables
-    from jaxnas.latency import get_backend
 
     overrides = list(a.set)
     if a.time_fraction is not None:
@@ -65,13 +64,13 @@ def main(argv=None) -> int:
     lat = cfg.latency
     t0 = time.perf_counter()
 
-    summary = run(cfg, workdir, time_table_fn=depth_time_table_fn(cfg, workdir, log), log=log)
+    summary = run(cfg, workdir, search=True, deploy=False, log=log)
     t_search = time.perf_counter() - t0
 
     be = get_backend(lat.backend, threads=lat.threads)
     files = {}
     specs = {"baseline": (summary["baseline_spec"], summary["baseline_variables"]),
-             "merged": (summary["arch"], summary["variables"])}
+             "merged": (summary["arch_path"], str(workdir))}
     for k, (spec_path, var_dir) in specs.items():
         spec = ArchSpec.load(spec_path)
         path = workdir / f"{k}.onnx"

@@ -30,8 +30,9 @@ from jaxnas.methods.depth import (extended_importance, extended_segments, normal
 from jaxnas.methods.depth.merge import merge_network  # noqa: E402
 from jaxnas.methods.depth.mergeable import body_of, fix_act, mergeable_spec, transfer_variables  # noqa: E402
 from jaxnas.latency import get_backend  # noqa: E402
-from jaxnas.latency.segment_network import build_network_time_table  # noqa: E402
-from jaxnas.latency.segment_table import build_time_table  # noqa: E402
+from jaxnas.latency.config import LatencyConfig  # noqa: E402
+from jaxnas.latency.oracle import RuntimeOracle  # noqa: E402
+from jaxnas.methods.depth.time_table import build_network_time_table, build_time_table  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -57,13 +58,14 @@ def main(argv=None) -> int:
     base = mergeable_spec(spec)
     body = body_of(base)
     chain = body.chain
+    oracle = RuntimeOracle(LatencyConfig(backend="onnxruntime", threads=1, batch_size=bs), workdir=work,
+                           log=print if not a.json else None)
     if a.context == "network":
-        csv = build_network_time_table(base, work / f"time_{tag}.csv", batch_size=bs, variables=variables,
-                                       log=print if not a.json else None)
+        csv = build_network_time_table(base, work / f"time_{tag}.csv", oracle, variables=variables)
     else:
-        csv = build_time_table(chain, work / f"time_{tag}.csv", act=body.act, batch_size=bs,
+        csv = build_time_table(chain, work / f"time_{tag}.csv", oracle, act=body.act, batch_size=bs,
                                cache=work / f"time_r{res}_w{a.width:g}_b{bs}.cache.json",
-                               subtract_overhead=a.subtract_overhead, log=None)
+                               subtract_overhead=a.subtract_overhead)
     segs = valid_segments(chain)
     T = read_time_table(csv, segs)
     T_opt = optimal_time_table(T, segs)

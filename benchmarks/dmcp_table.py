@@ -28,16 +28,19 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
-from jaxnas import experiment, models, zoo  # noqa: E402
+from jaxnas import models, zoo  # noqa: E402
 from jaxnas import spec as S  # noqa: E402
 from jaxnas.config import config_from_dict, load_config, override_config  # noqa: E402
+from jaxnas.data import load_dataset  # noqa: E402
 from jaxnas.io_utils import atomic_write_json  # noqa: E402
-from jaxnas.methods.dmcp import DMCPSpace, LatencyModel, materialize_k, run, search  # noqa: E402
-from jaxnas.methods.dmcp.args import DMCPArgs  # noqa: E402
-from jaxnas.methods.dmcp.run import prepare  # noqa: E402
-from jaxnas.methods.dmcp.search import schedule_steps  # noqa: E402
 from jaxnas.latency.layer_grid import build_layer_grid  # noqa: E402
 from jaxnas.latency.measure import measure_spec  # noqa: E402
+from jaxnas.methods.dmcp import DMCPSpace, LatencyModel, materialize_k  # noqa: E402
+from jaxnas.methods.dmcp.args import DMCPArgs  # noqa: E402
+from jaxnas.methods.dmcp.run import prepare  # noqa: E402
+from jaxnas.methods.dmcp.search import schedule_steps, search  # noqa: E402
+from jaxnas.pipeline import run  # noqa: E402
+from jaxnas.trainer import Trainer  # noqa: E402
 
 
 def measure_block(specs: dict[str, S.ArchSpec], args) -> dict[str, float]:
@@ -97,11 +100,12 @@ def main(argv=None) -> int:
     if a.search_epochs is not None:
         overrides.append(f"search.args.epochs={a.search_epochs}")
     cfg = load_config(a.config, overrides)
-    dataset = experiment.load_data(cfg)
-    supernet = experiment.build_spec(cfg, dataset.num_classes, dataset.image_shape)
+    dataset = load_dataset(cfg.dataset_config())
+    supernet = zoo.build_spec(cfg.model, dataset.num_classes, dataset.image_shape)
 
     # --- 1. Layer grid (with the end-to-end supernet latency). -------------------------------------
-    multiple = config_from_dict(cfg.search.args, DMCPArgs, prefix="search.args").channel_multiple
+    args = config_from_dict(cfg.search.args, DMCPArgs, prefix="search.args")
+    multiple = args.channel_multiple
     table = build_layer_grid(supernet, "onnxruntime", out_path=work / "layer_grid.json",
                              grid_fraction_step=a.grid_step, channel_multiple=multiple, warmup=5, runs=30,
                              network_runs=a.runs)
@@ -112,16 +116,18 @@ def main(argv=None) -> int:
     # --- 2. DMCP at each target, sharing the weight warm-up. ---------------------------------------
     targets = {f: round(f * table_full, 4) for f in a.fractions}
     first = override_config(cfg, ["search.target_macs=null", f"search.target_latency_ms={targets[a.fractions[0]]}"])
-    setup = prepare(first, table, dataset)
+    setup = prepare(first, args, dataset, supernet, table)
     _, start = schedule_steps(setup.search, dataset.steps_per_epoch("train", setup.search.batch_size))
     model = models.build_model(supernet, cfg.model.depthwise)
     search(model, models.init_variables(model, setup.search.seed), setup.space, setup.cost, dataset,
            dataclasses.replace(setup.search, max_steps=start), work / "warmup")
     summaries = {}
     for f in a.fractions:
+        # latency.table: the search uses (and does not rebuild) the grid measured above.
         c = override_config(cfg, ["search.target_macs=null", f"search.target_latency_ms={targets[f]}",
-                                  f"search.args.warmup_from={work / 'warmup'}"])
-        summaries[f] = run(c, work / f"dmcp_{f:g}", latency_table=table, dataset=dataset)
+                                  f"search.args.warmup_from={work / 'warmup'}",
+                                  f"latency.table={work / 'layer_grid.json'}"])
+        summaries[f] = run(c, work / f"dmcp_{f:g}", search=True, deploy=False)
 
     # --- 3. Interleaved end-to-end measurements. ---------------------------------------------------
     uniform = {w: zoo.mobilenet_v2(width=w, small_input=True, resolution=supernet.input_size[0],
@@ -156,9 +162,9 @@ def main(argv=None) -> int:
         fits = [w for w in sorted(uniform) if measured[f"uniform {w:g}"] >= ms]
         w = fits[0] if fits else max(uniform)
         if w not in trained:
-            _, test = experiment.train_spec(uniform[w], dataset, cfg, work / f"uniform_{w:g}")
-            trained[w] = float(test["accuracy"])
-        rows.append({"target_ms": targets[f], "fraction": f, "macs": summary["achieved_macs"],
+            result = Trainer(cfg, dataset).train(uniform[w], work / f"uniform_{w:g}")
+            trained[w] = float(result.metrics["test"]["accuracy"])
+        rows.append({"target_ms": targets[f], "fraction": f, "macs": summary["achieved"]["macs"],
                      "predicted_ms": summary.get("predicted_latency_ms"), "measured_ms": ms,
                      "accuracy": summary["test_accuracy"], "inherited_accuracy": summary["inherited_test_accuracy"],
                      "uniform_width": w, "uniform_macs": S.macs(uniform[w]), "uniform_ms": measured[f"uniform {w:g}"],

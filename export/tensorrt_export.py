@@ -1,10 +1,10 @@
 """ArchSpec + variables -> ONNX (`export_onnx`) -> serialized TensorRT engine, parity-checked on the GPU.
 
-The engine is built by the latency backend's `build_engine` (`latency/backends/trt.py`), so the files
-timed by the TensorRT backend and the files exported here are built the same way.  fp32 engines are
+The engine is built by `jaxnas.runtime.tensorrt.build_engine`, which the TensorRT latency backend uses too,
+so the files timed by the backend and the files exported here are built the same way.  fp32 engines are
 built with TF32 disabled by default (TF32 convolutions differ from float32 by ~1e-3 relative, far
 above the 1e-4 parity bound); pass `allow_tf32=True` for the faster engine and a looser tolerance.
-Running an engine uses the backend's ctypes CUDA driver binding (`latency/backends/cuda_driver.py`):
+Running an engine uses the ctypes CUDA driver binding (`jaxnas/runtime/cuda_driver.py`):
 TensorRT is the only GPU Python dependency.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from jaxnas.spec import ArchSpec
-from jaxnas.latency.backends.base import BackendError
+from jaxnas.runtime import BackendError
 
 from jaxnas.export.onnx_export import DEFAULT_ONNX_ROUTE, export_onnx
 from jaxnas.export.parity import FP16_RTOL, ExportError, ExportResult, compare, parity_input, reference_output
@@ -34,7 +34,7 @@ class TensorRTMissing(ExportError, BackendError):
 
 
 def _import_tensorrt():
-    from jaxnas.latency.backends.trt import TENSORRT_MISSING
+    from jaxnas.runtime.tensorrt import TENSORRT_MISSING
 
     try:
         import tensorrt as trt
@@ -46,7 +46,7 @@ def _import_tensorrt():
 def run_engine(engine_path: str | os.PathLike, x: np.ndarray, *, device: int = 0) -> np.ndarray:
     """Run a serialized single-input engine once on `x` (host array); returns its first output."""
     trt = _import_tensorrt()
-    from jaxnas.latency.backends.cuda_driver import CudaDriver
+    from jaxnas.runtime.cuda_driver import CudaDriver
 
     plan = Path(engine_path).read_bytes()
     drv = CudaDriver(device)  # primary context current before TensorRT touches CUDA
@@ -90,10 +90,10 @@ def run_engine(engine_path: str | os.PathLike, x: np.ndarray, *, device: int = 0
 
 def engine_from_onnx(onnx_path: str | os.PathLike, path: str | Path, *, precision: str = "fp32",
                      allow_tf32: bool = False, batch_size: int = 1) -> Path:
-    """Build and atomically write the engine for an ONNX file (the latency backend's `build_engine`)."""
+    """Build and atomically write the engine for an ONNX file (`jaxnas.runtime.tensorrt.build_engine`)."""
     _check_precision(precision)
     _import_tensorrt()
-    from jaxnas.latency.backends.trt import build_engine
+    from jaxnas.runtime.tensorrt import build_engine
 
     try:
         return build_engine(onnx_path, path, precision, batch_size=batch_size, allow_tf32=allow_tf32)
@@ -109,7 +109,7 @@ def export_tensorrt(spec: ArchSpec, variables: dict, path: str | Path, *, precis
     Static batch `batch_size`.  With `check`, the ONNX file and then the engine (on the GPU) are
     compared with the unfolded JAX model on the fixed parity input: fp32 against `tolerance` absolute,
     fp16 against max(tolerance, FP16_RTOL) relative to max(1, max|reference|).  Without `tensorrt`
-    raises `TensorRTMissing` (an `ExportError` and a latency `BackendError`) before exporting anything.
+    raises `TensorRTMissing` (an `ExportError` and a runtime `BackendError`) before exporting anything.
     """
     _import_tensorrt()
     _check_precision(precision)

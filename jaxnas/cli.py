@@ -393,8 +393,12 @@ def _method_command(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
-def quiet_third_party() -> None:
-    """TensorFlow's C++ logs, the oneDNN notice, absl/orbax INFO lines and library warnings off."""
+def quiet_third_party(verbose: bool) -> None:
+    """Unless verbose: TensorFlow's C++ logs, the oneDNN notice, absl/orbax INFO and WARNING lines and
+    library warnings off (native runtime output is kept off around exports by `jaxnas.runtime.quiet`)."""
+    if verbose:
+        os.environ["JAXNAS_VERBOSE"] = "1"
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -404,13 +408,13 @@ def quiet_third_party() -> None:
 
     warnings.filterwarnings("ignore")
     for name in ("absl", "tensorflow", "jax", "jax2onnx", "onnx", "orbax", "tf2onnx", "h5py"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        # A filter, not a level: absl resets its logger's level when it is imported later.
+        logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.verbose:
-        quiet_third_party()
+    quiet_third_party(args.verbose)
     try:
         return args.fn(args)
     except UserError as e:

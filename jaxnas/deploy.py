@@ -80,8 +80,9 @@ def deploy(spec: Any, variables: Any, export: ExportConfig | None, latency: Late
     """
     from jaxnas import export as exporter
     from jaxnas.latency.measure import compare_files, measure_file, measure_spec
+    from jaxnas.runtime.quiet import native_stderr_quiet
 
-    with tempfile.TemporaryDirectory(prefix="jaxnas_deploy_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="jaxnas_deploy_") as tmp, native_stderr_quiet():
         results = {}
         if export is not None:
             results = exporter.export_model(spec, variables, Path(out_dir), tuple(export.formats), route=export.route,

@@ -283,7 +283,7 @@ def test_export_model_writes_files_and_summary(tmp_path):
 # -------------------------------------------------------------------------------------------- TensorRT
 
 def _gpu_visible() -> bool:
-    from jaxnas.latency.backends.cuda_driver import gpu_name
+    from jaxnas.runtime.cuda_driver import gpu_name
 
     return gpu_name(0) is not None
 

@@ -282,7 +282,7 @@ def _real_trt_available() -> str | None:
         import tensorrt  # noqa: F401
     except ImportError:
         return "tensorrt is not installed"
-    from jaxnas.latency.backends.cuda_driver import gpu_name
+    from jaxnas.runtime.cuda_driver import gpu_name
 
     if gpu_name(0) is None:
         return "no NVIDIA GPU visible"
@@ -489,7 +489,7 @@ class _FakeCuda:
 def test_tensorrt_control_flow_with_fake_module(monkeypatch, onnx_path, version, flags):
     log: dict = {}
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt(version, log))
-    monkeypatch.setattr("jaxnas.latency.backends.cuda_driver.CudaDriver", _FakeCuda)
+    monkeypatch.setattr("jaxnas.runtime.cuda_driver.CudaDriver", _FakeCuda)
     _FakeCuda.instances.clear()
     be = get_backend("tensorrt", precision="fp16", workspace_mb=64)
     st = be.measure(onnx_path, (1, H, W, CIN), batch_size=2, warmup=3, runs=6)
@@ -630,7 +630,7 @@ class _FakeLibcuda:
 
 
 def test_cuda_driver_ctypes_plumbing(monkeypatch):
-    from jaxnas.latency.backends import cuda_driver
+    from jaxnas.runtime import cuda_driver
 
     lib = _FakeLibcuda()
     monkeypatch.setattr(cuda_driver, "_load_libcuda", lambda: lib)

@@ -192,6 +192,6 @@ class OnnxRuntimeBackend:
 
 
 def _gpu_name(device_id: int) -> str:
-    from .cuda_driver import gpu_name
+    from jaxnas.runtime.cuda_driver import gpu_name
 
     return gpu_name(device_id) or f"CUDA device {device_id}"

@@ -9,7 +9,7 @@ TensorRT < 11) → ``build_serialized_network`` → ``Runtime.deserialize_cuda_e
 ``set_input_shape``, ``set_tensor_address``) → ``execute_async_v3``.
 
 Device buffers, the stream and the timing events come from a tiny ctypes
-binding to the CUDA driver API (:mod:`latency.backends.cuda_driver`), so the
+binding to the CUDA driver API (:mod:`jaxnas.runtime.cuda_driver`), so the
 only GPU dependency is ``pip install tensorrt``.  Each timed run is bracketed
 by two CUDA events on the execution stream (``timer='cuda_event'``, default)
 or by ``perf_counter_ns`` + stream synchronisation (``timer='wall'``); the
@@ -21,131 +21,23 @@ input is copied to the device once, outside timing, like the other backends.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from ..fingerprint import Fingerprint
 from ..stats import TimingStats
+from jaxnas.runtime.tensorrt import (TENSORRT_MISSING, build_engine, build_serialized_engine, check_precision,
+                                     import_tensorrt, trt_logger)
+
 from .base import (DEFAULT_RUNS, DEFAULT_WARMUP, BackendError, collect_samples, random_input,
                    read_model_bytes, resolve_shape)
 
 __all__ = ["TensorRTBackend", "build_engine", "build_serialized_engine", "TENSORRT_MISSING",
            "ENGINE_SUFFIXES"]
 
-TENSORRT_MISSING = "tensorrt is not installed: pip install tensorrt (NVIDIA GPU required)"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-_PRECISIONS = ("fp32", "fp16")
 _TIMERS = ("cuda_event", "wall")
-
-
-def _import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise BackendError(TENSORRT_MISSING) from None
-    return trt
-
-
-def _major(trt) -> int:
-    try:
-        return int(str(trt.__version__).split(".")[0])
-    except (ValueError, AttributeError):  # pragma: no cover
-        return 10
-
-
-def _logger(trt, level: str = "error"):
-    sev = {"error": "ERROR", "warning": "WARNING", "info": "INFO", "verbose": "VERBOSE"}[level]
-    return trt.Logger(getattr(trt.Logger, sev))
-
-
-def _check_precision(precision: str) -> str:
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
-    return precision
-
-
-def build_serialized_engine(onnx_model: Any, *, precision: str = "fp32", workspace_mb: int = 1024,
-                            input_shape: Optional[Sequence[int]] = None,
-                            batch_size: Optional[int] = None, allow_tf32: bool = True,
-                            log_level: str = "error") -> bytes:
-    """Build a TensorRT engine from an ONNX path/bytes/ModelProto; returns the serialized plan.
-
-    Dynamic input dims (e.g. a symbolic batch) get a single-shape optimisation
-    profile (min = opt = max) from ``input_shape``/``batch_size``.
-    ``precision='fp16'`` sets ``BuilderFlag.FP16`` where it exists (TensorRT <
-    11); TensorRT 11 removed weak typing, so there the ONNX model itself must
-    already be fp16 (e.g. converted with ModelOpt AutoCast) or this raises.
-    """
-    _check_precision(precision)
-    trt = _import_tensorrt()
-    data, desc = read_model_bytes(onnx_model, kind="ONNX model")
-    logger = _logger(trt, log_level)
-    builder = trt.Builder(logger)
-    flags = 0
-    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-    if _major(trt) < 10 and explicit is not None:
-        flags |= 1 << int(explicit)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(data):
-        errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise BackendError(f"TensorRT could not parse {desc}: " + ("; ".join(errs) or "unknown error"))
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    if not allow_tf32 and getattr(trt.BuilderFlag, "TF32", None) is not None:
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if precision == "fp16":
-        fp16 = getattr(trt.BuilderFlag, "FP16", None)
-        if fp16 is not None:
-            config.set_flag(fp16)
-        elif not _network_has_half(trt, network):
-            raise BackendError(
-                f"TensorRT {trt.__version__} has no BuilderFlag.FP16 (weak typing was removed in 11.x): "
-                f"for precision='fp16' pass an ONNX model already converted to fp16 "
-                f"(e.g. ModelOpt AutoCast), or use precision='fp32'")
-    profile = None
-    for i in range(network.num_inputs):
-        t = network.get_input(i)
-        model_shape = tuple(int(d) for d in t.shape)
-        if any(d < 0 for d in model_shape):
-            concrete = resolve_shape(input_shape, model_shape, batch_size, what="ONNX model")
-            if profile is None:
-                profile = builder.create_optimization_profile()
-            profile.set_shape(t.name, concrete, concrete, concrete)
-    if profile is not None:
-        config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise BackendError(f"TensorRT engine build failed for {desc} (precision={precision}); "
-                           f"rerun with log_level='warning' to see the builder log")
-    return bytes(serialized)
-
-
-def _network_has_half(trt, network) -> bool:
-    half = trt.DataType.HALF
-    for i in range(network.num_inputs):
-        if network.get_input(i).dtype == half:
-            return True
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        for j in range(layer.num_outputs):
-            if layer.get_output(j).dtype == half:
-                return True
-    return False
-
-
-def build_engine(onnx_path: Any, engine_path: "str | os.PathLike[str]", precision: str = "fp32", *,
-                 workspace_mb: int = 1024, input_shape: Optional[Sequence[int]] = None,
-                 batch_size: Optional[int] = None, allow_tf32: bool = True,
-                 log_level: str = "error") -> Path:
-    """Build an engine from ``onnx_path`` and write it (atomically) to ``engine_path``."""
-    plan = build_serialized_engine(onnx_path, precision=precision, workspace_mb=workspace_mb,
-                                   input_shape=input_shape, batch_size=batch_size,
-                                   allow_tf32=allow_tf32, log_level=log_level)
-    from jaxnas.io_utils import atomic_write_bytes
-    return atomic_write_bytes(engine_path, plan)
 
 
 def _is_engine_file(model: Any) -> bool:
@@ -160,7 +52,7 @@ class TensorRTBackend:
     def __init__(self, precision: str = "fp32", workspace_mb: int = 1024, *, device: int = 0,
                  timer: str = "cuda_event", allow_tf32: bool = True, seed: int = 0,
                  log_level: str = "error"):
-        self.precision = _check_precision(precision)
+        self.precision = check_precision(precision)
         if timer not in _TIMERS:
             raise ValueError(f"timer must be one of {_TIMERS}, got {timer!r}")
         self.workspace_mb = int(workspace_mb)
@@ -169,10 +61,10 @@ class TensorRTBackend:
         self.allow_tf32 = allow_tf32
         self.seed = seed
         self.log_level = log_level
-        self._trt = _import_tensorrt()  # fail fast with the one-line message
+        self._trt = import_tensorrt()  # fail fast with the one-line message
 
     def fingerprint(self, batch_size: int = 1) -> Fingerprint:
-        from .cuda_driver import gpu_name
+        from jaxnas.runtime.cuda_driver import gpu_name
 
         name = gpu_name(self.device)
         if name is None:
@@ -192,7 +84,7 @@ class TensorRTBackend:
     def measure(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
                 warmup: int = DEFAULT_WARMUP, runs: int = DEFAULT_RUNS,
                 batch_size: Optional[int] = None, min_time_s: float = 0.0) -> TimingStats:
-        from .cuda_driver import CudaDriver
+        from jaxnas.runtime.cuda_driver import CudaDriver
 
         trt = self._trt
         if not _is_engine_file(model):  # surface a bad path before touching the GPU
@@ -202,7 +94,7 @@ class TensorRTBackend:
         context = engine = None
         try:
             plan = self.engine_bytes(model, input_shape, batch_size)
-            runtime = trt.Runtime(_logger(trt, self.log_level))
+            runtime = trt.Runtime(trt_logger(trt, self.log_level))
             engine = runtime.deserialize_cuda_engine(plan)
             if engine is None:
                 raise BackendError("TensorRT could not deserialize the engine (built by another "

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from .base import BackendError
+from jaxnas.runtime import BackendError
 
 __all__ = ["CudaDriver", "gpu_name"]
 
