@@ -1,10 +1,10 @@
-"""TF-NAS latency tables for a TF-NAS space (`jaxnas.methods.tfnas.space`), in the original's key format.
+"""TF-NAS latency tables for a TF-NAS space (`tfnas_space`), in the original's key format.
 
 A table is a `LatencyTable` with entries ``'base'`` (stems + feature mix + pool + classifier) and
 ``'{key}:mid{m}'`` for ``key = MBInvertedResBlock_{H}_{in}_{se}_{out}_k{k}_s{s}_{act}`` (what
 `import_tfnas_pkl` makes of the original's pickles), so the method reads both alike.  Mids are measured
 on a grid (multiples of ``grid`` channels plus the ends of each key's range [min max // 2, max max]) and
-interpolated between (`Lut.ms`).
+interpolated between (`TfnasLut.ms`).
 
 Contexts:
 
@@ -35,9 +35,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
-from jaxnas.methods.tfnas.lut import MID_SEP, Lut
-from jaxnas.methods.tfnas.space import (NUM_OPS, OPS, BlockPos, TfnasArch, TfnasSpace, block_key_and_mid, get_space,
-                                        spec_blocks)
+from .tfnas_space import (MID_SEP, NUM_OPS, OPS, TFNAS_SPACES, BlockPos, TfnasArch, TfnasLut, TfnasSpace,
+                          get_tfnas_space, tfnas_block_key_and_mid, tfnas_spec_blocks)
 from jaxnas.spec import ArchSpec, Block, Conv, Head
 from jaxnas.zoo import mbi_block
 
@@ -66,27 +65,25 @@ def is_tfnas_space(space: Any) -> bool:
 
 def as_tfnas_space(space: Any) -> TfnasSpace:
     """A TfnasSpace from itself, its dict (`TfnasSpace.to_dict()`) or a built-in name ('tfnas-224', ...)."""
-    return space if isinstance(space, TfnasSpace) else get_space(space)
+    return space if isinstance(space, TfnasSpace) else get_tfnas_space(space)
 
 
 def resolve_tfnas_space(space: Any) -> Optional[TfnasSpace]:
     """The TF-NAS space `space` names (a TfnasSpace, a dict with family 'tfnas', a built-in name, or a
     YAML/JSON file with family 'tfnas'), else None (another kind of space)."""
-    from jaxnas.methods.tfnas.space import BUILTIN
-
     if isinstance(space, TfnasSpace):
         return space
     if isinstance(space, Mapping):
-        return get_space(space) if space.get("family") == "tfnas" else None
-    if isinstance(space, str) and space in BUILTIN:
-        return get_space(space)
+        return get_tfnas_space(space) if space.get("family") == "tfnas" else None
+    if isinstance(space, str) and space in TFNAS_SPACES:
+        return get_tfnas_space(space)
     p = Path(str(space))
     if p.suffix.lower() in (".yaml", ".yml", ".json") and p.is_file():
         import yaml
 
         d = yaml.safe_load(p.read_text(encoding="utf-8"))
         if isinstance(d, Mapping) and d.get("family") == "tfnas":
-            return get_space({"name": p.stem, **d})
+            return get_tfnas_space({"name": p.stem, **d})
     return None
 
 
@@ -321,8 +318,8 @@ def _measure_probes(space: TfnasSpace, be: Any, table: LatencyTable, save: Calla
 STATS = ("min", "p10", "median", "mean", "p90")
 
 
-def _alone(table: LatencyTable, stat: str) -> Lut:
-    """The alone grid as a Lut (base = the sum of the alone base parts)."""
+def _alone(table: LatencyTable, stat: str) -> TfnasLut:
+    """The alone grid as a TfnasLut (base = the sum of the alone base parts)."""
     curves: dict[str, list[tuple[int, float]]] = {}
     for name in table.entries:
         if name.startswith(ALONE_PREFIX) and MID_SEP in name:
@@ -330,7 +327,7 @@ def _alone(table: LatencyTable, stat: str) -> Lut:
             curves.setdefault(key, []).append((int(mid), table.ms(name, stat)))
     out = {k: (np.array([m for m, _ in sorted(v)], float), np.array([y for _, y in sorted(v)], float))
            for k, v in curves.items()}
-    return Lut(sum(table.ms(f"{ALONE_PREFIX}{p}", stat) for p in BASE_PARTS), out)
+    return TfnasLut(sum(table.ms(f"{ALONE_PREFIX}{p}", stat) for p in BASE_PARTS), out)
 
 
 def _derive(space: TfnasSpace, table: LatencyTable, grid: int, context: str) -> None:
@@ -394,10 +391,10 @@ def is_tfnas_table(table: LatencyTable) -> bool:
 
 def predict_tfnas(spec: ArchSpec, table: LatencyTable, stat: str = "median") -> dict[str, Any]:
     """Table latency of a TF-NAS-shaped spec: base + Σ table[key(block)][mid(block)]."""
-    lut = Lut.from_table(table, stat)
+    lut = TfnasLut.from_table(table, stat)
     parts = []
-    for i, block, in_shape in spec_blocks(spec):
-        key, mid = block_key_and_mid(block, in_shape)
+    for i, block, in_shape in tfnas_spec_blocks(spec):
+        key, mid = tfnas_block_key_and_mid(block, in_shape)
         parts.append({"block": block.name or f"block{i}", "key": key, "mid": mid, "ms": lut.ms(key, mid)})
     total = lut.base + sum(p["ms"] for p in parts)
     return {"latency_ms": float(total), "base_ms": lut.base, "blocks": parts, "stat": stat}

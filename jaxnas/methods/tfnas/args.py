@@ -28,9 +28,11 @@ class TfnasArgs(Section):
     last_channels: int | None = None          # feature-mix width
     max_depths: tuple[int, ...] | None = None  # keep the first n blocks of each stage (6 numbers)
     # Latency table (§4.4).
-    lookup_table: str | None = None           # a TF-NAS table JSON to use as is (e.g. the original's pickle
-                                              # imported with `jaxnas latency import-tfnas`); else the latency
-                                              # oracle builds (or reuses latency.table) one for the space
+    lookup_table: str | None = None           # a TF-NAS table to use as is: the original's pickle
+                                              # (latency_pkl/*.pkl) or a table JSON; else the latency oracle
+                                              # builds one for the space (or uses latency.table)
+    lookup_device: str = "unknown"            # for a pickle: where it was measured (e.g. "Titan RTX")
+    lookup_batch_size: int | None = None      # for a pickle: its batch size (GPU table 32, CPU table 1)
     table_context: Literal["alone", "network"] = "network"  # how a built table times blocks
     table_stat: Literal["median", "mean", "p10", "min"] = "median"
     # Search (§4.2-4.3).
@@ -81,7 +83,7 @@ class TfnasArgs(Section):
                 errors.append(f"{k}: must be in [0, 1), got {getattr(self, k)}")
         if not 0 < self.tau_decay <= 1:
             errors.append(f"tau_decay: must be in (0, 1], got {self.tau_decay}")
-        for k in ("batch_size", "max_steps", "last_channels"):
+        for k in ("batch_size", "max_steps", "last_channels", "lookup_batch_size"):
             v = getattr(self, k)
             if v is not None and v < 1:
                 errors.append(f"{k}: must be >= 1 or null, got {v}")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jaxnas.methods.tfnas.space import SpaceError
+from jaxnas.latency.spaces import TfnasError
 
 __all__ = ["add_commands", "import_config", "export_config"]
 
@@ -22,9 +22,9 @@ def import_config(config_path: str | Path, out: str | Path, *, resolution: int =
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SpaceError(f"model.config {path} not found") from None
+        raise TfnasError(f"model.config {path} not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SpaceError(f"cannot read {path} as JSON: {e}") from None
+        raise TfnasError(f"cannot read {path} as JSON: {e}") from None
     spec = from_model_config(config, resolution=resolution, num_classes=num_classes, dropout=dropout,
                              drop_connect=drop_connect, name=path.stem)
     spec.save(out)

@@ -22,8 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxnas.methods.tfnas.lut import Lut
-from jaxnas.methods.tfnas.space import NUM_OPS, TfnasArch, TfnasSpace
+from jaxnas.latency.spaces import NUM_OPS, TfnasArch, TfnasLut, TfnasSpace
 
 Parsed = tuple[tuple[int, ...], ...]  # per stage: the op index of every kept block
 
@@ -49,7 +48,7 @@ def _kept(space: TfnasSpace, parsed: Parsed, stages: Sequence[int]) -> list[tupl
     return [(blocks[s][j].index, op) for s in stages for j, op in enumerate(parsed[s])]
 
 
-def lookup_latency(lut: Lut, space: TfnasSpace, parsed: Parsed, mids: np.ndarray) -> float:
+def lookup_latency(lut: TfnasLut, space: TfnasSpace, parsed: Parsed, mids: np.ndarray) -> float:
     """base + Σ table[key][mid] over the kept blocks at their chosen ops (get_lookup_latency)."""
     blocks = space.blocks()
     return lut.base + sum(lut.ms(blocks[b].key(op), mids[b, op]) for b, op in _kept(space, parsed, range(len(parsed))))
@@ -65,7 +64,7 @@ def bound_clip(mid: int, max_mid: int) -> tuple[int, bool]:
     return mid, True
 
 
-def fit_mc_num_by_latency(lut: Lut, space: TfnasSpace, parsed: Parsed, mids: np.ndarray, target: float,
+def fit_mc_num_by_latency(lut: TfnasLut, space: TfnasSpace, parsed: Parsed, mids: np.ndarray, target: float,
                           stages: Sequence[int], sign: int) -> tuple[np.ndarray, float]:
     """One shrink (sign -1) or expand (+1) pass over `stages` (0-based); returns (mids, table latency)."""
     if sign not in (-1, 1):
@@ -90,7 +89,7 @@ def fit_mc_num_by_latency(lut: Lut, space: TfnasSpace, parsed: Parsed, mids: np.
     return cur, float(lat)
 
 
-def elastic_scaling(lut: Lut, space: TfnasSpace, parsed: Parsed, mids: np.ndarray,
+def elastic_scaling(lut: TfnasLut, space: TfnasSpace, parsed: Parsed, mids: np.ndarray,
                     target: float) -> tuple[np.ndarray, float, float]:
     """(new mids, latency before, latency after) of the end-of-epoch shrink/expand passes."""
     before = lookup_latency(lut, space, parsed, mids)

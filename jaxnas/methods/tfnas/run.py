@@ -20,9 +20,8 @@ import numpy as np
 
 from jaxnas.io_utils import atomic_write_json
 from jaxnas.methods.base import SearchContext, SearchError, SearchResult
+from jaxnas.latency.spaces import NUM_OPS, TfnasArch, TfnasLut, TfnasSpace, get_tfnas_space
 from jaxnas.methods.tfnas.args import TfnasArgs
-from jaxnas.methods.tfnas.lut import Lut
-from jaxnas.methods.tfnas.space import NUM_OPS, TfnasArch, TfnasSpace, get_space
 
 # Fingerprint fields a table built by jaxnas must share with the configured runtime.
 _DEVICE_KEYS = ("backend", "runtime", "device", "threads", "batch_size", "precision")
@@ -32,23 +31,26 @@ def make_space(args: TfnasArgs, dataset: Any) -> TfnasSpace:
     h, w, c = dataset.image_shape
     if h != w:
         raise SearchError(f"TF-NAS spaces are square; the data is {h}x{w} (set data.image_size)")
-    return get_space(args.space, resolution=h, in_channels=c, num_classes=dataset.num_classes, width=args.width,
+    return get_tfnas_space(args.space, resolution=h, in_channels=c, num_classes=dataset.num_classes, width=args.width,
                      small_input=args.small_input, last_channels=args.last_channels,
                      max_depths=list(args.max_depths) if args.max_depths is not None else None)
 
 
-def load_lut(ctx: SearchContext, args: TfnasArgs, space: TfnasSpace) -> tuple[Lut, dict[str, Any]]:
+def load_lut(ctx: SearchContext, args: TfnasArgs, space: TfnasSpace) -> tuple[TfnasLut, dict[str, Any]]:
     """The table the search uses, checked against the runtime's batch size (and device, for tables built
     by jaxnas); {'path', 'source', 'fingerprint'} describes it."""
     want = ctx.oracle.fingerprint()
     if args.lookup_table:
-        lut = Lut.from_json(args.lookup_table, args.table_stat)
         path = str(args.lookup_table)
+        if Path(path).suffix.lower() in (".pkl", ".pickle") and args.lookup_batch_size is None:
+            raise SearchError(f"search.args.lookup_batch_size: say which batch size {path} was measured at (the "
+                              "original's latency_gpu.pkl: 32, latency_cpu.pkl: 1)")
+        lut = TfnasLut.load(path, args.table_stat, device=args.lookup_device, batch_size=args.lookup_batch_size)
     else:
         out = Path(ctx.workdir) / "latency_table.json"
         ctx.log(f"tfnas: latency table for {space.name} on {want.get('backend')} ({args.table_context} context)")
         table = ctx.oracle.block_table(space.to_dict(), out=out, context=args.table_context)
-        lut = Lut.from_table(table, args.table_stat)
+        lut = TfnasLut.from_table(table, args.table_stat)
         path = str(ctx.cfg.latency.table or out)
     have = lut.fingerprint
     imported = have.get("backend") == "tfnas"  # the original's pickle: measured elsewhere by definition
@@ -71,7 +73,7 @@ def load_lut(ctx: SearchContext, args: TfnasArgs, space: TfnasSpace) -> tuple[Lu
                  "fingerprint": have}
 
 
-def reachable_range(lut: Lut, space: TfnasSpace) -> tuple[float, float]:
+def reachable_range(lut: TfnasLut, space: TfnasSpace) -> tuple[float, float]:
     """(narrowest, widest) table latency of the space: every stage at depth 1 with each block's fastest op
     at its narrowest width; every block at its slowest op at full width."""
     lo = hi = lut.base

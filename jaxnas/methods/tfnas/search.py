@@ -34,10 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnas.latency.spaces import NUM_OPS, TfnasArch, TfnasLut, TfnasSpace
 from jaxnas.methods.tfnas import elastic as E
-from jaxnas.methods.tfnas.lut import Lut, interp_jnp
-from jaxnas.methods.tfnas.space import NUM_OPS, TfnasArch, TfnasSpace
-from jaxnas.methods.tfnas.supernet import Supernet
+from jaxnas.methods.tfnas.supernet import Supernet, interp_jnp
 from jaxnas.train import CheckpointStore, MetricsWriter, Progress, TrainState, cross_entropy, data_position
 from jaxnas.train.progress import format_seconds
 
@@ -194,7 +193,7 @@ def _state(params, arch, masks, buf, adam_state, step, rng) -> TrainState:
                       opt_state={"w": buf, "a": adam_state}, step=jnp.asarray(step, jnp.int32), rng=rng)
 
 
-def search(space: TfnasSpace, lut: Lut, dataset: Any, cfg: SearchConfig, workdir: str | Path, *,
+def search(space: TfnasSpace, lut: TfnasLut, dataset: Any, cfg: SearchConfig, workdir: str | Path, *,
            depthwise_impl: str = "auto", log: Callable[[str], None] | None = None) -> SearchOutcome:
     """Runs (or resumes) the search in `workdir` (checkpoints/, metrics.jsonl); returns the parsed result."""
     workdir = Path(workdir)
@@ -322,7 +321,7 @@ def search(space: TfnasSpace, lut: Lut, dataset: Any, cfg: SearchConfig, workdir
                          lut.arch_latency(space, final), epochs_log, writer.rows)
 
 
-def _elastic(space: TfnasSpace, lut: Lut, net: Supernet, params, arch, masks, target: float, epoch: int,
+def _elastic(space: TfnasSpace, lut: TfnasLut, net: Supernet, params, arch, masks, target: float, epoch: int,
              tau: float) -> tuple[jax.Array, dict[str, Any]]:
     """End-of-epoch elasticity scaling on the argmax architecture; returns new masks and a log row."""
     log_alphas = np.asarray(jax.device_get(arch["log_alphas"]))
@@ -331,8 +330,7 @@ def _elastic(space: TfnasSpace, lut: Lut, net: Supernet, params, arch, masks, ta
     parsed = E.parse_ops(space, log_alphas, betas)
     mids = E.mids_from_masks(masks_np)
     new_mids, before, after = E.elastic_scaling(lut, space, parsed, mids, target)
-    dw = lambda b, op: np.asarray(jax.device_get(params[f"b{b}"][f"op{op}"]["dw"]))  # noqa: E731
-    new_masks, changed = E.rescale_masks(space, parsed, masks_np, new_mids, dw)
+    new_masks, changed = E.rescale_masks(space, parsed, masks_np, new_mids, lambda b, op: net.dw_kernel(params, b, op))
     row = {"epoch": epoch, "tau": float(tau), "lat_before": float(before), "lat_after": float(after),
            "arch": E.to_arch(space, parsed, new_mids).to_dict(), "changed": changed,
            "op_probs": np.exp(log_alphas).round(4).tolist(),

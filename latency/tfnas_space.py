@@ -1,4 +1,6 @@
-"""The TF-NAS search space (seed-specs §4.1): an EfficientNet-B0-like skeleton with three freedoms.
+"""The TF-NAS search space (seed-specs §4.1) and its lookup tables (§4.4).
+
+An EfficientNet-B0-like skeleton with three freedoms.
 
 Skeleton (channels at width 1.0)::
 
@@ -22,16 +24,25 @@ a subset of a full-size tensor of 4*in (e3) or 8*in (e6) channels, initially the
 [max // 2, max].  The small-input variant (28-32 px inputs) has a stride-1 first stem; `width` scales every
 channel count (make_divisible(c * width, 8)) for networks small enough to search on a CPU.
 
-This module is pure Python (no jax): the latency package and the CLI use it too.
+This module is pure Python (no jax, no runtime): the TF-NAS method, the table builder
+(`tfnas_table`) and the CLI share it; methods import it through `jaxnas.latency.spaces`.
+Tables (`TfnasLut`): the original's format, 'base' + {key: {mid: ms}} curves, exact at measured mids and
+piecewise linear between them.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from jaxnas.spec import ArchSpec, Block, Conv, Head, SpecError, Stage, make_divisible, validate
 from jaxnas.zoo import mbi_block
+
+from .imports import tfnas_key
 
 BLOCK_NAME = "MBInvertedResBlock"
 
@@ -55,8 +66,8 @@ NUM_OPS = len(OPS)
 OP_NAMES = tuple(op.name for op in OPS)
 
 
-class SpaceError(SpecError):
-    """A TF-NAS space, architecture or model.config that cannot be used (a ValueError)."""
+class TfnasError(SpecError):
+    """A TF-NAS space, architecture, model.config or table that cannot be used (a UserError)."""
 
 
 # (name, inputs, outputs, strides, activation) of the six searchable stages at width 1.0.
@@ -115,10 +126,6 @@ class BlockPos:
         return tfnas_key(self.h, self.cin, self.se(op), self.cout, OPS[op].kernel, self.stride, self.act)
 
 
-def tfnas_key(h: int, cin: int, se: int, cout: int, kernel: int, stride: int, act: str) -> str:
-    return f"{BLOCK_NAME}_{int(h)}_{int(cin)}_{int(se)}_{int(cout)}_k{int(kernel)}_s{int(stride)}_{act}"
-
-
 @dataclass(frozen=True)
 class TfnasArch:
     """A parsed architecture: per stage the operation index and mid width of every kept block."""
@@ -164,16 +171,16 @@ class TfnasSpace:
             md = tuple(int(d) for d in self.max_depths)
             object.__setattr__(self, "max_depths", md)
             if len(md) != len(STAGES) or any(not 1 <= d <= len(s[1]) for d, s in zip(md, STAGES)):
-                raise SpaceError(f"TF-NAS space {self.name}: max_depths {list(md)} must give 1..n blocks for each "
+                raise TfnasError(f"TF-NAS space {self.name}: max_depths {list(md)} must give 1..n blocks for each "
                                  f"of the {len(STAGES)} stages (n = {[len(s[1]) for s in STAGES]})")
         if self.width <= 0 or self.resolution < 1 or self.in_channels < 1 or self.num_classes < 1:
-            raise SpaceError(f"TF-NAS space {self.name}: width, resolution, in_channels and num_classes must "
+            raise TfnasError(f"TF-NAS space {self.name}: width, resolution, in_channels and num_classes must "
                              f"be positive (got {self.width}, {self.resolution}, {self.in_channels}, "
                              f"{self.num_classes})")
         if self.last_channels is not None and self.last_channels < 1:
-            raise SpaceError(f"TF-NAS space {self.name}: last_channels must be positive")
+            raise TfnasError(f"TF-NAS space {self.name}: last_channels must be positive")
         if self.stage_hw()[-1] < 1:
-            raise SpaceError(f"TF-NAS space {self.name}: resolution {self.resolution} is too small")
+            raise TfnasError(f"TF-NAS space {self.name}: resolution {self.resolution} is too small")
 
     # ------------------------------------------------------------------ geometry
     def ch(self, c: int) -> int:
@@ -274,11 +281,11 @@ class TfnasSpace:
         d = dict(d)
         fam = d.pop("family", "tfnas")
         if fam != "tfnas":
-            raise SpaceError(f"not a TF-NAS space (family {fam!r})")
+            raise TfnasError(f"not a TF-NAS space (family {fam!r})")
         known = {f.name for f in dataclasses.fields(TfnasSpace)}
         bad = sorted(set(d) - known)
         if bad:
-            raise SpaceError(f"unknown TF-NAS space key(s) {bad}; known: {sorted(known)}")
+            raise TfnasError(f"unknown TF-NAS space key(s) {bad}; known: {sorted(known)}")
         return TfnasSpace(**d)
 
     # ------------------------------------------------------------------ architectures
@@ -291,16 +298,16 @@ class TfnasSpace:
     def check_arch(self, arch: TfnasArch) -> None:
         stages = self.stage_blocks()
         if len(arch.ops) != len(stages) or len(arch.mids) != len(stages):
-            raise SpaceError(f"architecture has {len(arch.ops)} stages, the space {len(stages)}")
+            raise TfnasError(f"architecture has {len(arch.ops)} stages, the space {len(stages)}")
         for si, (ops, mids, blocks) in enumerate(zip(arch.ops, arch.mids, stages)):
             if not 1 <= len(ops) <= len(blocks) or len(mids) != len(ops):
-                raise SpaceError(f"{STAGES[si][0]}: depth {len(ops)} (with {len(mids)} mids) is not in "
+                raise TfnasError(f"{STAGES[si][0]}: depth {len(ops)} (with {len(mids)} mids) is not in "
                                  f"1..{len(blocks)}")
             for b, op, mid in zip(blocks, ops, mids):
                 if not 0 <= op < NUM_OPS:
-                    raise SpaceError(f"{b.name}: operation {op} is not in 0..{NUM_OPS - 1}")
+                    raise TfnasError(f"{b.name}: operation {op} is not in 0..{NUM_OPS - 1}")
                 if mid < 1:
-                    raise SpaceError(f"{b.name}: mid width {mid} must be positive")
+                    raise TfnasError(f"{b.name}: mid width {mid} must be positive")
 
     def arch_blocks(self, arch: TfnasArch) -> list[tuple[BlockPos, int, int]]:
         """(position, op, mid) of every kept block."""
@@ -344,7 +351,7 @@ class TfnasSpace:
                          tuple(tuple(max(1, int(round(b.max_mid(op) * fraction))) for b in bs) for bs in st))
 
 
-BUILTIN: dict[str, dict[str, Any]] = {
+TFNAS_SPACES: dict[str, dict[str, Any]] = {
     # The original's ImageNet skeleton (224 px).
     "tfnas-224": {"name": "tfnas-224", "resolution": 224},
     # Small-input variant for 28-32 px inputs: stride-1 first stem (total stride 16), half width, a narrow
@@ -354,24 +361,24 @@ BUILTIN: dict[str, dict[str, Any]] = {
 }
 
 
-def get_space(name_or_dict: str | Mapping[str, Any] | TfnasSpace, **overrides: Any) -> TfnasSpace:
+def get_tfnas_space(name_or_dict: str | Mapping[str, Any] | TfnasSpace, **overrides: Any) -> TfnasSpace:
     """A built-in space by name, a dict (`TfnasSpace.to_dict()` form) or a TfnasSpace, with overrides."""
     if isinstance(name_or_dict, TfnasSpace):
         base = name_or_dict.to_dict()
     elif isinstance(name_or_dict, Mapping):
         base = dict(name_or_dict)
     else:
-        if name_or_dict not in BUILTIN:
+        if name_or_dict not in TFNAS_SPACES:
             import difflib
-            hint = difflib.get_close_matches(str(name_or_dict), BUILTIN, n=1)
-            raise SpaceError(f"unknown TF-NAS space {name_or_dict!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                             + f"; built-in: {', '.join(BUILTIN)}")
-        base = dict(BUILTIN[name_or_dict])
+            hint = difflib.get_close_matches(str(name_or_dict), TFNAS_SPACES, n=1)
+            raise TfnasError(f"unknown TF-NAS space {name_or_dict!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                             + f"; built-in: {', '.join(TFNAS_SPACES)}")
+        base = dict(TFNAS_SPACES[name_or_dict])
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TfnasSpace.from_dict(base)
 
 
-def spec_blocks(spec: ArchSpec) -> list[tuple[int, Block, tuple[int, int, int]]]:
+def tfnas_spec_blocks(spec: ArchSpec) -> list[tuple[int, Block, tuple[int, int, int]]]:
     """(index, block, input shape) of every block of a TF-NAS-shaped spec between the stems and the feature
     mix: the parts a latency table keys (the rest is the table's 'base')."""
     from jaxnas.spec import analyze
@@ -379,24 +386,153 @@ def spec_blocks(spec: ArchSpec) -> list[tuple[int, Block, tuple[int, int, int]]]
     cost = analyze(spec)
     n = len(spec.blocks)
     if n < 3 or spec.blocks[0].kind != "conv" or spec.blocks[-1].kind != "conv" or spec.blocks[1].kind != "mbconv":
-        raise SpaceError(f"{spec.name}: not a TF-NAS network (first stem conv, second stem MBConv, blocks, "
+        raise TfnasError(f"{spec.name}: not a TF-NAS network (first stem conv, second stem MBConv, blocks, "
                          "feature-mix conv)")
     out = []
     for i in range(2, n - 1):
         b = spec.blocks[i]
         if b.kind != "mbconv":
-            raise SpaceError(f"{spec.name} block {i} ({b.name or b.kind}): expected an MBInvertedResBlock")
+            raise TfnasError(f"{spec.name} block {i} ({b.name or b.kind}): expected an MBInvertedResBlock")
         out.append((i, b, cost.blocks[i].in_shape))
     return out
 
 
-def block_key_and_mid(block: Block, in_shape: Sequence[int]) -> tuple[str, int]:
+def tfnas_block_key_and_mid(block: Block, in_shape: Sequence[int]) -> tuple[str, int]:
     """The original's table key of a concrete MBInvertedResBlock and its mid width."""
     layers = block.layers
     if len(layers) not in (2, 3) or not layers[-2].depthwise:
-        raise SpaceError(f"block {block.name}: not an MBInvertedResBlock ([1x1] -> depthwise -> 1x1)")
+        raise TfnasError(f"block {block.name}: not an MBInvertedResBlock ([1x1] -> depthwise -> 1x1)")
     dw = layers[-2]
     h, w, cin = in_shape
     mid = layers[0].out if len(layers) == 3 else cin
     se = block.se.channels if block.se is not None else 0
     return tfnas_key(w, cin, se, layers[-1].out, dw.kernel[0], dw.stride, dw.act), mid
+
+
+# ----------------------------------------------------------------------------------------------------
+# Lookup tables
+# ----------------------------------------------------------------------------------------------------
+
+MID_SEP = ":mid"
+
+
+class LutError(TfnasError):
+    """A latency table that cannot serve a TF-NAS search (missing key, wrong device or batch, ...)."""
+
+
+@dataclass
+class TfnasLut:
+    """base (ms) + {key: (sorted mids, ms)}; `fingerprint`/`meta` describe where it was measured."""
+
+    base: float
+    curves: dict[str, tuple[np.ndarray, np.ndarray]]
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_table(cls, table: Any, stat: str = "median") -> "TfnasLut":
+        """From a `latency.LatencyTable`-like object (``.entries``, ``.ms(key, stat)``, ``.meta``)."""
+        entries = getattr(table, "entries", None)
+        if entries is None or "base" not in entries:
+            raise LutError("the latency table has no 'base' entry: it is not a TF-NAS table (import the "
+                           "original's pickle with `latency.import_tfnas_pkl` or build one for the space)")
+        points: dict[str, list[tuple[int, float]]] = {}
+        for name in entries:
+            key, sep, mid = name.rpartition(MID_SEP)
+            if sep and mid.isdigit():
+                points.setdefault(key, []).append((int(mid), float(table.ms(name, stat))))
+        curves = {}
+        for key, pts in points.items():
+            pts.sort()
+            curves[key] = (np.array([p[0] for p in pts], np.float64), np.array([p[1] for p in pts], np.float64))
+        return cls(float(table.ms("base", stat)), curves, dict(getattr(table, "fingerprint", {}) or {}),
+                   dict(getattr(table, "meta", {}) or {}))
+
+    @classmethod
+    def load(cls, path: str | Path, stat: str = "median", *, device: str = "unknown",
+             batch_size: int | None = None) -> "TfnasLut":
+        """From a file: the original's pickle (imported with `import_tfnas_pkl`, tagged with `device` and
+        `batch_size`) or a latency-table JSON (an imported or built TF-NAS table)."""
+        from .imports import import_tfnas_pkl
+        from .table import LatencyTable
+
+        path = Path(path)
+        if path.suffix.lower() in (".pkl", ".pickle"):
+            table = import_tfnas_pkl(path, device=device, batch_size=batch_size)
+        else:
+            table = LatencyTable.load(path)
+        return cls.from_table(table, stat)
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any]) -> "TfnasLut":
+        """From the original's dict form {'base': ms, key: {mid: ms}}."""
+        curves = {}
+        for key, val in raw.items():
+            if key == "base":
+                continue
+            mids = sorted(int(m) for m in val)
+            curves[key] = (np.array(mids, np.float64), np.array([float(val[m]) for m in mids], np.float64))
+        return cls(float(raw["base"]), curves)
+
+    # ------------------------------------------------------------------ lookups
+    def __contains__(self, key: str) -> bool:
+        return key in self.curves
+
+    def require(self, keys: Iterable[str], ranges: Mapping[str, tuple[int, int]] | None = None) -> None:
+        """Raise LutError naming the first key the table lacks (or whose mids do not span `ranges`)."""
+        for k in keys:
+            if k not in self.curves:
+                raise LutError(f"the latency table has no entry for {k!r} (the space needs it: build the table for "
+                               "this space, or use a table of the same skeleton and input size)")
+            if ranges is not None and k in ranges:
+                xs = self.curves[k][0]
+                lo, hi = ranges[k]
+                if len(xs) < 2 and not (len(xs) == 1 and xs[0] == lo == hi):
+                    raise LutError(f"the latency table's entry {k!r} has {len(xs)} measured mid(s); "
+                                   "interpolation needs two")
+                if xs[0] > lo or xs[-1] < hi:
+                    raise LutError(f"the latency table's entry {k!r} covers mids {int(xs[0])}..{int(xs[-1])} but "
+                                   f"the space needs {lo}..{hi}")
+
+    def ms(self, key: str, mid: float) -> float:
+        """Latency of `key` at `mid` channels: exact at a measured mid, else linear between neighbours."""
+        try:
+            xs, ys = self.curves[key]
+        except KeyError:
+            raise LutError(f"the latency table has no entry for {key!r}") from None
+        return float(interp_extrapolate(xs, ys, float(mid)))
+
+    def arrays(self, space: TfnasSpace) -> tuple[np.ndarray, np.ndarray]:
+        """(xs, ys) of shape (blocks, ops, G): each block-op's curve padded to a common length G with
+        points beyond its last mid on its last segment's line (so `interp_jnp` matches `ms` inside and
+        extrapolates above it), for the jitted, differentiable lookup."""
+        curves = [[self.curves[b.key(op)] for op in range(NUM_OPS)] for b in space.blocks()]
+        g = max(len(c[0]) for row in curves for c in row)
+        xs = np.zeros((len(curves), NUM_OPS, g + 1), np.float32)
+        ys = np.zeros_like(xs)
+        for i, row in enumerate(curves):
+            for k, (x, y) in enumerate(row):
+                n = len(x)
+                slope = (y[-1] - y[-2]) / (x[-1] - x[-2]) if n > 1 else 0.0
+                pad = x[-1] + 1.0e6 * np.arange(1, g + 2 - n)
+                xs[i, k] = np.concatenate([x, pad])
+                ys[i, k] = np.concatenate([y, y[-1] + slope * (pad - x[-1])])
+        return xs, ys
+
+    # ------------------------------------------------------------------ networks
+    def arch_latency(self, space: TfnasSpace, arch: TfnasArch) -> float:
+        """base + Σ table[key(block)][mid(block)] of a parsed architecture (the original's get_lookup_latency)."""
+        return self.base + sum(self.ms(b.key(op), mid) for b, op, mid in space.arch_blocks(arch))
+
+
+def interp_extrapolate(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
+    """Piecewise-linear through sorted (xs, ys), linear extrapolation outside; one point: constant."""
+    if len(xs) == 1:
+        return float(ys[0])
+    i = bisect.bisect_left(xs.tolist(), x)
+    if i < len(xs) and xs[i] == x:
+        return float(ys[i])
+    lo = min(max(i - 1, 0), len(xs) - 2)
+    x0, x1, y0, y1 = xs[lo], xs[lo + 1], ys[lo], ys[lo + 1]
+    return float(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
