@@ -94,6 +94,15 @@ def renormalise(arch: dict) -> dict:
     return jax.tree.map(lambda a: jax.nn.log_softmax(a, axis=-1), arch)
 
 
+def arch_update(adam: optax.GradientTransformation, arch: dict, grads: dict, adam_state: Any, lr: float,
+                clip: float) -> tuple[dict, Any]:
+    """PyTorch's clip_grad_norm_(clip) + Adam(lr, L2 decay) step on the arch parameters, then log_softmax
+    renormalisation (the original's `log_alphas.data = F.log_softmax(...)` over every arch parameter)."""
+    grads, _ = _global_clip(grads, clip)
+    updates, adam_state = adam.update(grads, adam_state, arch)
+    return renormalise(jax.tree.map(lambda p, u: p - lr * u, arch, updates)), adam_state
+
+
 def init_arch(space: TfnasSpace) -> dict:
     n = len(space.blocks())
     return {"log_alphas": jax.nn.log_softmax(jnp.zeros((n, NUM_OPS)), axis=-1),
@@ -152,9 +161,7 @@ class Steps:
                 return ce + lat_loss, (ce, lat_loss, lat, jnp.mean(jnp.argmax(logits, -1) == y))
 
             (_, (ce, lat_loss, lat, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(arch)
-            grads, _ = _global_clip(grads, cfg.grad_clip)
-            updates, adam_state = self.adam.update(grads, adam_state, arch)
-            arch = renormalise(jax.tree.map(lambda p, u: p - cfg.a_lr * u, arch, updates))
+            arch, adam_state = arch_update(self.adam, arch, grads, adam_state, cfg.a_lr, cfg.grad_clip)
             return arch, adam_state, {"arch_ce": ce, "lat_loss": lat_loss, "lat": lat, "arch_accuracy": acc}
 
         self.sample = jax.jit(sample)
