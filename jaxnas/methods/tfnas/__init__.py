@@ -48,7 +48,7 @@ METHOD = Method(
     args=TfnasArgs,
     search=_search,
     add_commands=add_commands,
-    requires_target=True,
+    requires_target=False,  # search.target_latency_ms, or search.args.target_fraction (checked by the method)
 )
 
 __all__ = ["METHOD", "SearchError", "TfnasArgs"]

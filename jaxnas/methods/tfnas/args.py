@@ -27,6 +27,9 @@ class TfnasArgs(Section):
     small_input: bool | None = None           # stride-1 first stem
     last_channels: int | None = None          # feature-mix width
     max_depths: tuple[int, ...] | None = None  # keep the first n blocks of each stage (6 numbers)
+    # Target: search.target_latency_ms (ms per batch, on the table's scale), or instead this fraction of the
+    # way from the table's narrowest to its widest network (a machine-independent target for quick runs).
+    target_fraction: float | None = None
     # Latency table (§4.4).
     lookup_table: str | None = None           # a TF-NAS table to use as is: the original's pickle
                                               # (latency_pkl/*.pkl) or a table JSON; else the latency oracle
@@ -87,6 +90,8 @@ class TfnasArgs(Section):
             v = getattr(self, k)
             if v is not None and v < 1:
                 errors.append(f"{k}: must be >= 1 or null, got {v}")
+        if self.target_fraction is not None and not 0 < self.target_fraction < 1:
+            errors.append(f"target_fraction: must be in (0, 1), got {self.target_fraction}")
         if self.width is not None and self.width <= 0:
             errors.append(f"width: must be > 0, got {self.width}")
         if errors:

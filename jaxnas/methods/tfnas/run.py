@@ -85,18 +85,16 @@ def reachable_range(lut: TfnasLut, space: TfnasSpace) -> tuple[float, float]:
 
 
 def search_config(ctx: SearchContext, args: TfnasArgs, target: float):
+    """The loop's SearchConfig: the args of the same name, the batch size and seed defaulting to the config's."""
+    import dataclasses
+
     from jaxnas.methods.tfnas.search import SearchConfig
 
     cfg = ctx.cfg
-    return SearchConfig(
-        epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size or cfg.data.batch_size,
-        target=target, lambda_lat=args.lambda_lat, w_lr=args.w_lr, w_momentum=args.w_momentum,
-        w_weight_decay=args.w_weight_decay, a_lr=args.a_lr, a_beta1=args.a_beta1, a_beta2=args.a_beta2,
-        a_weight_decay=args.a_weight_decay, grad_clip=args.grad_clip, tau=args.tau, tau_decay=args.tau_decay,
-        arch_every=args.arch_every, reset_optimizers=args.reset_optimizers,
-        seed=cfg.train.seed if args.seed is None else args.seed, log_every=args.log_every,
-        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, max_steps=args.max_steps,
-        progress=cfg.train.progress)
+    same = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig) if f.name in TfnasArgs.model_fields}
+    return SearchConfig(**{**same, "batch_size": args.batch_size or cfg.data.batch_size, "target": target,
+                           "seed": cfg.train.seed if args.seed is None else args.seed,
+                           "progress": getattr(cfg.train, "progress", True)})
 
 
 def run_search(ctx: SearchContext, args: TfnasArgs) -> SearchResult:
@@ -105,13 +103,14 @@ def run_search(ctx: SearchContext, args: TfnasArgs) -> SearchResult:
 
     t0 = time.time()
     cfg, workdir, log = ctx.cfg, Path(ctx.workdir), ctx.log
-    target_kind = ctx.target()
-    if target_kind is None or target_kind[0] != "latency_ms":
-        raise SearchError("TF-NAS needs search.target_latency_ms (ms per batch on the table's scale)")
-    target = target_kind[1]
+    given = ctx.target()
+    if (given is None) == (args.target_fraction is None):
+        raise SearchError("TF-NAS needs one target: search.target_latency_ms (ms per batch on the table's scale) "
+                          "or search.args.target_fraction (between the table's narrowest and widest network)")
     space = make_space(args, ctx.dataset)
     lut, table_info = load_lut(ctx, args, space)
     lo, hi = reachable_range(lut, space)
+    target = given[1] if given is not None else lo + args.target_fraction * (hi - lo)
     if not lo <= target <= hi:
         raise SearchError(f"search.target_latency_ms {target:g} is outside what the table reaches for {space.name}: "
                           f"[{lo:.4g}, {hi:.4g}] ms (narrowest to widest network); choose a target inside it")
@@ -135,7 +134,8 @@ def run_search(ctx: SearchContext, args: TfnasArgs) -> SearchResult:
         variables, test_acc = trained.variables, float(trained.metrics["test"]["accuracy"])
         log(f"tfnas: retrained test accuracy {test_acc:.4f}")
     metrics = {
-        "target": {"kind": "latency_ms", "value": target},
+        "target": {"kind": "latency_ms", "value": target,
+                   **({"fraction": args.target_fraction} if args.target_fraction is not None else {})},
         "achieved": {"table_latency_ms": table_ms},
         "table_latency_ms": table_ms,
         "table_error_pct": 100.0 * (table_ms / target - 1.0),

@@ -24,8 +24,8 @@ does.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,11 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnas.io_utils import atomic_write_json
 from jaxnas.latency.spaces import NUM_OPS, TfnasArch, TfnasLut, TfnasSpace
 from jaxnas.methods.tfnas import elastic as E
 from jaxnas.methods.tfnas.supernet import Supernet, interp_jnp
-from jaxnas.train import CheckpointStore, MetricsWriter, Progress, TrainState, cross_entropy, data_position
-from jaxnas.train.progress import format_seconds
+from jaxnas.train import TrainState, cross_entropy, run_loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +120,7 @@ class Steps:
     changes during a search, so each piece compiles once."""
 
     def __init__(self, net: Supernet, cfg: SearchConfig):
-        self.net, self.cfg = net, cfg
+        self.net, self.cfg = net, cfg  # cfg: only the constants in `step_constants` are read
         self.adam = optax.chain(optax.add_decayed_weights(cfg.a_weight_decay),
                                 optax.scale_by_adam(b1=cfg.a_beta1, b2=cfg.a_beta2, eps=1e-8))
 
@@ -147,7 +147,7 @@ class Steps:
             params = jax.tree.map(lambda p, b: p - lr * b, params, buf)
             return params, buf, norm
 
-        def arch_step(params, masks, arch, adam_state, x, y, tau, key, xs, ys, base):
+        def arch_step(params, masks, arch, adam_state, x, y, tau, key, xs, ys, base, target):
             mids = jnp.sum(masks, axis=-1)
 
             def loss_fn(a):
@@ -157,7 +157,7 @@ class Steps:
                 logits = net.mixed_logits(params, masks, x, op_w, depth_w)
                 lat = base + net.stage_latency(op_w, interp_jnp(mids, xs, ys), depth_w)
                 ce = cross_entropy(logits, y)
-                lat_loss = cfg.lambda_lat * jnp.abs(lat / cfg.target - 1.0)
+                lat_loss = cfg.lambda_lat * jnp.abs(lat / target - 1.0)
                 return ce + lat_loss, (ce, lat_loss, lat, jnp.mean(jnp.argmax(logits, -1) == y))
 
             (_, (ce, lat_loss, lat, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(arch)
@@ -181,6 +181,25 @@ class Steps:
         return params, buf, {"loss": loss, "accuracy": correct, "grad_norm": norm}
 
 
+def step_constants(cfg: SearchConfig) -> tuple:
+    """The SearchConfig fields compiled into `Steps` (everything else is a traced argument)."""
+    return (cfg.lambda_lat, cfg.w_momentum, cfg.w_weight_decay, cfg.a_lr, cfg.a_beta1, cfg.a_beta2,
+            cfg.a_weight_decay, cfg.grad_clip)
+
+
+_STEPS: dict[tuple, Steps] = {}
+
+
+def get_steps(space: TfnasSpace, depthwise_impl: str, cfg: SearchConfig) -> Steps:
+    """The compiled steps of a supernet, shared by every search of one process with the same space and
+    optimiser constants (targets, epochs, tau, widths and tables are arguments): repeated searches (several
+    targets, a resumed search, tests) compile once."""
+    key = (space, depthwise_impl, step_constants(cfg))
+    if key not in _STEPS:
+        _STEPS[key] = Steps(Supernet(space, depthwise_impl), cfg)
+    return _STEPS[key]
+
+
 @dataclasses.dataclass
 class SearchOutcome:
     arch: TfnasArch                 # parsed (argmax ops, argmax depth) with the final widths
@@ -202,7 +221,8 @@ def _state(params, arch, masks, buf, adam_state, step, rng) -> TrainState:
 
 def search(space: TfnasSpace, lut: TfnasLut, dataset: Any, cfg: SearchConfig, workdir: str | Path, *,
            depthwise_impl: str = "auto", log: Callable[[str], None] | None = None) -> SearchOutcome:
-    """Runs (or resumes) the search in `workdir` (checkpoints/, metrics.jsonl); returns the parsed result."""
+    """Runs (or resumes) the search in `workdir` (checkpoints/, metrics.jsonl, elastic.json) with the core
+    training loop (`jaxnas.train.run_loop`); returns the parsed result."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     say = log or print
@@ -213,119 +233,73 @@ def search(space: TfnasSpace, lut: TfnasLut, dataset: Any, cfg: SearchConfig, wo
                          f"({dataset.num_examples('holdout')}) splits need at least one batch of "
                          f"{cfg.batch_size}; lower the search batch size or raise data.holdout")
     total = cfg.epochs * spe
-    stop = total if cfg.max_steps is None else min(total, cfg.max_steps)
     lrs = lr_per_epoch(cfg.w_lr, cfg.epochs)
-
-    net = Supernet(space, depthwise_impl)
-    steps = Steps(net, cfg)
+    steps = get_steps(space, depthwise_impl, cfg)
+    net = steps.net
     xs, ys = (jnp.asarray(a) for a in lut.arrays(space))
-    base = jnp.float32(lut.base)
+    base, target = jnp.float32(lut.base), jnp.float32(cfg.target)
+    # Per arch epoch: the elasticity scaling's log, saved as it happens (a resumed run rewrites later epochs).
+    elastic_path = workdir / "elastic.json"
 
     params = net.init(cfg.seed)
     arch = init_arch(space)
-    masks = jnp.asarray(E.initial_masks(space))
-    buf = jax.tree.map(jnp.zeros_like, params)
-    adam_state = steps.adam.init(arch)
-    rng = jax.random.PRNGKey(cfg.seed)
-    state = _state(params, arch, masks, buf, adam_state, 0, rng)
+    state = _state(params, arch, jnp.asarray(E.initial_masks(space)), jax.tree.map(jnp.zeros_like, params),
+                   steps.adam.init(arch), 0, jax.random.PRNGKey(cfg.seed))
 
-    store = CheckpointStore(workdir / "checkpoints", keep=cfg.keep_checkpoints)
-    run_meta = {"batch_size": cfg.batch_size, "steps_per_epoch": spe, "epochs": cfg.epochs, "seed": cfg.seed,
-                "target": cfg.target, "space": space.to_dict()}
-    epochs_log: list[dict[str, Any]] = []
-    elapsed_before = 0.0
-    latest = store.latest_step()
-    if latest is not None:
-        state, meta = store.restore(latest, state)
-        for k, v in run_meta.items():
-            if k in meta and meta[k] != v:
-                store.close()
-                raise ValueError(f"search checkpoint {store.path(latest)} was written with {k}={meta[k]!r}, this "
-                                 f"run has {v!r}; use a fresh workdir")
-        epochs_log = list(meta.get("epochs_log", []))
-        elapsed_before = float(meta.get("elapsed_s", 0.0))
-    params, arch, masks = state.params["net"], state.params["arch"], state.batch_stats["masks"]
-    buf, adam_state, rng = state.opt_state["w"], state.opt_state["a"], state.rng
-    step = int(jax.device_get(state.step))
-    if step:
-        say(f"tfnas: resumed the search at step {step}/{stop} (epoch {step / spe:.2f})")
+    def holdout_batch(epoch: int, step_in_epoch: int):
+        # The original re-creates its arch-val iterator every epoch: a stream reshuffled per epoch.
+        a = step_in_epoch // cfg.arch_every
+        b = next(iter(dataset.batches("holdout", cfg.batch_size, seed=cfg.seed + 7919 * (epoch + 1),
+                                      epoch=a // hold_spe, start_step=a % hold_spe, shuffle=True, augment=False)))
+        return jnp.asarray(b["image"]), jnp.asarray(b["label"])
+
+    def update(state: TrainState, batch, step: int):
+        epoch, i = divmod(step, spe)
+        params, arch, masks = state.params["net"], state.params["arch"], state.batch_stats["masks"]
+        buf, adam_state = state.opt_state["w"], state.opt_state["a"]
+        if i == 0 and cfg.reset_optimizers:  # the original re-creates both optimisers every epoch
+            buf, adam_state = jax.tree.map(jnp.zeros_like, params), steps.adam.init(arch)
+        searching = epoch >= cfg.warmup_epochs
+        lr, tau = lrs[epoch], tau_at(cfg, epoch)
+        params, buf, metrics = steps.weight_step(params, buf, masks, arch, batch["image"], batch["label"],
+                                                 jnp.float32(lr), state.rng, step, searching)
+        metrics = {**metrics, "lr": jnp.float32(lr), "tau": jnp.float32(tau)}
+        if searching and i % cfg.arch_every == 0:
+            key = jax.random.fold_in(jax.random.fold_in(state.rng, step), 2)
+            arch, adam_state, am = steps.arch_step(params, masks, arch, adam_state, *holdout_batch(epoch, i),
+                                                   jnp.float32(tau), key, xs, ys, base, target)
+            metrics.update(am)
+        if searching and i == spe - 1:  # end of an arch epoch: elasticity scaling (before its checkpoint)
+            masks, row = _elastic(space, lut, net, params, arch, masks, cfg.target, epoch, tau)
+            atomic_write_json(elastic_path, {**{k: v for k, v in load_elastic().items() if int(k) < epoch},
+                                             str(epoch): row})
+            say(f"tfnas epoch {epoch}: table latency {row['lat_before']:.4f} -> {row['lat_after']:.4f} ms (target "
+                f"{cfg.target:g}), {len(row['changed'])} widths changed, ops {row['arch']['ops']}")
+        return _state(params, arch, masks, buf, adam_state, step + 1, state.rng), metrics
+
+    def load_elastic() -> dict[str, dict]:
+        return json.loads(elastic_path.read_text()) if elastic_path.is_file() else {}
+
     say(f"tfnas: search {cfg.epochs} epochs x {spe} steps ({cfg.warmup_epochs} warm-up), batch {cfg.batch_size}, "
         f"target {cfg.target:g} ms")
-
-    writer = MetricsWriter(workdir, resume_step=step)
-    progress = Progress(stop, step, enabled=cfg.progress, desc="tfnas-search")
-    t0 = time.perf_counter()
-    elapsed = lambda: elapsed_before + time.perf_counter() - t0  # noqa: E731
-    pending: list[dict[str, Any]] = []
-
-    def save(meta_extra=None):
-        store.save(_state(params, arch, masks, buf, adam_state, step, rng),
-                   {**run_meta, "epochs_log": epochs_log, "elapsed_s": elapsed(), **(meta_extra or {})})
-
-    try:
-        while step < stop:
-            epoch, skip = data_position(step, spe)
-            if skip == 0 and cfg.reset_optimizers:
-                buf = jax.tree.map(jnp.zeros_like, params)
-                adam_state = steps.adam.init(arch)
-            lr = jnp.float32(lrs[epoch])
-            tau = jnp.float32(tau_at(cfg, epoch))
-            searching = epoch >= cfg.warmup_epochs
-            wanted = min(spe - skip, stop - step)
-            arch_done = (skip + cfg.arch_every - 1) // cfg.arch_every  # arch steps already taken this epoch
-            hold = iter(dataset.iterate("holdout", cfg.batch_size, seed=cfg.seed + 7919 * (epoch + 1),
-                                        start_step=arch_done, augment=False, shuffle=True))
-            batches = dataset.batches("train", cfg.batch_size, seed=cfg.seed, epoch=epoch, start_step=skip)
-            for _, batch in zip(range(wanted), batches):
-                x, y = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
-                params, buf, metrics = steps.weight_step(params, buf, masks, arch, x, y, lr, rng, step, searching)
-                if searching and (step - epoch * spe) % cfg.arch_every == 0:
-                    hb = next(hold)
-                    key = jax.random.fold_in(jax.random.fold_in(rng, step), 2)
-                    arch, adam_state, am = steps.arch_step(params, masks, arch, adam_state,
-                                                           jnp.asarray(hb["image"]), jnp.asarray(hb["label"]),
-                                                           tau, key, xs, ys, base)
-                    metrics = {**metrics, **am}
-                step += 1
-                pending.append(metrics)
-                progress.update(step)
-                if step % cfg.log_every == 0 or step == stop:
-                    host = jax.device_get(pending)
-                    keys = set().union(*(m.keys() for m in host))
-                    mean = {k: float(np.mean([m[k] for m in host if k in m])) for k in keys}
-                    row = writer.write({"step": step, "epoch": step / spe, "split": "train", "loss": mean.pop("loss"),
-                                        "accuracy": mean.pop("accuracy"), "lr": float(lr), "tau": float(tau),
-                                        "elapsed_s": elapsed(), **mean})
-                    pending = []
-                    extra = f" arch_ce {row['arch_ce']:.3f} LAT {row['lat']:.4g} ms" if "lat" in row else ""
-                    say(f"tfnas step {step}/{stop} epoch {row['epoch']:.2f} loss {row['loss']:.4f} acc "
-                        f"{row['accuracy']:.3f}{extra} elapsed {format_seconds(row['elapsed_s'])} "
-                        f"ETA {format_seconds(progress.eta_seconds(step))}")
-                if step % spe == 0:
-                    break
-                if step % cfg.checkpoint_every == 0 or step == stop:
-                    save()
-            if step % spe == 0 and step > 0:
-                epoch_end = step // spe - 1
-                if epoch_end >= cfg.warmup_epochs:
-                    masks, row = _elastic(space, lut, net, params, arch, masks, cfg.target, epoch_end,
-                                          tau_at(cfg, epoch_end))
-                    epochs_log.append(row)
-                    say(f"tfnas epoch {epoch_end}: table latency {row['lat_before']:.4f} -> {row['lat_after']:.4f} ms "
-                        f"(target {cfg.target:g}), {len(row['changed'])} widths changed, arch {row['arch']['ops']}")
-                save()
-    finally:
-        progress.close()
-        writer.close()
-        store.close()
-
+    state, rows = run_loop(
+        state, update, dataset, workdir=workdir, batch_size=cfg.batch_size, total_steps=total, seed=cfg.seed,
+        stop_step=cfg.max_steps, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+        keep_checkpoints=cfg.keep_checkpoints, run_meta={"epochs": cfg.epochs, "target": cfg.target,
+                                                         "space": space.to_dict()},
+        strict_meta=("batch_size", "steps_per_epoch", "seed", "epochs", "target", "space"),
+        describe=lambda r: f"arch_ce {r['arch_ce']:.3f} LAT {r['lat']:.4g} ms" if "lat" in r else "",
+        progress=cfg.progress, desc="tfnas-search", log=say)
+    step = int(jax.device_get(state.step))
+    arch = state.params["arch"]
     log_alphas = np.asarray(jax.device_get(arch["log_alphas"]))
     betas = [np.asarray(b) for b in jax.device_get(arch["betas"])]
-    masks_np = np.asarray(jax.device_get(masks))
+    masks_np = np.asarray(jax.device_get(state.batch_stats["masks"]))
     parsed = E.parse_ops(space, log_alphas, betas)
     final = E.to_arch(space, parsed, E.mids_from_masks(masks_np))
-    return SearchOutcome(final, log_alphas, betas, masks_np, jax.device_get(params), step,
-                         lut.arch_latency(space, final), epochs_log, writer.rows)
+    epochs = [v for k, v in sorted(load_elastic().items(), key=lambda kv: int(kv[0])) if (int(k) + 1) * spe <= step]
+    return SearchOutcome(final, log_alphas, betas, masks_np, jax.device_get(state.params["net"]), step,
+                         lut.arch_latency(space, final), epochs, rows)
 
 
 def _elastic(space: TfnasSpace, lut: TfnasLut, net: Supernet, params, arch, masks, target: float, epoch: int,

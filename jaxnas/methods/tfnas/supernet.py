@@ -211,7 +211,8 @@ class Supernet:
         t = jnp.mean(y, axis=(1, 2))
         t = jax.nn.relu(t @ q["se_reduce"]["kernel"] + q["se_reduce"]["bias"])
         y = y * jax.nn.sigmoid(t @ q["se_expand"]["kernel"] + q["se_expand"]["bias"])[:, None, None, :]
-        return batch_norm(self._conv1x1(y, q["proj"]))
+        y = batch_norm(self._conv1x1(y, q["proj"]))
+        return x + y if s.stem_channels == s.second_stem_out else y  # MBInvertedResBlock's residual rule
 
     def _head(self, p: Params, x: jax.Array) -> jax.Array:
         x = O.activation("swish", batch_norm(self._conv1x1(x, p["feature_mix"]["kernel"])))
@@ -288,6 +289,53 @@ class Supernet:
         return total
 
 
+def materialize(space: TfnasSpace, params: Params, masks: Any, arch: Any) -> dict[str, Any]:
+    """Variables of `space.build_spec(arch)` holding the supernet weights of the chosen ops, sliced to their
+    active channels (the original's parsing + state-dict slicing).  BN gets scale 1, bias 0 and unit
+    running statistics: in train mode (batch statistics) the network computes what the supernet's path
+    computes; `arch.mids` must equal the masks' channel counts."""
+    from jaxnas.models import build_model, init_variables
+
+    spec = space.build_spec(arch)
+    variables = init_variables(build_model(spec), 0)
+    out = jax.tree.map(np.asarray, jax.device_get(variables))
+    pr = jax.tree.map(np.asarray, jax.device_get(params))
+    masks = np.asarray(masks)
+    net = out["params"]
+
+    def bn_identity(layer: dict) -> None:
+        layer["bn"] = {"scale": np.ones_like(layer["bn"]["scale"]), "bias": np.zeros_like(layer["bn"]["bias"])}
+
+    net["block0"]["conv0"]["kernel"] = pr["first_stem"]["kernel"]
+    q, b1 = pr["second_stem"], net["block1"]
+    b1["conv0"]["kernel"], b1["conv1"]["kernel"] = q["dw"], q["proj"]
+    b1["se_reduce"] = dict(q["se_reduce"])
+    b1["se_expand"] = dict(q["se_expand"])
+    for i, (b, op, mid) in enumerate(space.arch_blocks(arch), start=2):
+        g, m = op_member(op)
+        idx = np.flatnonzero(masks[b.index, op, :group_mid(b, g)])
+        if idx.size != mid:
+            raise ValueError(f"{b.name}: arch mid {mid} but the mask keeps {idx.size} channels")
+        src = jax.tree.map(lambda a: a[m], pr[f"b{b.index}"][GROUPS[g]])
+        k = OPS[op].kernel
+        o = (KMAX - k) // 2
+        blk = net[f"block{i}"]
+        blk["conv0"]["kernel"] = src["expand"][..., idx]
+        blk["conv1"]["kernel"] = src["dw"][o:o + k, o:o + k][..., idx]
+        blk["conv2"]["kernel"] = src["proj"][:, :, idx, :]
+        if OPS[op].se:
+            blk["se_reduce"] = {"kernel": src["se_reduce"]["kernel"][idx], "bias": src["se_reduce"]["bias"]}
+            blk["se_expand"] = {"kernel": src["se_expand"]["kernel"][:, idx], "bias": src["se_expand"]["bias"][idx]}
+    n = len(spec.blocks) - 1
+    net[f"block{n}"]["conv0"]["kernel"] = pr["feature_mix"]["kernel"]
+    net["head"]["classifier"] = dict(pr["classifier"])
+    for name, blk in net.items():
+        for layer in blk.values():
+            if isinstance(layer, dict) and "bn" in layer:
+                bn_identity(layer)
+    return out
+
+
 def interp_jnp(mids: jax.Array, xs: jax.Array, ys: jax.Array) -> jax.Array:
     """Differentiable table lookup: `mids` (...,) on curves `xs`, `ys` (..., G) from `TfnasLut.arrays`.
 
@@ -301,4 +349,4 @@ def interp_jnp(mids: jax.Array, xs: jax.Array, ys: jax.Array) -> jax.Array:
     return y0 + (y1 - y0) * (mids - x0) / (x1 - x0)
 
 
-__all__ = ["Supernet", "batch_norm", "interp_jnp", "op_member", "kernel_rings", "GROUPS", "GROUP_OPS", "NUM_OPS"]
+__all__ = ["Supernet", "batch_norm", "interp_jnp", "materialize", "op_member", "kernel_rings", "GROUPS", "GROUP_OPS", "NUM_OPS"]
