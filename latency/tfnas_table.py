@@ -10,16 +10,15 @@ Contexts:
 
 * ``alone``: every (key, mid) is one block exported and timed by itself; base = first stem + second
   stem + head (feature mix, pool, classifier) each timed alone (the original's method).
-* ``network``: the same alone grid gives each key's shape in mid; then every key is also timed *in a
-  network*: probes of a reference network R (every block at op k3e6, initial width, full depth), each
-  timed against R in alternating rounds: one stage's first block set to another op, all its later
-  blocks set to another op, or the stage cut to a smaller depth.  Each probe N is one equation
-  ``base + Σ_{b in N} (alone(key_b, mid_b) + δ_key_b) = L_R + Δ_N``; least squares gives base and a
-  per-key in-network offset δ (what timing a block alone adds or misses: the runtime's per-call and
-  layout work at the block's input and output, which do not depend on mid).  Entries are then
-  alone + δ (clipped at 0).  What the probes leave open (how base and the first-block keys of a stage
-  split a common constant: every network holds exactly one first block per stage) is settled by a weak
-  prior δ = 0 without changing any prediction.  The alone grid stays in the table as ``alone:`` entries.
+* ``network``: the same alone grid gives each block's cost by op and mid; then whole networks are timed:
+  a reference network R (every block at op k3e6, initial width, full depth) and probes of it, each timed
+  against R in alternating rounds (one stage's first block set to another op, all its later blocks set
+  to another op, or the stage cut to a smaller depth).  Each network N gives one equation
+  ``L_R + Δ_N = base + scale * Σ_{b in N} alone(b) + offset * |N|``; least squares over all of them gives
+  base, scale and a per-block offset (what timing a block alone adds: the runtime's per-call and layout
+  work at the block's boundaries).  Entries are then scale * alone + offset (clipped at 0; the count is
+  in ``meta.network_fit``).  The alone grid stays in the table as ``alone:`` entries, the probes as
+  ``net:`` entries, so a table can be re-derived without measuring again.
 
 Builds are resumable (the table is saved as entries are measured) and refuse a file measured on another
 setup or for another space.
@@ -308,8 +307,12 @@ def _measure_probes(space: TfnasSpace, be: Any, table: LatencyTable, save: Calla
         pt = measure_paired(be, ref_model, model, shape, warmup=warmup, runs=runs, rounds=rounds)
         for r in pt.reference:
             put_ref(r)
+        # per statistic: the median over rounds of (candidate - reference); under load the minimum of each
+        # round's runs is the steady one (medians of one network swung 2x between rounds here)
+        deltas = {st: float(np.median([getattr(c, st) - getattr(r, st) for c, r in zip(pt.candidate, pt.reference)]))
+                  for st in STATS}
         table.put(key, pt.best, meta={"kind": "probe", "arch": todo[key].to_dict(), "delta_ms": pt.delta_ms,
-                                      "delta_std_ms": pt.delta_std_ms})
+                                      "delta_std_ms": pt.delta_std_ms, "deltas": deltas})
         save()
         if (n + 1) % 10 == 0 or n + 1 == len(pending):
             log("[latency] " + progress_line(n + 1, len(pending), time.perf_counter() - t0, "probes"))
@@ -330,55 +333,72 @@ def _alone(table: LatencyTable, stat: str) -> TfnasLut:
     return TfnasLut(sum(table.ms(f"{ALONE_PREFIX}{p}", stat) for p in BASE_PARTS), out)
 
 
+def _network_rows(space: TfnasSpace, table: LatencyTable, stat: str) -> tuple[np.ndarray, np.ndarray]:
+    """One row per measured network (the reference and every probe): [1, Σ alone(block), n_blocks] -> ms
+    (the reference's median round of `stat` plus the probe's median paired difference in `stat`)."""
+    todo = probes(space)
+    ref_key = next(iter(todo))
+    alone = _alone(table, stat)
+    ref_rounds = ((table.get(ref_key) or {}).get("meta") or {}).get("round_stats") or []
+    ref = float(np.median([r[stat] for r in ref_rounds])) if ref_rounds else table.ms(ref_key, stat)
+    x, y = [], []
+    for name, arch in todo.items():
+        meta = (table.get(name) or {}).get("meta") or {}
+        delta = 0.0 if name == ref_key else float((meta.get("deltas") or {}).get(stat, meta["delta_ms"]))
+        blocks = space.arch_blocks(arch)
+        x.append([1.0, sum(alone.ms(b.key(op), mid) for b, op, mid in blocks), float(len(blocks))])
+        y.append(ref + delta)
+    return np.array(x), np.array(y)
+
+
+def robust_lstsq(x: np.ndarray, y: np.ndarray, rounds: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares, dropping rows more than 3 scaled MADs off the fit (a probe timed in a busy spell) while
+    at least half the rows remain; returns (coefficients, kept mask)."""
+    keep = np.ones(len(y), bool)
+    coef = np.linalg.lstsq(x, y, rcond=None)[0]
+    for _ in range(rounds):
+        res = y - x @ coef
+        mad = 1.4826 * float(np.median(np.abs(res - np.median(res))))
+        new = np.abs(res - np.median(res)) <= 3.0 * mad + 1e-12
+        if new.sum() < max(len(y) // 2, x.shape[1] + 2) or (new == keep).all():
+            break
+        keep = new
+        coef = np.linalg.lstsq(x[keep], y[keep], rcond=None)[0]
+    return coef, keep
+
+
 def _derive(space: TfnasSpace, table: LatencyTable, grid: int, context: str) -> None:
-    """Write the 'base' and '{key}:mid{m}' entries from the alone grid (and, in a network context, the probes)."""
+    """Write the 'base' and '{key}:mid{m}' entries from the alone grid (and, in a network context, the probes).
+
+    Network context: least squares of every measured network on [base, scale, offset]:
+    L = base + scale * Σ alone(block) + offset * n_blocks; entries = scale * alone + offset.  Three numbers
+    from ~70 networks average the probes' noise out (per-key offsets, one probe each, followed the noise of
+    a shared machine: tens of microseconds on blocks of ten)."""
     grids = table_entries(space, grid)
-    keys = list(grids)
-    offsets = {s: {k: 0.0 for k in keys} for s in STATS}
-    base = {s: _alone(table, s).base for s in STATS}
-    spread = {k: 0.0 for k in keys}
+    fit = {s: (_alone(table, s).base, 1.0, 0.0) for s in STATS}
+    info: dict[str, Any] = {}
     if context == "network":
-        todo = probes(space)
-        ref_key = next(iter(todo))
-        col = {k: i + 1 for i, k in enumerate(keys)}  # column 0: base
-        rows, rhs = [], []
-        for name, arch in todo.items():
-            e = table.get(name) or {}
-            delta = 0.0 if name == ref_key else float((e.get("meta") or {})["delta_ms"])
-            count = np.zeros(len(keys) + 1)
-            count[0] = 1.0
-            alone_sum = {s: 0.0 for s in STATS}
-            for b, op, mid in space.arch_blocks(arch):
-                count[col[b.key(op)]] += 1
-            for s in STATS:
-                lut = _alone(table, s)
-                alone_sum[s] = sum(lut.ms(b.key(op), mid) for b, op, mid in space.arch_blocks(arch))
-            rows.append(count)
-            rhs.append([table.ms(ref_key, s) + delta - alone_sum[s] for s in STATS])
-        eps = 1e-4
-        prior_rows = np.eye(len(keys) + 1) * eps
-        prior_rhs = np.zeros((len(keys) + 1, len(STATS)))
-        prior_rhs[0] = [eps * base[s] for s in STATS]  # base prior: the alone parts; offsets prior: 0
-        a = np.vstack([np.array(rows), prior_rows])
-        y = np.vstack([np.array(rhs), prior_rhs])
-        sol, *_ = np.linalg.lstsq(a, y, rcond=None)
-        for i, s in enumerate(STATS):
-            base[s] = float(sol[0, i])
-            for k in keys:
-                offsets[s][k] = float(sol[col[k], i])
-        for k in keys:
-            moved = [float(((table.get(n) or {}).get("meta") or {}).get("delta_std_ms", 0.0))
-                     for n, arch in todo.items() if n != ref_key and any(b.key(op) == k for b, op, _ in space.arch_blocks(arch))]
-            spread[k] = float(np.mean(moved)) if moved else 0.0
-    table.put("base", {**{s: max(base[s], 0.0) for s in STATS}, "std": 0.0, "count": None},
+        for s in STATS:
+            x, y = _network_rows(space, table, s)
+            coef, keep = robust_lstsq(x, y)
+            fit[s] = tuple(float(c) for c in coef)
+            res = (y - x @ coef)[keep]
+            info[s] = {"base_ms": fit[s][0], "scale": fit[s][1], "block_offset_ms": fit[s][2], "networks": len(y),
+                       "used": int(keep.sum()), "rms_residual_ms": float(np.sqrt(np.mean(res ** 2))),
+                       "max_abs_residual_pct": float(np.max(np.abs(res) / y[keep]) * 100)}
+    clipped = 0
+    table.put("base", {**{s: max(fit[s][0], 0.0) for s in STATS}, "std": 0.0, "count": None},
               meta={"kind": "base", "parts": list(BASE_PARTS), "derived": context})
-    for s_key in keys:
-        for m in grids[s_key]:
-            alone = f"{ALONE_PREFIX}{s_key}{MID_SEP}{m}"
-            vals = {s: max(table.ms(alone, s) + offsets[s][s_key], 0.0) for s in STATS}
-            table.put(f"{s_key}{MID_SEP}{m}", {**vals, "std": spread[s_key], "count": None},
-                      meta={"kind": "block", "mid": m, "offset_ms": offsets["median"][s_key], "derived": context})
+    for key, mids in grids.items():
+        for m in mids:
+            alone = f"{ALONE_PREFIX}{key}{MID_SEP}{m}"
+            raw = {s: fit[s][1] * table.ms(alone, s) + fit[s][2] for s in STATS}
+            clipped += raw["median"] < 0
+            table.put(f"{key}{MID_SEP}{m}", {**{s: max(v, 0.0) for s, v in raw.items()}, "std": 0.0, "count": None},
+                      meta={"kind": "block", "mid": m, "derived": context})
     table.meta["channel_grid"] = grids
+    table.meta["network_fit"] = {**info, "clipped_entries": int(clipped)} if context == "network" else None
+    # per statistic: {base_ms, scale, block_offset_ms, networks, used, rms_residual_ms, max_abs_residual_pct}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ SPACE = get_tfnas_space("tfnas-small", resolution=8, in_channels=1, width=0.1, l
 
 
 class FakeBackend:
-    """A runtime whose networks cost base + Σ (alone(block) + offset(key)): blocks alone cost
-    0.001 * mid + 0.02 ms, and each key gets its in-network offset (what timing alone adds or misses)."""
+    """A runtime whose networks cost base + Σ (scale * alone(block) + offset): blocks alone cost
+    0.001 * mid + 0.02 ms; inside a network a block costs 0.9x that minus 0.012 ms (its call overhead)."""
 
     name = "onnxruntime"
 
@@ -31,8 +31,6 @@ class FakeBackend:
         self.base = base
         self.calls = 0
         self.seen = {}
-        keys = SPACE.table_keys()
-        self.offset = {k: -0.005 * (1 + i % 3) for i, k in enumerate(keys)}
 
     def fingerprint(self, batch_size=1):
         return Fingerprint(backend="onnxruntime", runtime="fake-ort 1.0", device="test CPU",
@@ -47,7 +45,7 @@ class FakeBackend:
         total = self.base
         for _, block, shape in tfnas_spec_blocks(spec):
             key, mid = tfnas_block_key_and_mid(block, shape)
-            total += self.alone(mid) + self.offset[key]
+            total += 0.9 * self.alone(mid) - 0.012
         return total
 
     def measure(self, spec, input_shape, *, warmup, runs):
@@ -96,9 +94,13 @@ def test_alone_table(tmp_path, fake):
 
 
 def test_network_table_recovers_in_network_costs(tmp_path, fake):
-    """Probes of a reference network determine every key's in-network offset: the table then predicts
-    every network of the space exactly (the fake runtime is additive), alone it would not."""
+    """Probes of a reference network determine the in-network base, scale and per-block offset: the table
+    then predicts every network of the space exactly (the fake runtime is additive), alone it would not."""
     t = build_tfnas_table(SPACE, fake, tmp_path / "net.json", context="network", rounds=1, progress=False)
+    fit = t.meta["network_fit"]["median"]
+    assert fit["scale"] == pytest.approx(0.9) and fit["block_offset_ms"] == pytest.approx(-0.012)
+    assert fit["base_ms"] == pytest.approx(0.3) and fit["rms_residual_ms"] < 1e-9
+    assert t.meta["network_fit"]["clipped_entries"] == 0
     assert any(k.startswith("net:") for k in t) and any(k.startswith("alone:") for k in t)
     lut = TfnasLut.from_table(t)
     alone = TfnasLut.from_table(build_tfnas_table(SPACE, fake, tmp_path / "alone.json", context="alone", rounds=1,
@@ -168,3 +170,44 @@ def test_latency_predict_command(tmp_path, capsys):
     assert cli.main(["latency", "predict", str(tmp_path / "small.json"), "--table", str(tmp_path / "gpu.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no entry for 'MBInvertedResBlock_32_8_0_16_k3_s2_relu'" in err
+
+
+def _tfnas_json_table(space, path, *, backend="tfnas", device="Titan RTX", batch_size=1, drop=None):
+    from jaxnas.latency import LatencyTable
+    t = LatencyTable.new(Fingerprint(backend=backend, runtime="pytorch 1.1 (TF-NAS)", device=device,
+                                     batch_size=batch_size), meta={"source": "test"})
+    stats = lambda v: {"count": None, "mean": v, "std": None, "median": None, "p10": None, "p90": None}  # noqa: E731
+    t.put("base", stats(1.0))
+    for key, (lo, hi) in space.key_mid_ranges().items():
+        if key != drop:
+            for m in sorted({lo, hi, *range(8, hi + 1, 8)}):
+                t.put(f"{key}:mid{m}", stats(0.01 * m))
+    t.save(path)
+
+
+@pytest.mark.parametrize("case", ["target", "key", "device", "batch"])
+def test_search_command_refuses_bad_inputs_before_training(tmp_path, capsys, case):
+    """`jaxnas search` with a target outside the table, a table lacking a key, a table of another device or
+    batch size: one line `error: ...`, exit 2, nothing trained."""
+    import yaml
+
+    from jaxnas import cli
+    space = get_tfnas_space("tfnas-small", resolution=8, in_channels=1, num_classes=10, width=0.1, last_channels=16,
+                            max_depths=(1, 1, 1, 1, 1, 1))
+    missing = space.blocks()[3].key(5)
+    kw = {"target": {}, "key": {"drop": missing}, "device": {"backend": "onnxruntime", "device": "another CPU"},
+          "batch": {"batch_size": 32}}[case]
+    _tfnas_json_table(space, tmp_path / "table.json", **kw)
+    cfg = {"name": "bad", "data": {"source": "embedded", "image_size": 8, "holdout": 0.25, "limit_train": 200,
+                                   "batch_size": 16},
+           "search": {"method": "tfnas", "target_latency_ms": 100.0 if case == "target" else 2.0,
+                      "args": {"space": "tfnas-small", "width": 0.1, "last_channels": 16,
+                               "max_depths": [1, 1, 1, 1, 1, 1], "lookup_table": str(tmp_path / "table.json")}}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    code = cli.main(["search", str(tmp_path / "bad.yaml"), "--workdir", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    want = {"target": "target_latency_ms 100 is outside what the table reaches", "key": f"no entry for '{missing}'",
+            "device": "measured on another setup", "batch": "per batch of 32"}[case]
+    assert want in err[0]
+    assert not (tmp_path / "run" / "search").exists()

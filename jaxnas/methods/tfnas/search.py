@@ -16,10 +16,11 @@ every epoch unless `reset_optimizers` is off):
 Every choice is a traced array: the weight pass is one compiled program for every sampled path (one op per
 block through `lax.switch`), the arch step one program for every tau, width and table.
 
-Resume: the state (weights, log_alphas, betas, masks, SGD momentum, Adam moments, step, base key) is saved
-with orbax every `checkpoint_every` steps and after each epoch's elasticity scaling; batches, Gumbel
-noise and held-out batches are functions of the step, so a resumed search ends where an uninterrupted one
-does.
+The loop is the core `jaxnas.train.run_loop` with this module's `update_fn`.  Resume: the state (weights,
+log_alphas, betas, masks, SGD momentum, Adam moments, step, base key) is checkpointed every
+`checkpoint_every` steps and at the end; an epoch's elasticity scaling runs inside its last step, before
+that step's checkpoint; batches, Gumbel noise and held-out batches are functions of the step, so a resumed
+search ends where an uninterrupted one does.
 """
 from __future__ import annotations
 
