@@ -39,6 +39,7 @@ from jaxnas.methods.dmcp import DMCPSpace, LatencyModel, materialize_k  # noqa: 
 from jaxnas.methods.dmcp.args import DMCPArgs  # noqa: E402
 from jaxnas.methods.dmcp.run import prepare  # noqa: E402
 from jaxnas.methods.dmcp.search import schedule_steps, search  # noqa: E402
+from jaxnas.model_config import build_spec  # noqa: E402
 from jaxnas.pipeline import run  # noqa: E402
 from jaxnas.trainer import Trainer  # noqa: E402
 
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
         overrides.append(f"search.args.epochs={a.search_epochs}")
     cfg = load_config(a.config, overrides)
     dataset = load_dataset(cfg.dataset_config())
-    supernet = zoo.build_spec(cfg.model, dataset.num_classes, dataset.image_shape)
+    supernet = build_spec(cfg.model, dataset.num_classes, dataset.image_shape)
 
     # --- 1. Layer grid (with the end-to-end supernet latency). -------------------------------------
     args = config_from_dict(cfg.search.args, DMCPArgs, prefix="search.args")

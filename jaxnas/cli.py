@@ -267,6 +267,23 @@ def cmd_latency_predict(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# import-weights
+# ----------------------------------------------------------------------------------------------------
+
+
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    """A torchvision / timm state dict -> a work dir (`jaxnas.weights`)."""
+    from jaxnas.weights import import_weights
+
+    s = import_weights(args.source, args.model, args.out, width=args.width, num_classes=args.num_classes,
+                       resolution=args.resolution, overrides=args.set or ())
+    head = (f"{s['num_classes']} classes" if s["classifier"] == "imported" else
+            f"new {s['num_classes']}-class classifier (the state dict's has {s['source_num_classes']})")
+    return _emit(s, f"{args.out}: {s['layout']} {s['model']} as {s['zoo_model']} ({s['params']:,} params, "
+                    f"{s['tensors']} tensors, {head}) from {s['source']}", args.json)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Parser
 # ----------------------------------------------------------------------------------------------------
 
@@ -391,6 +408,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the table's own; alone for a new one)")
     timing_args(q)
     q.set_defaults(fn=cmd_latency_validate)
+
+    q = sub.add_parser("import-weights", help="a torchvision / timm state dict (.pth / .safetensors) as a work dir")
+    q.add_argument("source", metavar="SOURCE", help="state dict file: .pth / .pt (torch.save) or .safetensors")
+    q.add_argument("--model", required=True, help="torchvision: mobilenet_v2, resnet18, resnet34, resnet50, "
+                   "vgg19_bn; timm: mobilenetv2_100, mobilenetv2_140 (and _035, _050, _075)")
+    q.add_argument("--width", type=positive_float, help="width multiplier of torchvision's mobilenet_v2 (default 1)")
+    q.add_argument("--out", required=True, help="the work dir to write")
+    q.add_argument("--num-classes", type=positive_int, help="a fresh N-class classifier when N differs from the "
+                   "state dict's (default: the state dict's)")
+    q.add_argument("--resolution", type=positive_int, default=224, help="input size in arch.json and config.yaml")
+    q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the written config.yaml")
+    _json_flag(q)
+    q.set_defaults(fn=cmd_import_weights)
 
     # Methods' own sub-commands (jaxnas <method> <tool>), through the contract.
     for method in methods.all_methods():

@@ -5,7 +5,7 @@
     model: {width: 0.5}
     train: {epochs: 20}
 
-Each section is the component's own schema (`jaxnas.data.DataConfig`, `jaxnas.zoo.ModelConfig`,
+Each section is the component's own schema (`jaxnas.data.DataConfig`, `jaxnas.model_config.ModelConfig`,
 `jaxnas.train.OptimConfig` / `ScheduleConfig` / `TrainConfig`, `jaxnas.export.config.ExportConfig`,
 `jaxnas.latency.config.LatencyConfig`, `SearchConfig` below); `search.args` is validated by the chosen
 method's own schema when the search starts (`jaxnas.methods`). Every problem is one line of a single
@@ -36,7 +36,7 @@ from jaxnas.latency.config import LatencyConfig
 from jaxnas import schema as _schema
 from jaxnas.schema import ConfigError, Section, validate
 from jaxnas.train.config import OptimConfig, ScheduleConfig, TrainConfig
-from jaxnas.zoo import ModelConfig
+from jaxnas.model_config import ModelConfig
 
 __all__ = [
     "ConfigError", "ExperimentConfig", "SearchConfig", "load_config", "load_config_dict", "config_from_dict",

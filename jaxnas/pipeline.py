@@ -33,7 +33,7 @@ def resolve_method(cfg: ExperimentConfig) -> tuple[Any, Any]:
         raise methods.SearchError("search.method: none: set a method for `jaxnas search` "
                                   f"({', '.join(methods.names())}), or use `jaxnas train`")
     method = methods.get(cfg.search.method)
-    return method, validate(cfg.search.args, method.args, "search.args")
+    return method, validate(cfg.search.args, method.args_schema(), "search.args")
 
 
 def check_target(cfg: ExperimentConfig, method: Any) -> None:
@@ -68,7 +68,7 @@ class Prepared:
 def prepare(cfg: ExperimentConfig, *, search: bool = False) -> Prepared:
     """Validate the method and its args, load the data and build the spec (writes nothing)."""
     from jaxnas.data import load_dataset
-    from jaxnas.zoo import build_spec
+    from jaxnas.model_config import build_spec
 
     method = args = None
     if search:

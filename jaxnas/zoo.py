@@ -6,13 +6,9 @@ as a supernet for channel pruning: convs whose outputs must agree (residual chai
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Annotated, Callable, Literal
+from typing import Callable
 
-from pydantic import Field
-
-from jaxnas.schema import Section
-from jaxnas.spec import SE, ArchSpec, Block, Conv, Head, Pool, SpecError, Stage, make_divisible, validate
+from jaxnas.spec import SE, ArchSpec, Block, Conv, Head, Pool, SpecError, Stage, make_divisible
 
 MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                  (6, 160, 3, 2), (6, 320, 1, 1))
@@ -273,34 +269,3 @@ def resolve_spec(model_or_path: str, **kw) -> ArchSpec:
         return spec.with_input(kw.get("resolution"), kw.get("num_classes"), kw.get("in_channels"))
     return get_spec(model_or_path, **kw)
 
-
-class ModelConfig(Section):
-    """The model section of the experiment config: a zoo model (name, width, small_input, dropout) or an
-    arch spec JSON (`spec`, which overrides `name`); `num_classes` null takes the data's class count;
-    `depthwise` picks the conv implementation ('auto': the CPU forms on CPU, XLA's grouped conv elsewhere;
-    exports always use plain convs)."""
-
-    section = "model"
-
-    name: str = "mobilenet_v2"
-    spec: str | None = None
-    width: Annotated[float, Field(gt=0)] = 1.0
-    num_classes: Annotated[int, Field(gt=0)] | None = None
-    small_input: bool = True  # stride-1 stem for 28-32 px inputs (MobileNetV2)
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    depthwise: Literal["auto", "shift", "grouped"] = "auto"
-
-
-def build_spec(model: ModelConfig, num_classes: int, image_shape: tuple[int, int, int]) -> ArchSpec:
-    """The model section as a validated spec sized for the data (resolution, channels, classes)."""
-    classes = model.num_classes or num_classes
-    h, w, c = image_shape
-    if model.spec:
-        spec = ArchSpec.load(model.spec).with_input((h, w), classes, c)
-    else:
-        fixed = model.name.startswith("df")  # POP's nets have fixed widths and stems
-        spec = get_spec(model.name, resolution=h, num_classes=classes, width=None if fixed else model.width,
-                        small_input=None if fixed else model.small_input, in_channels=c)
-        if model.dropout != spec.head.dropout and spec.head.pool == "global":
-            spec = spec.replace(head=dataclasses.replace(spec.head, dropout=model.dropout))
-    return validate(spec)

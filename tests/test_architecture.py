@@ -38,7 +38,8 @@ ALLOWED = {
 }
 RUNTIME_LIB_LAYERS = {"export", "latency", "runtime"}
 # The data package reads image folders and tfds datasets with TensorFlow (lazily): a data library there.
-LIB_EXCEPTIONS = {("jaxnas.data", "tensorflow")}
+# The weight importer reads torch.save files with torch.load when torch is installed (lazily; the same).
+LIB_EXCEPTIONS = {("jaxnas.data", "tensorflow"), ("jaxnas.weights", "torch")}
 
 
 def layer(module: str) -> str:

@@ -10,7 +10,6 @@ import yaml
 
 from jaxnas.config import (
     ConfigError,
-    SearchConfig,
     ExperimentConfig,
     apply_overrides,
     config_from_dict,

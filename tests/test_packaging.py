@@ -41,7 +41,8 @@ def test_the_installed_distribution():
     import jaxnas.export
     import jaxnas.latency
 
-    if Path(jaxnas.__file__).resolve().is_relative_to(ROOT):  # the source checkout (editable install)
+    # The source checkout (editable install). Not `is_relative_to(ROOT)`: CI's wheel venv may live under ROOT.
+    if Path(jaxnas.__file__).resolve().parent == ROOT / "jaxnas":
         assert Path(jaxnas.export.__file__).parent == ROOT / "export"
         assert Path(jaxnas.latency.__file__).parent == ROOT / "latency"
         return

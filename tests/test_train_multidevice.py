@@ -20,12 +20,11 @@ SCRIPT = textwrap.dedent(r"""
     os.environ["JAX_PLATFORMS"] = "cpu"
     sys.path.insert(0, TESTS_DIR)
 
-    import dataclasses
     import jax
     import numpy as np
     from jax.sharding import NamedSharding
 
-    from test_train import OPTIM, SCHEDULE, TinyDataset, TinyNet, init_variables, quick_loop
+    from test_train import OPTIM, SCHEDULE, TinyDataset, TinyNet, init_variables, quick_loop, replace_loop
     from jaxnas.train import CheckpointStore, check_batch_size, evaluate, fit, make_mesh
 
     assert len(jax.devices()) == 2, jax.devices()
@@ -36,9 +35,9 @@ SCRIPT = textwrap.dedent(r"""
     tmp = tempfile.mkdtemp()
 
     s1, h1 = fit(model, variables, TinyDataset(), workdir=f"{tmp}/one", mesh=one, optim=OPTIM,
-                 schedule=SCHEDULE, loop=loop)
+                 schedule=SCHEDULE, **loop)
     s2, h2 = fit(model, variables, TinyDataset(), workdir=f"{tmp}/two", mesh=two, optim=OPTIM,
-                 schedule=SCHEDULE, loop=loop)
+                 schedule=SCHEDULE, **loop)
     for leaf in jax.tree.leaves(s2.params):
         assert isinstance(leaf.sharding, NamedSharding) and leaf.sharding.is_fully_replicated
         assert len(leaf.sharding.device_set) == 2
@@ -53,10 +52,10 @@ SCRIPT = textwrap.dedent(r"""
 
     # Resume on 2 devices (sharded checkpoint restore) equals the uninterrupted 2-device run.
     fit(model, variables, TinyDataset(), workdir=f"{tmp}/resume", mesh=two, optim=OPTIM, schedule=SCHEDULE,
-        loop=dataclasses.replace(loop, max_steps=3))
+        **replace_loop(loop, max_steps=3))
     assert CheckpointStore(f"{tmp}/resume/checkpoints").latest_step() == 3
     s3, _ = fit(model, variables, TinyDataset(), workdir=f"{tmp}/resume", mesh=two, optim=OPTIM,
-                schedule=SCHEDULE, loop=loop)
+                schedule=SCHEDULE, **loop)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), s2.params, s3.params)
 
     # Evaluation over 2 devices counts every example.
@@ -73,7 +72,7 @@ SCRIPT = textwrap.dedent(r"""
         raise AssertionError("batch_size=7 on 2 devices was accepted")
     try:
         fit(model, variables, TinyDataset(), workdir=f"{tmp}/bad", mesh=two,
-            loop=dataclasses.replace(loop, batch_size=5))
+            **replace_loop(loop, batch_size=5))
     except ValueError as e:
         assert "batch_size=5" in str(e), e
     else:

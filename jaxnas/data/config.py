@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -46,7 +46,7 @@ class DataConfig(Section):
     section = "data"
     error = DataError
 
-    source: str = "embedded"
+    source: Literal[SOURCES] = "embedded"
     name: str | None = None
     data_dir: str | None = None
     path: str | None = None
@@ -56,7 +56,7 @@ class DataConfig(Section):
     image_key: str = "image"
     label_key: str = "label"
     image_size: PositiveInt | tuple[PositiveInt, PositiveInt] | None = None
-    resize: str = "auto"
+    resize: Literal[RESIZE_METHODS] = "auto"
     channels: int | None = None
     holdout: float | int = 0.1
     test_fraction: float = 0.2
@@ -69,20 +69,6 @@ class DataConfig(Section):
     eval_batch_size: PositiveInt = 500
     limit_train: PositiveInt | None = None
     limit_test: PositiveInt | None = None
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, v: str) -> str:
-        if v not in SOURCES:
-            raise ValueError(f"unknown data source {v!r};{suggest(v, SOURCES)} valid sources: {', '.join(SOURCES)}")
-        return v
-
-    @field_validator("resize")
-    @classmethod
-    def _resize(cls, v: str) -> str:
-        if v not in RESIZE_METHODS:
-            raise ValueError(f"unknown method {v!r};{suggest(v, RESIZE_METHODS)} valid: {', '.join(RESIZE_METHODS)}")
-        return v
 
     @field_validator("channels")
     @classmethod

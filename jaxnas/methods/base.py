@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # types only: the runner passes the objects in
     from jaxnas.trainer import Trainer
 
 __all__ = ["Method", "SearchContext", "SearchResult", "LatencyOracle", "SearchError", "TARGET_KINDS",
-           "CommandResult"]
+           "CommandResult", "lazy_exports"]
 
 # Target kinds a method may accept; the config names them search.target_<kind>.
 TARGET_KINDS = ("macs", "latency_ms")
@@ -119,11 +120,31 @@ class Method:
     name: str
     summary: str
     targets: tuple[str, ...]
-    args: type
+    args: type | str       # the search.args Section, or "module:Class" (imported only when a search runs)
     search: Callable[[SearchContext, Any], SearchResult]
     add_commands: Callable[[argparse._SubParsersAction], None] | None = None
     requires_target: bool = False
 
+    def args_schema(self) -> type:
+        if isinstance(self.args, str):
+            module, _, attr = self.args.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return self.args
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "summary": self.summary, "targets": list(self.targets),
                 "commands": self.add_commands is not None}
+
+
+def lazy_exports(package: str, table: dict[str, tuple[str, ...]]) -> tuple[Callable[[str], Any], list[str]]:
+    """(`__getattr__`, names) for a method package whose names load from `package.<module>` on first use,
+    so importing the package (the registry, `jaxnas --help`) does not import jax, flax or pydantic."""
+    where = {name: module for module, names in table.items() for name in names}
+
+    def __getattr__(name: str) -> Any:
+        module = where.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{module}"), name)
+
+    return __getattr__, sorted(where)

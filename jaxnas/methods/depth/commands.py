@@ -1,5 +1,6 @@
 """`jaxnas depth t-opt` and `jaxnas depth solve`: the two DP stages on the original's CSV tables
-(registered through the method contract's `add_commands`; numpy only)."""
+(registered through the method contract's `add_commands`; the numerics load when a command runs, so
+building the parser for `jaxnas --help` stays light)."""
 from __future__ import annotations
 
 import argparse
@@ -7,16 +8,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-from jaxnas.io_utils import atomic_write_text
-from jaxnas.methods.depth.dp import optimal_time_table, solve
-from jaxnas.methods.depth.tables import (read_ext_importance, read_opt_table, read_time_table,
-                                         write_opt_table)
 
 __all__ = ["add_commands", "t_opt_cli", "solve_cli"]
 
 
 def t_opt_cli(time_csv: str | Path, out_csv: str | Path) -> dict[str, Any]:
     """`jaxnas depth t-opt`: T_opt of a T table (``id,st,end,time,stdev``) written to `out_csv`."""
+    from jaxnas.io_utils import atomic_write_text
+    from jaxnas.methods.depth.dp import optimal_time_table
+    from jaxnas.methods.depth.tables import read_time_table, write_opt_table
+
     T = read_time_table(time_csv)
     opt = optimal_time_table(T)
     atomic_write_text(out_csv, write_opt_table(opt))
@@ -29,6 +30,9 @@ def solve_cli(opt_csv: str | Path, imp_csv: str | Path, time_limit: float, prec:
     """`jaxnas depth solve`: stage 2 on a T_opt CSV and an extended importance CSV
     (``id,st,end,st_act,end_act,imp,breaks``).  With `time_csv` (T) the merge set is re-derived from the
     activations as a check.  Returns act_pos, merge_pos, imp_sum, time_sum, int_time_sum, solve_seconds."""
+    from jaxnas.methods.depth.dp import solve
+    from jaxnas.methods.depth.tables import read_ext_importance, read_opt_table, read_time_table
+
     opt = read_opt_table(opt_csv)
     ext = read_ext_importance(imp_csv)
     if L is None:

@@ -35,8 +35,7 @@ Port decisions (see docs of each module):
 * Running BN statistics during the search follow the max-width pass only; the arch step's BN stats are
   discarded (every sub-network is recalibrated before it is evaluated).
 """
-from jaxnas.methods.base import Method, SearchError
-from jaxnas.methods.dmcp.args import DMCPArgs
+from jaxnas.methods.base import Method, SearchError, lazy_exports
 
 
 def _search(ctx, args):
@@ -49,29 +48,19 @@ METHOD = Method(
     name="dmcp",
     summary="Differentiable Markov channel pruning (CVPR'20): per-layer widths under a MACs or latency target",
     targets=("macs", "latency_ms"),
-    args=DMCPArgs,
+    args="jaxnas.methods.dmcp.args:DMCPArgs",
     search=_search,
     requires_target=True,
 )
 
-_LAZY = {
+_LAZY = {  # module -> names loaded from it on first access
+    "args": ("DMCPArgs",),
     "cost": ("CostModel", "CostTarget", "LatencyModel", "MacsModel", "log_l1"),
     "gates": ("DMCPSpace", "GroupLayout"),
     "run": ("Setup", "prepare", "build_cost", "check_reachable", "reachable_range", "run_search"),
     "sample": ("adjust_to_target", "direct_samples", "expected_architecture", "materialize_k", "recalibrate_bn"),
     "search": ("SearchConfig", "SearchResult"),  # the function `search`: jaxnas.methods.dmcp.search.search
 }
-_LAZY_NAMES = {name: mod for mod, names in _LAZY.items() for name in names}
+__getattr__, _LAZY_NAMES = lazy_exports(__name__, _LAZY)
 
-
-def __getattr__(name: str):
-    # The numerics import jax; `import jaxnas.methods.dmcp` (the registry, --help) stays light.
-    mod = _LAZY_NAMES.get(name)
-    if mod is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"{__name__}.{mod}"), name)
-
-
-__all__ = ["DMCPArgs", "METHOD", "SearchError", *sorted(_LAZY_NAMES)]
+__all__ = ["METHOD", "SearchError", *_LAZY_NAMES]
