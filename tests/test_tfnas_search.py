@@ -83,6 +83,22 @@ def test_mixed_ops_equal_the_concrete_network():
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
 
 
+def test_dw_kernel_is_the_full_size_filter_of_the_op():
+    """The L1 ranking reads each op's full-size depthwise kernel: its channels kept by the mask are the parsed
+    network's depthwise kernel (k3 ops: the centre of the ringed 5x5)."""
+    net = Supernet(SPACE)
+    params = net.init(0)
+    masks = _random_masks(net, np.random.default_rng(2))
+    for ops in ([0, 7, 2, 5, 4, 1, 6], [3, 1, 6, 0, 7, 2, 5]):
+        spec, variables = _concrete(net, params, masks, ops)
+        for i, b in enumerate((net.blocks[0], *net.blocks[2:]), start=2):
+            w = net.dw_kernel(params, b.index, ops[b.index])
+            k = 3 if ops[b.index] in (0, 1, 4, 5) else 5
+            assert w.shape[:2] == (k, k) and w.shape[-1] >= masks[b.index, ops[b.index]].sum()
+            idx = np.flatnonzero(masks[b.index, ops[b.index], :w.shape[-1]])
+            np.testing.assert_array_equal(w[..., idx], variables["params"][f"block{i}"]["conv1"]["kernel"])
+
+
 def test_one_compiled_weight_step_serves_every_path(dataset):
     """Bi-sampling steps over many sampled paths, widths and learning rates: no piece recompiles, and a
     step trains exactly the two sampled ops of each block (the others' weights stay put)."""

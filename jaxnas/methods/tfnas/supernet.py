@@ -174,8 +174,9 @@ class Supernet:
         g, m = op_member(op)
         k = OPS[op].kernel
         o = (KMAX - k) // 2
-        w = params[f"b{b}"][GROUPS[g]]["dw"][m]
-        return np.asarray(jax.device_get(w))[o:o + k, o:o + k]
+        # index on the host: indexing the device array compiles a slice per shape (minutes on a loaded CPU)
+        w = np.asarray(jax.device_get(params[f"b{b}"][GROUPS[g]]["dw"]))[m]
+        return w[o:o + k, o:o + k]
 
     # ------------------------------------------------------------------ layers
     def _conv1x1(self, x, w):
