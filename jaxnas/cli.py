@@ -145,7 +145,8 @@ def _run(args: argparse.Namespace, search: bool) -> int:
 
     cfg = load_config(args.config, args.set or ())
     workdir = _workdir_for(cfg, args.workdir)
-    summary = run(cfg, workdir, search=search, deploy=not args.no_deploy, log=_log(args))
+    summary = run(cfg, workdir, search=search, deploy=not args.no_deploy, log=_log(args),
+                  allow_config_change=args.allow_config_change)
     return _emit(summary, run_summary_text(summary, workdir), args.json)
 
 
@@ -160,7 +161,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from jaxnas.quickstart import run_quickstart
 
-    summary = run_quickstart(args.workdir, epochs=args.epochs, export=not args.no_export, log=_log(args))
+    summary = run_quickstart(args.workdir, epochs=args.epochs, export=not args.no_export, log=_log(args),
+                             allow_config_change=args.allow_config_change)
     return _emit(summary, run_summary_text(summary, Path(args.workdir)), args.json)
 
 
@@ -169,12 +171,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from jaxnas.trainer import Trainer
     from jaxnas.workdir import load_workdir
 
+    from jaxnas.train import weights_source
+
     cfg, spec, variables = load_workdir(args.workdir)
+    source = weights_source(args.workdir)
     test = Trainer(cfg, load_dataset(cfg.dataset_config())).evaluate(spec, variables, "test")
     out = {"workdir": str(args.workdir), "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-           "test_examples": int(test["count"])}
+           "test_examples": int(test["count"]), "weights": source}
     return _emit(out, f"{args.workdir}: test accuracy {out['test_accuracy']:.4f} (loss {out['test_loss']:.4f}, "
-                      f"{out['test_examples']} examples)", args.json)
+                      f"{out['test_examples']} examples); {source['text']}", args.json)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -184,19 +189,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _spec_and_variables(args: argparse.Namespace) -> tuple[Any, Any]:
     """A trained work dir, or a zoo model / spec JSON with --random-init."""
+    return _spec_variables_config(args)[:2]
+
+
+def _spec_variables_config(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(spec, weights, the work dir's config or None): a trained work dir, or a zoo model / spec JSON with
+    --random-init."""
     from jaxnas.workdir import WorkdirError, load_workdir
 
     target = args.target
     if os.path.isdir(target):
-        _, spec, variables = load_workdir(target)
-        return spec, variables
+        cfg, spec, variables = load_workdir(target)
+        return spec, variables, cfg
     if not args.random_init:
         raise WorkdirError(f"{target} is not a work dir; to use an untrained model pass --random-init")
     from jaxnas import models
 
     args.model = target
     spec = _resolve(args)
-    return spec, models.init_variables(models.build_model(spec), 0)
+    return spec, models.init_variables(models.build_model(spec), 0), None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -204,12 +215,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     from jaxnas.deploy import deploy
     from jaxnas.export.config import ExportConfig
 
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    # The flags override the work dir's export section (formats, route, tolerance), else the defaults.
+    given = {k: v for k, v in (("formats", args.format and [f.strip() for f in args.format.split(",") if f.strip()]),
+                                ("route", args.route)) if v is not None}
     try:
-        export_cfg = ExportConfig(formats=formats, route=args.route)
+        export_cfg = ExportConfig(**given)
     except ConfigError as e:
         raise ConfigError([ln.replace("export.formats", "--format") for ln in e.errors]) from None
-    spec, variables = _spec_and_variables(args)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a file; give a directory for the exported files")
+    spec, variables, cfg = _spec_variables_config(args)
+    if cfg is not None:
+        export_cfg = cfg.export.replace(**given)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {args.out}: cannot create it ({e.strerror or e}); choose a writable directory") from None
     result = deploy(spec, variables, export_cfg, None, out_dir=args.out, precision=args.precision,
                     dynamic_batch=args.dynamic_batch)
     out = {fmt: {"path": str(r.path), "max_abs_diff": r.max_abs_diff, "seconds": r.seconds}
@@ -218,10 +239,22 @@ def cmd_export(args: argparse.Namespace) -> int:
                                 for k, v in out.items()), args.json)
 
 
+def _threads(args: argparse.Namespace) -> int:
+    """--threads, checked against the backend: xla and tensorrt cannot honour one, so it is refused there
+    (not ignored); unset, it is 1 (single-stream timing)."""
+    if args.threads is not None:
+        from jaxnas.latency.backends.base import check_thread_count
+        from jaxnas.latency.backends import ALIASES
+
+        name = args.backend.strip().lower()
+        check_thread_count(ALIASES.get(name, name), args.threads, explicit=True)
+    return 1 if args.threads is None else args.threads
+
+
 def _latency_config(args: argparse.Namespace, **extra: Any) -> Any:
     from jaxnas.latency.config import LatencyConfig
 
-    return LatencyConfig(backend=args.backend, threads=args.threads, warmup=args.warmup, runs=args.runs, **extra)
+    return LatencyConfig(backend=args.backend, threads=_threads(args), warmup=args.warmup, runs=args.runs, **extra)
 
 
 def cmd_latency_measure(args: argparse.Namespace) -> int:
@@ -239,7 +272,7 @@ def cmd_latency_measure(args: argparse.Namespace) -> int:
 def cmd_latency_build(args: argparse.Namespace) -> int:
     from jaxnas.latency.builder import build_table
 
-    table = build_table(args.space, args.backend, args.out, threads=args.threads, warmup=args.warmup,
+    table = build_table(args.space, args.backend, args.out, threads=_threads(args), warmup=args.warmup,
                         runs=args.runs, context=args.context, progress=_log(args) or False)
     return _emit({"path": str(args.out), "entries": len(table)}, f"{args.out}: {len(table)} entries", args.json)
 
@@ -247,7 +280,7 @@ def cmd_latency_build(args: argparse.Namespace) -> int:
 def cmd_latency_validate(args: argparse.Namespace) -> int:
     from jaxnas.latency.predictor import validate_space
 
-    report = validate_space(args.space, args.backend, args.samples, table_path=args.table, threads=args.threads,
+    report = validate_space(args.space, args.backend, args.samples, table_path=args.table, threads=_threads(args),
                             seed=args.seed, warmup=args.warmup, runs=args.runs, context=args.context)
     text = json.dumps(report, indent=1, default=str)
     return _emit(report, text, args.json)
@@ -276,7 +309,7 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
     from jaxnas.weights import import_weights
 
     s = import_weights(args.source, args.model, args.out, width=args.width, num_classes=args.num_classes,
-                       resolution=args.resolution, overrides=args.set or ())
+                       resolution=args.resolution, overrides=args.set or (), replace=args.replace)
     head = (f"{s['num_classes']} classes" if s["classifier"] == "imported" else
             f"new {s['num_classes']}-class classifier (the state dict's has {s['source_num_classes']})")
     return _emit(s, f"{args.out}: {s['layout']} {s['model']} as {s['zoo_model']} ({s['params']:,} params, "
@@ -296,10 +329,24 @@ def _json_flag(q: argparse.ArgumentParser) -> None:
     q.add_argument("--json", action="store_true", help="print the machine-readable result")
 
 
+def allow_change_flag(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--allow-config-change", action="store_true",
+                   help="continue a work dir whose stored config differs in what its weights mean "
+                        "(the default refuses it)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one `error: ...` line per problem (no usage block), like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from jaxnas import methods
 
-    p = argparse.ArgumentParser(prog="jaxnas", description="Hardware-aware CNN search and pruning in JAX/Flax.")
+    p = Parser(prog="jaxnas", description="Hardware-aware CNN search and pruning in JAX/Flax.")
     p.add_argument("--verbose", action="store_true", help="show third-party logging (TensorFlow, absl, XLA)")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -318,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
         q.add_argument("--no-deploy", action="store_true", help="skip export and latency measurement")
         q.add_argument("--quiet", action="store_true", help="no progress lines, only the closing summary")
+        allow_change_flag(q)
         _json_flag(q)
 
     q = sub.add_parser("info", help="MACs, params and a per-block table of a zoo model or spec JSON")
@@ -348,15 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--epochs", type=positive_float, help="override the number of epochs")
     q.add_argument("--no-export", action="store_true", help="skip export and latency measurement")
     q.add_argument("--quiet", action="store_true", help="no progress lines, only the closing summary")
+    allow_change_flag(q)
     _json_flag(q)
     q.set_defaults(fn=cmd_quickstart)
 
     q = sub.add_parser("export", help="export a work dir or a model to ONNX / TFLite / TensorRT with parity checks")
     q.add_argument("target", metavar="WORKDIR_OR_MODEL")
     model_args(q, random_init=True)
-    q.add_argument("--format", default="onnx,tflite", help="comma list of onnx, tflite, tensorrt")
+    q.add_argument("--format", help="comma list of onnx, tflite, tensorrt (default: a work dir's export.formats, "
+                   "else onnx,tflite)")
     q.add_argument("--out", required=True)
-    q.add_argument("--route", default="jax2onnx", choices=("jax2onnx", "tflite"))
+    q.add_argument("--route", choices=("jax2onnx", "tflite"), help="default: a work dir's export.route, else jax2onnx")
     q.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     q.add_argument("--dynamic-batch", action="store_true")
     _json_flag(q)
@@ -367,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def timing_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--backend", default="onnxruntime")
-        q.add_argument("--threads", type=positive_int, default=1)
+        q.add_argument("--threads", type=positive_int, default=None,
+                       help="runtime threads (default 1; onnxruntime and tflite only)")
         q.add_argument("--warmup", type=non_negative_int, default=20)
         q.add_argument("--runs", type=positive_int, default=100)
         _json_flag(q)
@@ -419,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "state dict's (default: the state dict's)")
     q.add_argument("--resolution", type=positive_int, default=224, help="input size in arch.json and config.yaml")
     q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the written config.yaml")
+    q.add_argument("--replace", action="store_true", help="replace an earlier import in --out made from another "
+                   "file or with another config (the default refuses it)")
     _json_flag(q)
     q.set_defaults(fn=cmd_import_weights)
 
@@ -463,6 +516,8 @@ def quiet_third_party(verbose: bool) -> None:
     for name in ("absl", "tensorflow", "jax", "jax2onnx", "onnx", "orbax", "tf2onnx", "h5py"):
         # A filter, not a level: absl resets its logger's level when it is imported later.
         logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.ERROR)
+    # urllib3 logs from child loggers (urllib3.connectionpool), which a parent's filter does not see.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

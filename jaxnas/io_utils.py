@@ -6,6 +6,7 @@ and jq refuse them).
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -24,9 +25,22 @@ _FILE_MODE = 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file renamed into place. An OSError names `path` (the
+    file the user asked for), not the temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory; give a file path", str(path))
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"cannot write it: {parent} is a file, not a directory",
+                                         str(path))
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot write it ({e.strerror or e})", str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -34,9 +48,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise type(e)(e.errno, f"cannot write it ({e.strerror or e})", str(path)) from None
         raise
     return path
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from jaxnas.schema import Section
 from jaxnas.spec import ArchSpec, validate
@@ -15,7 +15,8 @@ __all__ = ["ModelConfig", "build_spec"]
 
 class ModelConfig(Section):
     """The model section of the experiment config: a zoo model (name, width, small_input, dropout) or an
-    arch spec JSON (`spec`, which overrides `name`); `num_classes` null takes the data's class count;
+    arch spec JSON (`spec`: the whole network; name, width, small_input and dropout set beside it
+    are refused); `num_classes` null takes the data's class count;
     `depthwise` picks the conv implementation ('auto': the CPU forms on CPU, XLA's grouped conv elsewhere;
     exports always use plain convs)."""
 
@@ -28,6 +29,15 @@ class ModelConfig(Section):
     small_input: bool = True  # stride-1 stem for 28-32 px inputs (MobileNetV2)
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     depthwise: Literal["auto", "shift", "grouped"] = "auto"
+
+    @model_validator(mode="after")
+    def _no_ignored_keys(self) -> "ModelConfig":
+        if self.spec is not None:
+            errs = self.ignored(("name", "width", "small_input", "dropout"), "model.spec gives the whole network",
+                                "remove it (or remove spec to build a zoo model)")
+            if errs:
+                raise ValueError("\n".join(errs))
+        return self
 
 
 def build_spec(model: ModelConfig, num_classes: int, image_shape: tuple[int, int, int]) -> ArchSpec:

@@ -30,8 +30,9 @@ def quickstart_config(epochs: float | None = None) -> ExperimentConfig:
 
 
 def run_quickstart(workdir: str | Path = "runs/quickstart", *, epochs: float | None = None,
-                   export: bool = True, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+                   export: bool = True, log: Callable[[str], None] | None = print,
+                   allow_config_change: bool = False) -> dict[str, Any]:
     """The main job through the one pipeline: train, evaluate, export (ONNX + TFLite), measure."""
     from jaxnas.pipeline import run
 
-    return run(quickstart_config(epochs), workdir, deploy=export, log=log)
+    return run(quickstart_config(epochs), workdir, deploy=export, log=log, allow_config_change=allow_config_change)

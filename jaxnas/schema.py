@@ -18,6 +18,7 @@ with "did you mean" suggestions across sections) is the formatting below.
 from __future__ import annotations
 
 import difflib
+import json
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -87,6 +88,13 @@ class Section(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts, lists and scalars (JSON and YAML serialisable)."""
         return self.model_dump(mode="json")
+
+    def ignored(self, keys: Sequence[str], because: str, fix: str) -> list[str]:
+        """One error line per key of `keys` set away from its default although `because` makes this section
+        ignore it (every accepted key does something, or is refused); for a `model_validator`."""
+        fields = type(self).model_fields
+        return [f"{k}: {because}, so {k}: {json.dumps(getattr(self, k))} would be ignored; {fix}"
+                for k in keys if getattr(self, k) != fields[k].default]
 
 
 def validate(data: Any, schema: type[S], prefix: str = "") -> S:

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from jaxnas.errors import UserError
 
 ACTIVATIONS = ("relu", "relu6", "identity", "swish", "hswish", "sigmoid")
+SE_GATES = ("sigmoid", "hsigmoid")
+HEAD_POOLS = ("global", "adaptive7")
 BLOCK_KINDS = ("conv", "vgg", "mbconv", "basic", "bottleneck", "merged", "maxpool", "avgpool", "choice")
 SCHEMA_VERSION = 1
+MAX_SPEC_BYTES = 16 << 20  # a spec is a few KB; refuse anything that cannot be one before reading it
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -41,10 +45,10 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    a, b = v
-    return (int(a), int(b))
+    # No coercion: a value that is not an int (or a pair of them) stays as given, for `validate` to name.
+    if isinstance(v, (list, tuple)):
+        return tuple(v)  # type: ignore[return-value]
+    return (v, v)
 
 
 @dataclass(frozen=True)
@@ -71,9 +75,11 @@ class Conv:
         object.__setattr__(self, "kernel", _pair(self.kernel))
         if self.padding is not None:
             p = self.padding
-            if isinstance(p, int):
+            if _is_int(p):
                 p = ((p, p), (p, p))
-            object.__setattr__(self, "padding", (_pair(p[0]), _pair(p[1])))
+            if isinstance(p, (list, tuple)) and len(p) == 2:
+                p = (_pair(p[0]), _pair(p[1]))
+            object.__setattr__(self, "padding", p)
 
     @property
     def pads(self) -> Padding:
@@ -207,8 +213,14 @@ class ArchSpec:
         import pathlib
         p = pathlib.Path(path)
         if not p.is_file():
-            raise SpecError(f"arch spec file {p} not found; pass a model name or an arch.json path")
-        return ArchSpec.from_json(p.read_text())
+            what = "is a directory" if p.is_dir() else "not found"
+            raise SpecError(f"arch spec file {p} {what}; pass a model name or an arch.json path")
+        if p.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"{p}: {p.stat().st_size} bytes is not an arch spec (the limit is {MAX_SPEC_BYTES})")
+        try:
+            return ArchSpec.from_json(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise SpecError(f"{p} is not a JSON text file ({e.reason}); pass an arch.json") from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -242,22 +254,44 @@ def _tuplify(v):
     return v
 
 
-def _known(cls, d: dict, where: str) -> dict:
+def _show(v: Any) -> str:
+    """A value as the JSON the user wrote (true, not True)."""
+    try:
+        return json.dumps(v)
+    except (TypeError, ValueError):
+        return repr(v)
+
+
+def _kind(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(v), _show(v))
+
+
+def _known(cls, d: Any, where: str) -> dict:
+    """`d` as the keyword arguments of `cls`: an object with known fields and the required ones present."""
     if not isinstance(d, dict):
-        raise SpecError(f"{where}: expected an object, got {type(d).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
+        raise SpecError(f"{where}: expected an object, got {_kind(d)}")
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
     unknown = sorted(set(d) - names)
     if unknown:
         import difflib
         hint = difflib.get_close_matches(unknown[0], names, n=1)
-        raise SpecError(f"{where}: unknown field '{unknown[0]}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+        raise SpecError(f"{where}.{unknown[0]}: unknown field" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+    for f in fields:
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in d:
+            raise SpecError(f"{where}: missing field '{f.name}'")
     return d
+
+
+def _list(v: Any, where: str) -> list:
+    if not isinstance(v, list):
+        raise SpecError(f"{where}: expected a list, got {_kind(v)}")
+    return v
 
 
 def _conv_from(d: dict, where: str) -> Conv:
     d = dict(_known(Conv, d, where))
-    if "out" not in d:
-        raise SpecError(f"{where}: conv needs 'out' channels")
     for k in ("kernel", "padding"):
         if k in d and d[k] is not None:
             d[k] = _tuplify(d[k])
@@ -266,9 +300,8 @@ def _conv_from(d: dict, where: str) -> Conv:
 
 def _block_from(d: dict, where: str) -> Block:
     d = dict(_known(Block, d, where))
-    if "kind" not in d:
-        raise SpecError(f"{where}: block needs a 'kind' (one of {', '.join(BLOCK_KINDS)})")
-    d["layers"] = tuple(_conv_from(c, f"{where}.layers[{j}]") for j, c in enumerate(d.get("layers", ())))
+    d["layers"] = tuple(_conv_from(c, f"{where}.layers[{j}]")
+                        for j, c in enumerate(_list(d.get("layers", []), f"{where}.layers")))
     sc = d.get("shortcut")
     if isinstance(sc, dict):
         d["shortcut"] = _conv_from(sc, f"{where}.shortcut")
@@ -277,27 +310,147 @@ def _block_from(d: dict, where: str) -> Block:
     if d.get("pool") is not None:
         d["pool"] = Pool(**_known(Pool, d["pool"], f"{where}.pool"))
     d["candidates"] = tuple(_block_from(c, f"{where}.candidates[{j}]")
-                            for j, c in enumerate(d.get("candidates", ())))
+                            for j, c in enumerate(_list(d.get("candidates", []), f"{where}.candidates")))
     return Block(**d)
 
 
-def from_dict(data: dict) -> ArchSpec:
+def from_dict(data: Any) -> ArchSpec:
+    """An `ArchSpec` from its JSON object; every field's type and range is checked (`validate`), and an
+    error names the field's path (``blocks[3].layers[0].out: must be an integer >= 1, got true``)."""
+    if not isinstance(data, dict):
+        raise SpecError(f"arch spec: the top level must be a JSON object with 'name' and 'blocks', got {_kind(data)}")
     data = dict(data)
     version = data.pop("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
-        raise SpecError(f"arch spec schema_version {version} is not supported (this jaxnas reads {SCHEMA_VERSION})")
+        raise SpecError(f"arch spec schema_version {_show(version)} is not supported (this jaxnas reads "
+                        f"{SCHEMA_VERSION})")
     data = _known(ArchSpec, data, "spec")
-    if "blocks" not in data or "name" not in data:
-        raise SpecError("spec: needs 'name' and 'blocks'")
-    blocks = tuple(_block_from(b, f"blocks[{i}]") for i, b in enumerate(data["blocks"]))
+    blocks = tuple(_block_from(b, f"blocks[{i}]") for i, b in enumerate(_list(data["blocks"], "blocks")))
     head = Head(**{k: _tuplify(v) for k, v in _known(Head, data.get("head", {}), "head").items()})
-    stages = tuple(Stage(**_known(Stage, s, f"stages[{i}]")) for i, s in enumerate(data.get("stages", ())))
+    stages = tuple(Stage(**_known(Stage, s, f"stages[{i}]"))
+                   for i, s in enumerate(_list(data.get("stages", []), "stages")))
     meta = data.get("meta", {}) or {}
+    if not isinstance(meta, dict):
+        raise SpecError(f"meta: expected an object, got {_kind(meta)}")
     spec = ArchSpec(name=data["name"], blocks=blocks, head=head,
                     input_size=_tuplify(data.get("input_size", (224, 224))),
                     in_channels=data.get("in_channels", 3), stages=stages,
                     meta=tuple(sorted((k, _tuplify(v)) for k, v in meta.items())))
     validate(spec)
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------------
+# Field types: every number a network is built from is an integer in range (not a bool, not 8.5).
+# ----------------------------------------------------------------------------------------------------
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _int(v: Any, where: str, lo: int = 1) -> None:
+    if not _is_int(v) or v < lo:
+        raise SpecError(f"{where}: must be an integer >= {lo}, got {_show(v)}")
+
+
+def _int_pair(v: Any, where: str, lo: int = 1) -> None:
+    if not (isinstance(v, tuple) and len(v) == 2):
+        raise SpecError(f"{where}: must be an integer >= {lo} or a pair of them, got {_show(v)}")
+    for k, x in enumerate(v):
+        _int(x, f"{where}[{k}]", lo)
+
+
+def _choice(v: Any, where: str, choices: Sequence[str], what: str) -> None:
+    if not isinstance(v, str) or v not in choices:
+        raise SpecError(f"{where}: unknown {what} {_show(v)} (one of {', '.join(choices)})")
+
+
+def _flag(v: Any, where: str) -> None:
+    if not isinstance(v, bool):
+        raise SpecError(f"{where}: must be true or false, got {_show(v)}")
+
+
+def _opt_str(v: Any, where: str) -> None:
+    if v is not None and not isinstance(v, str):
+        raise SpecError(f"{where}: must be a string or null, got {_show(v)}")
+
+
+def _check_conv(c: Any, where: str) -> None:
+    if not isinstance(c, Conv):
+        raise SpecError(f"{where}: expected a conv, got {_show(c)}")
+    _int(c.out, f"{where}.out")
+    _int_pair(c.kernel, f"{where}.kernel")
+    _int(c.stride, f"{where}.stride")
+    if c.padding is not None:
+        p = c.padding
+        if not (isinstance(p, tuple) and len(p) == 2):
+            raise SpecError(f"{where}.padding: must be null, an integer >= 0 or [[top, bottom], [left, right]], "
+                            f"got {_show(p)}")
+        for k, side in enumerate(p):
+            _int_pair(side, f"{where}.padding[{k}]", 0)
+    for name in ("depthwise", "norm", "bias"):
+        _flag(getattr(c, name), f"{where}.{name}")
+    _choice(c.act, f"{where}.act", ACTIVATIONS, "activation")
+    _opt_str(c.width, f"{where}.width")
+    _opt_str(c.act_slot, f"{where}.act_slot")
+
+
+def _check_block(b: Any, where: str) -> None:
+    if not isinstance(b, Block):
+        raise SpecError(f"{where}: expected a block, got {_show(b)}")
+    _choice(b.kind, f"{where}.kind", BLOCK_KINDS, "block kind")
+    if not isinstance(b.layers, tuple):
+        raise SpecError(f"{where}.layers: expected a list of convs, got {_show(b.layers)}")
+    for j, c in enumerate(b.layers):
+        _check_conv(c, f"{where}.layers[{j}]")
+    if isinstance(b.shortcut, Conv):
+        _check_conv(b.shortcut, f"{where}.shortcut")
+    elif b.shortcut not in (None, "identity"):
+        raise SpecError(f"{where}.shortcut: must be null, \"identity\" or a conv, got {_show(b.shortcut)}")
+    if b.se is not None:
+        if not isinstance(b.se, SE):
+            raise SpecError(f"{where}.se: expected an object, got {_show(b.se)}")
+        _int(b.se.channels, f"{where}.se.channels")
+        _int(b.se.after, f"{where}.se.after", 0)
+        _choice(b.se.act, f"{where}.se.act", ACTIVATIONS, "activation")
+        _choice(b.se.gate, f"{where}.se.gate", SE_GATES, "gate")
+    _choice(b.post_act, f"{where}.post_act", ACTIVATIONS, "activation")
+    if b.pool is not None:
+        if not isinstance(b.pool, Pool):
+            raise SpecError(f"{where}.pool: expected an object, got {_show(b.pool)}")
+        _int(b.pool.kernel, f"{where}.pool.kernel")
+        _int(b.pool.stride, f"{where}.pool.stride")
+        _int(b.pool.padding, f"{where}.pool.padding", 0)
+    _flag(b.crop_shortcut, f"{where}.crop_shortcut")
+    _opt_str(b.name, f"{where}.name")
+    for j, c in enumerate(b.candidates):
+        _check_block(c, f"{where}.candidates[{j}]")
+
+
+def check_fields(spec: ArchSpec) -> ArchSpec:
+    """Every field of `spec` has its type and range (raises SpecError naming the field's path)."""
+    if not isinstance(spec.name, str) or not spec.name:
+        raise SpecError(f"name: must be a non-empty string, got {_show(spec.name)}")
+    _int_pair(spec.input_size, "input_size")
+    _int(spec.in_channels, "in_channels")
+    if not isinstance(spec.blocks, tuple) or not spec.blocks:
+        raise SpecError("blocks: a spec needs at least one block")
+    for i, b in enumerate(spec.blocks):
+        _check_block(b, f"blocks[{i}]")
+    h = spec.head
+    _int(h.num_classes, "head.num_classes", 0)
+    _choice(h.pool, "head.pool", HEAD_POOLS, "pool")
+    if not isinstance(h.hidden, tuple):
+        raise SpecError(f"head.hidden: must be a list of integers >= 1, got {_show(h.hidden)}")
+    for k, width in enumerate(h.hidden):
+        _int(width, f"head.hidden[{k}]")
+    if isinstance(h.dropout, bool) or not isinstance(h.dropout, numbers.Real) or not 0 <= h.dropout < 1:
+        raise SpecError(f"head.dropout: must be a number in [0, 1), got {_show(h.dropout)}")
+    for i, st in enumerate(spec.stages):
+        if not isinstance(st.name, str):
+            raise SpecError(f"stages[{i}].name: must be a string, got {_show(st.name)}")
+        _int(st.start, f"stages[{i}].start", 0)
+        _int(st.end, f"stages[{i}].end", 0)
     return spec
 
 
@@ -428,7 +581,7 @@ def head_cost(head: Head, in_shape: tuple[int, int, int]) -> LayerCost:
     if head.num_classes == 0:
         return LayerCost("head", in_shape, in_shape, 0, 0)
     feat = in_shape[2] * (49 if head.pool == "adaptive7" else 1)
-    if head.pool not in ("global", "adaptive7"):
+    if head.pool not in HEAD_POOLS:
         raise SpecError(f"head: unknown pool '{head.pool}' (global or adaptive7)")
     macs = params = 0
     for width in (*head.hidden, head.num_classes):
@@ -470,8 +623,10 @@ def analyze(spec: ArchSpec) -> SpecCost:
 
 
 def validate(spec: ArchSpec) -> ArchSpec:
+    """Field types and ranges (`check_fields`), then shapes and costs (`analyze`); raises SpecError."""
     if not spec.blocks:
         raise SpecError("spec has no blocks")
+    check_fields(spec)
     analyze(spec)
     return spec
 

@@ -46,10 +46,7 @@ def resolve_backend(backend: BackendLike, threads: int = 1) -> LatencyBackend:
     """A backend instance from a registry name (threads only where the runtime takes them) or as given."""
     if not isinstance(backend, str):
         return backend
-    try:
-        return get_backend(backend, threads=threads)
-    except TypeError:  # tensorrt / xla take no thread count
-        return get_backend(backend)
+    return get_backend(backend, threads=threads)  # xla / tensorrt refuse a count they cannot honour
 
 
 def _variables(spec: ArchSpec, seed: int = 0) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from jaxnas.schema import Section
 
@@ -23,3 +23,11 @@ class LatencyConfig(Section):
     warmup: Annotated[int, Field(ge=0)] = 20
     runs: PositiveInt = 100
     table: str | None = None
+
+    @model_validator(mode="after")
+    def _threads_where_honoured(self) -> "LatencyConfig":
+        key = self.backend.strip().lower()
+        if self.threads != 1 and key in ("xla", "jax", "tensorrt", "trt"):
+            raise ValueError(f"threads: the {key} backend takes no thread count (it runs on its own pool or on "
+                             "the GPU); remove latency.threads, or time on onnxruntime or tflite")
+        return self

@@ -60,7 +60,7 @@ def input_shape(spec, batch_size: int = 1) -> tuple[int, int, int, int]:
 
 
 def _backend(name: str, threads: int):
-    return get_backend(name) if name in ("tensorrt", "trt") else get_backend(name, threads=threads)
+    return get_backend(name, threads=threads)  # xla / tensorrt refuse a count they cannot honour
 
 
 def _is_tflite(backend: str) -> bool:
@@ -94,7 +94,7 @@ def measure_spec(spec, variables, backend: str = "onnxruntime", *, threads: int 
 
         from jaxnas import models
         model = models.build_model(spec)
-        be = get_backend("xla")
+        be = get_backend("xla", threads=threads)
         fn = jax.jit(lambda x: model.apply(variables, x))
         stats = be.measure(fn, input_shape(spec, batch_size), warmup=warmup, runs=runs)
         return Measurement(stats, be.fingerprint(batch_size).to_dict(), batch_size)

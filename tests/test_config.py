@@ -52,7 +52,7 @@ def test_defaults_round_trip():
 def test_dict_config_dict_round_trip_nondefault():
     d = config_to_dict(ExperimentConfig())
     d["name"] = "rt"
-    d["model"].update(width=0.75, spec="specs/a.json", depthwise="shift")
+    d["model"].update(width=0.75, depthwise="shift")  # (a spec beside width is refused: width would be ignored)
     d["optim"].update(name="adamw", grad_clip=1.0)
     d["train"]["distill"] = {"teacher": "runs/teacher", "weight": 0.5, "temperature": 4.0}
     d["export"]["formats"] = ["onnx"]
@@ -92,6 +92,7 @@ def test_overrides_nested_types(tmp_path):
         "model.num_classes=null",            # null
         "data.image_size=null",
         "train.distill.temperature=2",       # int -> float, 3 levels deep
+        "train.distill.teacher=runs/t", "train.distill.weight=0.5",
         "train.epochs=1",                    # overrides the file
         "search.args.steps=100",             # into a dict-typed field
         "search.args.sub.k=[1, 2]",          # creates nested mappings in a dict field
@@ -336,7 +337,7 @@ def test_base_errors(tmp_path):
 def test_save_resolved_config_round_trip(tmp_path):
     cfg = config_from_dict({
         "name": "yes",                    # a string YAML 1.1 would read as bool
-        "data": {"name": "1e3"},          # a string YAML 1.2 would read as float
+        "data": {"source": "tfds", "name": "1e3"},  # a string YAML 1.2 would read as float
         "optim": {"weight_decay": 5e-5, "grad_clip": 2},
         "export": {"formats": ["onnx"]},
         "search": {"method": "dmcp", "target_macs": 3e8, "args": {"x": [1, 2], "y": None}},

@@ -132,7 +132,8 @@ def test_config_sections_defaults_and_validation():
     assert s.name == "cosine"
     assert (t.epochs, t.seed, t.label_smoothing, t.log_every, t.checkpoint_every, t.keep_checkpoints,
             t.eval_every_epochs, t.progress, t.max_steps) == (10, 0, 0, 50, 500, 2, 1, True, None)
-    assert TrainConfig(epochs=2.5, distill={"temperature": 2.0}).distill == DistillConfig(temperature=2.0)
+    kd = {"teacher": "runs/t", "weight": 0.5, "temperature": 2.0}
+    assert TrainConfig(epochs=2.5, distill=kd).distill == DistillConfig(**kd)
     # The sections are the experiment config's own: the same class, validated the same way.
     from jaxnas.config import ExperimentConfig, ConfigError
     assert type(ExperimentConfig().optim) is OptimConfig and type(ExperimentConfig().train) is TrainConfig

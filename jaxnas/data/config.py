@@ -113,6 +113,31 @@ class DataConfig(Section):
             errs.append("path: the npz source needs path: /path/to/arrays.npz")
         if self.source == "image_folder" and not (self.path or self.data_dir):
             errs.append("path: the image_folder source needs path: /root/with/<class>/*.png")
+        errs += self._unused_keys()
         if errs:
             raise ValueError("\n".join(errs))
         return self
+
+    def _unused_keys(self) -> list[str]:
+        """Keys the chosen source would silently ignore are refused (every accepted key does something)."""
+        src, errs = self.source, []
+        if self.name is not None and src != "tfds":
+            if src in ("embedded", "fashion_mnist_idx"):
+                if self.name != "fashion_mnist":
+                    errs.append(f"name: the {src} source is Fashion-MNIST (name: fashion_mnist or null), got "
+                                f"{self.name!r}; for another dataset use source: tfds")
+            else:
+                errs.append(f"name: the {src} source reads data.path and takes no dataset name; remove data.name "
+                            "(or use source: tfds)")
+        if self.download and src != "tfds":
+            errs.append(f"download: only the tfds source downloads; remove data.download for source {src}")
+        for key in ("image_key", "label_key"):
+            if getattr(self, key) != type(self).model_fields[key].default and src != "tfds":
+                errs.append(f"{key}: only the tfds source has feature keys; remove data.{key} for source {src}")
+        if src == "embedded" and (self.path or self.data_dir):
+            errs.append("path: the embedded source is packaged with jaxnas and reads no path; remove "
+                        "data.path / data.data_dir, or set source: npz, image_folder or fashion_mnist_idx")
+        if src == "tfds" and self.path:
+            errs.append("path: the tfds source reads data.data_dir (its tfds data_dir); rename data.path to "
+                        "data.data_dir")
+        return errs

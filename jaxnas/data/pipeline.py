@@ -7,6 +7,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from jaxnas.resources import check_fits_memory
+
 from .config import DataConfig
 from .errors import DataError, suggest
 from .sources import RawData, as_labels, as_uint8_images, load_raw
@@ -107,6 +109,13 @@ class Dataset:
         if cfg.limit_test is not None and cfg.limit_test < len(y_te):
             keep, _ = stratified_pick(y_te, cfg.limit_test, cfg.seed, _TAG_LIMIT_TEST)
             x_te, y_te = x_te[keep], y_te[keep]
+        unseen = np.setdiff1d(y_te, y_tr)
+        if unseen.size:
+            shown = ", ".join(str(int(v)) for v in unseen[:8]) + (", ..." if unseen.size > 8 else "")
+            hint = (f" (data.limit_train={cfg.limit_train} may keep too few examples to cover every class)"
+                    if cfg.limit_train is not None else "")
+            raise DataError(f"{info}: test labels {shown} never occur in the train split{hint}; the model cannot "
+                            "learn them: check the labels of the test split")
         h = cfg.holdout
         n_hold = int(h) if h >= 1 else int(round(h * len(y_tr)))
         if n_hold >= len(y_tr):
@@ -116,6 +125,11 @@ class Dataset:
         target = None
         if cfg.image_size is not None:
             target = (cfg.image_size,) * 2 if isinstance(cfg.image_size, int) else tuple(cfg.image_size)
+            n, c = len(y_tr) + len(y_te), x_tr.shape[-1]
+            # The resized splits alone (uint8): a lower bound, refused only when it cannot fit at all.
+            check_fits_memory(n * target[0] * target[1] * c, f"data.image_size={cfg.image_size} ({n} images "
+                              f"of {target[0]}x{target[1]}x{c})", "lower data.image_size or data.limit_train / "
+                              "data.limit_test", share=1.0)
         for k, (x, y) in splits.items():
             if target is not None:
                 x = resize_images(x, target, cfg.resize)

@@ -83,9 +83,18 @@ def _check_pair(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, n
     return x, y
 
 
-def _class_names(names: Sequence[str] | None, *ys: np.ndarray | None) -> tuple[str, ...]:
+def _class_names(names: Sequence[str] | None, *ys: np.ndarray | None, where: str = "data") -> tuple[str, ...]:
     n = 1 + max(int(y.max()) for y in ys if y is not None and y.size)
     if names is None or len(names) == 0:
+        # The class count is inferred from the labels: it must be the number of classes the train split
+        # shows (one stray label 999 would otherwise make a 1000-class head for 10-class data).
+        present = np.unique(ys[0]) if ys[0] is not None else np.arange(0)
+        absent = np.setdiff1d(np.arange(n), present)
+        if absent.size:
+            big = ", ".join(str(int(v)) for v in present[-3:])
+            raise DataError(f"{where}: the labels imply {n} classes (up to {n - 1}) but the train split has examples "
+                            f"of only {present.size} (largest labels: {big}); labels must be 0..K-1 with every "
+                            "class in train: fix the stray labels, or store class_names to declare the classes")
         return tuple(str(i) for i in range(n))
     names = tuple(str(s) for s in names)
     if len(names) < n:
@@ -96,13 +105,34 @@ def _class_names(names: Sequence[str] | None, *ys: np.ndarray | None) -> tuple[s
 # ----------------------------------------------------------------------------- npz / embedded
 
 def _load_npz_file(path: Path, where: str) -> RawData:
+    if path.is_dir():
+        raise DataError(f"{where}: {path} is a directory; set data.path to an .npz file")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        z = np.load(path, allow_pickle=False)
     except FileNotFoundError as e:
         raise DataError(f"{where}: file {path} does not exist; set data.path to an .npz file") from e
-    except (OSError, ValueError) as e:
-        raise DataError(f"{where}: {path} is not a readable .npz file ({e})") from e
+    except ValueError as e:
+        if "pickle" in str(e):  # an .npy of objects: numpy's own message suggests loading it unsafely
+            raise DataError(f"{where}: {path} is a pickled object array, which jaxnas never loads (it could run "
+                            "code); save numeric arrays with numpy.savez(path, x_train=..., y_train=...)") from None
+        raise DataError(f"{where}: {path} is not a readable .npz file ({e}); write it with numpy.savez") from None
+    except Exception as e:  # noqa: BLE001 - zipfile.BadZipFile, EOFError, OSError: a damaged archive
+        raise DataError(f"{where}: {path} is not a readable .npz file ({type(e).__name__}: {e}); it is truncated "
+                        "or corrupt: write it again with numpy.savez") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataError(f"{where}: {path} holds a single array (an .npy file), not an .npz archive of named arrays; "
+                        "save x_train, y_train (and x_test, y_test) with numpy.savez")
+    try:
+        with z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" not in str(e):
+            raise DataError(f"{where}: {path} holds an unreadable array ({e}); write it again with numpy.savez") from None
+        raise DataError(f"{where}: {path} holds object arrays (pickled Python objects), which jaxnas never loads "
+                        "(they could run code); store numeric arrays: uint8 images, integer labels") from None
+    except Exception as e:  # noqa: BLE001 - a member truncated or corrupt inside the zip
+        raise DataError(f"{where}: {path} is not a readable .npz file ({type(e).__name__}: {e}); it is truncated "
+                        "or corrupt: write it again with numpy.savez") from None
     keys = set(arrays)
     if {"x_train", "y_train"} <= keys:
         x_tr, y_tr = _check_pair(arrays["x_train"], arrays["y_train"], f"{where} x_train/y_train")
@@ -121,7 +151,7 @@ def _load_npz_file(path: Path, where: str) -> RawData:
     if x_te is not None and x_te.shape[1:] != x_tr.shape[1:]:
         raise DataError(f"{where}: train images are {x_tr.shape[1:]} but test images are {x_te.shape[1:]}")
     names = [str(s) for s in arrays["class_names"]] if "class_names" in arrays else None
-    return RawData(x_tr, y_tr, x_te, y_te, _class_names(names, y_tr, y_te), f"{where}:{path}")
+    return RawData(x_tr, y_tr, x_te, y_te, _class_names(names, y_tr, y_te, where=f"{where} {path}"), f"{where}:{path}")
 
 
 def load_npz(cfg: DataConfig) -> RawData:
@@ -305,15 +335,23 @@ def load_tfds(cfg: DataConfig) -> RawData:
         raise DataError(f"{where}: no dataset named {name!r} (looked in the tfds registry and {cfg.data_dir});"
                         f"{hint} check data.name or data.data_dir") from e
     if not builder.is_prepared():
+        offline = (f"without internet access, prepare it on a machine that has it (`tfds build {name} --data_dir "
+                   f"DIR`), copy DIR here and set data.data_dir: DIR (or use data.source: npz or image_folder)")
         if not cfg.download:
-            raise DataError(f"{where}: dataset {name!r} is not prepared in {builder.data_dir}; prepare it with "
-                            f"`tfds build {name} --data_dir {builder.data_dir_root}` or set data.download: true "
-                            "(needs internet access)")
+            raise DataError(f"{where}: dataset {name!r} is not prepared in {builder.data_dir}; with internet access "
+                            f"set data.download: true; {offline}")
+        if not _internet_reachable():
+            raise DataError(f"{where}: dataset {name!r} is not prepared in {builder.data_dir} and this machine has no "
+                            f"internet access to download it (data.download: true); {offline}")
         try:
-            builder.download_and_prepare()
+            _download_and_prepare(builder)
+        except ModuleNotFoundError as e:  # tfds imports some download helpers lazily, undeclared
+            raise DataError(f"{where}: downloading {name!r} needs the Python module {e.name!r}, which is not "
+                            f"installed: pip install {(e.name or '').replace('_', '-')} (or pip install "
+                            f"'jaxnas[data]'); {offline}") from None
         except Exception as e:  # network / checksum / manual-download errors come in many types
-            raise DataError(f"{where}: downloading {name!r} failed ({type(e).__name__}: {e}); prepare it "
-                            "manually with `tfds build` and set data.data_dir") from e
+            detail = (str(e).strip().splitlines() or [""])[0][:160]
+            raise DataError(f"{where}: downloading {name!r} failed ({type(e).__name__}: {detail}); {offline}") from None
     info = builder.info
     for key in (cfg.image_key, cfg.label_key):
         if key not in info.features:
@@ -343,7 +381,39 @@ def load_tfds(cfg: DataConfig) -> RawData:
             x_te = resize_images(x_te, x_tr.shape[1:3], cfg.resize)
     label = info.features[cfg.label_key]
     names = list(getattr(label, "names", None) or []) or None
-    return RawData(x_tr, y_tr, x_te, y_te, _class_names(names, y_tr, y_te), f"tfds:{builder.info.full_name}")
+    return RawData(x_tr, y_tr, x_te, y_te, _class_names(names, y_tr, y_te, where=f"tfds {name}"),
+                   f"tfds:{builder.info.full_name}")
+
+
+def _internet_reachable(host: str = "storage.googleapis.com", timeout: float = 5.0) -> bool:
+    """Whether a download can start: tfds otherwise retries for minutes before failing. With a proxy
+    configured the answer is left to tfds (True)."""
+    import os
+    import socket
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _download_and_prepare(builder) -> None:
+    """tfds's download, with its progress bars only on an interactive terminal (in logs they are noise)."""
+    import sys
+
+    import tensorflow_datasets as tfds
+
+    if sys.stderr.isatty():
+        builder.download_and_prepare()
+        return
+    tfds.display_progress_bar(False)
+    try:
+        builder.download_and_prepare()
+    finally:
+        tfds.display_progress_bar(True)  # tfds's default
 
 
 def _concat(batches) -> tuple[np.ndarray, np.ndarray]:

@@ -124,6 +124,9 @@ class Method:
     search: Callable[[SearchContext, Any], SearchResult]
     add_commands: Callable[[argparse._SubParsersAction], None] | None = None
     requires_target: bool = False
+    # Target kinds ("none" without a target) under which the search reads `latency.table` through
+    # `ctx.oracle`; under any other the runner refuses a `latency.table` it would ignore. None: not declared.
+    table_targets: tuple[str, ...] | None = None
 
     def args_schema(self) -> type:
         if isinstance(self.args, str):

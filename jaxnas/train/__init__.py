@@ -8,7 +8,7 @@ Method searches run their own jitted `update_fn(state, batch, step)` through `ru
 data order, exact resume, metrics, evaluation and checkpoints.
 """
 
-from jaxnas.train.checkpoint import CheckpointError, CheckpointStore, load_variables, save_final
+from jaxnas.train.checkpoint import CheckpointError, CheckpointStore, load_variables, save_final, weights_source
 from jaxnas.train.config import DistillConfig, OptimConfig, ScheduleConfig, TrainConfig
 from jaxnas.train.loop import StepInfo, UpdateFn, evaluate, fit, run_loop
 from jaxnas.train.metrics import CSV_FIELDS, MetricsWriter, read_metrics
@@ -26,5 +26,5 @@ __all__ = [
     "check_batch_size", "classification_loss", "cross_entropy", "data_position", "distillation_kl",
     "eval_metrics", "evaluate", "fit", "load_variables", "make_eval_step", "make_mesh", "make_optimizer",
     "make_schedule", "make_train_step", "multi_optimizer", "run_loop", "path_labels", "read_metrics", "replicate",
-    "save_final", "shard_batch", "weight_decay_mask",
+    "save_final", "shard_batch", "weight_decay_mask", "weights_source",
 ]

@@ -7,9 +7,11 @@ previous checkpoint stays the latest one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -35,6 +37,39 @@ def checkpoint_error(path: Path | str, err: BaseException | str) -> CheckpointEr
         detail = err
     return CheckpointError(
         f"checkpoint at {path} is corrupt or incompatible ({detail}); delete it or use a fresh --workdir")
+
+
+def write_error(path: Path | str, err: BaseException) -> CheckpointError:
+    """One line for a checkpoint that could not be written (a full disk, a directory that is not writable)."""
+    text = str(err)
+    known = [m for m in ("No space left on device", "Permission denied", "Read-only file system",
+                         "Not a directory", "Disk quota exceeded") if m in text]
+    detail = known[0] if known else (text.strip().splitlines() or [type(err).__name__])[0][:200]
+    return CheckpointError(f"cannot write the checkpoint {path} ({detail}); free disk space or make "
+                           f"{Path(path).parent} writable, then rerun the same command to resume")
+
+
+class _DropRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_failures() -> Iterator[None]:
+    """Orbax reports a failed write from each of its worker threads (absl ERROR lines with tracebacks,
+    megabytes on a full disk) before raising; the raised error is reported once, in one line, instead."""
+    if os.environ.get("JAXNAS_VERBOSE"):
+        yield
+        return
+    drop = _DropRecords()
+    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio", "jax")]
+    for lg in loggers:
+        lg.addFilter(drop)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(drop)
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -80,10 +115,18 @@ class CheckpointStore:
         step = int(jax.device_get(state.step))
         if step in self._manager.all_steps():
             return
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(_state_tree(state)),
-            meta=ocp.args.JsonSave({**meta, "step": step})))
-        self._manager.wait_until_finished()
+        try:
+            with _quiet_failures():
+                self._manager.save(step, args=ocp.args.Composite(
+                    state=ocp.args.PyTreeSave(_state_tree(state)),
+                    meta=ocp.args.JsonSave({**meta, "step": step})))
+                self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for one I/O failure
+            raise write_error(self.path(step), e) from None
+
+    def meta(self, step: int) -> dict[str, Any]:
+        """The JSON item of a checkpoint (step, epoch, total_steps, ...)."""
+        return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {})
 
     def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """Restores `step` into the structure, dtypes and shardings of `target`."""
@@ -114,9 +157,50 @@ def save_final(workdir: str | Path, state: TrainState | dict[str, Any]) -> Path:
     variables = state.variables() if isinstance(state, TrainState) else state
     tree = {"params": variables["params"], "batch_stats": dict(variables.get("batch_stats", {}))}
     path = Path(workdir).absolute() / FINAL_DIR
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-        ckptr.save(path, args=ocp.args.PyTreeSave(tree), force=True)
+    meta = {"step": int(jax.device_get(state.step))} if isinstance(state, TrainState) else {}
+    try:
+        with _quiet_failures(), ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+            ckptr.save(path, args=ocp.args.PyTreeSave(tree), force=True, custom_metadata=meta)
+    except Exception as e:  # noqa: BLE001
+        raise write_error(path, e) from None
     return path
+
+
+def weights_source(workdir: str | Path) -> dict[str, Any]:
+    """Where `load_variables(workdir)` takes the weights from: {'source': 'final' | 'checkpoint', 'step',
+    'total_steps', 'text'} ('text' says it in words, e.g. for an interrupted run)."""
+    _quiet_orbax()
+    workdir = Path(workdir).absolute()
+    latest = total = None
+    if (workdir / CHECKPOINT_DIR).is_dir():
+        store = CheckpointStore(workdir / CHECKPOINT_DIR)
+        try:
+            latest = store.latest_step()
+            if latest is not None:
+                total = store.meta(latest).get("total_steps")
+        except Exception:  # noqa: BLE001 - the step alone is still worth reporting
+            pass
+        finally:
+            store.close()
+    if (workdir / FINAL_DIR).exists():
+        step = None
+        try:
+            with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+                step = (ckptr.metadata(workdir / FINAL_DIR).custom_metadata or {}).get("step")
+        except Exception:  # noqa: BLE001
+            pass
+        text = f"weights from {FINAL_DIR}/"
+        if step is not None:
+            text += f" (step {step}" + (f" of {total})" if total else ")")
+            if total and step < total and (latest is None or latest <= step):
+                text += ": the run stopped early (train.max_steps); rerun without it to finish"
+        if step is not None and latest is not None and latest > step:
+            text += (f"; the checkpoints reach step {latest}: a continued run is unfinished, rerun it to "
+                     "finish")
+        return {"source": "final", "step": step, "total_steps": total, "text": text}
+    text = (f"weights from the checkpoint at step {latest}" + (f" of {total}" if total else "")
+            + ": the run is unfinished, rerun the same command to finish it")
+    return {"source": "checkpoint", "step": latest, "total_steps": total, "text": text}
 
 
 def _restore_variables(ckptr_restore, metadata: Any) -> dict[str, Any]:

@@ -33,6 +33,16 @@ class OptimConfig(Section):
     b2: Fraction = 0.999
     grad_clip: Positive | None = None  # global-norm clip
 
+    @model_validator(mode="after")
+    def _no_ignored_keys(self) -> "OptimConfig":
+        errs = (self.ignored(("b1", "b2"), "sgd has no Adam moments", "remove it or set name: adamw")
+                if self.name == "sgd" else
+                self.ignored(("momentum", "nesterov"), "adamw has no SGD momentum (its moments are b1, b2)",
+                             "remove it or set name: sgd"))
+        if errs:
+            raise ValueError("\n".join(errs))
+        return self
+
 
 class ScheduleConfig(Section):
     """Learning-rate schedule: linear warm-up, then 'cosine', 'constant' or 'linear'."""
@@ -43,6 +53,18 @@ class ScheduleConfig(Section):
     warmup_epochs: NonNegative = 0.0
     warmup_start: NonNegative = 0.0  # warm-up starts at this fraction of the peak lr
     end_value: NonNegative = 0.0  # final lr as a fraction of the peak lr
+
+    @model_validator(mode="after")
+    def _no_ignored_keys(self) -> "ScheduleConfig":
+        errs = []
+        if self.warmup_epochs == 0:
+            errs += self.ignored(("warmup_start",), "warmup_epochs is 0 (no warm-up)", "remove it or set warmup_epochs")
+        if self.name == "constant":
+            errs += self.ignored(("end_value",), "a constant schedule does not decay",
+                                 "remove it or set name: cosine or linear")
+        if errs:
+            raise ValueError("\n".join(errs))
+        return self
 
 
 class DistillConfig(Section):
@@ -58,6 +80,14 @@ class DistillConfig(Section):
     def _teacher_for_weight(self) -> "DistillConfig":
         if self.weight > 0 and self.teacher is None:
             raise ValueError(f"weight: is {self.weight} but no teacher is set (set teacher, or weight: 0)")
+        errs = []
+        if self.teacher is None:
+            errs = self.ignored(("temperature",), "no teacher is set", "remove it or set teacher and weight")
+        elif self.weight == 0:
+            errs = [f"teacher: is set but weight is 0, so the teacher would be ignored; set weight > 0 "
+                    "(e.g. 0.5) or remove teacher"]
+        if errs:
+            raise ValueError("\n".join(errs))
         return self
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from jaxnas.data.errors import DataError
 from jaxnas.train.checkpoint import CHECKPOINT_DIR, CheckpointStore, checkpoint_error, save_final
 from jaxnas.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from jaxnas.train.metrics import MetricsWriter
@@ -103,6 +104,18 @@ def _prefetch(batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, size: int
         yield queue.popleft()
 
 
+def _batch_too_big(dataset: Dataset, batch_size: int) -> DataError:
+    return DataError(f"batch size {batch_size} exceeds the {dataset.num_examples('train')} examples of the train "
+                     "split; lower data.batch_size (or the method's batch size)")
+
+
+def eval_batch_size_for(dataset: Dataset, split: str, batch_size: int, devices: int = 1) -> int:
+    """The evaluation batch: at most the split's size (rounded up to a multiple of `devices`), so a large
+    data.eval_batch_size never pads a small split to a huge batch (same results, bounded memory)."""
+    n = int(dataset.num_examples(split))
+    return max(devices, min(int(batch_size), -(-n // devices) * devices))
+
+
 def _padded(batch: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
     """The batch padded to `batch_size` rows, with a 'mask' that is False on the padding."""
     image, label = np.asarray(batch["image"]), np.asarray(batch["label"])
@@ -118,6 +131,7 @@ def _padded(batch: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.nd
 
 def _run_eval(eval_step: Callable[..., Metrics], variables: Any, dataset: Dataset, split: str, batch_size: int,
               choices: Any, mesh: Mesh, seed: int) -> dict[str, float]:
+    batch_size = eval_batch_size_for(dataset, split, batch_size, mesh.devices.size)
     sums = None
     for batch in dataset.batches(split, batch_size, seed=seed, drop_remainder=False):
         out = eval_step(variables, shard_batch(_padded(batch, batch_size), mesh), choices)
@@ -181,7 +195,7 @@ def run_loop(
     workdir.mkdir(parents=True, exist_ok=True)
     steps_per_epoch = int(dataset.steps_per_epoch("train", batch_size))
     if steps_per_epoch < 1:
-        raise ValueError(f"the train split has fewer examples than batch_size={batch_size}")
+        raise _batch_too_big(dataset, batch_size)
     stop = total_steps if stop_step is None else min(total_steps, stop_step)
     mesh = mesh if mesh is not None else make_mesh()
     meta_now = {"batch_size": batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
@@ -356,7 +370,7 @@ def fit(
     eval_batch_size = eval_batch_size or batch_size
     steps_per_epoch = int(dataset.steps_per_epoch("train", batch_size))
     if steps_per_epoch < 1:
-        raise ValueError(f"the train split has fewer examples than batch_size={batch_size}")
+        raise _batch_too_big(dataset, batch_size)
     total_steps = max(1, int(round(train.epochs * steps_per_epoch)))
     eval_every = max(1, int(round(train.eval_every_epochs * steps_per_epoch))) if train.eval_every_epochs else 0
 

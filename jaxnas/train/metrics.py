@@ -12,6 +12,13 @@ CSV_FIELDS = ("step", "epoch", "split", "loss", "accuracy", "lr", "images_per_se
 JSONL_NAME, CSV_NAME = "metrics.jsonl", "metrics.csv"
 
 
+def _json_line(row: dict[str, Any]) -> str:
+    """Strict JSON (a diverged loss, NaN, is written as null: JSON has no NaN and strict readers refuse it)."""
+    from jaxnas.io_utils import json_safe
+
+    return json.dumps(json_safe(row), allow_nan=False)
+
+
 def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         value = value.item()
@@ -41,7 +48,7 @@ class MetricsWriter:
     def _rewrite(self) -> None:
         with open(self.jsonl_path, "w", encoding="utf-8") as f:
             for row in self._rows:
-                f.write(json.dumps(row) + "\n")
+                f.write(_json_line(row) + "\n")
         with open(self.csv_path, "w", encoding="utf-8", newline="") as f:
             w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
             w.writeheader()
@@ -55,7 +62,7 @@ class MetricsWriter:
     def write(self, row: dict[str, Any]) -> dict[str, Any]:
         row = {k: _plain(v) for k, v in row.items()}
         self._rows.append(row)
-        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.write(_json_line(row) + "\n")
         self._jsonl.flush()
         self._csv.writerow(row)
         self._csv_file.flush()

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxnas.data.errors import DataError
+
 DATA_AXIS = "data"
 
 
@@ -32,10 +34,10 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
-    """Raises ValueError unless the mesh's device count divides `batch_size`."""
+    """Raises DataError (a ValueError) unless the mesh's device count divides `batch_size`."""
     n = mesh.devices.size
     if batch_size <= 0 or batch_size % n:
-        raise ValueError(
+        raise DataError(
             f"{what}={batch_size} must be a positive multiple of the device count ({n}) "
             f"for data-parallel training; use e.g. {what}={max(n, batch_size - batch_size % n)}")
 

@@ -28,8 +28,9 @@ __all__ = ["ImportedWeights", "SOURCE_MODELS", "StateDict", "WeightsError", "che
 
 def import_weights(source: str | Path, model: str, out: str | Path, *, width: float | None = None,
                    num_classes: int | None = None, resolution: int = 224,
-                   overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Read `source`, convert it as `model`, write the work dir `out`; returns its summary."""
+                   overrides: Sequence[str] = (), replace: bool = False) -> dict[str, Any]:
+    """Read `source`, convert it as `model`, write the work dir `out`; returns its summary. `replace`: replace
+    an earlier import at `out` made from another file or config (refused otherwise)."""
     source = Path(source)
     resolve_model(model, width)          # a bad --model / --width / --out fails before reading a large file
     check_out(out)
@@ -38,4 +39,4 @@ def import_weights(source: str | Path, model: str, out: str | Path, *, width: fl
                                  resolution=resolution, source_name=source.name)
     info = {"path": str(source.absolute()), "sha256": file_sha256(source), "reader": state.reader,
             "notes": state.notes, "dtypes": state.dtypes}
-    return write_workdir(imported, out, source=info, overrides=overrides)
+    return write_workdir(imported, out, source=info, overrides=overrides, replace=replace)

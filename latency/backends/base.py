@@ -57,6 +57,19 @@ class LatencyBackend(Protocol):
                 batch_size: Optional[int] = None, min_time_s: float = 0.0) -> TimingStats: ...
 
 
+# Backends that run on a pool or device of their own: they cannot honour a thread count.
+NO_THREAD_COUNT = {"xla": "XLA runs on its own thread pool, sized when jax starts",
+                   "tensorrt": "TensorRT runs the model on the GPU"}
+
+
+def check_thread_count(backend: str, threads: Optional[int], *, explicit: bool = False) -> None:
+    """A thread count the runtime cannot honour is refused: any count the user gave (`explicit`), else any
+    other than 1 (the config's default)."""
+    if threads is not None and (explicit or threads != 1) and backend in NO_THREAD_COUNT:
+        raise BackendError(f"the {backend} backend takes no thread count ({NO_THREAD_COUNT[backend]}); --threads "
+                           "and latency.threads apply to onnxruntime and tflite: remove it or time on one of those")
+
+
 def _check_loop_args(warmup: int, runs: int, min_time_s: float) -> None:
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")

@@ -30,7 +30,7 @@ from ..stats import TimingStats
 from jaxnas.runtime.tensorrt import (TENSORRT_MISSING, build_engine, build_serialized_engine, check_precision,
                                      import_tensorrt, trt_logger)
 
-from .base import (DEFAULT_RUNS, DEFAULT_WARMUP, BackendError, collect_samples, random_input,
+from .base import (DEFAULT_RUNS, DEFAULT_WARMUP, BackendError, check_thread_count, collect_samples, random_input,
                    read_model_bytes, resolve_shape)
 
 __all__ = ["TensorRTBackend", "build_engine", "build_serialized_engine", "TENSORRT_MISSING",
@@ -51,7 +51,8 @@ class TensorRTBackend:
 
     def __init__(self, precision: str = "fp32", workspace_mb: int = 1024, *, device: int = 0,
                  timer: str = "cuda_event", allow_tf32: bool = True, seed: int = 0,
-                 log_level: str = "error"):
+                 log_level: str = "error", threads: Optional[int] = None):
+        check_thread_count(self.name, threads)
         self.precision = check_precision(precision)
         if timer not in _TIMERS:
             raise ValueError(f"timer must be one of {_TIMERS}, got {timer!r}")

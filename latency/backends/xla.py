@@ -7,7 +7,8 @@ import numpy as np
 
 from ..fingerprint import Fingerprint, cpu_model_name
 from ..stats import TimingStats
-from .base import DEFAULT_RUNS, DEFAULT_WARMUP, BackendError, collect_samples, random_input, resolve_shape
+from .base import (DEFAULT_RUNS, DEFAULT_WARMUP, BackendError, check_thread_count, collect_samples, random_input,
+                   resolve_shape)
 
 __all__ = ["XlaBackend"]
 
@@ -20,13 +21,15 @@ class XlaBackend:
     ``device`` may be a ``jax.Device``, a platform name ('cpu', 'gpu', 'tpu')
     or an index into ``jax.devices()``.  The first call compiles and is never
     timed; every run blocks on the result (``block_until_ready``).  XLA manages
-    its own threads, so ``threads`` in the fingerprint is None (set
-    ``XLA_FLAGS`` before importing jax to control the CPU thread pool).
+    its own threads, so ``threads`` in the fingerprint is None and a thread
+    count other than 1 (the config default) is refused rather than ignored.
     """
 
     name = "xla"
 
-    def __init__(self, device: Any = None, *, precision: str = "fp32", seed: int = 0):
+    def __init__(self, device: Any = None, *, precision: str = "fp32", seed: int = 0,
+                 threads: Optional[int] = None):
+        check_thread_count(self.name, threads)
         if precision not in _PRECISION_DTYPES:
             raise ValueError(f"precision must be one of {tuple(_PRECISION_DTYPES)}, got {precision!r}")
         self._device_spec = device

@@ -29,6 +29,7 @@ METHOD = Method(
     args="jaxnas.methods.depth.args:DepthArgs",
     search=_search,
     add_commands=add_commands,
+    table_targets=(),  # its T(st, end) table is search.args.time_table, or measured
 )
 
 _LAZY = {  # module -> names loaded from it on first access

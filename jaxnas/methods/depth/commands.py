@@ -16,9 +16,10 @@ def t_opt_cli(time_csv: str | Path, out_csv: str | Path) -> dict[str, Any]:
     """`jaxnas depth t-opt`: T_opt of a T table (``id,st,end,time,stdev``) written to `out_csv`."""
     from jaxnas.io_utils import atomic_write_text
     from jaxnas.methods.depth.dp import optimal_time_table
-    from jaxnas.methods.depth.tables import read_time_table, write_opt_table
+    from jaxnas.methods.depth.tables import check_coverage, read_time_table, write_opt_table
 
     T = read_time_table(time_csv)
+    check_coverage(T, str(time_csv))
     opt = optimal_time_table(T)
     atomic_write_text(out_csv, write_opt_table(opt))
     merged = sum(1 for e in opt.entries.values() if len(e.breaks) > 2)
@@ -30,13 +31,15 @@ def solve_cli(opt_csv: str | Path, imp_csv: str | Path, time_limit: float, prec:
     """`jaxnas depth solve`: stage 2 on a T_opt CSV and an extended importance CSV
     (``id,st,end,st_act,end_act,imp,breaks``).  With `time_csv` (T) the merge set is re-derived from the
     activations as a check.  Returns act_pos, merge_pos, imp_sum, time_sum, int_time_sum, solve_seconds."""
-    from jaxnas.methods.depth.dp import solve
-    from jaxnas.methods.depth.tables import read_ext_importance, read_opt_table, read_time_table
+    from jaxnas.methods.depth.dp import check_dp_memory, solve
+    from jaxnas.methods.depth.tables import check_tables_agree, read_ext_importance, read_opt_table, read_time_table
 
     opt = read_opt_table(opt_csv)
     ext = read_ext_importance(imp_csv)
+    L_tables = check_tables_agree(opt, ext, str(opt_csv), str(imp_csv))
     if L is None:
-        L = max(e for _, e in opt.entries)
+        L = L_tables
+    check_dp_memory(float(time_limit), float(prec), int(L))
     T = read_time_table(time_csv) if time_csv is not None else None
     res = solve(opt, ext, float(time_limit), float(prec), int(L), check_time_table=T, strict_check=False)
     return {"act_pos": res.act_pos, "merge_pos": res.merge_pos, "imp_sum": res.imp_sum,

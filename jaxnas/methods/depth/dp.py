@@ -17,6 +17,7 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 
 from jaxnas.errors import UserError
+from jaxnas.resources import check_fits_memory
 from jaxnas.methods.depth.tables import (
     ExtImportanceTable,
     ExtSegment,
@@ -263,6 +264,7 @@ def solve(opt_time: TimeTable, ext_importance: ExtImportanceTable, time_limit: f
         raise TableError("solve() needs the optimal time table (T_opt with breaks), not T")
     if prec <= 0 or not math.isfinite(prec):
         raise ValueError(f"prec must be a positive number, got {prec}")
+    check_dp_memory(time_limit, prec, L)
     B = int(time_limit * prec)
     g = _int_times(opt_time, L, prec)
     min_flt, min_int = min_achievable_time(opt_time, ext_importance, L, prec)
@@ -342,6 +344,30 @@ def solve(opt_time: TimeTable, ext_importance: ExtImportanceTable, time_limit: f
                                   f"merge pattern for its activations {mp.merge_pos}")
     result.solve_seconds = _time.perf_counter() - t0
     return result
+
+
+# Bytes per (position, activation, time unit) of stage 2: D (float64), DT (int64), P_i, P_j (int32); and
+# per time unit of the scan's working vectors (best, best_r, best_t, cand, ct, rc: 8 bytes; bi, bj: 4).
+_DP_BYTES_PER_STATE = 8 + 8 + 4 + 4
+_DP_BYTES_PER_UNIT = 6 * 8 + 2 * 4
+
+
+def dp_table_bytes(time_limit: float, prec: float, L: int) -> float:
+    """Memory stage 2 allocates for a budget of int(time_limit * prec) units over L positions."""
+    units = math.floor(time_limit * prec) + 1 if math.isfinite(time_limit * prec) else math.inf
+    return units * ((L + 1) * 2 * _DP_BYTES_PER_STATE + _DP_BYTES_PER_UNIT)
+
+
+def check_dp_memory(time_limit: float, prec: float, L: int) -> None:
+    """Refuse (ResourceError, one line) a budget whose DP table would not fit in memory, before allocating."""
+    need = dp_table_bytes(time_limit, prec, L)
+    per_unit = (L + 1) * 2 * _DP_BYTES_PER_STATE + _DP_BYTES_PER_UNIT
+    from jaxnas.resources import MEMORY_SHARE, available_memory
+
+    fit_prec = MEMORY_SHARE * available_memory() / per_unit / max(time_limit, 1e-300)
+    check_fits_memory(need, f"the stage-2 DP table for a time limit of {time_limit:g} ms at prec {prec:g} "
+                            f"({time_limit * prec:.3g} time units x {L} positions)",
+                      f"lower the precision (prec <= {fit_prec:.3g} units per ms fits) or the time limit")
 
 
 class MergePattern(NamedTuple):

@@ -31,7 +31,7 @@ import numpy as np
 from jaxnas.io_utils import atomic_write_json, atomic_write_text
 from jaxnas.methods.base import SearchContext, SearchResult
 from jaxnas.methods.depth.args import DepthArgs
-from jaxnas.methods.depth.dp import optimal_time_table, solve
+from jaxnas.methods.depth.dp import check_dp_memory, optimal_time_table, solve
 from jaxnas.methods.depth.importance import (ImportanceConfig, ext_segments_of, measure_importance,
                                              optimal_importance)
 from jaxnas.methods.depth.merge import forward, merge_network
@@ -85,6 +85,9 @@ def run_search(ctx: SearchContext, args: DepthArgs) -> SearchResult:
     chain, L = body.chain, body.L
     segs = valid_segments(chain)
     phases: dict[str, float] = {}
+    target = ctx.target()
+    if target is not None and args.prec is not None:  # the budget is known: refuse it before any training
+        check_dp_memory(target[1], args.prec, L)
 
     def accuracy(spec: ArchSpec, variables: Any) -> float:
         return float(trainer.evaluate(spec, variables, "test")["accuracy"])
@@ -120,6 +123,9 @@ def run_search(ctx: SearchContext, args: DepthArgs) -> SearchResult:
     T_opt = optimal_time_table(T, segs)
     atomic_write_text(workdir / "opt_time_table.csv", write_opt_table(T_opt))
     base_time = _sum_single(T, L)
+    T0 = target[1] if target is not None else args.time_fraction * base_time
+    prec = args.prec if args.prec is not None else AUTO_BUDGET_UNITS / T0
+    check_dp_memory(T0, prec, L)  # before the importance phase, the long one
     phases["latency_table_s"] = time.perf_counter() - t0
 
     # 3. Importance -> I_opt.
@@ -147,9 +153,6 @@ def run_search(ctx: SearchContext, args: DepthArgs) -> SearchResult:
     phases["importance_s"] = time.perf_counter() - t0
 
     # 4. Stage 2.
-    target = ctx.target()
-    T0 = target[1] if target is not None else args.time_fraction * base_time
-    prec = args.prec if args.prec is not None else AUTO_BUDGET_UNITS / T0
     res = solve(T_opt, ext, T0, prec, L, check_time_table=T, strict_check=False)
     atomic_write_json(workdir / "solution.json", res.to_dict())
     say(f"depth: T0 {T0:.4f} ms (body {base_time:.4f} ms): {len(res.act_pos)} activations, "

@@ -199,6 +199,42 @@ def check_segments(table_segments: Iterable[Segment], expected: Sequence[Segment
         raise TableError(f"{name}: segment(s) not mergeable in this chain: {_fmt_list(extra)}")
 
 
+def chain_length(segments: Iterable[Segment]) -> int:
+    """L, the number of convs a table's segments span (the largest end position)."""
+    return max((end for _, end in segments), default=0)
+
+
+def check_coverage(table: TimeTable, name: str) -> int:
+    """A time table must time every conv of its chain: the single-conv rows (i, i+1) for i < L, where L is
+    its largest end. Returns L; a truncated or partial table raises TableError."""
+    L = chain_length(table.entries)
+    if L == 0:
+        raise TableError(f"{name}: the table has no rows")
+    missing = [(i, i + 1) for i in range(L) if (i, i + 1) not in table.entries]
+    if missing:
+        raise TableError(f"{name}: rows reach conv {L} but the single-conv rows {_fmt_list(missing)} are missing: "
+                         "the table is truncated or partial; build it again for the whole network")
+    return L
+
+
+def check_tables_agree(opt: TimeTable, ext: "ExtImportanceTable", opt_name: str, ext_name: str) -> int:
+    """The time and importance tables of one depth search must describe the same network: the same number
+    of convs and the same segments. Returns L."""
+    L = check_coverage(opt, opt_name)
+    L_imp = chain_length((st, end) for st, end, _, _ in ext.imp)
+    if L_imp != L:
+        raise TableError(f"{ext_name} covers {L_imp} convs but {opt_name} covers {L}: the tables come from "
+                         "different networks; build both for the same one")
+    t_segs = set(opt.entries)
+    i_segs = {(st, end) for st, end, _, _ in ext.imp}
+    only_t, only_i = sorted(t_segs - i_segs), sorted(i_segs - t_segs)
+    if only_t or only_i:
+        which = (f"{len(only_t)} segment(s) of {opt_name} have no importance ({_fmt_list(only_t)})" if only_t else
+                 f"{len(only_i)} segment(s) of {ext_name} have no time ({_fmt_list(only_i)})")
+        raise TableError(f"the tables do not cover the same segments: {which}; build both for the same network")
+    return L
+
+
 def _read_time(source, optimal: bool, segments: Sequence[Segment] | None, units: str) -> TimeTable:
     text, name = _read_text(source)
     text, _, skip = _split_comments(text, name, units)

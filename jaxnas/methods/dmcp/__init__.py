@@ -51,6 +51,7 @@ METHOD = Method(
     args="jaxnas.methods.dmcp.args:DMCPArgs",
     search=_search,
     requires_target=True,
+    table_targets=("latency_ms",),  # the per-layer grid of a latency target
 )
 
 _LAZY = {  # module -> names loaded from it on first access
