@@ -30,8 +30,7 @@ Port decisions:
 """
 from __future__ import annotations
 
-from jaxnas.methods.base import Method, SearchError
-from jaxnas.methods.tfnas.args import TfnasArgs
+from jaxnas.methods.base import Method, SearchError, lazy_exports
 from jaxnas.methods.tfnas.commands import add_commands
 
 
@@ -45,10 +44,13 @@ METHOD = Method(
     name="tfnas",
     summary="TF-NAS (ECCV'20): op, depth and width search under a lookup-table latency target, precise to ±1 %",
     targets=("latency_ms",),
-    args=TfnasArgs,
+    args="jaxnas.methods.tfnas.args:TfnasArgs",
     search=_search,
     add_commands=add_commands,
     requires_target=False,  # search.target_latency_ms, or search.args.target_fraction (checked by the method)
+    table_targets=("latency_ms", "none"),  # its TF-NAS table: latency.table, else built (or the args' pickle)
 )
 
-__all__ = ["METHOD", "SearchError", "TfnasArgs"]
+__getattr__, _LAZY_NAMES = lazy_exports(__name__, {"args": ("TfnasArgs",)})
+
+__all__ = ["METHOD", "SearchError", *_LAZY_NAMES]
