@@ -325,6 +325,19 @@ def cmd_latency_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_latency_predict(args: argparse.Namespace) -> int:
+    """`jaxnas latency predict SPEC_JSON --table TABLE`: the table latency of a spec (TF-NAS or block table)."""
+    from jaxnas.latency.predict import predict_latency
+    from jaxnas.spec import ArchSpec
+
+    spec = ArchSpec.load(args.spec)
+    out = predict_latency(spec, args.table, stat=args.stat, device=args.device, batch_size=args.batch_size)
+    fp = out["table_fingerprint"]
+    text = (f"{spec.name}: {out['latency_ms']:.4f} ms on {args.table} ({out['kind']} table, {len(out['parts'])} parts, "
+            f"{fp.get('device') or '?'}, batch {fp.get('batch_size') or '?'})")
+    return _emit(out, text, args.json)
+
+
 # ----------------------------------------------------------------------------------------------------
 # import-weights
 # ----------------------------------------------------------------------------------------------------
@@ -483,6 +496,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(better ranks on onnxruntime/CPU)")
     timing_args(q, 3.0)
     q.set_defaults(fn=cmd_latency_build)
+
+    q = lsub.add_parser("predict", help="table latency of a spec: a TF-NAS table (base + block entries at "
+                                         "each block's mid; the original's .pkl too) or a block table")
+    q.add_argument("spec", metavar="SPEC_JSON")
+    q.add_argument("--table", required=True, help="table JSON, or the original TF-NAS latency_*.pkl")
+    q.add_argument("--stat", choices=["median", "mean", "p10", "min"], default="median")
+    q.add_argument("--device", default="unknown", help="for a .pkl: where it was measured (recorded only)")
+    q.add_argument("--batch-size", type=positive_int, help="for a .pkl: its batch size (recorded only)")
+    _json_flag(q)
+    q.set_defaults(fn=cmd_latency_predict)
 
     q = lsub.add_parser("validate", help="predictor vs end-to-end measurement on random architectures")
     q.add_argument("space")

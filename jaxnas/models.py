@@ -142,6 +142,8 @@ class BlockModule(nn.Module):
                 y = self._squeeze_excite(y)
         if b.shortcut is None:
             return y
+        if b.drop_connect and train and self.has_rng("dropout"):
+            y = _drop_connect(y, b.drop_connect, self.make_rng("dropout"))
         if b.shortcut == "identity":
             skip = ops.center_crop(x, y.shape[1:3]) if x.shape[1:3] != y.shape[1:3] else x
         else:
@@ -156,6 +158,13 @@ class BlockModule(nn.Module):
         s = nn.Dense(y.shape[-1], kernel_init=conv_init, name="se_expand")(s)
         gate = jax.nn.sigmoid(s) if se.gate == "sigmoid" else jnp.clip(s + 3.0, 0.0, 6.0) / 6.0
         return y * gate[:, None, None, :]
+
+
+def _drop_connect(y: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Per example: zero the residual branch with probability `rate`, else scale it by 1 / (1 - rate)."""
+    keep = 1.0 - rate
+    kept = jnp.floor(keep + jax.random.uniform(rng, (y.shape[0],) + (1,) * (y.ndim - 1), y.dtype))
+    return y * (kept / keep)
 
 
 class HeadModule(nn.Module):

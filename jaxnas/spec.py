@@ -115,6 +115,9 @@ class Block:
     depth compression moves all padding of a merged segment to its first conv).
     `choice`: for op-choice supernets (kind "choice"), the candidate blocks; the block's own layers are
     then empty and `choices['ops'][name]` weighs the candidates.
+    `drop_connect`: in training, drop the chain's output per example with this probability (scaling the
+    kept ones by 1 / (1 - p)) before the shortcut is added (EfficientNet / TF-NAS "drop connect"); needs a
+    shortcut; identity at inference.
     """
 
     kind: str
@@ -126,6 +129,7 @@ class Block:
     crop_shortcut: bool = False
     name: str | None = None
     candidates: tuple["Block", ...] = ()
+    drop_connect: float = 0.0
 
     @property
     def out_channels_delta(self) -> bool:
@@ -548,6 +552,12 @@ def block_cost(block: Block, in_shape: tuple[int, int, int], index: int = 0) -> 
         raise SpecError(f"{where}: unknown post_act '{block.post_act}'")
     if block.se is not None and not 0 <= block.se.after < len(block.layers):
         raise SpecError(f"{where}: se.after={block.se.after} is not a layer index")
+    if block.se is not None and block.se.act not in ACTIVATIONS:
+        raise SpecError(f"{where}: unknown SE activation '{block.se.act}' (one of {', '.join(ACTIVATIONS)})")
+    if not 0.0 <= block.drop_connect < 1.0:
+        raise SpecError(f"{where}: drop_connect must be in [0, 1), got {block.drop_connect}")
+    if block.drop_connect and block.shortcut is None:
+        raise SpecError(f"{where}: drop_connect drops the residual branch and needs a shortcut")
     layers = _block_layers_cost(block, in_shape, where)
     out = layers[-1].out_shape
     if block.shortcut == "identity":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from jaxnas.spec import ArchSpec, Block, Conv, Head, Pool, SpecError, Stage, make_divisible
+from jaxnas.spec import SE, ArchSpec, Block, Conv, Head, Pool, SpecError, Stage, make_divisible
 
 MBV2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                  (6, 160, 3, 2), (6, 320, 1, 1))
@@ -27,6 +27,28 @@ def mbv2_block(cin: int, mid: int, cout: int, stride: int, *, kernel: int = 3, e
         residual = stride == 1 and cin == cout
     layers.append(Conv(cout, (1, 1), act="identity", width=in_group if residual else out_group))
     return Block("mbconv", tuple(layers), "identity" if residual else None, name=name)
+
+
+def mbi_block(cin: int, mid: int, se: int, cout: int, stride: int, *, kernel: int = 3, act: str = "swish",
+              drop_connect: float = 0.0, name: str | None = None) -> Block:
+    """TF-NAS / EfficientNet MBInvertedResBlock: [1x1 expand -> BN -> act] -> kxk depthwise -> BN -> act ->
+    [SE: GAP -> 1x1 (bias) -> act -> 1x1 (bias) -> sigmoid gate] -> 1x1 project -> BN, + identity when
+    stride 1 and cin == cout (the residual branch dropped with `drop_connect` in training).
+
+    As in the original, the expand conv exists only when mid > cin; otherwise the block is expansion-free
+    and its depthwise conv runs on the cin input channels (mid is then cin).  `se` = 0: no SE.
+    """
+    expand = mid > cin
+    mid = mid if expand else cin
+    layers = []
+    if expand:
+        layers.append(Conv(mid, (1, 1), act=act))
+    layers.append(Conv(mid, (kernel, kernel), stride, depthwise=True, act=act))
+    layers.append(Conv(cout, (1, 1), act="identity"))
+    residual = stride == 1 and cin == cout
+    return Block("mbconv", tuple(layers), "identity" if residual else None,
+                 se=SE(se, after=len(layers) - 2, act=act) if se else None, name=name,
+                 drop_connect=drop_connect if residual else 0.0)
 
 
 def mobilenet_v2(width: float = 1.0, num_classes: int = 1000, resolution: int = 224,

@@ -313,7 +313,7 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
                 progress: Union[bool, Callable[[str], None]] = True, references: Optional[int] = 12,
                 rounds: Optional[int] = None, seed: int = 0, check_export: bool = False, context: str = "alone",
                 on_entry: Optional[Callable[[str, int, int], None]] = None,
-                protocol: Optional[TimingProtocol] = None) -> LatencyTable:
+                protocol: Optional[TimingProtocol] = None, batch_size: int = 1) -> LatencyTable:
     """Measure every unique part of ``space`` (and the reference architectures) into the table at ``out``.
 
     By default every entry is one adaptive measurement (``protocol``, default :data:`TABLE_PROTOCOL`;
@@ -330,7 +330,20 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
     saved (``done``/``total`` count measurements of this call).  ``context="network"`` times every
     choice as the change it makes to a reference network instead of alone (:mod:`latency.network_table`;
     better ranks on runtimes with large per-call costs such as onnxruntime on CPU).  Returns the table.
+
+    A TF-NAS space (family 'tfnas', e.g. 'tfnas-small') gets a table in the original's key format
+    (:func:`latency.tfnas_table.build_tfnas_table`: mids on a grid of ``channel_step`` (default 8),
+    timed at ``batch_size``).
     """
+    from .tfnas_table import build_tfnas_table, resolve_tfnas_space
+
+    tfnas = resolve_tfnas_space(space)
+    if tfnas is not None:
+        # TF-NAS tables keep fixed rounds (each entry's best round / per-round probe deltas by statistic).
+        return build_tfnas_table(tfnas, backend, out, grid=int(channel_step or 8), context=context, threads=threads,
+                                 batch_size=batch_size, warmup=20 if warmup is None else warmup,
+                                 runs=100 if runs is None else runs, rounds=3 if rounds is None else rounds,
+                                 seed=seed, progress=progress)
     space = load_space(space)
     be = resolve_backend(backend, threads)
     fp = _fingerprint(be)

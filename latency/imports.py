@@ -141,8 +141,9 @@ def import_tfnas_pkl(path_or_bytes: Union[PathLike, bytes], *,
     fp = fingerprint if fingerprint is not None else _default_fp(
         "tfnas", runtime, device, batch_size, threads, precision)
     grid: dict[str, list[int]] = {}
+    clamped: list[str] = []
     table = LatencyTable.new(fp, meta={"source": "tf-nas", "source_file": os.path.basename(source),
-                                       "channel_grid": grid})
+                                       "channel_grid": grid, "clamped_negative": clamped})
     for key, val in raw.items():
         if not isinstance(key, str):
             raise TableError(f"{source}: keys must be strings, got {key!r}")
@@ -153,6 +154,11 @@ def import_tfnas_pkl(path_or_bytes: Union[PathLike, bytes], *,
                 if isinstance(mid, bool) or not isinstance(mid, int) or mid < 1:
                     raise TableError(f"{source}: {key!r} has mid_channels key {mid!r}; expected int >= 1")
                 meta = {**(parsed or {}), "mid": mid, "source_key": key}
+                # The shipped tables were measured every 8 channels and extrapolated linearly below the
+                # first knot, so a few tiny mids (never queried: a search uses [max // 2, max]) are negative.
+                if isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms) and ms < 0:
+                    clamped.append(f"{key}{_MID_SEP}{mid}")
+                    ms = 0.0
                 table.put(f"{key}{_MID_SEP}{mid}", _imported(_ms(ms, f"{source}: {key}[{mid}]")), meta=meta)
                 mids.append(mid)
             grid[key] = sorted(mids)

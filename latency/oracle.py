@@ -62,7 +62,7 @@ class RuntimeOracle:
         from .builder import TABLE_PROTOCOL
 
         return build_table(space, self._runtime, self._table_path(out or self.workdir / "latency_table.json"),
-                           threads=self.cfg.threads, context=context, progress=self.log or False,
+                           threads=self.cfg.threads, context=context, progress=self.log or False, batch_size=self.cfg.batch_size,
                            **self._timing(TABLE_PROTOCOL.max_time_s))
 
     def predictor(self, table: Any) -> Any:

@@ -43,7 +43,11 @@ import numpy as np
 from jaxnas.spec import SE, ArchSpec, Block, Conv, Head, SpecError, Stage, analyze, make_divisible
 from jaxnas.zoo import mbv2_block
 
-__all__ = ["BlockConfig", "SearchSpace", "SpaceError", "BUILTIN_SPACES", "load_space", "space_names"]
+__all__ = ["BlockConfig", "SearchSpace", "SpaceError", "BUILTIN_SPACES", "load_space", "space_names",
+           # TF-NAS (re-exported from tfnas_space)
+           "MID_SEP", "NUM_OPS", "OP_NAMES", "OPS", "STAGES", "TFNAS_SPACES", "BlockPos", "LutError", "OpDef",
+           "TfnasArch", "TfnasError", "TfnasLut", "TfnasSpace", "get_tfnas_space", "interp_extrapolate",
+           "tfnas_block_key_and_mid", "tfnas_spec_blocks"]
 
 
 class SpaceError(SpecError):
@@ -563,3 +567,10 @@ def load_space(name_or_path: Union[str, "os.PathLike[str]", Mapping[str, Any], S
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise SpaceError(f"unknown search space {s!r}; {hint}built-in spaces: {', '.join(space_names())} "
                      f"(or pass a .yaml path)")
+
+
+# TF-NAS (seed-specs §4.1, §4.4): its skeleton, operations, table keys and lookup tables live in `tfnas_space`;
+# methods read them from here.
+from .tfnas_space import (MID_SEP, NUM_OPS, OP_NAMES, OPS, STAGES, TFNAS_SPACES, BlockPos, LutError,  # noqa: E402
+                          OpDef, TfnasArch, TfnasError, TfnasLut, TfnasSpace, get_tfnas_space,
+                          interp_extrapolate, tfnas_block_key_and_mid, tfnas_spec_blocks)

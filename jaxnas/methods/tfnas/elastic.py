@@ -1,0 +1,150 @@
+"""Parsing and elasticity scaling (seed-specs §4.2), on the host with numpy.
+
+Widths are `mids`: an int array (blocks, 8) holding every block-op's current mid width (the original's
+mc_num_dddict); an architecture is parsed from the log_alphas (argmax op per block) and betas (depth =
+argmax + 1).  `fit_mc_num_by_latency` and `elastic_scaling` port the original's functions step for step:
+
+* a pass over some stages takes, for the chosen op of every kept block in them, the integer ratio
+  step_b = round(mid_b / min mid) (Python rounding, as the original), then repeatedly adds sign * step_b
+  to every block, clipped to [max // 2, max] (`bound_clip`: a block at a bound reports False), and
+  recomputes the table latency; it stops when every block reported a bound in the last step or the
+  latency crossed the target.  Expand (+1) keeps the last widths whose latency was <= target (the step
+  that crossed is undone; so is the last step when every block hit a bound — the original's loop does the
+  same); shrink (-1) keeps the first widths with latency < target.
+* end of an epoch: lat > target: one shrink pass over stages 1-6, then expand passes over stages s..6
+  for s = 2..6; lat < target: an expand pass over 1-6, then the same expand passes.
+
+New widths are realised by ranking the full-size depthwise filters by L1 norm (`l1_mask`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from jaxnas.latency.spaces import NUM_OPS, TfnasArch, TfnasLut, TfnasSpace
+
+Parsed = tuple[tuple[int, ...], ...]  # per stage: the op index of every kept block
+
+
+def parse_ops(space: TfnasSpace, log_alphas: np.ndarray, betas: Sequence[np.ndarray]) -> Parsed:
+    """argmax op per block; stage depth argmax(beta) + 1, later blocks dropped (parse_architecture)."""
+    log_alphas = np.asarray(log_alphas)
+    out = []
+    for blocks, beta in zip(space.stage_blocks(), betas):
+        depth = int(np.argmax(np.asarray(beta))) + 1
+        out.append(tuple(int(np.argmax(log_alphas[b.index])) for b in blocks[:depth]))
+    return tuple(out)
+
+
+def to_arch(space: TfnasSpace, parsed: Parsed, mids: np.ndarray) -> TfnasArch:
+    stages = space.stage_blocks()
+    return TfnasArch(parsed, tuple(tuple(int(mids[b.index, op]) for b, op in zip(stages[s], ops))
+                                   for s, ops in enumerate(parsed)))
+
+
+def _kept(space: TfnasSpace, parsed: Parsed, stages: Sequence[int]) -> list[tuple[int, int]]:
+    blocks = space.stage_blocks()
+    return [(blocks[s][j].index, op) for s in stages for j, op in enumerate(parsed[s])]
+
+
+def lookup_latency(lut: TfnasLut, space: TfnasSpace, parsed: Parsed, mids: np.ndarray) -> float:
+    """base + Σ table[key][mid] over the kept blocks at their chosen ops (get_lookup_latency)."""
+    blocks = space.blocks()
+    return lut.base + sum(lut.ms(blocks[b].key(op), mids[b, op]) for b, op in _kept(space, parsed, range(len(parsed))))
+
+
+def bound_clip(mid: int, max_mid: int) -> tuple[int, bool]:
+    """(clipped mid, still free): a mid at or beyond max // 2 or max is clipped and reports False."""
+    lo = max_mid // 2
+    if mid <= lo:
+        return lo, False
+    if mid >= max_mid:
+        return max_mid, False
+    return mid, True
+
+
+def fit_mc_num_by_latency(lut: TfnasLut, space: TfnasSpace, parsed: Parsed, mids: np.ndarray, target: float,
+                          stages: Sequence[int], sign: int) -> tuple[np.ndarray, float]:
+    """One shrink (sign -1) or expand (+1) pass over `stages` (0-based); returns (mids, table latency)."""
+    if sign not in (-1, 1):
+        raise ValueError(f"sign must be -1 (shrink) or 1 (expand), got {sign}")
+    blocks = space.blocks()
+    items = _kept(space, parsed, stages)
+    lat = lookup_latency(lut, space, parsed, mids)
+    nums = [int(mids[b, op]) for b, op in items]
+    maxes = [blocks[b].max_mid(op) for b, op in items]
+    smallest = min(nums)
+    ratios = [int(round(x / smallest)) for x in nums]
+    free = [True] * len(items)
+    cur = np.array(mids, copy=True)
+    new, new_lat = cur.copy(), lat
+    while any(free) and sign * new_lat <= sign * target:
+        cur, lat = new.copy(), new_lat
+        for n, (b, op) in enumerate(items):
+            new[b, op], free[n] = bound_clip(int(cur[b, op]) + sign * ratios[n], maxes[n])
+        new_lat = lookup_latency(lut, space, parsed, new)
+    if sign == -1:
+        cur, lat = new, new_lat
+    return cur, float(lat)
+
+
+def elastic_scaling(lut: TfnasLut, space: TfnasSpace, parsed: Parsed, mids: np.ndarray,
+                    target: float) -> tuple[np.ndarray, float, float]:
+    """(new mids, latency before, latency after) of the end-of-epoch shrink/expand passes."""
+    before = lookup_latency(lut, space, parsed, mids)
+    n = len(parsed)
+    after = before
+    if before > target:
+        mids, after = fit_mc_num_by_latency(lut, space, parsed, mids, target, range(n), -1)
+    elif before < target:
+        mids, after = fit_mc_num_by_latency(lut, space, parsed, mids, target, range(n), 1)
+    if before != target:
+        for start in range(1, n):
+            mids, after = fit_mc_num_by_latency(lut, space, parsed, mids, target, range(start, n), 1)
+    return mids, before, after
+
+
+def l1_mask(dw_kernel: np.ndarray, keep: int) -> np.ndarray:
+    """0/1 mask over the channels of a full-size depthwise kernel (kh, kw, 1, C): the `keep` filters of
+    largest L1 norm (ties: the higher channel index first, the original's reversed argsort)."""
+    norms = np.abs(np.asarray(dw_kernel, np.float64)).sum(axis=(0, 1, 2))
+    order = np.argsort(norms, kind="stable")[::-1][:keep]
+    mask = np.zeros(norms.shape[0], np.float32)
+    mask[order] = 1.0
+    return mask
+
+
+def mids_from_masks(masks: np.ndarray) -> np.ndarray:
+    """Masks (blocks, 8, C) -> int mids (blocks, 8)."""
+    return np.asarray(np.rint(np.asarray(masks).sum(-1)), np.int64)
+
+
+def initial_masks(space: TfnasSpace) -> np.ndarray:
+    """(blocks, 8, 8 * max cin) float masks: the first init_mid channels of each op (the original's
+    mc_mask_dddict); e3 ops use the first 4 * cin entries of their row, the rest stay 0."""
+    blocks = space.blocks()
+    width = max(b.max_mid(op) for b in blocks for op in range(NUM_OPS))
+    m = np.zeros((len(blocks), NUM_OPS, width), np.float32)
+    for b in blocks:
+        for op in range(NUM_OPS):
+            m[b.index, op, :b.init_mid(op)] = 1.0
+    return m
+
+
+def rescale_masks(space: TfnasSpace, parsed: Parsed, masks: np.ndarray, new_mids: np.ndarray,
+                  dw_kernels) -> tuple[np.ndarray, list[dict]]:
+    """Masks after elasticity scaling: every kept block whose chosen op's width changed gets the top-mid
+    L1 filters of its full-size depthwise kernel (`dw_kernels(block, op)` -> (k, k, 1, max_mid))."""
+    masks = np.array(masks, copy=True)
+    blocks = space.blocks()
+    changed = []
+    for b, op in _kept(space, parsed, range(len(parsed))):
+        have = int(round(float(masks[b, op].sum())))
+        want = int(new_mids[b, op])
+        if want != have:
+            size = blocks[b].max_mid(op)
+            masks[b, op, :] = 0.0
+            masks[b, op, :size] = l1_mask(dw_kernels(b, op), want)
+            changed.append({"block": blocks[b].name, "op": op, "from": have, "to": want})
+    return masks, changed
