@@ -282,7 +282,7 @@ def _search(prep: Prepared, trainer: Any, workdir: Path, say: Callable[[str], No
     oracle = RuntimeOracle(cfg.latency, workdir=workdir, log=say)
     ctx = SearchContext(cfg=cfg, workdir=workdir, dataset=prep.dataset, spec=prep.spec, oracle=oracle,
                         trainer=trainer, log=say)
-    result = prep.method.search(ctx, prep.args)
+    result = prep.method.run_search(ctx, prep.args)
     result.spec.save(workdir / ARCH)
     if result.variables is not None:
         save_final(workdir, result.variables)  # `jaxnas eval/export/latency measure WORKDIR` read them

@@ -123,7 +123,7 @@ def test_pop_configs_load_and_their_args_validate():
     for name in ("quick.yaml", "imagenet.yaml"):
         path = ROOT / "configs" / "pop" / name
         cfg = load_config(path)
-        args = validate(cfg.search.args, get_method(cfg.search.method).args, "search.args")
+        args = validate(cfg.search.args, get_method(cfg.search.method).args_schema(), "search.args")
         assert cfg.search.method == "pop" and cfg.latency.batch_size == 1 and cfg.search.target_latency_ms > 0
         assert f"jaxnas search configs/pop/{name}" in path.read_text()
         assert load_space(args.space, resolution=cfg.data.image_size, in_channels=3, num_classes=10).size() > 100

@@ -4,7 +4,7 @@ A method is one folder under `jaxnas/methods/` whose `__init__.py` defines ``MET
 The registry (`jaxnas.methods.get`) finds the folder by the config's `search.method` and imports it
 only then; nothing else (CLI, runner, config schema) lists methods. The runner (`jaxnas.pipeline`)
 validates `search.args` with `Method.args`, checks the config's target against `Method.targets`,
-builds a `SearchContext` and calls `Method.search(ctx, args)`; the method returns a `SearchResult`
+builds a `SearchContext` and calls `Method.run_search(ctx, args)` (`search` itself may be a "module:function" reference); the method returns a `SearchResult`
 of objects (the chosen spec and its weights, metrics), and the runner writes `arch.json`, deploys
 (export, parity check, measurement on the configured runtime, paired against `baseline` when given)
 and writes `summary.json`.
@@ -124,7 +124,7 @@ class Method:
     summary: str
     targets: tuple[str, ...]
     args: type | str       # the search.args Section, or "module:Class" (imported only when a search runs)
-    search: Callable[[SearchContext, Any], SearchResult]
+    search: Callable[[SearchContext, Any], SearchResult] | str  # or "module:function", imported when a search runs
     add_commands: Callable[[argparse._SubParsersAction], None] | None = None
     requires_target: bool = False
     # Target kinds ("none" without a target) under which the search reads `latency.table` through
@@ -132,14 +132,22 @@ class Method:
     table_targets: tuple[str, ...] | None = None
 
     def args_schema(self) -> type:
-        if isinstance(self.args, str):
-            module, _, attr = self.args.partition(":")
-            return getattr(importlib.import_module(module), attr)
-        return self.args
+        return _load(self.args)
+
+    def run_search(self, ctx: SearchContext, args: Any) -> SearchResult:
+        return _load(self.search)(ctx, args)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "summary": self.summary, "targets": list(self.targets),
                 "commands": self.add_commands is not None}
+
+
+def _load(ref: Any) -> Any:
+    """A "module:name" reference imported on first use (so the registry stays light), or the object itself."""
+    if isinstance(ref, str):
+        module, _, attr = ref.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return ref
 
 
 def lazy_exports(package: str, table: dict[str, tuple[str, ...]]) -> tuple[Callable[[str], Any], list[str]]:

@@ -16,18 +16,13 @@ def add_commands(sub):
     add(sub)
 
 
-def _search(ctx, args):
-    from jaxnas.methods.depth.pipeline import run_search
-
-    return run_search(ctx, args)
-
 
 METHOD = Method(
     name="depth",
     summary="Depth compression by two-stage DP (ICML'23): remove activations, merge convs under a latency budget",
     targets=("latency_ms",),
     args="jaxnas.methods.depth.args:DepthArgs",
-    search=_search,
+    search="jaxnas.methods.depth.pipeline:run_search",
     add_commands=add_commands,
     table_targets=(),  # its T(st, end) table is search.args.time_table, or measured
 )

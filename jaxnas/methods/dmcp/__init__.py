@@ -38,18 +38,13 @@ Port decisions (see docs of each module):
 from jaxnas.methods.base import Method, SearchError, lazy_exports
 
 
-def _search(ctx, args):
-    from jaxnas.methods.dmcp.run import run_search
-
-    return run_search(ctx, args)
-
 
 METHOD = Method(
     name="dmcp",
     summary="Differentiable Markov channel pruning (CVPR'20): per-layer widths under a MACs or latency target",
     targets=("macs", "latency_ms"),
     args="jaxnas.methods.dmcp.args:DMCPArgs",
-    search=_search,
+    search="jaxnas.methods.dmcp.run:run_search",
     requires_target=True,
     table_targets=("latency_ms",),  # the per-layer grid of a latency target
 )

@@ -31,11 +31,6 @@ Port decisions (details in each module):
 from jaxnas.methods.base import Method, lazy_exports
 
 
-def _search(ctx, args):
-    from jaxnas.methods.metapruning.pipeline import run_search
-
-    return run_search(ctx, args)
-
 
 def _add_commands(sub):
     from jaxnas.methods.metapruning.commands import add_commands
@@ -48,7 +43,7 @@ METHOD = Method(
     summary="MetaPruning (ICCV'19): PruningNet weight generation + evolutionary search under a MACs or latency budget",
     targets=("macs", "latency_ms"),
     args="jaxnas.methods.metapruning.args:MetaPruningArgs",
-    search=_search,
+    search="jaxnas.methods.metapruning.pipeline:run_search",
     add_commands=_add_commands,
     requires_target=True,
     table_targets=("latency_ms",),  # the per-layer grid of a latency budget

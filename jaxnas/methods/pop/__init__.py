@@ -54,34 +54,24 @@ Decisions (the paper leaves these open):
    searched on a seeded random pool of ``pool_size``.
 8. Short-training noise can violate the partial-order assumption; as in the paper nothing corrects it.
 """
-from jaxnas.methods.base import Method
-from jaxnas.methods.pop.args import PopArgs
-from jaxnas.methods.pop.boundary import Boundary, dominated_at, pareto_boundary
-from jaxnas.methods.pop.executor import Executor, LocalExecutor, TrainJob
-from jaxnas.methods.pop.order import OrderKey, comparable, order_key, precedes
-from jaxnas.methods.pop.search import PopError, PopOutcome, PopSearch, PopSettings
-from jaxnas.methods.pop.space import PRESETS, MBConvSpace, ResNetSpace, SpaceError, load_space
-from jaxnas.methods.pop.timing import AdditiveLatencyModel, LatencyCache, LatencyCacheError
-
-
-
-def _search(ctx, args):
-    from jaxnas.methods.pop.method import search
-
-    return search(ctx, args)
-
+from jaxnas.methods.base import Method, lazy_exports
 
 METHOD = Method(
     name="pop",
     summary="Partial order pruning (CVPR'19): measured-latency Pareto search over block widths and depths",
     targets=("latency_ms",),
-    args=PopArgs,
-    search=_search,
+    args="jaxnas.methods.pop.args:PopArgs",
+    search="jaxnas.methods.pop.method:search",
 )
 
-__all__ = [
-    "METHOD", "AdditiveLatencyModel", "Boundary", "Executor", "LatencyCache", "LatencyCacheError", "LocalExecutor",
-    "MBConvSpace", "OrderKey", "PRESETS", "PopArgs", "PopError", "PopOutcome", "PopSearch", "PopSettings",
-    "ResNetSpace", "SpaceError", "TrainJob", "comparable", "dominated_at", "load_space", "order_key",
-    "pareto_boundary", "precedes",
-]
+_LAZY = {  # module -> names loaded from it on first access (the registry and `jaxnas --help` stay light)
+    "args": ("PopArgs",),
+    "boundary": ("Boundary", "dominated_at", "pareto_boundary"),
+    "executor": ("Executor", "LocalExecutor", "TrainJob"),
+    "order": ("OrderKey", "comparable", "order_key", "precedes"),
+    "search": ("PopError", "PopOutcome", "PopSearch", "PopSettings"),
+    "space": ("PRESETS", "MBConvSpace", "ResNetSpace", "SpaceError", "load_space"),
+    "timing": ("AdditiveLatencyModel", "LatencyCache", "LatencyCacheError"),
+}
+__getattr__, _names = lazy_exports(__name__, _LAZY)
+__all__ = ["METHOD", *_names]

@@ -34,18 +34,13 @@ from jaxnas.methods.base import Method, SearchError, lazy_exports
 from jaxnas.methods.tfnas.commands import add_commands
 
 
-def _search(ctx, args):
-    from jaxnas.methods.tfnas.run import run_search
-
-    return run_search(ctx, args)
-
 
 METHOD = Method(
     name="tfnas",
     summary="TF-NAS (ECCV'20): op, depth and width search under a lookup-table latency target, precise to ±1 %",
     targets=("latency_ms",),
     args="jaxnas.methods.tfnas.args:TfnasArgs",
-    search=_search,
+    search="jaxnas.methods.tfnas.run:run_search",
     add_commands=add_commands,
     requires_target=False,  # search.target_latency_ms, or search.args.target_fraction (checked by the method)
     table_targets=("latency_ms", "none"),  # its TF-NAS table: latency.table, else built (or the args' pickle)

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jaxnas.latency.spaces import TfnasError
 
 __all__ = ["add_commands", "import_config", "export_config"]
 
@@ -16,6 +15,7 @@ def import_config(config_path: str | Path, out: str | Path, *, resolution: int =
                   dropout: float = 0.0, drop_connect: float = 0.0) -> dict[str, Any]:
     """Read an original model.config and write the arch spec JSON; returns a summary."""
     from jaxnas import spec as S
+    from jaxnas.latency.spaces import TfnasError  # here, not at import: the parser is built on every command
     from jaxnas.methods.tfnas.config_io import from_model_config
 
     path = Path(config_path)
