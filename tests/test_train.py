@@ -383,6 +383,47 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert_trees_equal(restored.params, state.params) and meta["step"] == 2
 
 
+def test_a_failed_write_is_reported_once_even_when_orbax_leaves_a_task_behind(caplog, monkeypatch):
+    """Orbax's failed write leaves asyncio tasks whose exception nobody retrieves; asyncio logs each with its
+    traceback whenever it is garbage-collected (after the save returned, or at exit).  That record must not
+    reach the console beside the one-line error; an unrelated task's failure still must."""
+    import asyncio
+    import gc
+    import logging
+
+    from jaxnas.train import checkpoint
+
+    monkeypatch.delenv("JAXNAS_VERBOSE", raising=False)
+    asyncio_logger = logging.getLogger("asyncio")
+    before = list(asyncio_logger.filters)
+
+    def abandoned_task(message: str) -> asyncio.Task:
+        async def fail():
+            raise ValueError(message)
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(fail())
+        loop.run_until_complete(asyncio.sleep(0))  # the task fails; its exception is never retrieved
+        loop.close()
+        return task
+
+    leftover = []
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            with pytest.raises(ValueError):
+                with checkpoint._quiet_failures():
+                    leftover.append(abandoned_task("RESOURCE_EXHAUSTED: write failed: No space left on device"))
+                    raise ValueError("RESOURCE_EXHAUSTED: No space left on device [os_error_code='28']")
+            leftover.clear()  # collected after the block, as orbax's tasks may be
+            gc.collect()
+            assert not [r for r in caplog.records if r.name == "asyncio"]
+            leftover.append(abandoned_task("an unrelated failure"))
+            leftover.clear()
+            gc.collect()
+            assert [r for r in caplog.records if r.name == "asyncio"]
+    finally:
+        asyncio_logger.filters[:] = before
+
+
 def test_corrupt_or_incompatible_checkpoint_raises_checkpoint_error(tmp_path):
     model, ds = TinyNet(), TinyDataset()
     variables = init_variables(model)

@@ -8,6 +8,7 @@ previous checkpoint stays the latest one.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from pathlib import Path
@@ -39,13 +40,20 @@ def checkpoint_error(path: Path | str, err: BaseException | str) -> CheckpointEr
         f"checkpoint at {path} is corrupt or incompatible ({detail}); delete it or use a fresh --workdir")
 
 
+_WRITE_FAILURES = ("No space left on device", "Permission denied", "Read-only file system", "Not a directory",
+                   "Disk quota exceeded")
+
+
+def _write_failure(err: BaseException) -> str:
+    """The part of a write error that names its cause: an OS message when one is in it, else its first line."""
+    text = str(err)
+    known = [m for m in _WRITE_FAILURES if m in text]
+    return known[0] if known else (text.strip().splitlines() or [type(err).__name__])[0][:200]
+
+
 def write_error(path: Path | str, err: BaseException) -> CheckpointError:
     """One line for a checkpoint that could not be written (a full disk, a directory that is not writable)."""
-    text = str(err)
-    known = [m for m in ("No space left on device", "Permission denied", "Read-only file system",
-                         "Not a directory", "Disk quota exceeded") if m in text]
-    detail = known[0] if known else (text.strip().splitlines() or [type(err).__name__])[0][:200]
-    return CheckpointError(f"cannot write the checkpoint {path} ({detail}); free disk space or make "
+    return CheckpointError(f"cannot write the checkpoint {path} ({_write_failure(err)}); free disk space or make "
                            f"{Path(path).parent} writable, then rerun the same command to resume")
 
 
@@ -54,10 +62,27 @@ class _DropRecords(logging.Filter):
         return False
 
 
+class _DropReported(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" record for a write failure already reported."""
+
+    def __init__(self, cause: str):
+        super().__init__()
+        self.cause = cause
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and self.cause in str(exc))
+
+
 @contextlib.contextmanager
 def _quiet_failures() -> Iterator[None]:
     """Orbax reports a failed write from each of its worker threads (absl ERROR lines with tracebacks,
-    megabytes on a full disk) before raising; the raised error is reported once, in one line, instead."""
+    megabytes on a full disk) before raising; the raised error is reported once, in one line, instead.
+
+    Orbax also leaves asyncio tasks of the failed write whose exception nobody retrieves; asyncio logs them
+    (traceback and all) when they are garbage-collected, which may be after this block or at interpreter
+    exit.  So on failure the pending ones are collected here, while everything is still dropped, and a
+    filter stays on the asyncio logger for records carrying the same cause."""
     if os.environ.get("JAXNAS_VERBOSE"):
         yield
         return
@@ -67,6 +92,10 @@ def _quiet_failures() -> Iterator[None]:
         lg.addFilter(drop)
     try:
         yield
+    except Exception as e:
+        gc.collect()
+        logging.getLogger("asyncio").addFilter(_DropReported(_write_failure(e)))
+        raise
     finally:
         for lg in loggers:
             lg.removeFilter(drop)
