@@ -344,11 +344,14 @@ class TfnasSpace:
                         (self.resolution, self.resolution), self.in_channels, tuple(stages), meta=meta)
         return validate(spec)
 
-    def uniform_arch(self, fraction: float, op: int = 1) -> TfnasArch:
-        """Every block at full depth with `op`, its mid a `fraction` of its max width (>= 1 channel)."""
+    def uniform_arch(self, fraction: float, op: int = 1, multiple: int = 1) -> TfnasArch:
+        """Every block at full depth with `op`, its mid a `fraction` of its max width rounded to a multiple of
+        `multiple` (at least one multiple, at most the max)."""
         st = self.stage_blocks()
-        return TfnasArch(tuple((op,) * len(bs) for bs in st),
-                         tuple(tuple(max(1, int(round(b.max_mid(op) * fraction))) for b in bs) for bs in st))
+
+        def mid(b: BlockPos) -> int:
+            return min(b.max_mid(op), max(multiple, multiple * int(round(b.max_mid(op) * fraction / multiple))))
+        return TfnasArch(tuple((op,) * len(bs) for bs in st), tuple(tuple(mid(b) for b in bs) for bs in st))
 
 
 TFNAS_SPACES: dict[str, dict[str, Any]] = {

@@ -361,6 +361,33 @@ def test_fit_mc_num_clips_at_the_bounds():
     assert list(mids[:, 1]) == [60, 48, 48, 48, 96, 144]  # the input is not modified
 
 
+def test_fit_mc_num_keeps_widths_multiples_of_channel_multiple_by_hand():
+    """channel_multiple 8: steps of round(mid / min mid) * 8 channels, bounds the multiples inside [max//2, max]."""
+    assert E.bound_clip(44, 60, 8) == (48, True) and E.bound_clip(60, 60, 8) == (56, False)
+    assert E.bound_clip(20, 60, 8) == (32, False) and E.bound_clip(70, 64, 8) == (64, False)
+    space = tiny_space()
+    lut = linear_lut(space)
+    parsed = ((1,),) * 6
+    mids = _mids(space, [48, 48, 48, 48, 96, 144])  # 4.32 ms; 0.01 ms per channel
+    # shrink to 4.05: steps 8, 8, 8, 8, 16, 24 channels (-0.72 ms) -> 3.60 < 4.05, kept
+    # expand 2-6 (+0.64), 3-6 (+0.56), 4-6 (+0.48): each crosses 4.05 and is undone
+    # 5-6: 80, 120 -> steps 8, 16 (+0.24): 3.84 kept, 4.08 undone;  6: 136 -> 144 (3.92), 152 (4.00), 160 undone
+    new, before, after = E.elastic_scaling(lut, space, parsed, mids, 4.05, multiple=8)
+    assert before == pytest.approx(4.32) and after == pytest.approx(4.00)
+    assert list(new[:, 1]) == [40, 40, 40, 40, 88, 152]
+    # multiple 1 is the original's procedure (the by-hand case above)
+    assert list(E.elastic_scaling(lut, space, parsed, mids, 4.0, multiple=1)[0][:, 1]) == [44, 44, 44, 44, 89, 135]
+
+
+def test_uniform_arch_rounds_widths_to_the_multiple():
+    space = tiny_space()
+    for frac in (0.3, 0.55, 0.8, 1.0):
+        arch = space.uniform_arch(frac, multiple=8)
+        for stage, mids in zip(space.stage_blocks(), arch.mids):
+            for b, m in zip(stage, mids):
+                assert m % 8 == 0 and 8 <= m <= b.max_mid(1) and abs(m - b.max_mid(1) * frac) <= 4
+
+
 @needs_tables
 def test_elasticity_hits_15ms_within_one_percent_on_the_gpu_table(space224, gpu_lut):
     """§4.6(a): random parsed architectures scaled to the original's 15 ms GPU target."""

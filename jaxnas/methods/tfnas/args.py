@@ -55,6 +55,8 @@ class TfnasArgs(Section):
     tau_decay: float = 0.96
     arch_every: int = 2
     reset_optimizers: bool = True             # re-create both optimisers every epoch (the original)
+    channel_multiple: int = 1                 # 8 keeps every searched width a multiple of 8 (CPU runtimes'
+                                              # blocked kernels; 1: the original's any width)
     seed: int | None = 2                      # None: train.seed
     max_steps: int | None = None              # stop the search early (smoke tests)
     # Retraining of the parsed network (the original's train_eval.py: 0.2 / 0.2).
@@ -84,6 +86,8 @@ class TfnasArgs(Section):
         for k in ("a_beta1", "a_beta2", "dropout", "drop_connect"):
             if not 0 <= getattr(self, k) < 1:
                 errors.append(f"{k}: must be in [0, 1), got {getattr(self, k)}")
+        if not 1 <= self.channel_multiple <= 64:
+            errors.append(f"channel_multiple: must be in [1, 64], got {self.channel_multiple}")
         if not 0 < self.tau_decay <= 1:
             errors.append(f"tau_decay: must be in (0, 1], got {self.tau_decay}")
         for k in ("batch_size", "max_steps", "last_channels", "lookup_batch_size"):

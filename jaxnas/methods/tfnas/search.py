@@ -63,6 +63,7 @@ class SearchConfig:
     tau_decay: float = 0.96
     arch_every: int = 2                   # an arch step when step_in_epoch % arch_every == 0
     reset_optimizers: bool = True         # re-create SGD and Adam every epoch (the original)
+    channel_multiple: int = 1             # elasticity scaling keeps widths multiples of this (1: the original)
     seed: int = 2
     log_every: int = 50
     checkpoint_every: int = 200
@@ -271,7 +272,8 @@ def search(space: TfnasSpace, lut: TfnasLut, dataset: Any, cfg: SearchConfig, wo
                                                    jnp.float32(tau), key, xs, ys, base, target)
             metrics.update(am)
         if searching and i == spe - 1:  # end of an arch epoch: elasticity scaling (before its checkpoint)
-            masks, row = _elastic(space, lut, net, params, arch, masks, cfg.target, epoch, tau)
+            masks, row = _elastic(space, lut, net, params, arch, masks, cfg.target, epoch, tau,
+                                      cfg.channel_multiple)
             atomic_write_json(elastic_path, {**{k: v for k, v in load_elastic().items() if int(k) < epoch},
                                              str(epoch): row})
             say(f"tfnas epoch {epoch}: table latency {row['lat_before']:.4f} -> {row['lat_after']:.4f} ms (target "
@@ -304,14 +306,14 @@ def search(space: TfnasSpace, lut: TfnasLut, dataset: Any, cfg: SearchConfig, wo
 
 
 def _elastic(space: TfnasSpace, lut: TfnasLut, net: Supernet, params, arch, masks, target: float, epoch: int,
-             tau: float) -> tuple[jax.Array, dict[str, Any]]:
+             tau: float, multiple: int = 1) -> tuple[jax.Array, dict[str, Any]]:
     """End-of-epoch elasticity scaling on the argmax architecture; returns new masks and a log row."""
     log_alphas = np.asarray(jax.device_get(arch["log_alphas"]))
     betas = [np.asarray(b) for b in jax.device_get(arch["betas"])]
     masks_np = np.asarray(jax.device_get(masks))
     parsed = E.parse_ops(space, log_alphas, betas)
     mids = E.mids_from_masks(masks_np)
-    new_mids, before, after = E.elastic_scaling(lut, space, parsed, mids, target)
+    new_mids, before, after = E.elastic_scaling(lut, space, parsed, mids, target, multiple)
     new_masks, changed = E.rescale_masks(space, parsed, masks_np, new_mids, lambda b, op: net.dw_kernel(params, b, op))
     row = {"epoch": epoch, "tau": float(tau), "lat_before": float(before), "lat_after": float(after),
            "arch": E.to_arch(space, parsed, new_mids).to_dict(), "changed": changed,
