@@ -66,12 +66,13 @@ def measure_rounds(nets: dict[str, S.ArchSpec], rounds: int, runs: int, stat: st
 
     from jaxnas.export.parity import random_variables
     from jaxnas.latency.backends import get_backend
-    from jaxnas.latency.measure import export_for_backend, input_shape
+    from jaxnas.latency.builder import export_for
+    from jaxnas.latency.measure import input_shape
 
     be = get_backend("onnxruntime", threads=1)
     out: dict[str, list[float]] = {n: [] for n in nets}
     with tempfile.TemporaryDirectory() as tmp:
-        files = {n: export_for_backend(s, random_variables(s), "onnxruntime", tmp, name=n) for n, s in nets.items()}
+        files = {n: export_for(s, be, tmp, variables=random_variables(s), stem=n) for n, s in nets.items()}
         for _ in range(rounds):
             for n, s in nets.items():
                 out[n].append(getattr(be.measure(str(files[n]), input_shape(s), warmup=20, runs=runs), stat))
