@@ -379,6 +379,20 @@ def test_fit_mc_num_keeps_widths_multiples_of_channel_multiple_by_hand():
     assert list(E.elastic_scaling(lut, space, parsed, mids, 4.0, multiple=1)[0][:, 1]) == [44, 44, 44, 44, 89, 135]
 
 
+def test_target_miss_says_why_the_parsed_net_is_off_the_target():
+    """tiny space, k3e6 everywhere: widths reach 2.88 .. 5.76 ms at 0.01 ms per channel."""
+    space = tiny_space()
+    lut = linear_lut(space)
+    arch = TfnasArch(((1,),) * 6, ((48,), (48,), (48,), (48,), (96,), (144,)))  # 4.32 ms
+    assert E.target_miss(lut, space, arch, 4.32) is None and E.target_miss(lut, space, arch, 4.36) is None
+    short = E.target_miss(lut, space, arch, 8.0)
+    assert "-46.0 % off" in short and "at most 5.76 ms at full width" in short and "lambda_lat" in short
+    over = E.target_miss(lut, space, arch, 2.0)
+    assert "+116.0 % off" in over and "at least 2.88 ms" in over
+    coarse = E.target_miss(lut, space, arch, 4.0, multiple=8)
+    assert "between 2.88 and 5.76 ms" in coarse and "channel_multiple 8" in coarse
+
+
 def test_uniform_arch_rounds_widths_to_the_multiple():
     space = tiny_space()
     for frac in (0.3, 0.55, 0.8, 1.0):

@@ -112,6 +112,32 @@ def elastic_scaling(lut: TfnasLut, space: TfnasSpace, parsed: Parsed, mids: np.n
     return mids, before, after
 
 
+def target_miss(lut: TfnasLut, space: TfnasSpace, arch: TfnasArch, target: float, multiple: int = 1,
+                tolerance: float = 0.01) -> str | None:
+    """Why a parsed architecture's table latency is off the target by more than `tolerance`, in words, or
+    None when it is within.  Elasticity scaling moves only widths: when the parsed ops and depths miss the
+    target even at their narrowest or widest, only the search (longer, or a larger lambda_lat) can fix it."""
+    lat = lut.arch_latency(space, arch)
+    if abs(lat / target - 1.0) <= tolerance:
+        return None
+    stages = space.stage_blocks()
+
+    def at(bound) -> float:
+        return lut.arch_latency(space, TfnasArch(arch.ops, tuple(
+            tuple(bound(stages[s][j], op) for j, op in enumerate(ops)) for s, ops in enumerate(arch.ops))))
+    widest = at(lambda b, op: bound_clip(b.max_mid(op), b.max_mid(op), multiple)[0])
+    narrowest = at(lambda b, op: bound_clip(b.min_mid(op), b.max_mid(op), multiple)[0])
+    off = f"the parsed net's table latency {lat:.4g} ms is {100 * (lat / target - 1):+.1f} % off the target {target:.4g} ms"
+    if widest < target * (1 - tolerance):
+        return (f"{off}: its ops and depths reach at most {widest:.4g} ms at full width (elasticity scaling "
+                "moves widths only); search longer (epochs) or raise lambda_lat so the depths follow the target")
+    if narrowest > target * (1 + tolerance):
+        return (f"{off}: its ops and depths take at least {narrowest:.4g} ms at their narrowest; search longer "
+                "(epochs) or raise lambda_lat so the depths follow the target")
+    return (f"{off} although widths between {narrowest:.4g} and {widest:.4g} ms exist: the width steps "
+            f"(channel_multiple {multiple}) are too coarse here, or the last epoch's scaling was undone")
+
+
 def l1_mask(dw_kernel: np.ndarray, keep: int) -> np.ndarray:
     """0/1 mask over the channels of a full-size depthwise kernel (kh, kw, 1, C): the `keep` filters of
     largest L1 norm (ties: the higher channel index first, the original's reversed argsort)."""

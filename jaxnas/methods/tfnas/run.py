@@ -21,6 +21,7 @@ import numpy as np
 from jaxnas.io_utils import atomic_write_json
 from jaxnas.methods.base import SearchContext, SearchError, SearchResult
 from jaxnas.latency.spaces import NUM_OPS, TfnasArch, TfnasLut, TfnasSpace, get_tfnas_space
+from jaxnas.methods.tfnas import elastic as E
 from jaxnas.methods.tfnas.args import TfnasArgs
 
 # Fingerprint fields a table built by jaxnas must share with the configured runtime.
@@ -123,6 +124,9 @@ def run_search(ctx: SearchContext, args: TfnasArgs) -> SearchResult:
     table_ms = outcome.table_ms
     log(f"tfnas: parsed {arch.to_dict()['ops']} depths {list(arch.depths)}; table latency {table_ms:.4f} ms "
         f"({100 * (table_ms / target - 1):+.2f} % of the target)")
+    miss = E.target_miss(lut, space, arch, target, args.channel_multiple)
+    if miss:
+        log(f"tfnas: warning: {miss}")
     atomic_write_json(workdir / "search" / "result.json", {
         "arch": arch.to_dict(), "table_latency_ms": table_ms, "target_ms": target, "steps": outcome.steps,
         "epochs": outcome.epochs, "op_probs": np.exp(outcome.log_alphas).tolist(),
@@ -139,6 +143,7 @@ def run_search(ctx: SearchContext, args: TfnasArgs) -> SearchResult:
         "achieved": {"table_latency_ms": table_ms},
         "table_latency_ms": table_ms,
         "table_error_pct": 100.0 * (table_ms / target - 1.0),
+        "target_miss": miss,
         "test_accuracy": test_acc,
         "retrained": bool(args.retrain),
         "choices": arch.to_dict(),
