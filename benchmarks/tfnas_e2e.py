@@ -140,13 +140,16 @@ def main() -> None:
 
     # 3. baselines: uniform width fraction w, k3e6 everywhere, full depth
     trainer_cfg = cfg
+
+    def uniform(w: float):
+        return space.uniform_arch(w, multiple=targs.channel_multiple)  # aligned like the search's widths
     for r in rows:
         with timing_lock():
             first = measure_rounds({"tfnas": r["spec"]}, 3, args.runs, targs.table_stat)["tfnas"]
         grid = [k / 64 for k in range(8, 65)]
-        pick = next((w for w in grid if lut.arch_latency(space, space.uniform_arch(w, multiple=targs.channel_multiple)) >= first), 1.0)
+        pick = next((w for w in grid if lut.arch_latency(space, uniform(w)) >= first), 1.0)
         for _ in range(8):
-            base_spec = space.build_spec(space.uniform_arch(pick, multiple=targs.channel_multiple), dropout=targs.dropout,
+            base_spec = space.build_spec(uniform(pick), dropout=targs.dropout,
                                          drop_connect=targs.drop_connect, name=f"uniform_w{pick:.4f}")
             with timing_lock():
                 m = measure_rounds({"tfnas": r["spec"], "uniform": base_spec}, args.rounds, args.runs,
