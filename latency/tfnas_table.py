@@ -13,11 +13,12 @@ Contexts:
 * ``network``: the same alone grid gives each block's cost by op and mid; then whole networks are timed:
   a reference network R (every block at op k3e6, initial width, full depth) and probes of it, each timed
   against R in alternating rounds (one stage's first block set to another op, all its later blocks set
-  to another op, or the stage cut to a smaller depth).  Each network N gives one equation
-  ``L_R + Δ_N = base + scale * Σ_{b in N} alone(b) + offset * |N|``; least squares over all of them gives
-  base, scale and a per-block offset (what timing a block alone adds: the runtime's per-call and layout
-  work at the block's boundaries).  Entries are then scale * alone + offset (clipped at 0; the count is
-  in ``meta.network_fit``).  The alone grid stays in the table as ``alone:`` entries, the probes as
+  to another op, or the stage cut to a smaller depth; and whole networks far from R: every stage at depth
+  1 or half depth, narrow to wide ops, and random mixed networks, `global_probes`).  Each network N gives
+  one equation ``L_R + Δ_N = base + scale * Σ_{b in N} alone(b) + offset * |N|``; least squares over all
+  of them gives base, scale and a per-block offset (what timing a block alone adds: the runtime's
+  per-call and layout work at the block's boundaries).  Entries are then scale * alone + offset (clipped
+  at 0; the count is in ``meta.network_fit``).  The alone grid stays in the table as ``alone:`` entries, the probes as
   ``net:`` entries, so a table can be re-derived without measuring again.
 
 Builds are resumable (the table is saved as entries are measured) and refuse a file measured on another
@@ -43,8 +44,9 @@ from .backends import measure_paired
 from .stats import TimingStats, progress_line
 from .table import DEFAULT_COMPAT_KEYS, REBUILD_HINT, LatencyTable, TableError
 
-__all__ = ["is_tfnas_space", "as_tfnas_space", "resolve_tfnas_space", "grid_mids", "table_entries", "build_tfnas_table", "predict_tfnas",
-           "is_tfnas_table", "ALONE_PREFIX", "PROBE_PREFIX", "CONTEXTS", "REFERENCE_OP"]
+__all__ = ["is_tfnas_space", "as_tfnas_space", "resolve_tfnas_space", "grid_mids", "table_entries", "build_tfnas_table",
+           "predict_tfnas", "is_tfnas_table", "global_probes", "ALONE_PREFIX", "PROBE_PREFIX", "CONTEXTS",
+           "REFERENCE_OP"]
 
 ALONE_PREFIX = "alone:"
 PROBE_PREFIX = "net:"
@@ -275,7 +277,50 @@ def probes(space: TfnasSpace) -> dict[str, TfnasArch]:
             out[f"{PROBE_PREFIX}s{si + 1}:depth{d}"] = TfnasArch(
                 [s[:d] if i == si else s for i, s in enumerate(ref.ops)],
                 [s[:d] if i == si else s for i, s in enumerate(ref.mids)])
+    seen = set(out.values())
+    for key, arch in global_probes(space).items():
+        if arch not in seen:  # in shallow spaces half depth is depth 1, or a probe is the reference itself
+            out[key] = arch
+            seen.add(arch)
     return out
+
+
+GLOBAL_PROBES = ((0, "min"), (1, "init"), (4, "init"), (7, "max"))  # (op, width): narrow to wide, with and without SE
+RANDOM_PROBES = 8  # mixed networks: random depth, op and width (a multiple of 8) per block, fixed seeds
+
+
+def global_probes(space: TfnasSpace) -> dict[str, TfnasArch]:
+    """Whole networks far from the reference: every stage at depth 1 and at half depth, each with one op per
+    row of GLOBAL_PROBES at its narrowest, initial or widest mid; and RANDOM_PROBES mixed networks.  The
+    per-stage probes in `probes` keep all but a few of the reference's blocks, so without these the fit
+    extrapolates in the block count; searched nets are often shallow (measured here: parsed nets of 6 to
+    8 blocks under-predicted by 6 to 8 %)."""
+    out: dict[str, TfnasArch] = {}
+    stages = space.stage_blocks()
+    for depth_name, depth in (("depth1", lambda n: 1), ("halfdepth", lambda n: (n + 1) // 2)):
+        for op, width in GLOBAL_PROBES:
+            mid = {"min": BlockPos.min_mid, "init": BlockPos.init_mid, "max": BlockPos.max_mid}[width]
+            kept = [bs[:depth(len(bs))] for bs in stages]
+            out[f"{PROBE_PREFIX}all:{depth_name}:{OPS[op].name}:{width}"] = TfnasArch(
+                tuple((op,) * len(bs) for bs in kept), tuple(tuple(mid(b, op) for b in bs) for bs in kept))
+    # Searched nets mix ops (SE next to no SE, k3 next to k5) at other widths in every block: a uniform
+    # probe does not see what such neighbours cost (measured here: mixed nets 2-3 % above the table).
+    for i in range(RANDOM_PROBES):
+        rng = np.random.default_rng([0x7F2A, i])
+        ops, mids = [], []
+        for bs in stages:
+            d = int(rng.integers(1, len(bs) + 1))
+            ops.append(tuple(int(rng.integers(NUM_OPS)) for _ in range(d)))
+            mids.append(tuple(_random_mid(rng, b, op) for b, op in zip(bs, ops[-1])))
+        out[f"{PROBE_PREFIX}random{i}"] = TfnasArch(tuple(ops), tuple(mids))
+    return out
+
+
+def _random_mid(rng: np.random.Generator, b: BlockPos, op: int) -> int:
+    """A mid in [min, max] of the op, a multiple of 8 where one fits (CPU runtimes' blocked kernels)."""
+    lo, hi = b.min_mid(op), b.max_mid(op)
+    grid = [m for m in range(-(-lo // 8) * 8, hi + 1, 8)]
+    return int(rng.choice(grid)) if grid else int(rng.integers(lo, hi + 1))
 
 
 def _measure_probes(space: TfnasSpace, be: Any, table: LatencyTable, save: Callable[[], None], export: _Exporter, *,

@@ -393,6 +393,92 @@ def test_target_miss_says_why_the_parsed_net_is_off_the_target():
     assert "between 2.88 and 5.76 ms" in coarse and "channel_multiple 8" in coarse
 
 
+def test_refine_widths_single_then_paired_steps_by_hand():
+    """tiny space, k3e6 everywhere, 8-channel steps: blocks 1-5 cost 0.08 ms a step, block 6 0.05 ms."""
+    space = tiny_space()
+    lut = linear_lut(space)
+    parsed = ((1,),) * 6
+    # after elasticity scaling to 4.05 (by hand above): 4.00; one step of block 1 gives 4.08, closer
+    mids = _mids(space, [40, 40, 40, 40, 88, 152])
+    new, lat, moves = E.refine_widths(lut, space, parsed, mids, 4.05, multiple=8)
+    assert moves == 1 and lat == pytest.approx(4.08) and list(new[:, 1]) == [48, 40, 40, 40, 88, 152]
+    # no single step helps 3.78 -> 3.80 (+-0.05, +-0.08 ms); block 1 up and block 6 down (+0.03) does
+    key6 = space.blocks()[5].key(1)
+    lut = TfnasLut(0.0, {**lut.curves, key6: (lut.curves[key6][0], lut.curves[key6][0] * 0.05 / 8)})
+    mids = _mids(space, [48, 48, 48, 48, 96, 144])
+    assert E.lookup_latency(lut, space, parsed, mids) == pytest.approx(3.78)
+    new, lat, moves = E.refine_widths(lut, space, parsed, mids, 3.80, multiple=8)
+    assert moves == 1 and lat == pytest.approx(3.81) and list(new[:, 1]) == [56, 48, 48, 48, 96, 136]
+    # a measured table need not be monotone: block 1 costs less at 48 than at 40, so one step up looks worse,
+    # but 56 is +0.16 ms; every other block is at its widest.  5.52 -> 5.67: a jump to 56 (5.68)
+    raw = {"base": 0.0, **{k: dict(zip(xs.astype(int), ys)) for k, (xs, ys) in linear_lut(space).curves.items()}}
+    raw[space.blocks()[0].key(1)].update({40: 0.40, 48: 0.38, 56: 0.56, 64: 0.64})
+    bumpy = TfnasLut.from_raw(raw)
+    mids = _mids(space, [40, 64, 64, 64, 128, 192])
+    assert E.lookup_latency(bumpy, space, parsed, mids) == pytest.approx(5.52)
+    new, lat, moves = E.refine_widths(bumpy, space, parsed, mids, 5.67, multiple=8)
+    assert moves == 1 and lat == pytest.approx(5.68) and list(new[:, 1]) == [56, 64, 64, 64, 128, 192]
+    # bounds hold: every block already at its widest, a target above stays put
+    top = _mids(space, [64, 64, 64, 64, 128, 192])
+    assert E.refine_widths(linear_lut(space), space, parsed, top, 9.0, multiple=8)[2] == 0
+
+
+def test_repair_depth_follows_the_depth_distribution_by_hand():
+    """Stages of 2 and 3 blocks; k3e6 at 0.01 ms per channel: depth 1 everywhere reaches 5.76 ms at most."""
+    space = tiny_space(max_depths=(2, 3, 1, 1, 1, 1))
+    lut = linear_lut(space)
+    la = np.log(np.full((len(space.blocks()), NUM_OPS), 1 / 8))
+    la[1, 3] = la[3, 0] = 0.0  # stage1.block2 -> op 3 (k5e6, max 64); stage2.block2 -> op 0 (k3e3, max 32)
+    probs = [np.array([0.7, 0.3]), np.array([0.5, 0.3, 0.2]), *[np.ones(1)] * 4]  # P(depth = 1, 2, ...)
+    mids = np.array(space.initial_mids())
+    shallow = ((1,), (1,), (1,), (1,), (1,), (1,))
+    # 6.5 ms: stage 2 first (P(depth > 1) 0.5 vs 0.3): 6.08 at most, still short; then stage 1
+    # (P(depth > 1) 0.3 vs stage 2's P(depth > 2) 0.2): 6.72
+    parsed, changes = E.repair_depth(lut, space, shallow, mids, 6.5, la, probs, 8)
+    assert parsed == ((1, 3), (1, 0), (1,), (1,), (1,), (1,))
+    assert changes == ["stage2: depth 1 -> 2", "stage1: depth 1 -> 2"]
+    # reachable as parsed: unchanged
+    assert E.repair_depth(lut, space, shallow, mids, 5.0, la, probs, 8) == (shallow, [])
+    # 2.0 ms from full depth (3.84 at the narrowest): drop where P(depth >= d) is least: stage 2 (0.2), stage 1
+    # (0.3 < 0.5), stage 2; 2.88 is as narrow as it gets
+    deep = ((1, 1), (1, 1, 1), (1,), (1,), (1,), (1,))
+    parsed, changes = E.repair_depth(lut, space, deep, mids, 2.0, la, probs, 8)
+    assert parsed == shallow
+    assert changes == ["stage2: depth 3 -> 2", "stage1: depth 2 -> 1", "stage2: depth 2 -> 1"]
+    # final_fit: no width of the parsed depths reaches 6.5, so the repaired depths, then widths to the target
+    arch, log = E.final_fit(lut, space, shallow, mids, 6.5, la, probs, 8)
+    assert arch.depths == (2, 2, 1, 1, 1, 1)
+    assert log["depth_changes"] == ["stage2: depth 1 -> 2", "stage1: depth 1 -> 2"]
+    assert abs(lut.arch_latency(space, arch) / 6.5 - 1) <= 0.01 and log["table_after_ms"] == pytest.approx(
+        lut.arch_latency(space, arch))
+    assert all(m % 8 == 0 for s in arch.mids for m in s)
+    # reachable by widths: depths kept, only width steps (5.0 from 4.32: +0.08 per step)
+    arch, log = E.final_fit(lut, space, shallow, mids, 5.0, la, probs, 8)
+    assert arch.depths == (1,) * 6 and log["depth_changes"] == [] and abs(log["table_after_ms"] - 5.0) <= 0.04 + 1e-9
+
+
+def test_final_fit_never_ends_farther_from_the_target():
+    """Blocks with a large fixed cost: repaired depths can land farther off than the parsed ones; final_fit
+    then keeps the parsed depths (the reviewer's case: -4.1 % became -18.8 % before this rule)."""
+    space = tiny_space(max_depths=(1, 1, 4, 4, 1, 1))
+    raw = {"base": 0.0}
+    for key, (lo, hi) in space.key_mid_ranges().items():
+        raw[key] = {m: 1.0 + 0.001 * m for m in sorted({lo, hi, *range(8, hi + 1, 8)})}
+    lut = TfnasLut.from_raw(raw)
+    la = np.zeros((len(space.blocks()), NUM_OPS))
+    probs = [np.ones(1), np.ones(1), np.array([.3, .25, .25, .2]), np.array([.25, .24, .25, .26]), np.ones(1),
+             np.ones(1)]
+    mids = np.array(space.initial_mids())
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        depths = [1, 1, int(rng.integers(1, 5)), int(rng.integers(1, 5)), 1, 1]
+        parsed = tuple((0,) * d for d in depths)
+        target = float(rng.uniform(5.0, 11.0))
+        start = E.lookup_latency(lut, space, parsed, mids)
+        arch, log = E.final_fit(lut, space, parsed, mids, target, la, probs, 8)
+        assert abs(lut.arch_latency(space, arch) - target) <= abs(start - target) + 1e-9
+
+
 def test_uniform_arch_rounds_widths_to_the_multiple():
     space = tiny_space()
     for frac in (0.3, 0.55, 0.8, 1.0):

@@ -256,6 +256,33 @@ def test_bad_inputs_fail_before_training(tmp_path, dataset):
 
 
 @pytest.mark.slow
+def test_run_search_fits_the_parsed_net_to_the_target(tmp_path, dataset):
+    """The method end to end without retraining: parse, final fit to the target on the table (within 1 % here:
+    1-channel steps of 0.01 ms), result.json keeps the search's own parse; final_fit=False is the original's."""
+    import json
+
+    from jaxnas.methods.tfnas.args import TfnasArgs
+    from jaxnas.methods.tfnas.run import reachable_range, run_search
+    oracle = FakeOracle(_table(SPACE, FakeOracle(None).fingerprint()))
+    lut = TfnasLut.from_table(oracle.table)
+    lo, hi = reachable_range(lut, SPACE)
+    target = lo + 0.6 * (hi - lo)
+    common = dict(space="tfnas-small", width=0.1, last_channels=16, max_depths=(2, 1, 1, 1, 1, 1), epochs=2,
+                  warmup_epochs=1, batch_size=16, retrain=False, log_every=100, checkpoint_every=100)
+    fitted = run_search(_ctx(tmp_path / "fit", dataset, oracle, target), TfnasArgs(**common))
+    m = fitted.metrics
+    assert abs(m["table_error_pct"]) <= 1.0 and m["target_miss"] is None
+    assert m["table_latency_ms"] == pytest.approx(lut.arch_latency(SPACE, TfnasArch.from_dict(m["choices"])))
+    assert m["final_fit"]["table_after_ms"] == pytest.approx(m["table_latency_ms"])
+    saved = json.loads((tmp_path / "fit" / "search" / "result.json").read_text())
+    assert saved["arch"] == m["choices"] and saved["final_fit"]["parsed"] == saved["parsed_arch"]
+    plain = run_search(_ctx(tmp_path / "plain", dataset, oracle, target), TfnasArgs(**common, final_fit=False))
+    assert plain.metrics["final_fit"] is None
+    assert plain.metrics["choices"] == saved["parsed_arch"]  # the same search, parsed as the original
+    assert plain.metrics["table_latency_ms"] == pytest.approx(saved["parsed_table_latency_ms"])
+
+
+@pytest.mark.slow
 def test_switch_gradients_equal_a_fixed_path():
     """The single path's own VJP (a second switch that recomputes the chosen op) gives the gradients of the
     same path written without a switch."""

@@ -12,7 +12,7 @@ import pytest
 import jaxnas.latency.tfnas_table as tt
 from jaxnas.latency import Fingerprint, TableError, TimingStats, import_tfnas_pkl
 from jaxnas.latency.spaces import NUM_OPS, TfnasArch, TfnasLut, get_tfnas_space, tfnas_block_key_and_mid
-from jaxnas.latency.tfnas_table import build_tfnas_table, grid_mids, probes, table_entries
+from jaxnas.latency.tfnas_table import build_tfnas_table, global_probes, grid_mids, probes, table_entries
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tfnas"
 needs_tables = pytest.mark.skipif(not (REFERENCE / "latency_gpu.pkl").is_file(),
@@ -119,7 +119,33 @@ def test_network_table_recovers_in_network_costs(tmp_path, fake):
         worst_alone = max(worst_alone, abs(alone.arch_latency(SPACE, arch) - truth) / truth)
     assert worst_alone > 0.02
     n_probes = len(probes(SPACE))
-    assert n_probes == 1 + sum(5 * (1 + (len(s) > 1)) + len(s) - 1 for s in SPACE.stage_blocks())
+    # stages of 1-2 blocks: half depth is depth 1, so 4 of the 8 uniform whole-network probes are kept, once
+    # each, and the 8 random ones
+    assert n_probes == 1 + sum(5 * (1 + (len(s) > 1)) + len(s) - 1 for s in SPACE.stage_blocks()) + 4 + 8
+    assert len(set(probes(SPACE).values())) == n_probes
+    assert t.meta["network_fit"]["median"]["networks"] == n_probes
+
+
+def test_global_probes_span_depths_and_widths():
+    """Whole-network probes at depth 1 and half depth, narrowest to widest: the fit's rows reach the block
+    counts and widths of searched nets, not only the reference's neighbourhood."""
+    g = global_probes(SPACE)
+    stages = SPACE.stage_blocks()
+    assert len(g) == 16
+    for k in (f"net:random{i}" for i in range(8)):  # mixed: valid archs, widths on the grid of 8
+        blocks = SPACE.arch_blocks(g[k])
+        assert all(b.min_mid(op) <= mid <= b.max_mid(op) and mid % 8 == 0 for b, op, mid in blocks)
+    assert len({g[f"net:random{i}"] for i in range(8)}) == 8 and global_probes(SPACE) == g  # fixed seeds
+    counts = {k: len(SPACE.arch_blocks(a)) for k, a in g.items()}
+    assert counts["net:all:depth1:k3e3:min"] == len(stages)
+    assert counts["net:all:halfdepth:k5e6se:max"] == sum((len(s) + 1) // 2 for s in stages)
+    a = g["net:all:depth1:k5e6se:max"]
+    assert [m[0] for m in a.mids] == [s[0].max_mid(7) for s in stages] and all(o == (7,) for o in a.ops)
+    a = g["net:all:depth1:k3e3:min"]
+    assert [m[0] for m in a.mids] == [s[0].max_mid(0) // 2 for s in stages]
+    assert {k for k in g if ":depth1:" in k} <= set(probes(SPACE))
+    deep = get_tfnas_space("tfnas-small")  # stages of up to 4 blocks: all 8 are distinct probes
+    assert set(global_probes(deep)) <= set(probes(deep)) and len(set(probes(deep).values())) == len(probes(deep))
 
 
 def test_builder_and_oracle_dispatch_tfnas_spaces(tmp_path, fake, monkeypatch):

@@ -59,6 +59,10 @@ class TfnasArgs(Section):
                                               # blocked kernels; 1: the original's any width)
     seed: int | None = 2                      # None: train.seed
     max_steps: int | None = None              # stop the search early (smoke tests)
+    final_fit: bool = True                    # after parsing: greedy width steps to the table latency
+                                              # closest to the target, and depths repaired where no width
+                                              # fits (not in the original, whose last uniform step can leave
+                                              # the net a few % off; false: the original's parse)
     # Retraining of the parsed network (the original's train_eval.py: 0.2 / 0.2).
     dropout: float = 0.0
     drop_connect: float = 0.0

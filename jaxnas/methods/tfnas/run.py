@@ -1,11 +1,12 @@
-"""TF-NAS on the method contract: space, table, checks, search (resumable), parse, retrain.
+"""TF-NAS on the method contract: space, table, checks, search (resumable), parse, final fit, retrain.
 
 Work dir layout (the runner adds arch.json, final/, export/ and summary.json)::
 
     latency_table.json  the TF-NAS table for the space (built by the latency oracle, unless
                         search.args.lookup_table or latency.table names one)
-    search/             checkpoints (orbax), metrics.jsonl/csv, result.json (parsed arch, per-epoch log)
-    retrain/            the trainer's run of the parsed network from scratch
+    search/             checkpoints (orbax), metrics.jsonl/csv, result.json (arch: the final network;
+                        parsed_arch: the search's own parse before the final fit; per-epoch log)
+    retrain/            the trainer's run of the final network from scratch
 
 Everything that can be wrong with the inputs (a table of another device or batch size, a table that lacks
 a key the space needs, a target outside the table's range) is reported before any training.
@@ -120,17 +121,27 @@ def run_search(ctx: SearchContext, args: TfnasArgs) -> SearchResult:
         f"ms in [{lo:.4g}, {hi:.4g}]")
     outcome = search(space, lut, ctx.dataset, scfg, workdir / "search", depthwise_impl=cfg.model.depthwise, log=log)
     arch: TfnasArch = outcome.arch
-    spec = space.build_spec(arch, dropout=args.dropout, drop_connect=args.drop_connect, name=f"{space.name}_tfnas")
     table_ms = outcome.table_ms
     log(f"tfnas: parsed {arch.to_dict()['ops']} depths {list(arch.depths)}; table latency {table_ms:.4f} ms "
         f"({100 * (table_ms / target - 1):+.2f} % of the target)")
+    fit = None
+    depth_probs = [np.exp(b - b.max()) / np.exp(b - b.max()).sum() for b in outcome.betas]
+    if args.final_fit:
+        arch, fit = E.final_fit(lut, space, arch.ops, E.mids_from_masks(outcome.masks), target, outcome.log_alphas,
+                                depth_probs, args.channel_multiple)
+        table_ms = lut.arch_latency(space, arch)
+        log(f"tfnas: final fit: {', '.join(fit['depth_changes']) or 'depths kept'}, {fit['width_moves']} width "
+            f"step(s): {arch.to_dict()['ops']} depths {list(arch.depths)}; table latency {table_ms:.4f} ms "
+            f"({100 * (table_ms / target - 1):+.2f} % of the target)")
+    spec = space.build_spec(arch, dropout=args.dropout, drop_connect=args.drop_connect, name=f"{space.name}_tfnas")
     miss = E.target_miss(lut, space, arch, target, args.channel_multiple)
     if miss:
         log(f"tfnas: warning: {miss}")
     atomic_write_json(workdir / "search" / "result.json", {
         "arch": arch.to_dict(), "table_latency_ms": table_ms, "target_ms": target, "steps": outcome.steps,
+        "parsed_arch": outcome.arch.to_dict(), "parsed_table_latency_ms": outcome.table_ms, "final_fit": fit,
         "epochs": outcome.epochs, "op_probs": np.exp(outcome.log_alphas).tolist(),
-        "depth_probs": [(np.exp(b - b.max()) / np.exp(b - b.max()).sum()).tolist() for b in outcome.betas]})
+        "depth_probs": [p.tolist() for p in depth_probs]})
 
     variables, test_acc = None, None
     if args.retrain:
@@ -144,6 +155,7 @@ def run_search(ctx: SearchContext, args: TfnasArgs) -> SearchResult:
         "table_latency_ms": table_ms,
         "table_error_pct": 100.0 * (table_ms / target - 1.0),
         "target_miss": miss,
+        "final_fit": fit,
         "test_accuracy": test_acc,
         "retrained": bool(args.retrain),
         "choices": arch.to_dict(),
