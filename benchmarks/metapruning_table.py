@@ -4,8 +4,9 @@
    (`latency.layer_grid`, 1 thread, batch 1, the config's channel_multiple); it includes an end-to-end
    measurement of that network, the reference of the targets.
 2. Run MetaPruning (`jaxnas search` through `jaxnas.pipeline.run`) at latency targets of `--fractions` x
-   that latency; the PruningNet is trained once (before step 1, into the first target's work dir, where
-   its search resumes it) and reused by the others (`search.args.pruningnet_from`); each picked network is retrained from scratch for `--budget` epochs.
+   that latency; the PruningNet is trained once (before step 1, into `shared/` of the work dir) and every
+   search starts from it (`search.args.pruningnet_from`); each picked network is retrained from scratch
+   for `--budget` epochs.
 3. Measure, interleaved in rounds (the `--stat` of each, min over rounds, so that drifting machine load
    hits all nets alike): the widest network, the MetaPruning nets and two families of uniformly
    width-scaled networks: the standard MobileNetV2 width multipliers (`zoo.mobilenet_v2(width=w,
@@ -131,12 +132,13 @@ def main(argv=None) -> int:
     args = validate(cfg.search.args, MetaPruningArgs, "search.args")
     space = space_for(cfg, dataset, args)
     widest = space.max_spec()
-    first = work / f"mp_{a.fractions[0]:g}"
+    shared = work / "shared"
 
-    # --- 0. The PruningNet (it does not depend on the budget) before the timing lock is needed: the first
-    # target's search finds it trained in its work dir and resumes from it. --------------------------
+    # --- 0. The PruningNet (it does not depend on the budget) before the timing lock is needed, in a dir
+    # of its own: every target's search starts from it (search.args.pruningnet_from; a run's work dir
+    # must be empty or a jaxnas run, so it cannot be trained into the first target's). ---------------
     t = time.time()
-    pretrain_pruningnet(cfg, dataset, args, space, first / "pruningnet")
+    pretrain_pruningnet(cfg, dataset, args, space, shared / "pruningnet")
     pruningnet_s = round(time.time() - t, 1)
 
     # --- 1. Layer grid of the widest network (with its end-to-end latency). ------------------------
@@ -152,10 +154,9 @@ def main(argv=None) -> int:
     # --- 2. MetaPruning at each target (one PruningNet). ---------------------------------------------
     targets = {f: round(f * full_ms, 4) for f in a.fractions}
     summaries, seconds = {}, {}
-    for i, f in enumerate(a.fractions):
-        sets = ["search.target_macs=null", f"search.target_latency_ms={targets[f]}", f"latency.table={grid}"]
-        if i:
-            sets.append(f"search.args.pruningnet_from={first}")
+    for f in a.fractions:
+        sets = ["search.target_macs=null", f"search.target_latency_ms={targets[f]}", f"latency.table={grid}",
+                f"search.args.pruningnet_from={shared}"]
         t = time.time()
         summaries[f] = run(override_config(cfg, sets), work / f"mp_{f:g}", search=True, deploy=False)
         seconds[f] = round(time.time() - t, 1)
