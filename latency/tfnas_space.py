@@ -478,6 +478,12 @@ class TfnasLut:
             curves[key] = (np.array(mids, np.float64), np.array([float(val[m]) for m in mids], np.float64))
         return cls(float(raw["base"]), curves)
 
+    def scaled(self, factor: float) -> "TfnasLut":
+        """Every latency (base and curves) times `factor`: the table on a machine `factor` times slower."""
+        curves = {k: (xs, ys * float(factor)) for k, (xs, ys) in self.curves.items()}
+        return TfnasLut(self.base * float(factor), curves, dict(self.fingerprint),
+                        {**self.meta, "scaled_by": float(factor)})
+
     # ------------------------------------------------------------------ lookups
     def __contains__(self, key: str) -> bool:
         return key in self.curves

@@ -205,11 +205,13 @@ class FakeOracle:
         return self.table
 
 
-def _table(space, fingerprint, drop=None):
+def _table(space, fingerprint, drop=None, reference=None):
     from jaxnas.latency import LatencyTable
     t = LatencyTable.new(fingerprint, meta={"source": "test"})
     stats = lambda v: {"count": 1, "mean": v, "std": 0.0, "median": v, "p10": v, "p90": v}  # noqa: E731
     t.put("base", stats(1.0))
+    if reference is not None:
+        t.put("net:reference", stats(reference))
     for key, (lo, hi) in space.key_mid_ranges().items():
         if key != drop:
             for m in sorted({lo, hi, *range(8, hi + 1, 8)}):
@@ -280,6 +282,21 @@ def test_run_search_fits_the_parsed_net_to_the_target(tmp_path, dataset):
     assert plain.metrics["final_fit"] is None
     assert plain.metrics["choices"] == saved["parsed_arch"]  # the same search, parsed as the original
     assert plain.metrics["table_latency_ms"] == pytest.approx(saved["parsed_table_latency_ms"])
+
+    class Slower(FakeOracle):  # the table's reference network times 10 % over its entry now
+        def measure(self, spec, variables=None):
+            return types.SimpleNamespace(stats=types.SimpleNamespace(median=2.2), trusted=True)
+
+    # the same (finished, resumed) search; the final fit on the table x 1.1
+    rebased = run_search(_ctx(tmp_path / "fit", dataset, Slower(_table(SPACE, oracle.fingerprint(), reference=2.0)),
+                              target), TfnasArgs(**common, rebase_table=True, rebase_rounds=3))
+    r = rebased.metrics
+    assert r["rebase"]["applied"] and r["rebase"]["factor"] == pytest.approx(1.1)
+    assert abs(r["table_error_pct"]) <= 1.0 and r["target_miss"] is None
+    assert r["table_latency_ms_as_built"] == pytest.approx(lut.arch_latency(SPACE, TfnasArch.from_dict(r["choices"])))
+    assert r["table_latency_ms"] == pytest.approx(1.1 * r["table_latency_ms_as_built"])
+    assert r["table_latency_ms_as_built"] < 0.95 * m["table_latency_ms"]  # a narrower net than without re-basing
+    assert json.loads((tmp_path / "fit" / "search" / "rebase.json").read_text())["factor"] == pytest.approx(1.1)
 
 
 @pytest.mark.slow

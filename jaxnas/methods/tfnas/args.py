@@ -63,6 +63,10 @@ class TfnasArgs(Section):
                                               # closest to the target, and depths repaired where no width
                                               # fits (not in the original, whose last uniform step can leave
                                               # the net a few % off; false: the original's parse)
+    rebase_table: bool = False                # before the final fit: time the network table's reference
+                                              # network now and fit on the table scaled by now / as built
+                                              # (a machine drifts several % in an hour; rebase.py)
+    rebase_rounds: int = 5                    # timings of the reference (median of their table_stat)
     # Retraining of the parsed network (the original's train_eval.py: 0.2 / 0.2).
     dropout: float = 0.0
     drop_connect: float = 0.0
@@ -75,7 +79,7 @@ class TfnasArgs(Section):
     @model_validator(mode="after")
     def _check(self) -> "TfnasArgs":
         errors = []
-        for k in ("epochs", "arch_every", "log_every", "checkpoint_every", "keep_checkpoints"):
+        for k in ("epochs", "rebase_rounds", "arch_every", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, k) < 1:
                 errors.append(f"{k}: must be >= 1, got {getattr(self, k)}")
         if not 0 <= self.warmup_epochs < self.epochs:

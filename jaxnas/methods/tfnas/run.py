@@ -22,7 +22,9 @@ import numpy as np
 from jaxnas.io_utils import atomic_write_json
 from jaxnas.methods.base import SearchContext, SearchError, SearchResult
 from jaxnas.latency.spaces import NUM_OPS, TfnasArch, TfnasLut, TfnasSpace, get_tfnas_space
+from jaxnas.latency.table import LatencyTable
 from jaxnas.methods.tfnas import elastic as E
+from jaxnas.methods.tfnas import rebase as R
 from jaxnas.methods.tfnas.args import TfnasArgs
 
 # Fingerprint fields a table built by jaxnas must share with the configured runtime.
@@ -47,13 +49,19 @@ def load_lut(ctx: SearchContext, args: TfnasArgs, space: TfnasSpace) -> tuple[Tf
         if Path(path).suffix.lower() in (".pkl", ".pickle") and args.lookup_batch_size is None:
             raise SearchError(f"search.args.lookup_batch_size: say which batch size {path} was measured at (the "
                               "original's latency_gpu.pkl: 32, latency_cpu.pkl: 1)")
-        lut = TfnasLut.load(path, args.table_stat, device=args.lookup_device, batch_size=args.lookup_batch_size)
+        if Path(path).suffix.lower() in (".pkl", ".pickle"):
+            lut = TfnasLut.load(path, args.table_stat, device=args.lookup_device, batch_size=args.lookup_batch_size)
+            reference_ms = None
+        else:
+            table = LatencyTable.load(path)
+            lut, reference_ms = TfnasLut.from_table(table, args.table_stat), R.reference_entry(table, args.table_stat)
     else:
         out = Path(ctx.workdir) / "latency_table.json"
         ctx.log(f"tfnas: latency table for {space.name} on {want.get('backend')} ({args.table_context} context)")
         table = ctx.oracle.block_table(space.to_dict(), out=out, context=args.table_context)
         lut = TfnasLut.from_table(table, args.table_stat)
         path = str(ctx.cfg.latency.table or out)
+        reference_ms = R.reference_entry(table, args.table_stat)
     have = lut.fingerprint
     imported = have.get("backend") == "tfnas"  # the original's pickle: measured elsewhere by definition
     if have.get("batch_size") not in (None, want.get("batch_size")):
@@ -72,7 +80,7 @@ def load_lut(ctx: SearchContext, args: TfnasArgs, space: TfnasSpace) -> tuple[Tf
                 f"{have.get('batch_size', '?')}): targets and table latencies are on its scale")
     lut.require(space.table_keys(), space.key_mid_ranges())
     return lut, {"path": path, "source": lut.meta.get("source", "?"), "context": lut.meta.get("context"),
-                 "fingerprint": have}
+                 "fingerprint": have, "reference_ms": None if imported else reference_ms}
 
 
 def reachable_range(lut: TfnasLut, space: TfnasSpace) -> tuple[float, float]:
@@ -124,7 +132,13 @@ def run_search(ctx: SearchContext, args: TfnasArgs) -> SearchResult:
     table_ms = outcome.table_ms
     log(f"tfnas: parsed {arch.to_dict()['ops']} depths {list(arch.depths)}; table latency {table_ms:.4f} ms "
         f"({100 * (table_ms / target - 1):+.2f} % of the target)")
-    fit = None
+    fit, rebase, lut_as_built = None, None, lut
+    if args.rebase_table:
+        rebase = R.cached_table_drift(workdir / "search" / "rebase.json", ctx.oracle, space, table_info["reference_ms"],
+                                      args.table_stat, rounds=args.rebase_rounds, log=log)
+        if rebase["applied"]:
+            lut = lut.scaled(rebase["factor"])
+            table_ms = lut.arch_latency(space, arch)
     depth_probs = [np.exp(b - b.max()) / np.exp(b - b.max()).sum() for b in outcome.betas]
     if args.final_fit:
         arch, fit = E.final_fit(lut, space, arch.ops, E.mids_from_masks(outcome.masks), target, outcome.log_alphas,
@@ -140,6 +154,7 @@ def run_search(ctx: SearchContext, args: TfnasArgs) -> SearchResult:
     atomic_write_json(workdir / "search" / "result.json", {
         "arch": arch.to_dict(), "table_latency_ms": table_ms, "target_ms": target, "steps": outcome.steps,
         "parsed_arch": outcome.arch.to_dict(), "parsed_table_latency_ms": outcome.table_ms, "final_fit": fit,
+        "rebase": rebase, "table_latency_ms_as_built": lut_as_built.arch_latency(space, arch),
         "epochs": outcome.epochs, "op_probs": np.exp(outcome.log_alphas).tolist(),
         "depth_probs": [p.tolist() for p in depth_probs]})
 
@@ -154,6 +169,9 @@ def run_search(ctx: SearchContext, args: TfnasArgs) -> SearchResult:
         "achieved": {"table_latency_ms": table_ms},
         "table_latency_ms": table_ms,
         "table_error_pct": 100.0 * (table_ms / target - 1.0),
+        # with rebase_table the table latency is on the re-based table (the machine's speed before the fit)
+        "table_latency_ms_as_built": lut_as_built.arch_latency(space, arch),
+        "rebase": rebase,
         "target_miss": miss,
         "final_fit": fit,
         "test_accuracy": test_acc,

@@ -1,0 +1,81 @@
+"""TF-NAS table re-basing (jaxnas.methods.tfnas.rebase, TfnasLut.scaled): the factor by hand from a fake
+oracle's timings, the cases that must not re-base, and a resumed run reusing its factor."""
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+import pytest
+
+from jaxnas.latency import LatencyTable
+from jaxnas.latency.spaces import TfnasLut, get_tfnas_space
+from jaxnas.methods.tfnas import rebase as R
+
+SPACE = get_tfnas_space("tfnas-small", resolution=8, in_channels=1, width=0.1, last_channels=16, num_classes=3,
+                        max_depths=[2, 1, 1, 1, 1, 1])
+
+
+class TimingOracle:
+    """Returns the given per-round statistics, in order; records what it timed."""
+
+    def __init__(self, mins, trusted=True):
+        self.mins, self.trusted, self.timed = list(mins), trusted, []
+
+    def measure(self, spec, variables=None):
+        self.timed.append(spec)
+        v = self.mins.pop(0)
+        return types.SimpleNamespace(stats=types.SimpleNamespace(min=v, median=2 * v), trusted=self.trusted)
+
+
+def _table(reference=None):
+    t = LatencyTable.new({"backend": "onnxruntime"}, meta={"source": "test"})
+    t.put("base", {"count": 1, "mean": 1.0, "std": 0.0, "median": 1.0, "p10": 1.0, "p90": 1.0, "min": 1.0})
+    if reference is not None:
+        t.put(R.REFERENCE_KEY, {"count": 3, "mean": reference, "std": 0.0, "median": 2 * reference, "p10": reference,
+                                "p90": reference, "min": reference})
+    return t
+
+
+def test_scaled_lut_multiplies_every_latency():
+    lut = TfnasLut(0.5, {"k": (np.array([4.0, 8.0]), np.array([0.1, 0.3]))}, {"device": "d"}, {"source": "s"})
+    s = lut.scaled(1.1)
+    assert s.base == pytest.approx(0.55) and s.ms("k", 6) == pytest.approx(1.1 * 0.2)
+    assert lut.ms("k", 6) == pytest.approx(0.2)  # the original is untouched
+    assert s.fingerprint == {"device": "d"} and s.meta["scaled_by"] == 1.1
+
+
+def test_factor_is_the_median_round_over_the_table_entry():
+    assert R.reference_entry(_table(0.2), "min") == 0.2 and R.reference_entry(_table(0.2), "median") == 0.4
+    oracle = TimingOracle([0.23, 0.21, 0.22, 0.30, 0.215])
+    out = R.table_drift(oracle, SPACE, 0.2, "min", rounds=5, log=lambda m: None)
+    # median of (0.23, 0.21, 0.22, 0.30, 0.215) = 0.22 -> 0.22 / 0.2
+    assert out["applied"] and out["factor"] == pytest.approx(1.1) and out["reference_now_ms"] == pytest.approx(0.22)
+    assert len(oracle.timed) == 5
+    ref = oracle.timed[0]  # the table's reference network: every block k3e6 at its initial width
+    from jaxnas.latency.tfnas_table import reference_arch
+    assert ref == SPACE.build_spec(reference_arch(SPACE), name=f"{SPACE.name}_netref")
+
+
+def test_no_reference_or_a_flagged_timing_does_not_rebase():
+    logs = []
+    out = R.table_drift(TimingOracle([]), SPACE, R.reference_entry(_table(None), "min"), "min", log=logs.append)
+    assert not out["applied"] and out["factor"] == 1.0 and "no reference network" in logs[0]
+    out = R.table_drift(TimingOracle([0.3] * 3, trusted=False), SPACE, 0.2, "min", rounds=3, log=logs.append)
+    assert not out["applied"] and out["factor"] == 1.0 and "flagged" in out["reason"]
+
+
+def test_busy_machine_is_named(capsys):
+    logs = []
+    out = R.table_drift(TimingOracle([0.3]), SPACE, 0.2, "min", rounds=1, log=logs.append)
+    assert out["factor"] == pytest.approx(1.5) and any("+50 % off the table's speed" in m for m in logs)
+
+
+def test_a_resumed_run_reuses_its_factor(tmp_path):
+    path = tmp_path / "rebase.json"
+    first = R.cached_table_drift(path, TimingOracle([0.22]), SPACE, 0.2, "min", rounds=1, log=lambda m: None)
+    again = R.cached_table_drift(path, TimingOracle([0.5]), SPACE, 0.2, "min", rounds=1, log=lambda m: None)
+    assert again == first == json.loads(path.read_text()) and first["factor"] == pytest.approx(1.1)
+    # another table (another reference entry): timed again
+    other = R.cached_table_drift(path, TimingOracle([0.5]), SPACE, 0.25, "min", rounds=1, log=lambda m: None)
+    assert other["factor"] == pytest.approx(2.0)
