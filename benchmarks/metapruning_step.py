@@ -89,7 +89,15 @@ def plain_timer(batch: int, res: int, classes: int) -> Timer:
         m["loss"].block_until_ready()
 
     run()
-    return lambda steps: step_ms(run, steps)
+    return _counted(lambda steps: step_ms(run, steps), state[0].params)
+
+
+def _counted(timer: Timer, params) -> Timer:
+    """The timer with `.params`: the parameter count of what it trains."""
+    def timed(steps: int) -> float:
+        return timer(steps)
+    timed.params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
+    return timed
 
 
 def generator_timer(res: int, classes: int) -> Timer:
@@ -116,7 +124,7 @@ def generator_timer(res: int, classes: int) -> Timer:
         jax.block_until_ready(state[0])
 
     run()
-    return lambda steps: step_ms(run, steps)
+    return _counted(lambda steps: step_ms(run, steps), state[0])
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -216,13 +224,20 @@ def main() -> None:
         ratio = lambda x, y: float(np.median(np.divide(per_round[x], per_round[y])))  # noqa: E731
         row["pruningnet_over_plain"] = ratio("pruningnet", "plain")
         row["generator_share"] = ratio("generator", "pruningnet")
+        # the generators' parameters (each conv's MLP ends in a layer of 32 x the full kernel's size) are
+        # updated densely every step whatever the batch: the step cannot cost less than plain + generators
+        row["plain_params"], row["pruningnet_params"] = timers["plain"].params, timers["generator"].params
+        row["floor_over_plain"] = float(np.median((np.asarray(per_round["plain"]) + per_round["generator"])
+                                                  / np.asarray(per_round["plain"])))
         if a.original:
             row["original_over_pruningnet"] = ratio("original", "pruningnet")
         rows.append(row)
         print(json.dumps(row) if a.json else
               f"batch {batch} @ {res}px: PruningNet {row['pruningnet_ms']:.0f} ms, plain widest net "
               f"{row['plain_ms']:.0f} ms (ratio {row['pruningnet_over_plain']:.2f}), generators alone "
-              f"{row['generator_ms']:.0f} ms ({100 * row['generator_share']:.0f} % of the step)"
+              f"{row['generator_ms']:.0f} ms ({100 * row['generator_share']:.0f} % of the step; "
+              f"{row['pruningnet_params'] / 1e6:.1f} M PruningNet parameters (nearly all in generators) vs "
+              f"{row['plain_params'] / 1e6:.2f} M in the plain net: floor {row['floor_over_plain']:.2f} x plain)"
               + (f", original PyTorch {row['original_ms']:.0f} ms (original / jaxnas "
                  f"{row['original_over_pruningnet']:.2f})" if a.original else "")
               + f"; load average {row['load_average']}", flush=True)

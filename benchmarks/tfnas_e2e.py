@@ -7,8 +7,9 @@ width-scaled networks of the same skeleton at equal or higher measured latency.
 2. For each of `--fractions`: search at target T = narrowest + fraction x (widest - narrowest) with the
    quick config (`jaxnas.pipeline.run`: search, re-base the table on the machine's speed now
    (`search.args.rebase_table`), final fit, retrain, export, measure), every run resumable; right after
-   the run, the net is measured (`--rounds` alternating rounds of `--runs` runs with the table's reference
-   network; median over rounds of each round's `search.args.table_stat`, the table's statistic).
+   the run, the net is measured (`--window-rounds` rounds of `--runs` runs, alternating with the table's
+   reference network, spread over `--window` seconds; median over rounds of each round's
+   `search.args.table_stat`, the table's statistic).
 3. Baselines: the skeleton at full depth with k3e6 in every block and every mid at one fraction w of its
    maximum ("uniformly width-scaled"); for each TF-NAS net the narrowest w on a 1/64 grid whose table
    latency is at least the TF-NAS net's latency on the table's scale, widened until its measured latency
@@ -63,9 +64,11 @@ class timing_lock:
         self.f.close()
 
 
-def measure_rounds(nets: dict[str, S.ArchSpec], rounds: int, runs: int, stat: str = "min") -> dict[str, float]:
-    """{name: ms}: each net exported once and timed in `rounds` alternating rounds; the median over rounds of
-    each round's `stat` (the table's statistic: 'min' in the quick config)."""
+def measure_rounds(nets: dict[str, S.ArchSpec], rounds: int, runs: int, stat: str = "min",
+                   window_s: float = 0.0) -> dict[str, float]:
+    """{name: ms}: each net exported once and timed in `rounds` alternating rounds, spread evenly over
+    `window_s` seconds; the median over rounds of each round's `stat` (the table's statistic: 'min' in the
+    quick config)."""
     import tempfile
 
     from jaxnas.export.parity import random_variables
@@ -77,7 +80,10 @@ def measure_rounds(nets: dict[str, S.ArchSpec], rounds: int, runs: int, stat: st
     out: dict[str, list[float]] = {n: [] for n in nets}
     with tempfile.TemporaryDirectory() as tmp:
         files = {n: export_for(s, be, tmp, variables=random_variables(s), stem=n) for n, s in nets.items()}
-        for _ in range(rounds):
+        start = time.monotonic()
+        for i in range(rounds):
+            if i and window_s > 0:
+                time.sleep(max(0.0, start + window_s * i / max(rounds - 1, 1) - time.monotonic()))
             for n, s in nets.items():
                 out[n].append(getattr(be.measure(str(files[n]), input_shape(s), warmup=20, runs=runs), stat))
     return {n: float(np.median(v)) for n, v in out.items()}
@@ -88,8 +94,13 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "configs" / "tfnas" / "quick.yaml"))
     ap.add_argument("--workdir", default="runs/tfnas-e2e")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.6])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--runs", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds of the uniform comparisons")
+    ap.add_argument("--runs", type=int, default=None,
+                    help="runs per round (default: latency.runs of the config, as the table was timed: a minimum "
+                         "over 300 runs is lower than over 100)")
+    ap.add_argument("--window-rounds", type=int, default=21, help="rounds of each net's measurement after its run")
+    ap.add_argument("--window", type=float, default=60.0,
+                    help="seconds those rounds are spread over (the machine's speed wanders over tens of seconds)")
     ap.add_argument("--seeds", type=int, default=1, help="retrain both nets with this many seeds, compare means")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -117,6 +128,7 @@ def main() -> None:
     targs = validate(cfg.search.args, TfnasArgs, "search.args")
     dataset = load_dataset(cfg.dataset_config())
     space = make_space(targs, dataset)
+    runs = args.runs or cfg.latency.runs or 100
 
     # 1. the table
     t = time.time()
@@ -155,7 +167,7 @@ def main() -> None:
         # measured right after its run (with the table's reference in the same rounds): what a user who
         # deploys the result gets; the comparison with uniform nets below has its own paired rounds
         with timing_lock():
-            m0 = measure_rounds({"tfnas": spec, **extra}, args.rounds, args.runs, targs.table_stat)
+            m0 = measure_rounds({"tfnas": spec, **extra}, args.window_rounds, runs, targs.table_stat, args.window)
         rebase = summary.get("rebase") or {}
         rows.append({"fraction": frac, "target_ms": target, "workdir": str(wd), "spec": spec,
                      "table_ms": summary["table_latency_ms"], "deploy_ms": summary.get("latency_ms"),
@@ -177,7 +189,7 @@ def main() -> None:
             base_spec = space.build_spec(uniform(pick), dropout=targs.dropout,
                                          drop_connect=targs.drop_connect, name=f"uniform_w{pick:.4f}")
             with timing_lock():
-                m = measure_rounds({"tfnas": r["spec"], "uniform": base_spec, **extra}, args.rounds, args.runs,
+                m = measure_rounds({"tfnas": r["spec"], "uniform": base_spec, **extra}, args.rounds, runs,
                                    targs.table_stat)
             if m["uniform"] >= m["tfnas"] or pick >= 1.0:
                 break
@@ -217,7 +229,7 @@ def main() -> None:
             "within_5pct": abs(r["measured_ms"] / r["target_ms"] - 1) <= 0.05,
             "beats_uniform": bool(np.mean(r["accuracies"]) > np.mean(r["uniform_accuracies"])
                                   and r["uniform_ms"] >= r["paired_ms"])})
-    report = {"table": str(table_path), "table_entries": len(table), "table_seconds": round(table_s, 1),
+    report = {"table": str(table_path), "runs": runs, "window_rounds": args.window_rounds, "window_s": args.window, "table_entries": len(table), "table_seconds": round(table_s, 1),
               "narrowest_ms": lo, "widest_ms": hi, "rows": out, "loadavg": [round(v, 2) for v in load],
               "total_seconds": round(time.time() - t0, 1), "config": args.config}
     atomic_write_json(root / "e2e.json", report)

@@ -48,7 +48,7 @@ def test_scaled_lut_multiplies_every_latency():
 def test_factor_is_the_median_round_over_the_table_entry():
     assert R.reference_entry(_table(0.2), "min") == 0.2 and R.reference_entry(_table(0.2), "median") == 0.4
     oracle = TimingOracle([0.23, 0.21, 0.22, 0.30, 0.215])
-    out = R.table_drift(oracle, SPACE, 0.2, "min", rounds=5, log=lambda m: None)
+    out = R.table_drift(oracle, SPACE, 0.2, "min", rounds=5, window_s=0, log=lambda m: None)
     # median of (0.23, 0.21, 0.22, 0.30, 0.215) = 0.22 -> 0.22 / 0.2
     assert out["applied"] and out["factor"] == pytest.approx(1.1) and out["reference_now_ms"] == pytest.approx(0.22)
     assert len(oracle.timed) == 5
@@ -59,23 +59,38 @@ def test_factor_is_the_median_round_over_the_table_entry():
 
 def test_no_reference_or_a_flagged_timing_does_not_rebase():
     logs = []
-    out = R.table_drift(TimingOracle([]), SPACE, R.reference_entry(_table(None), "min"), "min", log=logs.append)
+    out = R.table_drift(TimingOracle([]), SPACE, R.reference_entry(_table(None), "min"), "min", window_s=0,
+                        log=logs.append)
     assert not out["applied"] and out["factor"] == 1.0 and "no reference network" in logs[0]
-    out = R.table_drift(TimingOracle([0.3] * 3, trusted=False), SPACE, 0.2, "min", rounds=3, log=logs.append)
+    out = R.table_drift(TimingOracle([0.3] * 3, trusted=False), SPACE, 0.2, "min", rounds=3, window_s=0,
+                        log=logs.append)
     assert not out["applied"] and out["factor"] == 1.0 and "flagged" in out["reason"]
 
 
-def test_busy_machine_is_named(capsys):
+def test_rounds_are_spread_over_the_window(monkeypatch):
+    now, slept = [100.0], []
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    monkeypatch.setattr(R.time, "monotonic", lambda: now[0])
+    R.time_reference(TimingOracle([0.2] * 4), SPACE, "min", 4, window_s=30.0, sleep=sleep)
+    assert slept == pytest.approx([10.0, 10.0, 10.0])  # rounds start at 0, 10, 20, 30 s
+
+
+def test_busy_machine_is_named():
     logs = []
-    out = R.table_drift(TimingOracle([0.3]), SPACE, 0.2, "min", rounds=1, log=logs.append)
+    out = R.table_drift(TimingOracle([0.3]), SPACE, 0.2, "min", rounds=1, window_s=0, log=logs.append)
     assert out["factor"] == pytest.approx(1.5) and any("+50 % off the table's speed" in m for m in logs)
 
 
 def test_a_resumed_run_reuses_its_factor(tmp_path):
     path = tmp_path / "rebase.json"
-    first = R.cached_table_drift(path, TimingOracle([0.22]), SPACE, 0.2, "min", rounds=1, log=lambda m: None)
-    again = R.cached_table_drift(path, TimingOracle([0.5]), SPACE, 0.2, "min", rounds=1, log=lambda m: None)
+    kw = dict(rounds=1, window_s=0, log=lambda m: None)
+    first = R.cached_table_drift(path, TimingOracle([0.22]), SPACE, 0.2, "min", **kw)
+    again = R.cached_table_drift(path, TimingOracle([0.5]), SPACE, 0.2, "min", **kw)
     assert again == first == json.loads(path.read_text()) and first["factor"] == pytest.approx(1.1)
     # another table (another reference entry): timed again
-    other = R.cached_table_drift(path, TimingOracle([0.5]), SPACE, 0.25, "min", rounds=1, log=lambda m: None)
+    other = R.cached_table_drift(path, TimingOracle([0.5]), SPACE, 0.25, "min", **kw)
     assert other["factor"] == pytest.approx(2.0)

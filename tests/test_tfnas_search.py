@@ -289,7 +289,8 @@ def test_run_search_fits_the_parsed_net_to_the_target(tmp_path, dataset):
 
     # the same (finished, resumed) search; the final fit on the table x 1.1
     rebased = run_search(_ctx(tmp_path / "fit", dataset, Slower(_table(SPACE, oracle.fingerprint(), reference=2.0)),
-                              target), TfnasArgs(**common, rebase_table=True, rebase_rounds=3))
+                              target), TfnasArgs(**common, rebase_table=True, rebase_rounds=3,
+                                                               rebase_window_s=0))
     r = rebased.metrics
     assert r["rebase"]["applied"] and r["rebase"]["factor"] == pytest.approx(1.1)
     assert abs(r["table_error_pct"]) <= 1.0 and r["target_miss"] is None

@@ -66,7 +66,8 @@ class TfnasArgs(Section):
     rebase_table: bool = False                # before the final fit: time the network table's reference
                                               # network now and fit on the table scaled by now / as built
                                               # (a machine drifts several % in an hour; rebase.py)
-    rebase_rounds: int = 5                    # timings of the reference (median of their table_stat)
+    rebase_rounds: int = 15                   # timings of the reference (median of their table_stat),
+    rebase_window_s: float = 45.0             # spread over this many seconds (speed wanders over tens of s)
     # Retraining of the parsed network (the original's train_eval.py: 0.2 / 0.2).
     dropout: float = 0.0
     drop_connect: float = 0.0
@@ -96,6 +97,8 @@ class TfnasArgs(Section):
                 errors.append(f"{k}: must be in [0, 1), got {getattr(self, k)}")
         if not 1 <= self.channel_multiple <= 64:
             errors.append(f"channel_multiple: must be in [1, 64], got {self.channel_multiple}")
+        if self.rebase_window_s < 0:
+            errors.append(f"rebase_window_s: must be >= 0, got {self.rebase_window_s}")
         if not 0 < self.tau_decay <= 1:
             errors.append(f"tau_decay: must be in (0, 1], got {self.tau_decay}")
         for k in ("batch_size", "max_steps", "last_channels", "lookup_batch_size"):

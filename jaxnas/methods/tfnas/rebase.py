@@ -6,7 +6,11 @@ network several % slower or faster later (measured here: the table's reference n
 then measures that much off the target, however exact the table.  Network tables (`table_context:
 network`) hold the latency of one reference network (`net:reference`: every block k3e6 at its initial
 width, the anchor of every other entry); timing that network again right before the final fit gives the
-factor `now / as built`, and the final fit runs on the table scaled by it.  One factor for all entries: a
+factor `now / as built`, and the final fit runs on the table scaled by it.  The rounds are spread
+over `window_s` seconds: on these shared machines a network's speed wanders by ±4 % over tens of seconds
+and jumps by +40 % for 10-20 s at a time (another tenant; measured here over 6 minutes), so a snapshot of
+a fraction of a second is no better than the table's own entry (itself a median over the whole probe
+phase).  One factor for all entries: a
 drift in machine speed moves every op alike to first order (what the re-referenced errors of
 `benchmarks/tfnas_e2e.py` check).  Tables without a reference (imported pickles, alone-context tables)
 are not re-based, and the run says why.
@@ -14,6 +18,7 @@ are not re-based, and the run says why.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -34,23 +39,28 @@ def reference_entry(table: Any, stat: str) -> Optional[float]:
     return float(table.ms(REFERENCE_KEY, stat))
 
 
-def time_reference(oracle: Any, space: TfnasSpace, stat: str, rounds: int) -> tuple[float, list[float], bool]:
-    """The reference network timed `rounds` times by the oracle's protocol: (median over rounds of each
-    round's `stat`, the rounds' values, every round trusted) — the table stores its reference the same
-    way (median over rounds of each round's statistic)."""
+def time_reference(oracle: Any, space: TfnasSpace, stat: str, rounds: int, window_s: float = 0.0,
+                   sleep: Callable[[float], None] = time.sleep) -> tuple[float, list[float], bool]:
+    """The reference network timed `rounds` times by the oracle's protocol, the rounds spread evenly over
+    `window_s` seconds: (median over rounds of each round's `stat`, the rounds' values, every round
+    trusted) — the table stores its reference the same way (median over rounds of each round's statistic)."""
     from jaxnas.latency.tfnas_table import reference_arch
 
     spec = space.build_spec(reference_arch(space), name=f"{space.name}_netref")
     values, trusted = [], True
-    for _ in range(rounds):
+    start = time.monotonic()
+    for i in range(rounds):
+        if i and window_s > 0:  # round i starts at i / (rounds - 1) of the window
+            sleep(max(0.0, start + window_s * i / max(rounds - 1, 1) - time.monotonic()))
         m = oracle.measure(spec)
         values.append(float(getattr(m.stats, stat)))
         trusted = trusted and bool(getattr(m, "trusted", True))
     return float(np.median(values)), values, trusted
 
 
-def table_drift(oracle: Any, space: TfnasSpace, reference_ms: Optional[float], stat: str, *, rounds: int = 5,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+def table_drift(oracle: Any, space: TfnasSpace, reference_ms: Optional[float], stat: str, *, rounds: int = 15,
+                window_s: float = 45.0, log: Callable[[str], None] = print,
+                sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """{'applied', 'factor', 'reference_table_ms', 'reference_now_ms', 'rounds_ms', 'reason'}: the factor
     to scale the table by (1.0 and applied False, with the reason, where there is nothing to re-base on or
     the timing was flagged)."""
@@ -59,15 +69,16 @@ def table_drift(oracle: Any, space: TfnasSpace, reference_ms: Optional[float], s
                   "stays on the table's scale")
         log(f"tfnas: rebase_table: {reason}")
         return {"applied": False, "factor": 1.0, "reason": reason}
-    now, values, trusted = time_reference(oracle, space, stat, rounds)
+    now, values, trusted = time_reference(oracle, space, stat, rounds, window_s, sleep)
     factor = now / reference_ms
     out = {"applied": trusted, "factor": factor if trusted else 1.0, "reference_table_ms": reference_ms,
-           "reference_now_ms": now, "rounds_ms": values, "reason": None}
+           "reference_now_ms": now, "rounds_ms": values, "window_s": window_s, "reason": None}
     if not trusted:
         out["reason"] = "the reference timing was flagged (see latency.timing): the fit stays on the table's scale"
         log(f"tfnas: rebase_table: {out['reason']}")
         return out
-    log(f"tfnas: the table's reference network takes {now:.4f} ms now, {reference_ms:.4f} ms in the table "
+    log(f"tfnas: the table's reference network takes {now:.4f} ms now (median of {rounds} timings over "
+        f"{window_s:g} s), {reference_ms:.4f} ms in the table "
         f"({100 * (factor - 1):+.1f} %): the final fit uses the table x {factor:.4f}")
     if abs(factor - 1) > LOADED_DRIFT:
         log(f"tfnas: warning: the machine runs {100 * (factor - 1):+.0f} % off the table's speed: if it is busy "
@@ -76,7 +87,8 @@ def table_drift(oracle: Any, space: TfnasSpace, reference_ms: Optional[float], s
 
 
 def cached_table_drift(path: Path, oracle: Any, space: TfnasSpace, reference_ms: Optional[float], stat: str, *,
-                       rounds: int = 5, log: Callable[[str], None] = print) -> dict[str, Any]:
+                       rounds: int = 15, window_s: float = 45.0, log: Callable[[str], None] = print,
+                       sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """`table_drift`, measured once per run: kept at `path`, so that a resumed run fits the same net (a
     second timing would give another factor, and the retraining would resume another network)."""
     if path.exists():
@@ -84,7 +96,7 @@ def cached_table_drift(path: Path, oracle: Any, space: TfnasSpace, reference_ms:
         if out.get("reference_table_ms") == reference_ms:  # the same table
             log(f"tfnas: rebase_table: factor {out['factor']:.4f} from {path}")
             return out
-    out = table_drift(oracle, space, reference_ms, stat, rounds=rounds, log=log)
+    out = table_drift(oracle, space, reference_ms, stat, rounds=rounds, window_s=window_s, log=log, sleep=sleep)
     atomic_write_json(path, out)
     return out
 

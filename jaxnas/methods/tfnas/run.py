@@ -135,7 +135,8 @@ def run_search(ctx: SearchContext, args: TfnasArgs) -> SearchResult:
     fit, rebase, lut_as_built = None, None, lut
     if args.rebase_table:
         rebase = R.cached_table_drift(workdir / "search" / "rebase.json", ctx.oracle, space, table_info["reference_ms"],
-                                      args.table_stat, rounds=args.rebase_rounds, log=log)
+                                      args.table_stat, rounds=args.rebase_rounds, window_s=args.rebase_window_s,
+                                      log=log)
         if rebase["applied"]:
             lut = lut.scaled(rebase["factor"])
             table_ms = lut.arch_latency(space, arch)
