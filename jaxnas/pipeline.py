@@ -267,10 +267,22 @@ def _run(prep: Prepared, workdir: Path, *, search: bool, deploy: bool, log: Call
                              log=say)
         summary.update(deployed.summary())
         if search and "achieved" in summary and isinstance(summary["achieved"], dict):
-            summary["achieved"] = {**summary["achieved"], "latency_ms": deployed.latency.median_ms}
+            summary["achieved"] = {**summary["achieved"], **achieved_latency(summary.get("target"), deployed.latency)}
         say(f"deploy: {deployed.describe()}")
     summary["total_seconds"] = round(time.time() - t0, 1)
     return write_summary(workdir, summary)
+
+
+def achieved_latency(target: Any, measurement: Any) -> dict[str, Any]:
+    """{'latency_ms'[, 'latency_statistic']}: the deployed net's latency on the scale of the method's target
+    (its ``statistic``, default the median): a target on a table of per-round minima (TF-NAS'
+    ``table_stat: min``) is met or missed by the net's minimum, not by its median (14 % apart on a 0.17 ms
+    net here)."""
+    stat = (target.get("statistic") if isinstance(target, dict) else None) or "median"
+    out: dict[str, Any] = {"latency_ms": float(getattr(measurement.stats, stat))}
+    if stat != "median":
+        out["latency_statistic"] = stat
+    return out
 
 
 def _search(prep: Prepared, trainer: Any, workdir: Path, say: Callable[[str], None]) -> Any:

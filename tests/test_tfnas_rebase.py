@@ -1,5 +1,6 @@
 """TF-NAS table re-basing (jaxnas.methods.tfnas.rebase, TfnasLut.scaled): the factor by hand from a fake
-oracle's timings, the cases that must not re-base, and a resumed run reusing its factor."""
+oracle's timings, the cases that must not re-base, and a resumed run reusing its factor; the deployed
+latency reported on the target's statistic (jaxnas.pipeline.achieved_latency)."""
 from __future__ import annotations
 
 import json
@@ -94,3 +95,12 @@ def test_a_resumed_run_reuses_its_factor(tmp_path):
     # another table (another reference entry): timed again
     other = R.cached_table_drift(path, TimingOracle([0.5]), SPACE, 0.25, "min", **kw)
     assert other["factor"] == pytest.approx(2.0)
+
+
+def test_achieved_latency_is_on_the_targets_statistic():
+    from jaxnas.pipeline import achieved_latency
+    m = types.SimpleNamespace(stats=types.SimpleNamespace(median=0.196, min=0.172, p10=0.18, mean=0.2))
+    assert achieved_latency({"kind": "latency_ms", "value": 0.18, "statistic": "min"}, m) == {
+        "latency_ms": 0.172, "latency_statistic": "min"}
+    assert achieved_latency({"kind": "macs", "value": 1e6}, m) == {"latency_ms": 0.196}
+    assert achieved_latency(None, m) == {"latency_ms": 0.196}
