@@ -63,6 +63,7 @@ class OpDef:
 OPS: tuple[OpDef, ...] = (OpDef(3, 3, False), OpDef(3, 6, False), OpDef(5, 3, False), OpDef(5, 6, False),
                           OpDef(3, 3, True), OpDef(3, 6, True), OpDef(5, 3, True), OpDef(5, 6, True))
 NUM_OPS = len(OPS)
+REFERENCE_OP = 1  # k3e6: the op of every block of a network table's reference network
 OP_NAMES = tuple(op.name for op in OPS)
 
 
@@ -314,6 +315,11 @@ class TfnasSpace:
         self.check_arch(arch)
         return [(b, op, mid) for ops, mids, blocks in zip(arch.ops, arch.mids, self.stage_blocks())
                 for b, op, mid in zip(blocks, ops, mids)]
+
+    def reference_arch(self) -> TfnasArch:
+        """The network a network-context table is anchored to (its ``net:reference`` entry): every block at
+        op k3e6 (REFERENCE_OP) at its initial width, full depth."""
+        return self.default_arch(REFERENCE_OP)
 
     def default_arch(self, op: int = 1) -> TfnasArch:
         """Every block at full depth with operation `op` at its initial width."""

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
-from .tfnas_space import (MID_SEP, NUM_OPS, OPS, TFNAS_SPACES, BlockPos, TfnasArch, TfnasLut, TfnasSpace,
+from .tfnas_space import (MID_SEP, NUM_OPS, OPS, REFERENCE_OP, TFNAS_SPACES, BlockPos, TfnasArch, TfnasLut, TfnasSpace,
                           get_tfnas_space, tfnas_block_key_and_mid, tfnas_spec_blocks)
 from jaxnas.spec import ArchSpec, Block, Conv, Head
 from jaxnas.zoo import mbi_block
@@ -51,7 +51,6 @@ __all__ = ["is_tfnas_space", "as_tfnas_space", "resolve_tfnas_space", "grid_mids
 ALONE_PREFIX = "alone:"
 PROBE_PREFIX = "net:"
 CONTEXTS = ("alone", "network")
-REFERENCE_OP = 1  # k3e6: the reference network's op in every block
 COMPAT_KEYS = (*DEFAULT_COMPAT_KEYS, "provider")
 BASE_PARTS = ("first_stem", "second_stem", "head")
 
@@ -251,7 +250,7 @@ def build_tfnas_table(space: Any, backend: Any, out: Union[str, Path], *, grid: 
 
 
 def reference_arch(space: TfnasSpace) -> TfnasArch:
-    return space.default_arch(REFERENCE_OP)
+    return space.reference_arch()
 
 
 def probes(space: TfnasSpace) -> dict[str, TfnasArch]:

@@ -44,9 +44,7 @@ def time_reference(oracle: Any, space: TfnasSpace, stat: str, rounds: int, windo
     """The reference network timed `rounds` times by the oracle's protocol, the rounds spread evenly over
     `window_s` seconds: (median over rounds of each round's `stat`, the rounds' values, every round
     trusted) — the table stores its reference the same way (median over rounds of each round's statistic)."""
-    from jaxnas.latency.tfnas_table import reference_arch
-
-    spec = space.build_spec(reference_arch(space), name=f"{space.name}_netref")
+    spec = space.build_spec(space.reference_arch(), name=f"{space.name}_netref")
     values, trusted = [], True
     start = time.monotonic()
     for i in range(rounds):
