@@ -94,10 +94,8 @@ def plain_timer(batch: int, res: int, classes: int) -> Timer:
 
 def _counted(timer: Timer, params) -> Timer:
     """The timer with `.params`: the parameter count of what it trains."""
-    def timed(steps: int) -> float:
-        return timer(steps)
-    timed.params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
-    return timed
+    timer.params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
+    return timer
 
 
 def generator_timer(res: int, classes: int) -> Timer:

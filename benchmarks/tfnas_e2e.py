@@ -75,6 +75,7 @@ def measure_rounds(nets: dict[str, S.ArchSpec], rounds: int, runs: int, stat: st
     from jaxnas.latency.backends import get_backend
     from jaxnas.latency.builder import export_for
     from jaxnas.latency.measure import input_shape
+    from jaxnas.methods.tfnas.rebase import wait_for_round
 
     be = get_backend("onnxruntime", threads=1)
     out: dict[str, list[float]] = {n: [] for n in nets}
@@ -82,8 +83,7 @@ def measure_rounds(nets: dict[str, S.ArchSpec], rounds: int, runs: int, stat: st
         files = {n: export_for(s, be, tmp, variables=random_variables(s), stem=n) for n, s in nets.items()}
         start = time.monotonic()
         for i in range(rounds):
-            if i and window_s > 0:
-                time.sleep(max(0.0, start + window_s * i / max(rounds - 1, 1) - time.monotonic()))
+            wait_for_round(start, i, rounds, window_s)
             for n, s in nets.items():
                 out[n].append(getattr(be.measure(str(files[n]), input_shape(s), warmup=20, runs=runs), stat))
     return {n: float(np.median(v)) for n, v in out.items()}
@@ -134,7 +134,8 @@ def main() -> None:
     t = time.time()
     # a finished table (its derived 'base' entry is written last, and every probe of a network table is in
     # it: tables of an older jaxnas lack some and measure them now) is read without waiting for the lock
-    from jaxnas.latency.tfnas_table import PROBE_PREFIX, probes, reference_arch
+    from jaxnas.latency.spaces import REFERENCE_KEY
+    from jaxnas.latency.tfnas_table import probes
 
     def finished(t: LatencyTable) -> bool:
         return "base" in t and (targs.table_context != "network" or all(k in t for k in probes(space)))
@@ -150,8 +151,8 @@ def main() -> None:
     # The table's reference network (network tables), timed in the same rounds: the machine's drift since
     # the table was measured (these shared machines drift by up to 10 % in an hour) is its latency now over
     # its entry.
-    ref_spec = space.build_spec(reference_arch(space), name=f"{space.name}_netref")
-    ref_key = f"{PROBE_PREFIX}reference"
+    ref_spec = space.build_spec(space.reference_arch(), name=f"{space.name}_netref")
+    ref_key = REFERENCE_KEY
     ref_table = table.ms(ref_key, targs.table_stat) if ref_key in table else None
     extra = {"reference": ref_spec} if ref_table else {}
 

@@ -46,7 +46,7 @@ from jaxnas.zoo import mbv2_block
 __all__ = ["BlockConfig", "SearchSpace", "SpaceError", "BUILTIN_SPACES", "load_space", "space_names",
            # TF-NAS (re-exported from tfnas_space)
            "MID_SEP", "NUM_OPS", "OP_NAMES", "OPS", "STAGES", "TFNAS_SPACES", "BlockPos", "LutError", "OpDef",
-           "TfnasArch", "TfnasError", "TfnasLut", "TfnasSpace", "get_tfnas_space", "interp_extrapolate",
+           "REFERENCE_KEY",           "TfnasArch", "TfnasError", "TfnasLut", "TfnasSpace", "get_tfnas_space", "interp_extrapolate",
            "tfnas_block_key_and_mid", "tfnas_spec_blocks"]
 
 
@@ -572,5 +572,5 @@ def load_space(name_or_path: Union[str, "os.PathLike[str]", Mapping[str, Any], S
 # TF-NAS (seed-specs §4.1, §4.4): its skeleton, operations, table keys and lookup tables live in `tfnas_space`;
 # methods read them from here.
 from .tfnas_space import (MID_SEP, NUM_OPS, OP_NAMES, OPS, STAGES, TFNAS_SPACES, BlockPos, LutError,  # noqa: E402
-                          OpDef, TfnasArch, TfnasError, TfnasLut, TfnasSpace, get_tfnas_space,
+                          OpDef, REFERENCE_KEY, TfnasArch, TfnasError, TfnasLut, TfnasSpace, get_tfnas_space,
                           interp_extrapolate, tfnas_block_key_and_mid, tfnas_spec_blocks)

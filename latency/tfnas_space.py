@@ -64,6 +64,8 @@ OPS: tuple[OpDef, ...] = (OpDef(3, 3, False), OpDef(3, 6, False), OpDef(5, 3, Fa
                           OpDef(3, 3, True), OpDef(3, 6, True), OpDef(5, 3, True), OpDef(5, 6, True))
 NUM_OPS = len(OPS)
 REFERENCE_OP = 1  # k3e6: the op of every block of a network table's reference network
+PROBE_PREFIX = "net:"  # a network table's whole-network entries
+REFERENCE_KEY = PROBE_PREFIX + "reference"  # ... and the one every other entry is anchored to
 OP_NAMES = tuple(op.name for op in OPS)
 
 

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
-from .tfnas_space import (MID_SEP, NUM_OPS, OPS, REFERENCE_OP, TFNAS_SPACES, BlockPos, TfnasArch, TfnasLut, TfnasSpace,
+from .tfnas_space import (MID_SEP, NUM_OPS, OPS, PROBE_PREFIX, REFERENCE_KEY, REFERENCE_OP, TFNAS_SPACES, BlockPos, TfnasArch, TfnasLut, TfnasSpace,
                           get_tfnas_space, tfnas_block_key_and_mid, tfnas_spec_blocks)
 from jaxnas.spec import ArchSpec, Block, Conv, Head
 from jaxnas.zoo import mbi_block
@@ -49,7 +49,6 @@ __all__ = ["is_tfnas_space", "as_tfnas_space", "resolve_tfnas_space", "grid_mids
            "REFERENCE_OP"]
 
 ALONE_PREFIX = "alone:"
-PROBE_PREFIX = "net:"
 CONTEXTS = ("alone", "network")
 COMPAT_KEYS = (*DEFAULT_COMPAT_KEYS, "provider")
 BASE_PARTS = ("first_stem", "second_stem", "head")
@@ -249,14 +248,10 @@ def build_tfnas_table(space: Any, backend: Any, out: Union[str, Path], *, grid: 
     return table
 
 
-def reference_arch(space: TfnasSpace) -> TfnasArch:
-    return space.reference_arch()
-
-
 def probes(space: TfnasSpace) -> dict[str, TfnasArch]:
     """{table key: architecture} of the reference network and its probes (see the module docstring)."""
-    ref = reference_arch(space)
-    out = {f"{PROBE_PREFIX}reference": ref}
+    ref = space.reference_arch()
+    out = {REFERENCE_KEY: ref}
     stages = space.stage_blocks()
     for si, blocks in enumerate(stages):
         positions = [("first", blocks[:1])] + ([("later", blocks[1:])] if len(blocks) > 1 else [])

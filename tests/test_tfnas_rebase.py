@@ -54,8 +54,7 @@ def test_factor_is_the_median_round_over_the_table_entry():
     assert out["applied"] and out["factor"] == pytest.approx(1.1) and out["reference_now_ms"] == pytest.approx(0.22)
     assert len(oracle.timed) == 5
     ref = oracle.timed[0]  # the table's reference network: every block k3e6 at its initial width
-    from jaxnas.latency.tfnas_table import reference_arch
-    assert ref == SPACE.build_spec(reference_arch(SPACE), name=f"{SPACE.name}_netref")
+    assert ref == SPACE.build_spec(SPACE.reference_arch(), name=f"{SPACE.name}_netref")
 
 
 def test_no_reference_or_a_flagged_timing_does_not_rebase():

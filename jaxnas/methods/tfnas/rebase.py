@@ -25,9 +25,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from jaxnas.io_utils import atomic_write_json
-from jaxnas.latency.spaces import TfnasSpace
+from jaxnas.latency.spaces import REFERENCE_KEY, TfnasSpace
 
-REFERENCE_KEY = "net:reference"  # jaxnas.latency.tfnas_table.PROBE_PREFIX + "reference"
 LOADED_DRIFT = 0.10  # beyond this the machine is busy or throttled now, not drifting: say so
 
 
@@ -39,6 +38,14 @@ def reference_entry(table: Any, stat: str) -> Optional[float]:
     return float(table.ms(REFERENCE_KEY, stat))
 
 
+def wait_for_round(start: float, i: int, rounds: int, window_s: float,
+                   sleep: Callable[[float], None] = time.sleep) -> None:
+    """Sleep until round i of `rounds` spread evenly over `window_s` seconds from `start` (time.monotonic)
+    begins: round i starts at i / (rounds - 1) of the window."""
+    if i and window_s > 0:
+        sleep(max(0.0, start + window_s * i / max(rounds - 1, 1) - time.monotonic()))
+
+
 def time_reference(oracle: Any, space: TfnasSpace, stat: str, rounds: int, window_s: float = 0.0,
                    sleep: Callable[[float], None] = time.sleep) -> tuple[float, list[float], bool]:
     """The reference network timed `rounds` times by the oracle's protocol, the rounds spread evenly over
@@ -48,8 +55,7 @@ def time_reference(oracle: Any, space: TfnasSpace, stat: str, rounds: int, windo
     values, trusted = [], True
     start = time.monotonic()
     for i in range(rounds):
-        if i and window_s > 0:  # round i starts at i / (rounds - 1) of the window
-            sleep(max(0.0, start + window_s * i / max(rounds - 1, 1) - time.monotonic()))
+        wait_for_round(start, i, rounds, window_s, sleep)
         m = oracle.measure(spec)
         values.append(float(getattr(m.stats, stat)))
         trusted = trusted and bool(getattr(m, "trusted", True))
@@ -99,4 +105,4 @@ def cached_table_drift(path: Path, oracle: Any, space: TfnasSpace, reference_ms:
     return out
 
 
-__all__ = ["reference_entry", "time_reference", "table_drift", "cached_table_drift", "REFERENCE_KEY"]
+__all__ = ["reference_entry", "wait_for_round", "time_reference", "table_drift", "cached_table_drift", "REFERENCE_KEY"]

@@ -149,13 +149,14 @@ def run_search(ctx: SearchContext, args: TfnasArgs) -> SearchResult:
             f"step(s): {arch.to_dict()['ops']} depths {list(arch.depths)}; table latency {table_ms:.4f} ms "
             f"({100 * (table_ms / target - 1):+.2f} % of the target)")
     spec = space.build_spec(arch, dropout=args.dropout, drop_connect=args.drop_connect, name=f"{space.name}_tfnas")
+    as_built_ms = lut_as_built.arch_latency(space, arch)
     miss = E.target_miss(lut, space, arch, target, args.channel_multiple)
     if miss:
         log(f"tfnas: warning: {miss}")
     atomic_write_json(workdir / "search" / "result.json", {
         "arch": arch.to_dict(), "table_latency_ms": table_ms, "target_ms": target, "steps": outcome.steps,
         "parsed_arch": outcome.arch.to_dict(), "parsed_table_latency_ms": outcome.table_ms, "final_fit": fit,
-        "rebase": rebase, "table_latency_ms_as_built": lut_as_built.arch_latency(space, arch),
+        "rebase": rebase, "table_latency_ms_as_built": as_built_ms,
         "epochs": outcome.epochs, "op_probs": np.exp(outcome.log_alphas).tolist(),
         "depth_probs": [p.tolist() for p in depth_probs]})
 
@@ -171,7 +172,7 @@ def run_search(ctx: SearchContext, args: TfnasArgs) -> SearchResult:
         "table_latency_ms": table_ms,
         "table_error_pct": 100.0 * (table_ms / target - 1.0),
         # with rebase_table the table latency is on the re-based table (the machine's speed before the fit)
-        "table_latency_ms_as_built": lut_as_built.arch_latency(space, arch),
+        "table_latency_ms_as_built": as_built_ms,
         "rebase": rebase,
         "target_miss": miss,
         "final_fit": fit,
