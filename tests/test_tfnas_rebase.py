@@ -49,7 +49,7 @@ def test_scaled_lut_multiplies_every_latency():
 def test_factor_is_the_median_round_over_the_table_entry():
     assert R.reference_entry(_table(0.2), "min") == 0.2 and R.reference_entry(_table(0.2), "median") == 0.4
     oracle = TimingOracle([0.23, 0.21, 0.22, 0.30, 0.215])
-    out = R.table_drift(oracle, SPACE, 0.2, "min", rounds=5, window_s=0, log=lambda m: None)
+    out = R.table_drift(oracle, SPACE, 0.2, "min", rounds=5, window_s=0, tries=1, log=lambda m: None)
     # median of (0.23, 0.21, 0.22, 0.30, 0.215) = 0.22 -> 0.22 / 0.2
     assert out["applied"] and out["factor"] == pytest.approx(1.1) and out["reference_now_ms"] == pytest.approx(0.22)
     assert len(oracle.timed) == 5
@@ -77,6 +77,22 @@ def test_rounds_are_spread_over_the_window(monkeypatch):
     monkeypatch.setattr(R.time, "monotonic", lambda: now[0])
     R.time_reference(TimingOracle([0.2] * 4), SPACE, "min", 4, window_s=30.0, sleep=sleep)
     assert slept == pytest.approx([10.0, 10.0, 10.0])  # rounds start at 0, 10, 20, 30 s
+
+
+def test_a_bursty_window_is_timed_again():
+    # p90 / p10 of (0.2, 0.2, 0.3, 0.3, 0.2) is 1.5: a burst; the next window (spread 1 %) is used
+    assert R.window_spread([0.2, 0.2, 0.3, 0.3, 0.2]) == pytest.approx(0.5)
+    logs = []
+    oracle = TimingOracle([0.2, 0.2, 0.3, 0.3, 0.2] + [0.21, 0.212, 0.21, 0.211, 0.21])
+    out = R.table_drift(oracle, SPACE, 0.2, "min", rounds=5, window_s=0, log=logs.append)
+    assert out["applied"] and out["windows"] == 2 and out["factor"] == pytest.approx(1.05)
+    assert out["spread"] <= R.BURST_SPREAD and "timed again" in logs[0]
+    # every window bursty: the least spread one (the second, 0.25 / 0.2 - 1 = 25 %) is used, and said so
+    logs.clear()
+    oracle = TimingOracle([0.2, 0.2, 0.3, 0.3, 0.2] + [0.2, 0.2, 0.25, 0.25, 0.2])
+    out = R.table_drift(oracle, SPACE, 0.2, "min", rounds=5, window_s=0, tries=2, log=logs.append)
+    assert out["windows"] == 2 and out["spread"] == pytest.approx(0.25) and out["factor"] == pytest.approx(1.0)
+    assert "least spread" in logs[1] and not oracle.mins
 
 
 def test_busy_machine_is_named():
