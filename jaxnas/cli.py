@@ -492,8 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("space", help="built-in space name (mbv2-small, mbv2-224) or a space YAML")
     q.add_argument("--out", required=True)
     q.add_argument("--context", choices=["alone", "network"], default="alone",
-                   help="time each block alone, or as the change it makes to a reference network "
-                        "(better ranks on onnxruntime/CPU)")
+                   help="time each block alone, or as the change it makes to a reference network, "
+                        "weighed against its alone time by the probe's noise (better ranks on onnxruntime/CPU)")
     timing_args(q, 3.0)
     q.set_defaults(fn=cmd_latency_build)
 

@@ -365,11 +365,13 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
         for part in space.unique_parts():
             for g in grid_parts(part, channel_step):
                 todo.setdefault(g.key, ("part", g))
-    else:
-        from .network_table import measure_network_parts
+    else:  # probes first, then every part alone (the derivation's prior), then the derived entries
+        from .network_table import alone_parts, measure_network_probes
 
-        measure_network_parts(space, be, table, lambda: table.save(out), warmup=warmup, runs=runs, rounds=rounds,
-                              log=log, protocol=protocol)
+        measure_network_probes(space, be, table, lambda: table.save(out), warmup=warmup, runs=runs, rounds=rounds,
+                               log=log, protocol=protocol)
+        for key, part in alone_parts(space).items():
+            todo.setdefault(key, ("part", part))
     if references is not None and references is not False:
         n_random = 12 if references is True else int(references)
         for name, arch in reference_archs(space, n_random, seed).items():
@@ -418,6 +420,12 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
 
             measure_models(be, [(models[k][0], input_shape(models[k][1])) for k in pending], protocol=protocol,
                            warmup=warmup, runs=runs, on_done=store, names=pending)
+    if context == "network":
+        from .network_table import derive_parts
+
+        for k, e in derive_parts(space, table).items():
+            table.put(k, e)
+        table.save(out)
     if not out.exists():  # nothing to measure (empty space?) but the caller expects a file
         table.save(out)
     if done:

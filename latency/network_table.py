@@ -14,9 +14,19 @@ Each probe p is one equation Σ_k n_pk τ_k = L_R + Δ_p over the in-network tim
 holds (R itself: Δ = 0); :func:`derive_parts` solves them by least squares.  With additive costs the
 probes pin down every block choice and every later block (through the depth probes); what they leave
 open is how stem, head and the first blocks at their reference choice split their common sum, and every
-architecture holds exactly one of each, so a weak prior (shares of L_R by MACs) settles it without
-changing any prediction.  By construction the prediction of R is L_R.  The predictor reads these τ like
-any table entry.
+architecture holds exactly one of each, so a prior settles it without changing any prediction.  By
+construction the prediction of R is L_R.  The predictor reads these τ like any table entry.
+
+A probe's Δ is only as good as the network's own noise: at 32 px a block is 5-20 % of its network and Δ is
+known to ~1 % of the block; at 224 px a block is 1-2 % of a several-ms network, and 97 of 211 probes of
+`mbv2-224` stopped at the timing cap with Δ known to ±20 % of the network — many times the block itself
+(43 % of 30 nets predicted within ±5 %, where the alone table, on the same nets, had 100 %).  So every
+part is also timed alone (``alone:<key>``) and the equations are solved by weighted least squares with
+that as the prior: τ_k ≈ c · alone_k, c = L_R / Σ_R alone (the per-call costs the network does not pay,
+spread in proportion), with a standard deviation of PRIOR_REL of it; each probe is weighted by the
+standard error of its Δ.  Where the probes are precise (small inputs) they decide τ; where they are
+noise (large inputs) τ falls back to the calibrated alone time.  A table without alone entries (built by
+an older jaxnas) keeps the weak MACs prior and unweighted equations.
 """
 from __future__ import annotations
 
@@ -30,9 +40,17 @@ from .spaces import BlockConfig, SearchSpace, SpaceError
 from .table import LatencyTable, TableError
 from .timing import TimingProtocol
 
-__all__ = ["PROBE_PREFIX", "reference_arch", "probes", "measure_probes", "derive_parts", "measure_network_parts"]
+__all__ = ["PROBE_PREFIX", "ALONE_PREFIX", "PRIOR_REL", "reference_arch", "probes", "measure_probes",
+           "derive_parts", "measure_network_probes", "alone_parts"]
 
 PROBE_PREFIX = "net:"
+ALONE_PREFIX = "alone:"  # a part timed alone: the prior of its in-network time
+# How far a part's in-network time may sit from its calibrated alone time (1 sd, relative).  Per-call
+# boundary costs differ between block types by up to about half a small block's time on onnxruntime here,
+# so the prior is loose: precise probes (SE a few % of the block) outweigh it ~100:1, noisy ones are
+# outweighed by it.
+PRIOR_REL = 0.5
+SE_FLOOR_REL = 1e-6  # of L_R: a noiseless (simulated) Δ still has a finite weight
 
 
 def _choice_key(c) -> str:
@@ -99,18 +117,33 @@ def measure_probes(space: SearchSpace, backend, table: LatencyTable, save: Calla
                     runs=runs, rounds=rounds, entry_meta=meta, log=log, what="probes of the reference network")
 
 
+def _delta_se(entry: dict[str, Any]) -> float:
+    """Standard error of a probe's Δ: from its interval (by the protocol) or its rounds' spread."""
+    meta = entry.get("meta") or {}
+    ci = meta.get("delta_ci_ms")
+    if ci is not None:
+        return abs(float(ci[1]) - float(ci[0])) / (2 * 1.96)
+    return 1.2533 * float(meta.get("delta_std_ms", 0.0)) / np.sqrt(max(int(meta.get("rounds", 1)), 1))
+
+
+def _reference_se(entry: dict[str, Any]) -> float:
+    return float(entry.get("std", 0.0)) / np.sqrt(max(int(entry.get("count", 1)), 1))
+
+
 def derive_parts(space: SearchSpace, table: LatencyTable) -> dict[str, dict[str, Any]]:
     """{part key: entry} of the in-network times τ (see the module doc) from the probes of every width.
 
-    Each probe p (and R) is one linear equation Σ_k n_pk τ_k = L_R + Δ_p over the parts it holds; the
-    system is solved by least squares together with prior rows τ_k = share of L_R by MACs, weighted
-    1e-4, which only decide what the probes leave open (how stem, head and first blocks split their
-    common sum).  A block that occurs at two places (same key, e.g. two stages of equal width) gets
-    one τ, as additivity requires.
+    Each probe p (and R) is one linear equation Σ_k n_pk τ_k = L_R + Δ_p over the parts it holds.  With
+    every part's alone time in the table the equations are weighted by 1 / SE(Δ_p) and solved with prior
+    rows τ_k = c · alone_k weighted by 1 / (PRIOR_REL · c · alone_k); otherwise (older tables) unweighted,
+    with prior rows τ_k = share of L_R by MACs weighted 1e-4, which only decide what the probes leave open
+    (how stem, head and first blocks split their common sum).  A block that occurs at two places (same
+    key, e.g. two stages of equal width) gets one τ, as additivity requires.
     """
-    rows, rhs, spreads, ref_row, keys = [], [], [], [], {}
+    rows, rhs, spreads, ses, ref_row, keys = [], [], [], [], [], {}
     cfgs: dict[str, BlockConfig] = {}
     prior: dict[str, float] = {}
+    refs: list[tuple[dict[str, int], np.ndarray]] = []
     for width in space.widths:
         todo = probes(space, width)
         missing = [k for k in todo if k not in table]
@@ -130,11 +163,16 @@ def derive_parts(space: SearchSpace, table: LatencyTable) -> dict[str, dict[str,
                 cfgs.setdefault(p.key, p)
                 keys.setdefault(p.key, len(keys))
                 count[p.key] = count.get(p.key, 0) + 1
-            meta = table.get(key).get("meta") or {}
+            entry = table.get(key)
+            meta = entry.get("meta") or {}
             rows.append(count)
             ref_row.append(first_row)
             rhs.append(L_R + (float(meta["delta_ms"]) if key != ref_key else 0.0))
             spreads.append(float(meta.get("delta_std_ms", 0.0)))
+            floor = SE_FLOOR_REL * float(L_R[STATS.index("median")])
+            ses.append(max(_delta_se(entry) if key != ref_key else _reference_se(entry), floor))
+            if key == ref_key:
+                refs.append((count, L_R))
     for k, c in cfgs.items():  # blocks outside every reference: prior from their own MACs
         if k not in prior:
             mr = float(c.macs())
@@ -142,34 +180,62 @@ def derive_parts(space: SearchSpace, table: LatencyTable) -> dict[str, dict[str,
                                         for q in prior if cfgs[q].kind == c.kind] or [0.0]))
     n = len(keys)
     a = np.zeros((len(rows) + n, n))
-    b = np.zeros((len(rows) + n, len(STATS)))
     for i, count in enumerate(rows):
         for k, c in count.items():
             a[i, keys[k]] = c
-        b[i] = rhs[i]
-    eps = 1e-4
-    for k, j in keys.items():
-        a[len(rows) + j, j] = eps
-        b[len(rows) + j] = eps * prior[k]
-    tau, *_ = np.linalg.lstsq(a, b, rcond=None)
+    b = np.zeros((len(rows) + n, len(STATS)))
+    b[:len(rows)] = np.asarray(rhs)
+    alone = _alone_prior(table, keys, refs)
+    if alone is None:  # no alone times: unweighted equations, a weak MACs prior
+        eps = 1e-4
+        for k, j in keys.items():
+            a[len(rows) + j, j] = eps
+            b[len(rows) + j] = eps * prior[k]
+        tau, *_ = np.linalg.lstsq(a, b, rcond=None)
+        derived = "network probes"
+    else:
+        tau = np.zeros((n, len(STATS)))
+        w_rows = 1.0 / np.asarray(ses)
+        for i in range(len(STATS)):  # each statistic: its own prior scale
+            sd = np.maximum(PRIOR_REL * alone[:, i], 1e-9)
+            aw = np.vstack([a[:len(rows)] * w_rows[:, None], np.diag(1.0 / sd)])
+            bw = np.concatenate([b[:len(rows), i] * w_rows, alone[:, i] / sd])
+            tau[:, i] = np.linalg.lstsq(aw, bw, rcond=None)[0]
+        derived = "network probes, calibrated alone prior"
     out: dict[str, dict[str, Any]] = {}
     for k, j in keys.items():
         moved = [sp for count, sp, r in zip(rows, spreads, ref_row) if count.get(k, 0) != rows[r].get(k, 0)]
         out[k] = {**{s: max(float(tau[j, i]), 0.0) for i, s in enumerate(STATS)},
                   "std": float(np.mean(moved)) if moved else 0.0, "count": len(moved),
-                  "meta": {"kind": cfgs[k].kind, "config": cfgs[k].to_dict(), "derived": "network probes"}}
+                  "meta": {"kind": cfgs[k].kind, "config": cfgs[k].to_dict(), "derived": derived}}
     return out
 
 
-def measure_network_parts(space: SearchSpace, backend, table: LatencyTable, save: Callable[[], None], *,
-                          warmup: Optional[int], runs: Optional[int], rounds: int, log: Callable[[str], None],
-                          protocol: Optional[TimingProtocol] = None) -> None:
-    """Measure the probes of every width (resumable) and store the derived part entries in `table`."""
+def _alone_prior(table: LatencyTable, keys: dict[str, int],
+                 refs: list[tuple[dict[str, int], np.ndarray]]) -> Optional[np.ndarray]:
+    """[part, stat] of c · alone time (c per statistic: Σ L_R over Σ alone of the references' parts), or None
+    where a part has no alone entry."""
+    if any(ALONE_PREFIX + k not in table for k in keys):
+        return None
+    alone = np.asarray([[table.ms(ALONE_PREFIX + k, s) for s in STATS] for k in keys])
+    index = list(keys)
+    sum_alone = sum(sum(c * alone[index.index(k)] for k, c in count.items()) for count, _ in refs)
+    c = sum(L for _, L in refs) / np.maximum(sum_alone, 1e-12)
+    return alone * c
+
+
+def alone_parts(space: SearchSpace) -> dict[str, BlockConfig]:
+    """{table key: part} of the alone timings a network table holds as its prior (every unique part)."""
+    return {ALONE_PREFIX + p.key: p for p in space.unique_parts()}
+
+
+def measure_network_probes(space: SearchSpace, backend, table: LatencyTable, save: Callable[[], None], *,
+                           warmup: Optional[int], runs: Optional[int], rounds: int, log: Callable[[str], None],
+                           protocol: Optional[TimingProtocol] = None) -> None:
+    """Measure the probes of every width (resumable); the builder then times `alone_parts` and stores
+    `derive_parts`."""
     if any(not st.depths for st in space.stages):
         raise SpaceError("every stage needs a depth")
     for width in space.widths:
         measure_probes(space, backend, table, save, width=width, warmup=warmup, runs=runs, rounds=rounds,
                        log=log, protocol=protocol)
-    for k, e in derive_parts(space, table).items():
-        table.put(k, e)
-    save()

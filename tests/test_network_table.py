@@ -13,13 +13,23 @@ from jaxnas.latency.spaces import load_space
 from test_latency_builder import SMALL, TINY, FakeBackend, install_fake_runtime
 
 CALL_MS = 0.05  # per-network cost a block timed alone would pay again
+ALONE_MS = 0.02  # boundary work a part timed alone pays and a network does not
+# the single-part specs the builder times alone, by name
+PARTS = {p.to_spec().name: p for sp in (SMALL, TINY) for p in load_space(sp).unique_parts()}
+
+
+def part_ms(p) -> float:
+    return 0.01 * (1 + p.kernel % 5) + p.macs() / 1e6
 
 
 def additive_ms(spec) -> float:
-    """A runtime whose latency is a per-network cost plus a block-dependent cost per part."""
+    """A runtime whose latency is a per-network cost plus a block-dependent cost per part; a part timed
+    alone pays the per-network cost and its own boundary work on top."""
     from jaxnas.latency.spaces import decompose_spec
 
-    return CALL_MS + sum(0.01 * (1 + p.kernel % 5) + p.macs() / 1e6 for p in decompose_spec(spec))
+    if spec.name in PARTS:
+        return CALL_MS + ALONE_MS * (1 + PARTS[spec.name].kernel % 3) + part_ms(PARTS[spec.name])
+    return CALL_MS + sum(part_ms(p) for p in decompose_spec(spec))
 
 
 @pytest.fixture
@@ -85,4 +95,54 @@ def test_probe_delta_is_the_median_of_alternating_rounds(tmp_path, monkeypatch):
     arch = probes(space, 1.0)[key][3]
     true = additive_ms(space.build(arch)) - additive_ms(space.build(reference_arch(space, 1.0)))
     assert table.get(key)["meta"]["delta_ms"] == pytest.approx(true, rel=1e-9)
-    assert len(calls) == 1 + 2 * 3
+    probe_calls = [c for c in calls if c not in PARTS]
+    assert len(probe_calls) == 1 + 2 * 3 and calls[:len(probe_calls)] == probe_calls  # probes first, then alone
+    assert len(calls) - len(probe_calls) == 3 * len(space.unique_parts())  # every part alone, 3 rounds
+
+
+def test_noisy_probes_fall_back_to_the_calibrated_alone_times(tmp_path, additive_runtime):
+    """Probes whose Δ is known only to ±10 ms (a block drowned in a large network's noise) leave every τ
+    at its prior c · alone (c = L_R / Σ alone over R's parts, by hand); precise probes (the additive
+    runtime, Δ exact) override the prior: the first test above."""
+    from jaxnas.latency.network_table import ALONE_PREFIX, derive_parts
+    from jaxnas.latency.spaces import decompose_spec
+
+    space = load_space(TINY)
+    table = build_table(space, FakeBackend(), tmp_path / "t.json", references=None, progress=False, rounds=1,
+                        context="network")
+    ref_key = f"{PROBE_PREFIX}w1:reference"
+    ref_parts = decompose_spec(space.build(reference_arch(space, 1.0)))
+    L_R = table.ms(ref_key, "median")
+    c = L_R / sum(table.ms(ALONE_PREFIX + p.key, "median") for p in ref_parts)
+    assert c < 1  # the alone times carry per-call costs the network pays once
+    rng = np.random.default_rng(0)
+    for key in probes(space, 1.0):
+        if key != ref_key:
+            meta = table.get(key)["meta"]
+            meta["delta_ms"] += float(rng.normal(0, 5.0))  # garbage, and said to be garbage
+            meta["delta_ci_ms"] = [meta["delta_ms"] - 10.0, meta["delta_ms"] + 10.0]
+    tau = derive_parts(space, table)
+    for k, e in tau.items():
+        assert e["median"] == pytest.approx(c * table.ms(ALONE_PREFIX + k, "median"), rel=1e-3), k
+        assert e["meta"]["derived"] == "network probes, calibrated alone prior"
+    # R is still reproduced (its own row is precise)
+    assert sum(tau[p.key]["median"] for p in ref_parts) == pytest.approx(L_R, rel=1e-6)
+
+
+def test_a_table_without_alone_entries_keeps_the_macs_prior(tmp_path, additive_runtime):
+    """Network tables built before the alone prior: derived from the probes alone, as then."""
+    from jaxnas.latency.network_table import ALONE_PREFIX, derive_parts
+
+    space = load_space(TINY)
+    table = build_table(space, FakeBackend(), tmp_path / "t.json", references=None, progress=False, rounds=1,
+                        context="network")
+    for k in [k for k in table.entries if k.startswith(ALONE_PREFIX)]:
+        del table.entries[k]
+    tau = derive_parts(space, table)
+    assert {e["meta"]["derived"] for e in tau.values()} == {"network probes"}
+    for k, e in tau.items():
+        table.put(k, e)
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        spec = space.sample(rng)
+        assert LatencyPredictor(table).predict(spec) == pytest.approx(additive_ms(spec), rel=1e-6)

@@ -212,12 +212,13 @@ def test_validate_cli_with_a_network_table(tmp_path, capsys):
     space = load_space(TINY)
     pr = LatencyPredictor(t)
     ref = space.build(reference_arch(space, 1.0))
-    # Every part of the reference is priced by a probe-derived entry, and their sum is the reference's
+    # Every part of the reference is priced by a probe-derived entry (alone times as the prior), and their sum is the reference's
     # own time up to noise: the probe system is solved by least squares and noisy in-network times
     # (a 4x4 block costs about a microsecond) are clipped at 0, so a real runtime is only near-exact
     # (19 % off once in CI with 3 runs); exactness is tested with an additive runtime in
     # test_network_table.py.
-    assert {t.get(p.key)["meta"]["derived"] for p in pr.parts(ref)} == {"network probes"}
+    assert {t.get(p.key)["meta"]["derived"] for p in pr.parts(ref)} == {"network probes, calibrated alone prior"}
+    assert all(f"alone:{p.key}" in t for p in pr.parts(ref))  # the prior: every part timed alone too
     assert pr.predict(ref) - pr.overhead_ms(pr.parts(ref)) == pytest.approx(t.ms("net:w1:reference", "median"), rel=0.25)
     # The other context on the same file is refused with a one-line reason.
     assert main(["latency", "validate", str(space_file), "--backend", "onnxruntime", "--samples", "1",
