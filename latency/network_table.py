@@ -23,8 +23,8 @@ known to ~1 % of the block; at 224 px a block is 1-2 % of a several-ms network, 
 (43 % of 30 nets predicted within ±5 %, where the alone table, on the same nets, had 100 %).  So every
 part is also timed alone (``alone:<key>``) and the equations are solved by weighted least squares with
 that as the prior: τ_k ≈ c · alone_k, c = L_R / Σ_R alone (the per-call costs the network does not pay,
-spread in proportion), with a standard deviation of PRIOR_REL of it; each probe is weighted by the
-standard error of its Δ.  Where the probes are precise (small inputs) they decide τ; where they are
+spread in proportion), with a standard deviation of ρ of it, ρ read off the probes themselves
+(:func:`prior_spread`, or fixed by PRIOR_REL); each probe is weighted by the standard error of its Δ.  Where the probes are precise (small inputs) they decide τ; where they are
 noise (large inputs) τ falls back to the calibrated alone time.  A table without alone entries (built by
 an older jaxnas) keeps the weak MACs prior and unweighted equations.
 """
@@ -40,16 +40,17 @@ from .spaces import BlockConfig, SearchSpace, SpaceError
 from .table import LatencyTable, TableError
 from .timing import TimingProtocol
 
-__all__ = ["PROBE_PREFIX", "ALONE_PREFIX", "PRIOR_REL", "reference_arch", "probes", "measure_probes",
+__all__ = ["PROBE_PREFIX", "ALONE_PREFIX", "PRIOR_REL", "prior_spread", "reference_arch", "probes", "measure_probes",
            "derive_parts", "measure_network_probes", "alone_parts"]
 
 PROBE_PREFIX = "net:"
 ALONE_PREFIX = "alone:"  # a part timed alone: the prior of its in-network time
 # How far a part's in-network time may sit from its calibrated alone time (1 sd, relative).  Per-call
-# boundary costs differ between block types by up to about half a small block's time on onnxruntime here,
-# so the prior is loose: precise probes (SE a few % of the block) outweigh it ~100:1, noisy ones are
-# outweighed by it.
-PRIOR_REL = 0.5
+# boundary costs differ between block types, by up to about half a small block's time on onnxruntime
+# here; how far they differ in a given table is read off its probes (prior_spread), so precise probes
+# (SE a few % of the block) outweigh the prior and noisy ones are outweighed by it.
+PRIOR_REL = None  # None: estimated from the probes (prior_spread); a number fixes it
+PRIOR_REL_MIN, PRIOR_REL_MAX = 0.02, 1.0
 SE_FLOOR_REL = 1e-6  # of L_R: a noiseless (simulated) Δ still has a finite weight
 
 
@@ -192,23 +193,41 @@ def derive_parts(space: SearchSpace, table: LatencyTable) -> dict[str, dict[str,
             a[len(rows) + j, j] = eps
             b[len(rows) + j] = eps * prior[k]
         tau, *_ = np.linalg.lstsq(a, b, rcond=None)
-        derived = "network probes"
+        derived, extra = "network probes", {}
     else:
         tau = np.zeros((n, len(STATS)))
         w_rows = 1.0 / np.asarray(ses)
+        rel = prior_spread(a[:len(rows)], b[:len(rows), STATS.index("median")], np.asarray(ses), ref_row,
+                           alone[:, STATS.index("median")]) if PRIOR_REL is None else PRIOR_REL
         for i in range(len(STATS)):  # each statistic: its own prior scale
-            sd = np.maximum(PRIOR_REL * alone[:, i], 1e-9)
+            sd = np.maximum(rel * alone[:, i], 1e-9)
             aw = np.vstack([a[:len(rows)] * w_rows[:, None], np.diag(1.0 / sd)])
             bw = np.concatenate([b[:len(rows), i] * w_rows, alone[:, i] / sd])
             tau[:, i] = np.linalg.lstsq(aw, bw, rcond=None)[0]
         derived = "network probes, calibrated alone prior"
+        extra = {"prior_rel": float(rel)}
     out: dict[str, dict[str, Any]] = {}
     for k, j in keys.items():
         moved = [sp for count, sp, r in zip(rows, spreads, ref_row) if count.get(k, 0) != rows[r].get(k, 0)]
         out[k] = {**{s: max(float(tau[j, i]), 0.0) for i, s in enumerate(STATS)},
                   "std": float(np.mean(moved)) if moved else 0.0, "count": len(moved),
-                  "meta": {"kind": cfgs[k].kind, "config": cfgs[k].to_dict(), "derived": derived}}
+                  "meta": {"kind": cfgs[k].kind, "config": cfgs[k].to_dict(), "derived": derived, **extra}}
     return out
+
+
+def prior_spread(a: np.ndarray, rhs: np.ndarray, se: np.ndarray, ref_row: list[int], prior: np.ndarray) -> float:
+    """How far in-network times sit from their calibrated alone times (relative sd ρ), from the probes
+    themselves: each probe's Δ minus the Δ the prior predicts has variance SE² + ρ² Σ_k (Δn_k π_k)², so
+    ρ² = Σ (r² − SE²) / Σ Σ_k (Δn_k π_k)² (method of moments), clipped to [PRIOR_REL_MIN, PRIOR_REL_MAX].
+    Probes noisier than the blocks they move estimate ρ at about 0 and the alone times decide."""
+    dn = a - a[np.asarray(ref_row)]
+    resid = (rhs - rhs[np.asarray(ref_row)]) - dn @ prior
+    moved = ((dn * prior) ** 2).sum(axis=1)
+    use = moved > 0
+    if not use.any():
+        return PRIOR_REL_MAX
+    rho2 = float(np.sum(resid[use] ** 2 - se[use] ** 2) / np.sum(moved[use]))
+    return float(np.clip(np.sqrt(max(rho2, 0.0)), PRIOR_REL_MIN, PRIOR_REL_MAX))
 
 
 def _alone_prior(table: LatencyTable, keys: dict[str, int],

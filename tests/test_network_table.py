@@ -146,3 +146,17 @@ def test_a_table_without_alone_entries_keeps_the_macs_prior(tmp_path, additive_r
     for _ in range(4):
         spec = space.sample(rng)
         assert LatencyPredictor(table).predict(spec) == pytest.approx(additive_ms(spec), rel=1e-6)
+
+
+def test_prior_spread_by_hand():
+    """ρ² = Σ (r² − SE²) / Σ Σ_k (Δn_k π_k)² over the probes (R's own row moves nothing)."""
+    from jaxnas.latency.network_table import PRIOR_REL_MAX, PRIOR_REL_MIN, prior_spread
+
+    a = np.array([[1.0, 1.0], [2.0, 1.0], [1.0, 2.0]])  # R, then one more of part 0, one more of part 1
+    rhs = np.array([2.0, 3.5, 2.5])  # Δ = +1.5, +0.5 against a prior of 1 ms each: residuals +0.5, -0.5
+    prior = np.array([1.0, 1.0])
+    rho = prior_spread(a, rhs, np.array([0.0, 0.3, 0.4]), [0, 0, 0], prior)
+    assert rho == pytest.approx(np.sqrt(((0.25 - 0.09) + (0.25 - 0.16)) / 2))
+    # probes noisier than their residuals: the alone times decide (the floor); huge residuals: the ceiling
+    assert prior_spread(a, rhs, np.array([0.0, 1.0, 1.0]), [0, 0, 0], prior) == PRIOR_REL_MIN
+    assert prior_spread(a, np.array([2.0, 9.0, -4.0]), np.zeros(3), [0, 0, 0], prior) == PRIOR_REL_MAX
