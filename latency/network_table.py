@@ -136,7 +136,8 @@ def derive_parts(space: SearchSpace, table: LatencyTable) -> dict[str, dict[str,
 
     Each probe p (and R) is one linear equation Σ_k n_pk τ_k = L_R + Δ_p over the parts it holds.  With
     every part's alone time in the table the equations are weighted by 1 / SE(Δ_p) and solved with prior
-    rows τ_k = c · alone_k weighted by 1 / (PRIOR_REL · c · alone_k); otherwise (older tables) unweighted,
+    rows τ_k = c · alone_k weighted by 1 / (ρ · c · alone_k), ρ from :func:`prior_spread` (or PRIOR_REL where
+    that fixes it); otherwise (older tables) unweighted,
     with prior rows τ_k = share of L_R by MACs weighted 1e-4, which only decide what the probes leave open
     (how stem, head and first blocks split their common sum).  A block that occurs at two places (same
     key, e.g. two stages of equal width) gets one τ, as additivity requires.
