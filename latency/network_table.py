@@ -37,14 +37,12 @@ import numpy as np
 from .batch_timing import ROUND_STATS as STATS
 from .batch_timing import pair_into_table
 from .spaces import BlockConfig, SearchSpace, SpaceError
-from .table import LatencyTable, TableError
+from .table import ALONE_PREFIX, PROBE_PREFIX, LatencyTable, TableError
 from .timing import TimingProtocol
 
 __all__ = ["PROBE_PREFIX", "ALONE_PREFIX", "PRIOR_REL", "prior_spread", "reference_arch", "probes", "measure_probes",
            "derive_parts", "measure_network_probes", "alone_parts"]
 
-PROBE_PREFIX = "net:"
-ALONE_PREFIX = "alone:"  # a part timed alone: the prior of its in-network time
 # How far a part's in-network time may sit from its calibrated alone time (1 sd, relative).  Per-call
 # boundary costs differ between block types, by up to about half a small block's time on onnxruntime
 # here; how far they differ in a given table is read off its probes (prior_spread), so precise probes
@@ -237,9 +235,8 @@ def _alone_prior(table: LatencyTable, keys: dict[str, int],
     where a part has no alone entry."""
     if any(ALONE_PREFIX + k not in table for k in keys):
         return None
-    alone = np.asarray([[table.ms(ALONE_PREFIX + k, s) for s in STATS] for k in keys])
-    index = list(keys)
-    sum_alone = sum(sum(c * alone[index.index(k)] for k, c in count.items()) for count, _ in refs)
+    alone = np.asarray([[table.ms(ALONE_PREFIX + k, s) for s in STATS] for k in keys])  # rows in keys' order
+    sum_alone = sum(sum(c * alone[keys[k]] for k, c in count.items()) for count, _ in refs)
     c = sum(L for _, L in refs) / np.maximum(sum_alone, 1e-12)
     return alone * c
 

@@ -46,7 +46,8 @@ from jaxnas.zoo import mbv2_block
 __all__ = ["BlockConfig", "SearchSpace", "SpaceError", "BUILTIN_SPACES", "load_space", "space_names",
            # TF-NAS (re-exported from tfnas_space)
            "MID_SEP", "NUM_OPS", "OP_NAMES", "OPS", "STAGES", "TFNAS_SPACES", "BlockPos", "LutError", "OpDef",
-           "REFERENCE_KEY",           "TfnasArch", "TfnasError", "TfnasLut", "TfnasSpace", "get_tfnas_space", "interp_extrapolate",
+           "REFERENCE_KEY", "TfnasArch", "TfnasError", "TfnasLut", "TfnasSpace", "get_tfnas_space",
+           "interp_extrapolate",
            "tfnas_block_key_and_mid", "tfnas_spec_blocks"]
 
 

@@ -40,6 +40,10 @@ from jaxnas.io_utils import atomic_write_text
 from .fingerprint import Fingerprint, describe
 from .stats import PROTOCOL_FIELDS, TimingStats, protocol_fields
 
+# Key prefixes of entries that are not parts, shared by the table builders (network_table, tfnas_table):
+PROBE_PREFIX = "net:"  # a whole network timed against a network table's reference network
+ALONE_PREFIX = "alone:"  # a part timed alone inside a network table (the derivation's prior)
+
 __all__ = [
     "LatencyTable",
     "TableError",

@@ -40,6 +40,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from jaxnas.spec import ArchSpec, Block, Conv, Head, SpecError, Stage, make_divisible, validate
+
+from .table import PROBE_PREFIX
 from jaxnas.zoo import mbi_block
 
 from .imports import tfnas_key
@@ -64,7 +66,6 @@ OPS: tuple[OpDef, ...] = (OpDef(3, 3, False), OpDef(3, 6, False), OpDef(5, 3, Fa
                           OpDef(3, 3, True), OpDef(3, 6, True), OpDef(5, 3, True), OpDef(5, 6, True))
 NUM_OPS = len(OPS)
 REFERENCE_OP = 1  # k3e6: the op of every block of a network table's reference network
-PROBE_PREFIX = "net:"  # a network table's whole-network entries
 REFERENCE_KEY = PROBE_PREFIX + "reference"  # ... and the one every other entry is anchored to
 OP_NAMES = tuple(op.name for op in OPS)
 

@@ -35,8 +35,9 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
-from .tfnas_space import (MID_SEP, NUM_OPS, OPS, PROBE_PREFIX, REFERENCE_KEY, REFERENCE_OP, TFNAS_SPACES, BlockPos, TfnasArch, TfnasLut, TfnasSpace,
-                          get_tfnas_space, tfnas_block_key_and_mid, tfnas_spec_blocks)
+from .table import ALONE_PREFIX, PROBE_PREFIX
+from .tfnas_space import (MID_SEP, NUM_OPS, OPS, REFERENCE_KEY, REFERENCE_OP, TFNAS_SPACES, BlockPos, TfnasArch,
+                          TfnasLut, TfnasSpace, get_tfnas_space, tfnas_block_key_and_mid, tfnas_spec_blocks)
 from jaxnas.spec import ArchSpec, Block, Conv, Head
 from jaxnas.zoo import mbi_block
 
@@ -48,7 +49,6 @@ __all__ = ["is_tfnas_space", "as_tfnas_space", "resolve_tfnas_space", "grid_mids
            "predict_tfnas", "is_tfnas_table", "global_probes", "ALONE_PREFIX", "PROBE_PREFIX", "CONTEXTS",
            "REFERENCE_OP"]
 
-ALONE_PREFIX = "alone:"
 CONTEXTS = ("alone", "network")
 COMPAT_KEYS = (*DEFAULT_COMPAT_KEYS, "provider")
 BASE_PARTS = ("first_stem", "second_stem", "head")
