@@ -10,7 +10,7 @@ import pytest
 
 from jaxnas import models
 from jaxnas.data import Dataset, DataConfig
-from jaxnas.methods.metapruning.fitness import FitnessEvaluator, calibration_images
+from jaxnas.methods.metapruning.fitness import FitnessEvaluator, calibration_images, padded_split
 from jaxnas.methods.metapruning.pruningnet import PruningNet, build_pruningnet, init_pruningnet, materialize
 from jaxnas.methods.metapruning.space import get_space, scaled
 from jaxnas.methods.metapruning.training import (PruningNetTraining, decay_mask, epoch_schedule, make_tx,
@@ -235,6 +235,18 @@ def test_pruningnet_training_resumes_exactly(tmp_path):
         jax.config.update("jax_compilation_cache_dir", None)
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_holdout_batches_are_balanced_not_padded_to_the_eval_batch_size():
+    # 600 held-out images at eval_batch_size 500: 2 batches of 300 (the old split padded to 2 x 500, and every
+    # candidate evaluated 400 padding images).  7 at 5: 2 batches of 4, one padded slot, masked out.
+    x, y, m = padded_split(np.zeros((600, 2, 2, 1), np.float32), np.arange(600) % 10, 500)
+    assert x.shape == (2, 300, 2, 2, 1) and y.shape == m.shape == (2, 300) and m.all()
+    x, y, m = padded_split(np.ones((7, 2, 2, 1), np.float32), np.arange(7), 5)
+    assert x.shape == (2, 4, 2, 2, 1) and m.sum() == 7 and not m[1, 3]
+    assert y.reshape(-1)[:7].tolist() == list(range(7)) and x[1, 3].sum() == 0
+    x, y, m = padded_split(np.ones((3, 1, 1, 1), np.float32), np.arange(3), 500)
+    assert x.shape == (1, 3, 1, 1, 1) and m.all()
 
 
 def test_fitness_single_vectorised_and_plain_network_agree():
