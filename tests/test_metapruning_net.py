@@ -11,7 +11,8 @@ import pytest
 from jaxnas import models
 from jaxnas.data import Dataset, DataConfig
 from jaxnas.methods.metapruning.fitness import FitnessEvaluator, calibration_images, padded_split
-from jaxnas.methods.metapruning.pruningnet import PruningNet, build_pruningnet, init_pruningnet, materialize
+from jaxnas.methods.metapruning.pruningnet import (PruningNet, WideDense, build_pruningnet, init_pruningnet, materialize,
+                                                   torch_linear_init)
 from jaxnas.methods.metapruning.space import get_space, scaled
 from jaxnas.methods.metapruning.training import (PruningNetTraining, decay_mask, epoch_schedule, make_tx,
                                                  sample_encoding, train_pruningnet)
@@ -235,6 +236,27 @@ def test_pruningnet_training_resumes_exactly(tmp_path):
         jax.config.update("jax_compilation_cache_dir", None)
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("lead", [(), (3,)])
+def test_wide_dense_equals_nn_dense_with_its_gradients(lead):
+    # The generators' last layer: same parameters, outputs and gradients as nn.Dense (its own VJP only
+    # changes the layout the kernel gradient is formed in).
+    import flax.linen as nn
+    kw = dict(kernel_init=torch_linear_init(5), bias_init=torch_linear_init(5))
+    wide, dense = WideDense(37, **kw), nn.Dense(37, **kw)
+    x = jax.random.normal(jax.random.PRNGKey(1), (*lead, 5))
+    params = wide.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, dense.init(jax.random.PRNGKey(0), x))
+    cot = jax.random.normal(jax.random.PRNGKey(2), (*lead, 37))
+
+    def grads(module):
+        return jax.grad(lambda p, x: jnp.sum(module.apply(p, x) * cot), argnums=(0, 1))(params, x)
+
+    np.testing.assert_allclose(wide.apply(params, x), dense.apply(params, x), rtol=1e-6, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads(wide)), jax.tree.leaves(grads(dense))):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_holdout_batches_are_balanced_not_padded_to_the_eval_batch_size():
