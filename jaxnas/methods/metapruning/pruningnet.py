@@ -72,8 +72,8 @@ class WideDense(nn.Module):
     """`nn.Dense` (same parameters, same outputs) through `ops.pointwise_matmul`, for a layer with a few
     inputs and millions of outputs.  Autodiff of `nn.Dense` formed its kernel gradient as the (numel,
     hidden) outer product and then transposed it into the kernel's layout: a strided copy of every
-    generator's whole last layer in each training step (3.8 GB of the step's 17 GB of memory traffic at the
-    quick config).  The op's own gradient comes out in the kernel's layout."""
+    generator's whole last layer in each training step.  The op's own gradient comes out in the kernel's
+    layout (quick config, XLA's cost analysis of the step: 17.0 -> 16.1 GB of memory traffic)."""
 
     features: int
     kernel_init: Any
