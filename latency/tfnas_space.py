@@ -40,11 +40,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from jaxnas.spec import ArchSpec, Block, Conv, Head, SpecError, Stage, make_divisible, validate
-
-from .table import PROBE_PREFIX
 from jaxnas.zoo import mbi_block
 
 from .imports import tfnas_key
+from .table import PROBE_PREFIX
 
 BLOCK_NAME = "MBInvertedResBlock"
 
