@@ -682,6 +682,20 @@ def test_eval_batch_never_exceeds_the_split(env):
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
 
 
+def test_evaluation_batches_are_balanced_not_padded_to_the_eval_batch_size():
+    """Every evaluation (the trainer's, MetaPruning's fitness) spreads a split evenly over the batches the
+    cap needs: a 600-image held-out split at eval_batch_size 500 is 2 x 300, not 2 x 500 with 400 padding
+    rows computed for nothing."""
+    from jaxnas.train.loop import balanced_batch_size
+
+    assert balanced_batch_size(600, 500) == 300
+    assert balanced_batch_size(1000, 500) == 500
+    assert balanced_batch_size(1001, 500) == 334          # 3 batches of at most 334
+    assert balanced_batch_size(20, 10**9) == 20           # a small split is one batch of its size
+    assert balanced_batch_size(601, 500, 4) == 304        # 2 x 301, rounded up to the 4 devices
+    assert balanced_batch_size(3, 500, 4) == 4
+
+
 def test_tfds_without_network_gives_advice_that_fixes_it(monkeypatch, tmp_path):
     pytest.importorskip("tensorflow_datasets")
     from jaxnas.data import DataConfig, DataError, load_dataset, sources

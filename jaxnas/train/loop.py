@@ -109,11 +109,20 @@ def _batch_too_big(dataset: Dataset, batch_size: int) -> DataError:
                      "split; lower data.batch_size (or the method's batch size)")
 
 
+def balanced_batch_size(n: int, batch_size: int, multiple: int = 1) -> int:
+    """The batch that covers `n` examples in as many batches as `batch_size` needs, spread evenly over them
+    (rounded up to a multiple of `multiple`, the devices): 600 examples at 500 a batch are 2 x 300, not
+    2 x 500 with 400 padding rows evaluated for nothing; a split smaller than `batch_size` is one batch."""
+    batch_size = max(int(multiple), -(-int(batch_size) // multiple) * multiple)
+    batches = max(1, -(-int(n) // batch_size))
+    per_batch = -(-int(n) // batches)
+    return max(int(multiple), -(-per_batch // multiple) * multiple)
+
+
 def eval_batch_size_for(dataset: Dataset, split: str, batch_size: int, devices: int = 1) -> int:
-    """The evaluation batch: at most the split's size (rounded up to a multiple of `devices`), so a large
-    data.eval_batch_size never pads a small split to a huge batch (same results, bounded memory)."""
-    n = int(dataset.num_examples(split))
-    return max(devices, min(int(batch_size), -(-n // devices) * devices))
+    """The evaluation batch of a split: `balanced_batch_size` (same results as any other batch size, less
+    padding, bounded memory)."""
+    return balanced_batch_size(int(dataset.num_examples(split)), batch_size, devices)
 
 
 def _padded(batch: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxnas.methods.metapruning.pruningnet import PruningNet
 from jaxnas.train.bn import combine_batch_stats, reset_batch_stats
+from jaxnas.train.loop import balanced_batch_size
 
 
 def calibration_images(dataset: Any, num_batches: int, batch_size: int, seed: int) -> np.ndarray:
@@ -40,12 +41,12 @@ def calibration_images(dataset: Any, num_batches: int, batch_size: int, seed: in
 def padded_split(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(nb, B, ...) images, labels and a validity mask, the last batch padded.
 
-    B is `batch_size` balanced over the batches it takes (600 images at 500 a batch: 2 x 300, not 2 x 500
-    with 400 padding images that every candidate would evaluate for nothing); B <= batch_size.
+    B is `batch_size` balanced over the batches it takes (`balanced_batch_size`, as every evaluation here:
+    600 images at 500 a batch are 2 x 300); B <= batch_size.
     """
     n = len(labels)
+    batch_size = balanced_batch_size(n, batch_size)
     nb = max(1, -(-n // batch_size))
-    batch_size = max(1, -(-n // nb))
     pad = nb * batch_size - n
     x = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)]) if pad else images
     y = np.concatenate([labels, np.zeros((pad,), labels.dtype)]) if pad else labels
