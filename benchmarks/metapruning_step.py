@@ -1,6 +1,6 @@
 """MetaPruning training step: PruningNet vs the plain widest network, and vs the original PyTorch PruningNet.
 
-    python benchmarks/metapruning_step.py [--original PATH_TO_MetaPruning_CHECKOUT] [--rounds 5] [--json]
+    python benchmarks/metapruning_step.py [--original PATH_TO_MetaPruning_CHECKOUT] [--rounds 5] [--cost] [--json]
 
 Cases: MetaPruning's MobileNetV2 space (the original's widths, channel_multiple 1) at (batch 64, 32 px,
 small-input stem, 10 classes) and (batch 16, 224 px, 1000 classes).  Per case, in alternating rounds (each
@@ -17,6 +17,10 @@ turn after one untimed step; each figure the median over rounds, ratios the medi
   ``torch.set_num_threads`` = the JAX process's core count.  At 32 px the original's stem stride is set to 1
   and its ``AvgPool2d(7)`` replaced by a global average pool (the small-input variant; its own code does not
   run below 224 px), and its classifier sized to 10 classes.
+
+``--cost`` also prints XLA's cost analysis of each compiled jaxnas step (memory traffic, "bytes accessed",
+and FLOPs): on 2 CPU cores these steps are memory bound, and the traffic says where a step's time goes
+without timing noise (the quick config's shapes are ``--cases 64x28``).
 
 Targets (issue 14): pruningnet <= 1.5 x plain; jaxnas's step at least as fast as the original's.
 """
@@ -73,7 +77,8 @@ def pruningnet_timer(batch: int, res: int, classes: int) -> Timer:
         m["loss"].block_until_ready()
 
     run()
-    return lambda steps: step_ms(run, steps)
+    return _counted(lambda steps: step_ms(run, steps), None,
+                    lambda: step.lower(state[0], data, {"ids": jnp.asarray(sample_encoding(space, 0, 0))}))
 
 
 def plain_timer(batch: int, res: int, classes: int) -> Timer:
@@ -89,12 +94,21 @@ def plain_timer(batch: int, res: int, classes: int) -> Timer:
         m["loss"].block_until_ready()
 
     run()
-    return _counted(lambda steps: step_ms(run, steps), state[0].params)
+    return _counted(lambda steps: step_ms(run, steps), state[0].params, lambda: step.lower(state[0], data))
 
 
-def _counted(timer: Timer, params) -> Timer:
-    """The timer with `.params`: the parameter count of what it trains."""
-    timer.params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
+def _counted(timer: Timer, params, lower: Callable[[], "jax.stages.Lowered"]) -> Timer:
+    """The timer with `.params` (the parameter count of what it trains, None: not counted) and `.cost()`
+    (XLA's cost analysis of its compiled step: GB of memory traffic and GFLOPs)."""
+    timer.params = None if params is None else int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+    def cost() -> dict[str, float]:
+        c = lower().compile().cost_analysis()
+        c = c[0] if isinstance(c, (list, tuple)) else c  # older jax: one dict per device program
+        return {"gbytes": round(float(c.get("bytes accessed", float("nan"))) / 1e9, 2),
+                "gflops": round(float(c.get("flops", float("nan"))) / 1e9, 2)}
+
+    timer.cost = cost
     return timer
 
 
@@ -122,7 +136,8 @@ def generator_timer(res: int, classes: int) -> Timer:
         jax.block_until_ready(state[0])
 
     run()
-    return _counted(lambda steps: step_ms(run, steps), state[0])
+    return _counted(lambda steps: step_ms(run, steps), state[0],
+                    lambda: update.lower(state[0], state[1], jnp.asarray(sample_encoding(space, 0, 0))))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -198,6 +213,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--cases", default="64x32,16x224", help="batch x resolution, comma separated")
+    ap.add_argument("--cost", action="store_true", help="also print XLA's cost analysis of each compiled step")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     allocator.reexec_with_tcmalloc()
@@ -229,6 +245,8 @@ def main() -> None:
                                                   / np.asarray(per_round["plain"])))
         if a.original:
             row["original_over_pruningnet"] = ratio("original", "pruningnet")
+        if a.cost:
+            row["xla_cost"] = {n: timers[n].cost() for n in ("pruningnet", "plain", "generator")}
         rows.append(row)
         print(json.dumps(row) if a.json else
               f"batch {batch} @ {res}px: PruningNet {row['pruningnet_ms']:.0f} ms, plain widest net "
@@ -238,7 +256,10 @@ def main() -> None:
               f"{row['plain_params'] / 1e6:.2f} M in the plain net: floor {row['floor_over_plain']:.2f} x plain)"
               + (f", original PyTorch {row['original_ms']:.0f} ms (original / jaxnas "
                  f"{row['original_over_pruningnet']:.2f})" if a.original else "")
-              + f"; load average {row['load_average']}", flush=True)
+              + f"; load average {row['load_average']}"
+              + ("; XLA memory traffic per step " + ", ".join(f"{n} {c['gbytes']:.1f} GB ({c['gflops']:.1f} GFLOPs)"
+                                                              for n, c in row["xla_cost"].items())
+                 if a.cost else ""), flush=True)
 
 
 if __name__ == "__main__":
