@@ -4,17 +4,20 @@
    (`latency.layer_grid`, 1 thread, batch 1, the config's channel_multiple); it includes an end-to-end
    measurement of that network, the reference of the targets.
 2. Run MetaPruning (`jaxnas search` through `jaxnas.pipeline.run`) at latency targets of `--fractions` x
-   that latency; the PruningNet is trained once (before step 1, into `shared/` of the work dir) and every
-   search starts from it (`search.args.pruningnet_from`); each picked network is retrained from scratch
-   for `--budget` epochs.
+   that latency, each a window [`--window` x target, target] (`search.args.min_latency_ms`, as the
+   original's ResNet-50 window: a cap alone lets a noisy fitness pick nets that leave much of the budget
+   unused, and the comparison is at the target); the PruningNet is trained once (before step 1, into
+   `shared/` of the work dir) and every search starts from it (`search.args.pruningnet_from`); each picked
+   network is retrained from scratch for `--budget` epochs.
 3. Measure, interleaved in rounds (the `--stat` of each, min over rounds, so that drifting machine load
    hits all nets alike): the widest network, the MetaPruning nets and two families of uniformly
    width-scaled networks: the standard MobileNetV2 width multipliers (`zoo.mobilenet_v2(width=w,
    small_input=True)`, make_divisible(8)) and the space's own uniform networks (every gene at one scale id).
 4. Per target and family, retrain with the same budget the narrowest uniform network whose measured
-   latency is at least the MetaPruning net's, and compare test accuracy.
+   latency is at least the MetaPruning net's, and compare test accuracy: with `--seeds N`, both nets are
+   retrained with train.seed 0..N-1 and compared by their mean (the table also counts the seeds won).
 
-    python benchmarks/metapruning_table.py --budget 3 --workdir runs/metapruning-bench [--json]
+    python benchmarks/metapruning_table.py --budget 3 --seeds 2 --workdir runs/metapruning-bench [--json]
 
 Defaults follow configs/metapruning/quick.yaml.  Every stage resumes from `--workdir`.  The timing phases
 (1 and 3) hold /tmp/jaxnas-timing.lock (the lock `flock` takes; after `--lock-wait` seconds they run
@@ -103,6 +106,10 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default="runs/metapruning-bench")
     p.add_argument("--budget", type=float, default=3.0, help="retraining epochs (MetaPruning nets and baselines)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.3])
+    p.add_argument("--window", type=float, default=0.9,
+                   help="lower bound of each target's window as a fraction of the target (0: a cap alone)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="retrain every compared net with train.seed 0..seeds-1 and compare the means")
     p.add_argument("--widths", type=float, nargs="+",
                    default=[0.35, 0.5, 0.6, 0.75, 0.85, 1.0, 1.1, 1.25, 1.4],
                    help="MobileNetV2 width multipliers considered as baselines")
@@ -130,6 +137,8 @@ def main(argv=None) -> int:
     cfg = load_config(a.config, overrides)
     dataset = load_dataset(cfg.dataset_config())
     args = validate(cfg.search.args, MetaPruningArgs, "search.args")
+    if not 0 <= a.window < 1 or a.seeds < 1:
+        p.error(f"--window must be in [0, 1) and --seeds >= 1, got {a.window} and {a.seeds}")
     space = space_for(cfg, dataset, args)
     widest = space.max_spec()
     shared = work / "shared"
@@ -156,7 +165,8 @@ def main(argv=None) -> int:
     summaries, seconds = {}, {}
     for f in a.fractions:
         sets = ["search.target_macs=null", f"search.target_latency_ms={targets[f]}", f"latency.table={grid}",
-                f"search.args.pruningnet_from={shared}"]
+                f"search.args.pruningnet_from={shared}",
+                f"search.args.min_latency_ms={round(a.window * targets[f], 4) if a.window else 'null'}"]
         t = time.time()
         summaries[f] = run(override_config(cfg, sets), work / f"mp_{f:g}", search=True, deploy=False)
         seconds[f] = round(time.time() - t, 1)
@@ -174,26 +184,39 @@ def main(argv=None) -> int:
         measured = measure_block(specs, a)
     loads.append(os.getloadavg())
 
-    # --- 4. Uniform baselines of at least the MetaPruning nets' latency, same budget. ----------------
-    trainer = Trainer(cfg, dataset)
-    trained: dict[str, float] = {}
+    # --- 4. Uniform baselines of at least the MetaPruning nets' latency, same budget and seeds. -------
+    seeds = [cfg.train.seed + i for i in range(a.seeds)]
+    trainers = {sd: Trainer(override_config(cfg, [f"train.seed={sd}"]), dataset) for sd in seeds}
+    trained: dict[str, list[float]] = {}
+
+    def accuracies(name: str, spec: S.ArchSpec, first: float | None = None) -> list[float]:
+        """Test accuracy at every seed (`first`: the seed-0 accuracy already known)."""
+        if name not in trained:
+            accs = [] if first is None else [first]
+            for sd in seeds[len(accs):]:
+                tag = name.replace(" ", "_") + ("" if sd == seeds[0] else f"_seed{sd}")
+                accs.append(float(trainers[sd].train(spec, work / tag).metrics["test"]["accuracy"]))
+            trained[name] = accs
+        return trained[name]
 
     def baseline(family: dict, prefix: str, ms: float):
         fits = [k for k in sorted(family, key=lambda k: measured[f"{prefix} {k:g}"]) if measured[f"{prefix} {k:g}"] >= ms]
         k = fits[0] if fits else max(family, key=lambda k: measured[f"{prefix} {k:g}"])
         name = f"{prefix} {k:g}"
-        if name not in trained:
-            result = trainer.train(family[k], work / name.replace(" ", "_"))
-            trained[name] = float(result.metrics["test"]["accuracy"])
-        return {"name": name, "macs": S.macs(family[k]), "measured_ms": measured[name], "accuracy": trained[name]}
+        accs = accuracies(name, family[k])
+        return {"name": name, "macs": S.macs(family[k]), "measured_ms": measured[name],
+                "accuracy": sum(accs) / len(accs), "accuracy_seeds": accs}
 
     rows = []
     for f, summary in summaries.items():
         ms = measured[f"mp {f:g}"]
-        row = {"fraction": f, "target_ms": targets[f], "macs": summary["achieved"]["macs"],
+        # seed 0 is the search's own retraining
+        mine = accuracies(f"mp {f:g}", specs[f"mp {f:g}"], first=float(summary["test_accuracy"]))
+        row = {"fraction": f, "target_ms": targets[f], "window_ms": [round(a.window * targets[f], 4), targets[f]],
+               "macs": summary["achieved"]["macs"],
                "predicted_ms": summary["achieved"].get("predicted_latency_ms"),
                "verified_ms": summary["achieved"].get("verified_latency_ms"), "measured_ms": ms,
-               "accuracy": summary["test_accuracy"], "holdout_error": summary["holdout_error"],
+               "accuracy": sum(mine) / len(mine), "accuracy_seeds": mine, "holdout_error": summary["holdout_error"],
                "genes": summary["genes_original"], "search_seconds": seconds[f],
                "pruningnet_seconds": pruningnet_s if f == a.fractions[0] else 0,
                "phase_seconds": summary.get("phase_seconds"),
@@ -207,10 +230,12 @@ def main(argv=None) -> int:
         for key in ("mobilenet_v2", "space_uniform"):
             if row[key] is not None:
                 row[f"beats_{key}"] = row["accuracy"] > row[key]["accuracy"]
+                row[f"seeds_won_{key}"] = sum(m > b for m, b in zip(mine, row[key]["accuracy_seeds"]))
         rows.append(row)
     loads.append(os.getloadavg())
     result = {"widest": widest.name, "widest_macs": S.macs(widest), "widest_ms_table": full_ms,
-              "widest_ms_now": measured["widest"], "stat": a.stat, "budget_epochs": a.budget,
+              "widest_ms_now": measured["widest"], "stat": a.stat, "budget_epochs": a.budget, "seeds": seeds,
+              "window": a.window,
               "train_examples": dataset.num_examples("train"), "holdout_examples": dataset.num_examples("holdout"),
               "test_examples": dataset.num_examples("test"), "rows": rows, "measured": measured,
               "load_averages": [[round(x, 2) for x in l] for l in loads], "timing_lock_held": locks,
@@ -221,17 +246,19 @@ def main(argv=None) -> int:
         return 0
     print(f"\nMetaPruning vs uniform width ({widest.name}: {S.macs(widest) / 1e6:.2f} M MACs, {full_ms:.3f} ms "
           f"{a.stat} in the grid, {measured['widest']:.3f} ms at the end; retrain {a.budget:g} epochs on "
-          f"{dataset.num_examples('train')} images, test on {dataset.num_examples('test')})")
+          f"{dataset.num_examples('train')} images, test on {dataset.num_examples('test')}; acc: mean over seeds "
+          f"{seeds}, won: seeds at which the MetaPruning net is more accurate)")
     print(f"{'target':>7} {'MMACs':>6} {'pred':>6} {'meas':>6} {'/wide':>5} {'acc':>6} ok | {'MobileNetV2':>12} {'MMACs':>6} "
-          f"{'meas':>6} {'acc':>6} | {'space uniform':>14} {'MMACs':>6} {'meas':>6} {'acc':>6}")
+          f"{'meas':>6} {'acc':>6} won | {'space uniform':>14} {'MMACs':>6} {'meas':>6} {'acc':>6} won")
     none = {"name": "-", "macs": 0, "measured_ms": 0.0, "accuracy": 0.0}
     for r in rows:
         m, u = r["mobilenet_v2"] or none, r["space_uniform"] or none
         print(f"{r['target_ms']:7.3f} {r['macs'] / 1e6:6.2f} {r['predicted_ms'] or 0:6.3f} {r['measured_ms']:6.3f} "
               f"{r['fraction_of_widest_now']:5.2f} {r['accuracy']:6.4f} "
               f"{'y' if r['within_target'] and r['within_fraction_now'] else 'n':>2} | {m['name']:>12} {m['macs'] / 1e6:6.2f} "
-              f"{m['measured_ms']:6.3f} {m['accuracy']:6.4f} | {u['name']:>14} {u['macs'] / 1e6:6.2f} "
-              f"{u['measured_ms']:6.3f} {u['accuracy']:6.4f}")
+              f"{m['measured_ms']:6.3f} {m['accuracy']:6.4f} {r.get('seeds_won_mobilenet_v2', 0):>3} | "
+              f"{u['name']:>14} {u['macs'] / 1e6:6.2f} {u['measured_ms']:6.3f} {u['accuracy']:6.4f} "
+              f"{r.get('seeds_won_space_uniform', 0):>3}")
     print(f"load averages (1/5/15 min) at start, after the searches, after measuring, at the end: "
           f"{result['load_averages']}; timing lock held: {locks}; total {result['seconds']:.0f} s")
     return 0
