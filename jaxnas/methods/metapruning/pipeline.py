@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -189,7 +190,8 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
     verify: list[dict] = []
     if budget.kind == "latency_ms" and a.verify_latency and measure_fn is not None:
         t2 = time.perf_counter()
-        genes, error, verify = _verify_latency(setup, state.top, measure_fn, workdir / "verify.json", log)
+        genes, error, verify = _verify_latency(setup, state.top, state.tested, measure_fn, workdir / "verify.json",
+                                               log)
         seconds["verify"] = round(time.perf_counter() - t2, 1)
     record = setup.cost.record(genes)
     trace = [{"iteration": t["iteration"], "best_error": t["best_error"], "mean_top_k_error": t["mean_top_k_error"]}
@@ -197,31 +199,57 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
     return Searched(tuple(genes), float(error), record, trace, verify, seconds, len(state.tested))
 
 
-def _verify_latency(setup: Setup, top: list, measure_fn: Callable[[S.ArchSpec], float], path: Path,
+def _verify_latency(setup: Setup, top: list, tested: dict, measure_fn: Callable[[S.ArchSpec], float], path: Path,
                     log: Callable[[str], None]) -> tuple[tuple[int, ...], float, list[dict]]:
     """Measure the best candidates end to end (in error order) and keep the first within the target.
 
     The per-layer grid predicts each candidate; a network measured end to end can differ (fusions,
-    unaligned channel counts), so the pick is confirmed on the runtime before retraining."""
+    unaligned channel counts), so the pick is confirmed on the runtime before retraining.  When none of
+    the `verify_latency` best fits, the grid under-predicts this part of the space: the median ratio
+    measured / predicted of those candidates corrects the prediction of every other tested candidate,
+    and those the corrected prediction puts within the target (and the window) are measured next, in
+    error order, up to `verify_latency` more.  Only when none of them fits either is the fastest measured
+    candidate kept (the log says so).  Rows are written as they are measured, so a resumed search measures
+    nothing twice and picks the same network."""
     a, budget = setup.args, setup.budget
     limit = budget.max * (1 + a.latency_tolerance)
     done = json.loads(path.read_text())["rows"] if path.is_file() else []
     rows = list(done)
-    for i, (g, err) in enumerate(top[:a.verify_latency]):
+
+    def check(i: int, g: tuple[int, ...], err: float, ratio: float | None = None) -> bool:
         if i < len(rows):
             row = rows[i]
         else:
             ms = float(measure_fn(setup.space.to_spec(g, residual_rule=a.residual_rule)))
             row = {"genes": list(g), "holdout_error": err, "predicted_ms": setup.cost(g), "measured_ms": ms}
+            if ratio is not None:
+                row["corrected_ms"] = setup.cost(g) * ratio
             rows.append(row)
             atomic_write_json(path, {"target_ms": budget.max, "limit_ms": limit, "rows": rows})
-        log(f"metapruning: candidate {i + 1}: error {err:.2f} %, predicted {row['predicted_ms']:.4f} ms, "
+        note = f" (corrected {row['corrected_ms']:.4f} ms)" if "corrected_ms" in row else ""
+        log(f"metapruning: candidate {i + 1}: error {err:.2f} %, predicted {row['predicted_ms']:.4f} ms{note}, "
             f"measured {row['measured_ms']:.4f} ms (limit {limit:.4f} ms)")
-        if row["measured_ms"] <= limit:
-            return tuple(g), float(err), rows
+        return row["measured_ms"] <= limit
+
+    first = [(tuple(g), float(e)) for g, e in top[:a.verify_latency]]
+    for i, (g, err) in enumerate(first):
+        if check(i, g, err):
+            return g, err, rows
+    ratio = float(statistics.median(r["measured_ms"] / r["predicted_ms"] for r in rows[:len(first)]))
+    measured = {g for g, _ in first}
+    corrected = [(tuple(g), float(e)) for g, e in sorted(tested.items(), key=lambda t: t[1])
+                 if tuple(g) not in measured and setup.cost(g) * ratio <= limit
+                 and (budget.min is None or setup.cost(g) * ratio >= budget.min)]
+    if corrected:
+        log(f"metapruning: none of the {len(first)} best candidates measured within {limit:.4f} ms (measured / "
+            f"predicted {ratio:.3f}); measuring the best of the {len(corrected)} tested candidates the corrected "
+            "prediction puts within the target")
+    for j, (g, err) in enumerate(corrected[:a.verify_latency]):
+        if check(len(first) + j, g, err, ratio):
+            return g, err, rows
     best = min(rows, key=lambda r: r["measured_ms"])
-    log(f"metapruning: none of the {len(rows)} best candidates measured within {limit:.4f} ms; keeping the "
-        f"fastest ({best['measured_ms']:.4f} ms): the latency table over-predicts the savings on this runtime")
+    log(f"metapruning: none of the {len(rows)} measured candidates is within {limit:.4f} ms; keeping the fastest "
+        f"({best['measured_ms']:.4f} ms): the latency table over-predicts the savings on this runtime")
     return tuple(best["genes"]), float(best["holdout_error"]), rows
 
 
