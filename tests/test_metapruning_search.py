@@ -134,15 +134,16 @@ def test_a_search_interrupted_mid_way_ends_exactly_like_an_uninterrupted_one(tmp
     assert saved["iteration"] == 5
 
 
-def test_latency_check_corrects_an_under_predicting_table_before_settling_for_the_fastest(tmp_path):
+def test_latency_check_searches_again_under_the_corrected_budget_before_settling_for_the_fastest(tmp_path):
     """The runtime runs every net 1.2x slower than the grid predicts: neither of the 2 best candidates fits
-    the target (+5 %), so the tested candidates are re-ranked by the prediction x 1.2 (the median measured /
-    predicted of those two) and the best one that this puts within the target is measured and kept; one
-    whose corrected prediction is over the target is never measured."""
+    the target (+5 %), so the search runs again under target / 1.2 (window bound / 1.2 too), and the best of
+    its candidates measured within the target is kept; resumed, nothing is measured again."""
+    from types import SimpleNamespace
+
     from jaxnas import spec as S
     from jaxnas.methods.metapruning.args import MetaPruningArgs
     from jaxnas.methods.metapruning.constraint import Budget
-    from jaxnas.methods.metapruning.pipeline import Setup, _verify_latency
+    from jaxnas.methods.metapruning.pipeline import Setup, pick_within_latency
 
     space = get_space("mobilenet_v2", resolution=28, num_classes=10, in_channels=1, small_input=True,
                       channel_multiple=8)
@@ -154,20 +155,26 @@ def test_latency_check_corrects_an_under_predicting_table_before_settling_for_th
         return 1.2 * S.macs(spec) / 1e7
 
     u = {k: space.uniform(k) for k in range(31)}
+    # predicted ms: u22 2.442, u21 2.274, u20 2.183, u18 1.910, u12 1.024
     target = predicted(u[22])
-    limit = 1.05 * target
-    # By hand (predicted ms: u22 2.442, u21 2.274, u20 2.183, u18 1.910, u12 1.024): u21 is predicted within
-    # the target and measured over its limit; corrected by 1.2, u20 is over the limit, u18 and u12 within.
-    assert predicted(u[21]) <= target < 1.2 * predicted(u[21]) / 1.05
-    assert predicted(u[20]) <= target and 1.2 * predicted(u[20]) > limit >= 1.2 * predicted(u[18])
-    top = [(u[22], 30.0), (u[21], 30.5)]
-    tested = {u[22]: 30.0, u[21]: 30.5, u[20]: 31.0, u[18]: 31.5, u[12]: 33.0}
-    setup = Setup(MetaPruningArgs(verify_latency=2), space, Budget("latency_ms", target), predicted, (0.0, 1.0), 0, 1)
-    genes, err, rows = _verify_latency(setup, top, tested, measure, tmp_path / "verify.json", lambda m: None)
-    assert genes == u[18] and err == 31.5
-    assert [tuple(r["genes"]) for r in rows] == [u[22], u[21], u[18]]
-    assert "corrected_ms" not in rows[1] and rows[2]["corrected_ms"] == pytest.approx(1.2 * predicted(u[18]))
+    errors = {u[22]: 30.0, u[21]: 30.5, u[20]: 31.0, u[18]: 31.5, u[12]: 33.0}
+    budgets = []
+
+    def search_again(budget):
+        budgets.append(budget)
+        return SimpleNamespace(top=sorted(((g, e) for g, e in errors.items() if budget.allows(predicted(g))),
+                                          key=lambda t: t[1]))
+
+    first = SimpleNamespace(top=[(u[22], 30.0), (u[21], 30.5)])
+    setup = Setup(MetaPruningArgs(verify_latency=2), space, Budget("latency_ms", target, 0.5 * target), predicted,
+                  (predicted(u[0]), predicted(u[30])), 0, 1)
+    genes, err, rows, again = pick_within_latency(setup, first, search_again, measure, tmp_path, lambda m: None)
+    # By hand: corrected budget [0.5, 1] x 2.442 / 1.2 = [1.018, 2.035] ms predicted: u20 is out, u18 is the
+    # best inside, measured 1.2 x 1.910 = 2.29 ms <= 1.05 x 2.442 = 2.56 ms.
+    assert budgets[0].max == pytest.approx(target / 1.2) and budgets[0].min == pytest.approx(0.5 * target / 1.2)
+    assert genes == u[18] and err == 31.5 and again is not None
+    assert [tuple(r["genes"]) for r in rows] == [u[22], u[21], u[18]] and rows[2]["corrected_search"]
     assert S.macs(space.to_spec(u[20])) not in measured_calls and len(measured_calls) == 3
-    # Resumed from verify.json: the same pick, nothing measured again.
-    again = _verify_latency(setup, top, tested, measure, tmp_path / "verify.json", lambda m: None)
+    # Resumed from verify.json and verify_corrected.json: the same pick, nothing measured again.
+    again = pick_within_latency(setup, first, search_again, measure, tmp_path, lambda m: None)
     assert again[0] == u[18] and len(measured_calls) == 3

@@ -188,69 +188,97 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
 
     genes, error = state.top[0]
     verify: list[dict] = []
+    evaluated = len(state.tested)
     if budget.kind == "latency_ms" and a.verify_latency and measure_fn is not None:
         t2 = time.perf_counter()
-        genes, error, verify = _verify_latency(setup, state.top, state.tested, measure_fn, workdir / "verify.json",
-                                               log)
+
+        def search_again(corrected: Budget):
+            # the fitness cache carries over: every candidate evaluated so far costs nothing again
+            cache = workdir / "evolution_corrected" / "tested.json"
+            if not cache.is_file() and (workdir / "evolution" / "tested.json").is_file():
+                atomic_write_json(cache, json.loads((workdir / "evolution" / "tested.json").read_text()))
+            return run_evolution(evolution_config(setup), space.num_genes, evaluator, setup.cost, corrected.allows,
+                                 workdir / "evolution_corrected", log=log, on_evaluated=on_evaluated)
+
+        genes, error, verify, again = pick_within_latency(setup, state, search_again, measure_fn, workdir, log)
+        if again is not None:
+            evaluated = len(set(state.tested) | set(again.tested))
         seconds["verify"] = round(time.perf_counter() - t2, 1)
     record = setup.cost.record(genes)
     trace = [{"iteration": t["iteration"], "best_error": t["best_error"], "mean_top_k_error": t["mean_top_k_error"]}
              for t in state.trace]
-    return Searched(tuple(genes), float(error), record, trace, verify, seconds, len(state.tested))
+    return Searched(tuple(genes), float(error), record, trace, verify, seconds, evaluated)
 
 
-def _verify_latency(setup: Setup, top: list, tested: dict, measure_fn: Callable[[S.ArchSpec], float], path: Path,
-                    log: Callable[[str], None]) -> tuple[tuple[int, ...], float, list[dict]]:
-    """Measure the best candidates end to end (in error order) and keep the first within the target.
+def _verify_latency(setup: Setup, top: list, measure_fn: Callable[[S.ArchSpec], float], path: Path,
+                    log: Callable[[str], None]) -> tuple[list[dict], int | None]:
+    """Measure the best candidates end to end (in error order) until one is within the target.
 
-    The per-layer grid predicts each candidate; a network measured end to end can differ (fusions,
-    unaligned channel counts), so the pick is confirmed on the runtime before retraining.  When none of
-    the `verify_latency` best fits, the grid under-predicts this part of the space: the median ratio
-    measured / predicted of those candidates corrects the prediction of every other tested candidate,
-    and those the corrected prediction puts within the target (and the window) are measured next, in
-    error order, up to `verify_latency` more.  Only when none of them fits either is the fastest measured
-    candidate kept (the log says so).  Rows are written as they are measured, so a resumed search measures
-    nothing twice and picks the same network."""
+    Returns the measured rows and the index of the first within the target (None: none is).  Rows are
+    written as they are measured, so a resumed search measures nothing twice."""
     a, budget = setup.args, setup.budget
     limit = budget.max * (1 + a.latency_tolerance)
-    done = json.loads(path.read_text())["rows"] if path.is_file() else []
-    rows = list(done)
-
-    def check(i: int, g: tuple[int, ...], err: float, ratio: float | None = None) -> bool:
+    rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    for i, (g, err) in enumerate(top[:a.verify_latency]):
         if i < len(rows):
             row = rows[i]
         else:
             ms = float(measure_fn(setup.space.to_spec(g, residual_rule=a.residual_rule)))
             row = {"genes": list(g), "holdout_error": err, "predicted_ms": setup.cost(g), "measured_ms": ms}
-            if ratio is not None:
-                row["corrected_ms"] = setup.cost(g) * ratio
             rows.append(row)
             atomic_write_json(path, {"target_ms": budget.max, "limit_ms": limit, "rows": rows})
-        note = f" (corrected {row['corrected_ms']:.4f} ms)" if "corrected_ms" in row else ""
-        log(f"metapruning: candidate {i + 1}: error {err:.2f} %, predicted {row['predicted_ms']:.4f} ms{note}, "
+        log(f"metapruning: candidate {i + 1}: error {err:.2f} %, predicted {row['predicted_ms']:.4f} ms, "
             f"measured {row['measured_ms']:.4f} ms (limit {limit:.4f} ms)")
-        return row["measured_ms"] <= limit
+        if row["measured_ms"] <= limit:
+            return rows, i
+    return rows, None
 
-    first = [(tuple(g), float(e)) for g, e in top[:a.verify_latency]]
-    for i, (g, err) in enumerate(first):
-        if check(i, g, err):
-            return g, err, rows
-    ratio = float(statistics.median(r["measured_ms"] / r["predicted_ms"] for r in rows[:len(first)]))
-    measured = {g for g, _ in first}
-    corrected = [(tuple(g), float(e)) for g, e in sorted(tested.items(), key=lambda t: t[1])
-                 if tuple(g) not in measured and setup.cost(g) * ratio <= limit
-                 and (budget.min is None or setup.cost(g) * ratio >= budget.min)]
-    if corrected:
-        log(f"metapruning: none of the {len(first)} best candidates measured within {limit:.4f} ms (measured / "
-            f"predicted {ratio:.3f}); measuring the best of the {len(corrected)} tested candidates the corrected "
-            "prediction puts within the target")
-    for j, (g, err) in enumerate(corrected[:a.verify_latency]):
-        if check(len(first) + j, g, err, ratio):
-            return g, err, rows
-    best = min(rows, key=lambda r: r["measured_ms"])
-    log(f"metapruning: none of the {len(rows)} measured candidates is within {limit:.4f} ms; keeping the fastest "
-        f"({best['measured_ms']:.4f} ms): the latency table over-predicts the savings on this runtime")
-    return tuple(best["genes"]), float(best["holdout_error"]), rows
+
+def corrected_budget(setup: Setup, rows: list[dict]) -> tuple[Budget | None, float]:
+    """The budget in the grid's units that the measured candidates say meets the target: target and window
+    divided by their median measured / predicted ratio (None when the grid does not under-predict, or the
+    corrected cap is below the narrowest network)."""
+    budget = setup.budget
+    ratio = float(statistics.median(r["measured_ms"] / r["predicted_ms"] for r in rows))
+    if ratio <= 1 or budget.max / ratio < setup.reachable[0]:
+        return None, ratio
+    return Budget(budget.kind, budget.max / ratio, None if budget.min is None else budget.min / ratio), ratio
+
+
+def pick_within_latency(setup: Setup, state: Any, search_again: Callable[[Budget], Any],
+                        measure_fn: Callable[[S.ArchSpec], float], workdir: Path,
+                        log: Callable[[str], None]) -> tuple[tuple[int, ...], float, list[dict], Any]:
+    """The pick, confirmed on the runtime: the first of the best candidates measured within the target.
+
+    The per-layer grid predicts each candidate; a network measured end to end can differ (fusions,
+    unaligned channel counts).  When none of the `verify_latency` best fits, the grid under-predicts this
+    part of the space: the search runs once more (`search_again`, resumable, the fitness cache carried
+    over) under the budget corrected by the measured / predicted ratio of those candidates, and its best are
+    measured the same way.  Only when none of them fits either is the fastest measured candidate kept (the
+    log says so).  Returns genes, held-out error, every measured row, and the second search's state (None
+    when it did not run)."""
+    rows, hit = _verify_latency(setup, state.top, measure_fn, workdir / "verify.json", log)
+    if hit is not None:
+        return tuple(rows[hit]["genes"]), float(rows[hit]["holdout_error"]), rows, None
+    corrected, ratio = corrected_budget(setup, rows)
+    if corrected is None:
+        again, more = None, []
+        log(f"metapruning: none of the {len(rows)} best candidates measured within the target (measured / predicted "
+            f"{ratio:.3f}); no corrected budget within the space")
+    else:
+        log(f"metapruning: none of the {len(rows)} best candidates measured within the target: the latency grid "
+            f"under-predicts them {ratio:.3f}x; searching again under {setup.budget.describe(corrected.max)} "
+            f"predicted" + (f" (window from {setup.budget.describe(corrected.min)})" if corrected.min else ""))
+        again = search_again(corrected)
+        more, hit = _verify_latency(setup, again.top, measure_fn, workdir / "verify_corrected.json", log)
+        for r in more:
+            r["corrected_search"] = True
+        if hit is not None:
+            return tuple(more[hit]["genes"]), float(more[hit]["holdout_error"]), rows + more, again
+    best = min(rows + more, key=lambda r: r["measured_ms"])
+    log(f"metapruning: none of the {len(rows + more)} measured candidates is within the target; keeping the "
+        f"fastest ({best['measured_ms']:.4f} ms): the latency table over-predicts the savings on this runtime")
+    return tuple(best["genes"]), float(best["holdout_error"]), rows + more, again
 
 
 def result_metrics(setup: Setup, searched: Searched, spec: S.ArchSpec) -> dict[str, Any]:
@@ -313,5 +341,5 @@ def run_search(ctx: SearchContext, args: MetaPruningArgs) -> SearchResult:
     return SearchResult(spec, variables, metrics)
 
 
-__all__ = ["MetaPruningError", "run_search", "Searched", "Setup", "evolution_config", "make_budget", "prepare", "result_metrics",
-           "space_for", "train_and_evolve", "training_config"]
+__all__ = ["MetaPruningError", "run_search", "Searched", "Setup", "corrected_budget", "evolution_config", "make_budget",
+           "pick_within_latency", "prepare", "result_metrics", "space_for", "train_and_evolve", "training_config"]
