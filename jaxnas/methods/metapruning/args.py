@@ -70,7 +70,9 @@ class MetaPruningArgs(Section):
     latency_stat: Literal["median", "mean", "p10", "min"] = "median"   # of the table and the end-to-end check
     latency_smooth: bool = False
     verify_latency: int = 10            # latency targets: measure up to this many best candidates end to end
-                                        # and keep the first within the target (0: trust the table)
+                                        # and keep the first within the target; if none is, search once more
+                                        # under the budget corrected by their measured / predicted ratio
+                                        # (0: trust the table)
     latency_tolerance: float = 0.05     # ... measured <= target * (1 + tolerance)
     # Pipeline.
     pruningnet_from: str | None = None  # a MetaPruning work dir whose trained PruningNet this search starts
