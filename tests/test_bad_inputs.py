@@ -800,6 +800,39 @@ def test_checkpoint_write_failure_is_one_line(env, tmp_path, monkeypatch, capsys
     assert lines[0].startswith("error: cannot write the checkpoint") and "rerun the same command" in lines[0]
 
 
+def test_a_worker_threads_copy_of_a_reported_write_failure_is_not_printed(monkeypatch):
+    """Orbax's worker threads may end with the write error after it was reported in one line: their
+    traceback is not printed (CI once printed 125 such lines after the one-line error); any other thread
+    error still is."""
+    import threading
+
+    from jaxnas.train.checkpoint import _quiet_failures
+
+    monkeypatch.delenv("JAXNAS_VERBOSE", raising=False)
+    printed: list[str] = []  # what the default hook would print
+    monkeypatch.setattr(threading, "excepthook", lambda args: printed.append(str(args.exc_value)))
+
+    def run(exc: BaseException) -> None:
+        def target():
+            raise exc
+        t = threading.Thread(target=target)
+        t.start()
+        t.join()
+
+    with pytest.raises(OSError):
+        with _quiet_failures():
+            run(RuntimeError("a worker's error while the write is failing"))
+            raise OSError(28, "No space left on device")
+    try:
+        raise ValueError("RESOURCE_EXHAUSTED: Failed writing _sharding: No space left on device")
+    except ValueError as inner:
+        wrapped = RuntimeError("future failed")
+        wrapped.__cause__ = inner
+    run(wrapped)
+    run(RuntimeError("an unrelated thread error"))
+    assert printed == ["an unrelated thread error"]
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or sys.platform != "linux", reason="needs root to mount a tiny tmpfs")
 def test_full_disk_during_a_checkpoint_is_one_line(env, tmp_path):
     mnt = tmp_path / "small"

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -70,8 +71,27 @@ class _DropReported(logging.Filter):
         self.cause = cause
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (exc is not None and self.cause in str(exc))
+        return not _carries(record.exc_info[1] if record.exc_info else None, self.cause)
+
+
+def _carries(exc: BaseException | None, cause: str) -> bool:
+    """Whether `exc` or an exception it was raised from / while handling names `cause`."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if cause in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _thread_hook(cause: str | None, previous: Any) -> Any:
+    """A `threading.excepthook` that drops a worker thread's exception carrying `cause` (None: any), and
+    hands every other one to `previous`."""
+    def hook(args: Any) -> None:
+        if cause is None or _carries(args.exc_value, cause):
+            return
+        previous(args)
+    return hook
 
 
 @contextlib.contextmanager
@@ -82,7 +102,10 @@ def _quiet_failures() -> Iterator[None]:
     Orbax also leaves asyncio tasks of the failed write whose exception nobody retrieves; asyncio logs them
     (traceback and all) when they are garbage-collected, which may be after this block or at interpreter
     exit.  So on failure the pending ones are collected here, while everything is still dropped, and a
-    filter stays on the asyncio logger for records carrying the same cause."""
+    filter stays on the asyncio logger for records carrying the same cause.  Orbax's worker threads can
+    also end with the same error after it was raised here; Python prints such a thread's traceback
+    (`threading.excepthook`) unless it is dropped, so a hook drops thread exceptions during the block, and
+    after a failure those carrying its cause."""
     if os.environ.get("JAXNAS_VERBOSE"):
         yield
         return
@@ -90,12 +113,17 @@ def _quiet_failures() -> Iterator[None]:
     loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio", "jax")]
     for lg in loggers:
         lg.addFilter(drop)
+    previous = threading.excepthook
+    threading.excepthook = _thread_hook(None, previous)
     try:
         yield
     except Exception as e:
         gc.collect()
         logging.getLogger("asyncio").addFilter(_DropReported(_write_failure(e)))
+        threading.excepthook = _thread_hook(_write_failure(e), previous)
         raise
+    else:
+        threading.excepthook = previous
     finally:
         for lg in loggers:
             lg.removeFilter(drop)
