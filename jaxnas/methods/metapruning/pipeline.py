@@ -6,6 +6,8 @@ Work dir layout (everything resumes after a kill)::
     pruningnet/         PruningNet training (orbax checkpoints, metrics.jsonl/csv)
     evolution/          state.json (population, top list, tested candidates, RNG, trace), tested.json
     verify.json         end-to-end latencies of the best candidates (latency targets)
+    evolution_corrected/, verify_corrected.json
+                        the second search under the corrected budget, when none of them fits
     chosen_arch.json    the picked network (the runner writes it to arch.json too)
     retrain/            the chosen network trained from scratch by the core trainer
     metapruning.json    the method's metrics (merged into summary.json by the runner)
