@@ -113,18 +113,18 @@ def _quiet_failures() -> Iterator[None]:
     loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio", "jax")]
     for lg in loggers:
         lg.addFilter(drop)
-    previous = threading.excepthook
+    previous = after = threading.excepthook
     threading.excepthook = _thread_hook(None, previous)
     try:
         yield
     except Exception as e:
         gc.collect()
-        logging.getLogger("asyncio").addFilter(_DropReported(_write_failure(e)))
-        threading.excepthook = _thread_hook(_write_failure(e), previous)
+        cause = _write_failure(e)
+        logging.getLogger("asyncio").addFilter(_DropReported(cause))
+        after = _thread_hook(cause, previous)
         raise
-    else:
-        threading.excepthook = previous
-    finally:
+    finally:  # also on KeyboardInterrupt: the drop-everything hook never outlives the block
+        threading.excepthook = after
         for lg in loggers:
             lg.removeFilter(drop)
 
