@@ -52,10 +52,26 @@ def test_quick_search_end_to_end_writes_a_complete_summary(tmp_path, capsys):
     assert S.ArchSpec.load(tmp_path / "decoded.json").blocks == spec.blocks
 
 
-def _start(work: Path, extra=()) -> subprocess.Popen:
+# `jaxnas search` with every evaluated batch of candidates delayed by argv[1] seconds: the tiny search evaluates
+# a whole iteration in well under the test's polling interval on a fast machine (CI once saw the search finish
+# between the poll and the kill), so the killed run is slowed to make "mid-evolution" a window, not a race.
+# The delay changes no result: the evaluation itself is the search's own.
+SLOWED = """
+import sys, time
+from jaxnas import cli
+from jaxnas.methods.metapruning import evolution
+delay, run = float(sys.argv[1]), evolution.run_evolution
+def slowed(cfg, num_genes, evaluate, *a, **k):
+    return run(cfg, num_genes, lambda genes: (time.sleep(delay), evaluate(genes))[1], *a, **k)
+evolution.run_evolution = slowed
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def _start(work: Path, delay_s: float = 0.0) -> subprocess.Popen:
     env = {**os.environ, "JAXNAS_ALLOCATOR": "system"}
-    return subprocess.Popen([sys.executable, "-m", "jaxnas.cli", "search", QUICK, "--workdir", str(work),
-                             *_sets(["search.args.retrain=false", *extra])],
+    return subprocess.Popen([sys.executable, "-c", SLOWED, str(delay_s), "search", QUICK, "--workdir", str(work),
+                             *_sets(["search.args.retrain=false"])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
 
@@ -63,7 +79,7 @@ def _start(work: Path, extra=()) -> subprocess.Popen:
 def test_search_killed_mid_evolution_resumes_to_the_same_result(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert _start(full).wait() == 0
-    proc = _start(cut)
+    proc = _start(cut, delay_s=1.0)
     tested = cut / "evolution" / "tested.json"
     deadline = time.time() + 1800
     while time.time() < deadline and proc.poll() is None:
