@@ -12,7 +12,11 @@ mbv2-224: >= 99 % within ±10 %, >= 80 % within ±5 %, Spearman >= 0.98; retest 
 
     python benchmarks/predictor_validation.py [--spaces mbv2-small,mbv2-224] [--backends onnxruntime,tflite]
         [--contexts alone,network] [--samples 30] [--threads 1] [--stat median] [--table-dir DIR]
-        [--max-time S] [--rel-ci F] [--passes P] [--runs N --rounds R --warmup W] [--out REPORT.json] [--json]
+        [--max-time S] [--rel-ci F] [--passes P] [--runs N --rounds R --warmup W] [--recalibrate]
+        [--out REPORT.json] [--json]
+
+`--recalibrate` times each table's reference networks again, interleaved with the samples, and scales the
+predictions by their drift since the table was built (a table reused on a later day: latency.calibrate).
 
 Run timing benchmarks alone: `flock /tmp/jaxnas-timing.lock python benchmarks/predictor_validation.py ...`.
 """
@@ -69,6 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="with --runs: passes (old name)")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--table-dir", help="keep/reuse tables here (default: a temp dir, rebuilt every run)")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="time each table's reference networks again with the samples; scale by their drift")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", help="also write the full reports (every architecture's row) to this JSON file")
     args = ap.parse_args(argv)
@@ -87,7 +93,7 @@ def main(argv=None) -> int:
             r = validate_space(space, backend, args.samples, table_path=tdir / f"{space.name}-{backend}-{context}.json",
                                threads=args.threads, seed=args.seed, warmup=args.warmup, runs=args.runs,
                                stat=args.stat, rounds=args.passes or args.rounds, context=context,
-                               progress=not args.json, protocol=protocol)
+                               progress=not args.json, protocol=protocol, recalibrate=args.recalibrate)
             r["wall_s"] = time.perf_counter() - t0
             r["loadavg_1m"] = [load0[0], os.getloadavg()[0]]
             r["loadavg"] = {"before": list(load0), "after": list(os.getloadavg())}

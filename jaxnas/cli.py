@@ -303,7 +303,7 @@ def cmd_latency_build(args: argparse.Namespace) -> int:
     from jaxnas.latency.builder import TABLE_PROTOCOL, build_table, untrusted_line
 
     table = build_table(args.space, args.backend, args.out, threads=_threads(args), warmup=args.warmup,
-                        runs=args.runs, context=args.context, progress=_log(args) or False,
+                        runs=args.runs, context=args.context, progress=not args.json,  # --json: stdout is JSON
                         protocol=_latency_config(args).protocol(TABLE_PROTOCOL.max_time_s))
     _emit({"path": str(args.out), "entries": len(table), "untrusted": table.untrusted()},
           f"{args.out}: {len(table)} entries", args.json)
@@ -318,10 +318,26 @@ def cmd_latency_validate(args: argparse.Namespace) -> int:
 
     report = validate_space(args.space, args.backend, args.samples, table_path=args.table, threads=_threads(args),
                             seed=args.seed, warmup=args.warmup, runs=args.runs, context=args.context,
-                            rounds=args.passes,
+                            rounds=args.passes, recalibrate=args.recalibrate,
                             protocol=_latency_config(args).protocol(TABLE_PROTOCOL.max_time_s))
     _emit(report, format_validation(report), args.json)
     _warn(report.get("warnings", ()))
+    return 0
+
+
+def cmd_latency_calibrate(args: argparse.Namespace) -> int:
+    from jaxnas.latency.builder import TABLE_PROTOCOL
+    from jaxnas.latency.calibrate import recalibrate
+
+    cal = recalibrate(args.space, args.backend, args.table, threads=_threads(args), warmup=args.warmup,
+                      runs=args.runs, passes=args.passes, progress=not args.json,
+                      protocol=_latency_config(args).protocol(TABLE_PROTOCOL.max_time_s))
+    text = (f"{args.table}: its {cal['n']} reference networks run at x{cal['scale']:.3f} their table times "
+            f"(p10 {cal['ratio_p10']:.3f}, p90 {cal['ratio_p90']:.3f}); predictions from it are scaled by that")
+    _emit(cal, text, args.json)
+    _warn([] if cal["uniform"] else [f"the references drifted unevenly (p90/p10 of their ratios "
+                                     f"{cal['ratio_p90'] / cal['ratio_p10']:.2f}): one scale corrects the mean, "
+                                     f"not each block; rebuild the table for per-block accuracy"])
     return 0
 
 
@@ -517,8 +533,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the table's own; alone for a new one)")
     q.add_argument("--passes", type=positive_int, default=None,
                    help="measurements of every net (default 2: the retest compares them; 3 with --runs)")
+    q.add_argument("--recalibrate", action="store_true",
+                   help="time the table's reference networks again with the samples and scale the predictions "
+                        "by their drift since the table was built (the table file is not changed)")
     timing_args(q, 3.0)
     q.set_defaults(fn=cmd_latency_validate)
+
+    q = lsub.add_parser("calibrate", help="time a table's reference networks again and store their drift "
+                                          "(every prediction from the table is scaled by it)")
+    q.add_argument("space", help="the space the table was built for (name or YAML)")
+    q.add_argument("--table", required=True)
+    q.add_argument("--passes", type=positive_int, default=2, help="measurements of every reference (default 2)")
+    timing_args(q, 3.0)
+    q.set_defaults(fn=cmd_latency_calibrate)
 
     q = sub.add_parser("import-weights", help="a torchvision / timm state dict (.pth / .safetensors) as a work dir")
     q.add_argument("source", metavar="SOURCE", help="state dict file: .pth / .pt (torch.save) or .safetensors")

@@ -36,8 +36,9 @@ from jaxnas.spec import ArchSpec, analyze, macs
 from .backends import LatencyBackend, get_backend
 from .backends.base import measure_with, supports_protocol
 from .batch_timing import untrusted_line
+from .calibrate import CALIBRATION_KEY
 from .stats import TimingStats
-from .table import DEFAULT_COMPAT_KEYS, REBUILD_HINT, LatencyTable, TableError, entry_stats
+from .table import DEFAULT_COMPAT_KEYS, REBUILD_HINT, REF_PREFIX, LatencyTable, TableError, entry_stats
 from .spaces import BlockConfig, SearchSpace, load_space
 from .timing import DEFAULT_PROTOCOL, TimingProtocol, TimingWarning, pool
 
@@ -46,7 +47,6 @@ __all__ = ["build_table", "open_table", "resolve_backend", "export_for", "best_o
            "TABLE_PROTOCOL",
            "measure_entry", "measure_models", "combine", "untrusted_line"]
 
-REF_PREFIX = "ref:"
 # Tables time many small models: the same ±1 % target as `latency measure`, a shorter cap per entry.
 TABLE_PROTOCOL = DEFAULT_PROTOCOL.replace(max_time_s=3.0)
 # The provider too: a LiteRT table timed with XNNPACK says nothing about the builtin kernels.
@@ -409,6 +409,8 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
                 if prev is not None:
                     stats = combine([_entry_stats(prev), stats])
                 table.put(key, stats, meta={**models[key][2], "warmup": warmup, "runs": runs, "rounds": int(have) + 1})
+                # A drift calibration scales the entries measured before it; a new one is measured now.
+                table.meta.pop(CALIBRATION_KEY, None)
                 table.save(out)
                 done += 1
                 iv = f" ±{stats.rel_ci:.1%} ({stats.rounds} sessions)" if stats.rel_ci is not None else ""

@@ -38,6 +38,7 @@ import numpy as np
 from jaxnas.spec import ArchSpec, macs
 
 from .spaces import BlockConfig, SearchSpace, decompose_spec, load_space
+from .calibrate import table_scale
 from .table import REBUILD_HINT, LatencyTable, TableError, interpolate
 
 __all__ = ["LatencyPredictor", "MissingEntryError", "validate_space", "spearman", "rankdata",
@@ -65,9 +66,12 @@ class LatencyPredictor:
     ``stat``: which entry statistic to sum ('median' default, 'p10', 'mean', 'min').
     ``untrusted``: {key: flags} of table entries whose timing was flagged; a table with any raises one
     :class:`latency.timing.TimingWarning` (``warn_untrusted=False``: the caller reports them itself).
+    ``scale``: every entry's time is multiplied by it (the device's drift since the table was built,
+    :mod:`latency.calibrate`); None: the table's stored calibration (1.0 where it has none).
     """
 
-    def __init__(self, table: TableLike, *, stat: str = DEFAULT_STAT, warn_untrusted: bool = True):
+    def __init__(self, table: TableLike, *, stat: str = DEFAULT_STAT, warn_untrusted: bool = True,
+                 scale: Optional[float] = None):
         if stat not in STATS:
             raise ValueError(f"stat must be one of {STATS}, got {stat!r}")
         self.path: Optional[str] = None
@@ -76,6 +80,9 @@ class LatencyPredictor:
             table = LatencyTable.load(table)
         self.table = table
         self.stat = stat
+        self.scale = float(table_scale(table) if scale is None else scale)
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.untrusted = table.untrusted()
         if self.untrusted and warn_untrusted:
             from .builder import untrusted_line
@@ -94,7 +101,7 @@ class LatencyPredictor:
         if key not in self.table:
             raise MissingEntryError(f"{self._where()} ({self.table.meta.get('space', '?')}) has no entry "
                                     f"{key!r}; was the architecture drawn from another space? {REBUILD_HINT}")
-        return self.table.ms(key, self.stat)
+        return self.scale * self.table.ms(key, self.stat)
 
     def part_ms(self, cfg: BlockConfig) -> float:
         """Latency of one part: its entry, else (channel grid) interpolated between grid neighbours by MACs."""
@@ -159,7 +166,7 @@ class LatencyPredictor:
                 continue
             parts = [BlockConfig(**p) for p in m["parts"]]
             block_sum = float(sum(self.part_ms(p) for p in parts))
-            measured = self.table.ms(key, self.stat)
+            measured = self.scale * self.table.ms(key, self.stat)
             refs.append({"key": key, "features": self.features(parts), "sum_ms": block_sum,
                          "measured_ms": measured, "residual_ms": measured - block_sum})
         out: dict[str, Any] = {"coef": [0.0, 0.0, 0.0], "terms": ["a", "b*n_parts", "c*mparams"], "model": [],
@@ -178,9 +185,10 @@ class LatencyPredictor:
     def describe(self) -> str:
         fp = self.table.fingerprint
         a, b, c = self.overhead["coef"]
+        cal = f"; calibrated x{self.scale:.3f}" if self.scale != 1.0 else ""
         return (f"LatencyPredictor({len(self.table)} entries, {self.stat}, space={self.table.meta.get('space')!r}, "
                 f"{fp.get('runtime')} threads={fp.get('threads')}; overhead {a:+.4f} {b:+.4f}*n_parts "
-                f"{c:+.4f}*Mparams ms)")
+                f"{c:+.4f}*Mparams ms{cal})")
 
     __repr__ = describe
 
@@ -349,6 +357,14 @@ def format_validation(report: Mapping[str, Any]) -> str:
              row("Spearman", "spearman", ".3f")]
     sf = report.get("spearman_flops")
     lines.append(f"  {'MACs Spearman':<13} {'n/a' if sf is None else format(sf, '.3f'):>7}   (the FLOPs proxy)")
+    cal, stale = report.get("calibration"), report.get("uncalibrated")
+    if cal and stale:
+        lines.append(f"  recalibrated: the table's {cal['n']} references run at x{cal['scale']:.3f} their table times "
+                     f"(p10 {cal['ratio_p10']:.3f}, p90 {cal['ratio_p90']:.3f}); uncalibrated: within ±5 % "
+                     f"{stale['within_5pct']:.0%}, within ±10 % {stale['within_10pct']:.0%}, bias "
+                     f"{stale['bias_pct']:+.1f} %")
+    elif report.get("scale", 1.0) != 1.0:
+        lines.append(f"  predictions scaled x{report['scale']:.3f} by the table's stored calibration")
     if report.get("untrusted"):
         lines.append(f"  untrusted measurements: {len(report['untrusted'])} of {report['n']}")
     return "\n".join(lines)
@@ -359,7 +375,7 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
                    warmup: Optional[int] = None, runs: Optional[int] = None, stat: str = DEFAULT_STAT,
                    rounds: Optional[int] = None, context: Optional[str] = None,
                    progress: Union[bool, Callable[[str], None]] = True,
-                   protocol: Optional[Any] = None) -> dict[str, Any]:
+                   protocol: Optional[Any] = None, recalibrate: bool = False) -> dict[str, Any]:
     """Predict and measure ``samples`` random architectures of ``space`` on ``backend``; report the fit.
 
     The table at ``table_path`` is loaded and checked against the space and the backend's fingerprint,
@@ -378,10 +394,16 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
     Returns a JSON-able dict: within_5pct, within_10pct, rmspe, spearman, spearman_flops, n, rows, retest
     (the same figures, measurement against measurement), untrusted (nets whose timing was flagged),
     table_untrusted, warnings (one line each: a flagged measurement, flagged table entries, a machine
-    too noisy for the requested precision), ...
+    too noisy for the requested precision), scale, ...
+
+    ``recalibrate``: the table's reference networks are timed again in the same passes, interleaved with
+    the samples, and the predictions are scaled by their drift since the table was built
+    (:func:`latency.calibrate.drift_scale`, per statistic; the table file is not changed); ``calibration``
+    and ``uncalibrated`` (the figures at the table's stored scale) are reported with it.
     """
     from .builder import (TABLE_PROTOCOL, _progress, build_table, combine, export_for, grid_parts, input_shape,
                           measure_models, median_of, open_table, resolve_backend, untrusted_line)
+    from .calibrate import drift_scale, reference_specs
     from .timing import TimingWarning
 
     if isinstance(samples, bool) or int(samples) < 1:
@@ -423,33 +445,47 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
 
     rng = np.random.default_rng(seed)
     specs = [space.sample(rng, name=f"{space.name}_sample{i}") for i in range(int(samples))]
+    refs = reference_specs(space, table) if recalibrate else {}
+    if recalibrate and not refs:
+        raise TableError(f"{path} holds no reference networks (ref:*) to recalibrate against; rebuild it with "
+                         "references (the default) or validate without recalibrating")
+    timed = specs + list(refs.values())  # the references ride in the same passes, their rounds interleaved
     rows: list[dict[str, Any]] = []
-    measured: list[list[Any]] = [[] for _ in specs]
+    measured: list[list[Any]] = [[] for _ in timed]
     t1 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="jaxnas_validate_") as tmp:
         models = []
-        for i, spec in enumerate(specs):
+        for i, spec in enumerate(timed):
             models.append(export_for(spec, be, tmp, seed=seed, stem=f"sample{i}"))
-            log(f"[validate] exported {i + 1}/{len(specs)}")
+            log(f"[validate] exported {i + 1}/{len(timed)}")
         for r in range(passes):  # by the protocol: each pass times all nets with their rounds interleaved
-            for i, st in enumerate(measure_models(be, [(m, input_shape(s)) for s, m in zip(specs, models)],
+            for i, st in enumerate(measure_models(be, [(m, input_shape(s)) for s, m in zip(timed, models)],
                                                   protocol=protocol, warmup=warmup, runs=runs,
-                                                  names=[s.name for s in specs])):
+                                                  names=[s.name for s in timed])):
                 measured[i].append(st)
             log(f"[validate] pass {r + 1}/{passes} done")
     measure_s = time.perf_counter() - t1
     merge = median_of if fixed else combine
-    stats = [merge(m) for m in measured]
+    stats = [merge(m) for m in measured[:len(specs)]]
+    ref_now = dict(zip(refs, (merge(m) for m in measured[len(specs):])))
+    calibration = {st: drift_scale({k: table.ms(k, st) for k in refs}, {k: getattr(v, st) for k, v in ref_now.items()})
+                   for st in STATS} if refs else None
 
     flops = [float(macs(s)) for s in specs]
     by_stat: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TimingWarning)
         for st in STATS:
-            pr = LatencyPredictor(table, stat=st, warn_untrusted=False)
+            pr = LatencyPredictor(table, stat=st, warn_untrusted=False,
+                                  scale=calibration[st]["scale"] if calibration else None)
             pred = [pr.predict(s) for s in specs]
             meas = [getattr(x, st) for x in stats]
-            by_stat[st] = {**prediction_metrics(pred, meas, flops), "overhead_coef": pr.overhead["coef"]}
+            by_stat[st] = {**prediction_metrics(pred, meas, flops), "overhead_coef": pr.overhead["coef"],
+                           "scale": pr.scale}
+            if calibration:
+                stale = LatencyPredictor(table, stat=st, warn_untrusted=False)
+                by_stat[st]["uncalibrated"] = {k: (_finite(v) if isinstance(v, float) else v) for k, v in
+                                               prediction_metrics([stale.predict(s) for s in specs], meas, flops).items()}
             if st == stat:
                 for i, (spec, p, m) in enumerate(zip(specs, pred, meas)):
                     rows.append({"name": spec.name, "macs": int(flops[i]), "n_parts": len(predictor.parts(spec)),
@@ -475,7 +511,9 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
         "context": table.meta.get("context", "alone"),
         "n": main["n"], "within_5pct": main["within_5pct"], "within_10pct": main["within_10pct"],
         "rmspe": main["rmspe"], "mape": main["mape"], "max_abs_error_pct": main["max_abs_error_pct"],
-        "bias_pct": main["bias_pct"], "spearman": _finite(main["spearman"]),
+        "bias_pct": main["bias_pct"], "spearman": _finite(main["spearman"]), "scale": main["scale"],
+        "calibration": calibration[stat] if calibration else None,
+        "uncalibrated": main.get("uncalibrated"),
         "spearman_flops": _finite(main["spearman_flops"]), "retest": retest,
         "overhead": {k: v for k, v in predictor.overhead.items()},
         "by_stat": {k: {kk: (_finite(vv) if isinstance(vv, float) else vv) for kk, vv in v.items()}

@@ -43,6 +43,7 @@ from .stats import PROTOCOL_FIELDS, TimingStats, protocol_fields
 # Key prefixes of entries that are not parts, shared by the table builders (network_table, tfnas_table):
 PROBE_PREFIX = "net:"  # a whole network timed against a network table's reference network
 ALONE_PREFIX = "alone:"  # a part timed alone inside a network table (the derivation's prior)
+REF_PREFIX = "ref:"  # a reference architecture timed whole (the overhead fit, the drift calibration)
 
 __all__ = [
     "LatencyTable",
