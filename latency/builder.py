@@ -401,9 +401,8 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
                 models[key] = (model, spec, meta)
             t0 = time.perf_counter()
 
-            def store(j: int, stats: TimingStats) -> None:
+            def store(key: str, stats: TimingStats) -> None:
                 nonlocal done
-                key = pending[j]
                 prev = table.get(key)
                 have = _rounds_done(prev)
                 if prev is not None:
@@ -420,8 +419,13 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
                 if on_entry is not None:
                     on_entry(key, done, total)
 
-            measure_models(be, [(models[k][0], input_shape(models[k][1])) for k in pending], protocol=protocol,
-                           warmup=warmup, runs=runs, on_done=store, names=pending)
+            # The reference networks are timed among themselves, as the nets they calibrate are (a validation's
+            # samples, a search's candidates: whole networks interleaved with whole networks), not with
+            # the one-block models of the parts.
+            for group in ([k for k in pending if todo[k][0] != "ref"], [k for k in pending if todo[k][0] == "ref"]):
+                if group:
+                    measure_models(be, [(models[k][0], input_shape(models[k][1])) for k in group], protocol=protocol,
+                                   warmup=warmup, runs=runs, on_done=lambda j, st, g=group: store(g[j], st), names=group)
     if context == "network":
         from .network_table import derive_parts
 

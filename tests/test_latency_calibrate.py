@@ -110,3 +110,16 @@ def test_calibrate_cli_and_its_one_line_errors(tmp_path, drifting_runtime, capsy
         assert cli.main(["latency", "calibrate", str(space_file), "--table", str(table), "--runs", "5"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and why in err[0], err
+
+
+def test_references_are_timed_among_themselves_not_with_the_parts(tmp_path, drifting_runtime, monkeypatch):
+    """Whole networks interleaved with whole networks, as a validation's samples and a search's candidates
+    are: each build round times the parts in one interleaved call and the references in another."""
+    from jaxnas.latency import builder
+
+    calls, measure = [], builder.measure_models
+    monkeypatch.setattr(builder, "measure_models", lambda be, items, **kw: (calls.append(list(kw["names"])),
+                                                                           measure(be, items, **kw))[1])
+    build_table(SMALL, FakeBackend(), tmp_path / "t.json", runs=5, rounds=1, progress=False)
+    assert len(calls) == 2
+    assert not any(k.startswith("ref:") for k in calls[0]) and calls[1] and all(k.startswith("ref:") for k in calls[1])
