@@ -43,7 +43,7 @@ from .spaces import BlockConfig, SearchSpace, load_space
 from .timing import DEFAULT_PROTOCOL, TimingProtocol, TimingWarning, pool
 
 __all__ = ["build_table", "open_table", "resolve_backend", "export_for", "best_of", "median_of",
-           "grid_parts", "reference_archs", "table_meta", "input_shape", "REF_PREFIX", "ONNX_BACKENDS",
+           "grid_parts", "time_networks", "reference_archs", "table_meta", "input_shape", "REF_PREFIX", "ONNX_BACKENDS",
            "TABLE_PROTOCOL",
            "measure_entry", "measure_models", "combine", "untrusted_line"]
 
@@ -206,6 +206,26 @@ def measure_models(backend: LatencyBackend, items: Sequence[tuple[Any, Sequence[
             if on_done is not None:
                 on_done(j, final[j])
     return [final[j] for j in range(len(items))]
+
+
+def time_networks(backend: LatencyBackend, specs: Sequence[ArchSpec], *, protocol: Optional[TimingProtocol],
+                  warmup: Optional[int], runs: Optional[int], passes: int, seed: int = 0,
+                  log: Callable[[str], None] = lambda _msg: None, what: str = "") -> list[list[TimingStats]]:
+    """Export every spec once, then time them all in ``passes`` passes, each one :func:`measure_models` call
+    (their rounds interleaved by the protocol).  Returns every spec's per-pass stats."""
+    out: list[list[TimingStats]] = [[] for _ in specs]
+    with tempfile.TemporaryDirectory(prefix="jaxnas_nets_") as tmp:
+        models = []
+        for i, spec in enumerate(specs):
+            models.append(export_for(spec, backend, tmp, seed=seed, stem=f"net{i}"))
+            log(f"{what}exported {i + 1}/{len(specs)}")
+        for r in range(max(1, int(passes))):
+            for i, st in enumerate(measure_models(backend, [(m, input_shape(s)) for s, m in zip(specs, models)],
+                                                  protocol=protocol, warmup=warmup, runs=runs,
+                                                  names=[s.name for s in specs])):
+                out[i].append(st)
+            log(f"{what}pass {r + 1}/{passes} done")
+    return out
 
 
 def grid_parts(cfg: BlockConfig, step: Optional[int]) -> list[BlockConfig]:

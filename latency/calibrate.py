@@ -17,7 +17,6 @@ table should be rebuilt.
 from __future__ import annotations
 
 import datetime
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -68,8 +67,7 @@ def recalibrate(space, backend, table_path: Union[str, "Path"], *, threads: int 
     """Time the references of the table at ``table_path`` again on ``backend`` (``passes`` measurements of
     each, their rounds interleaved) and store their drift (:func:`drift_scale`) in its meta, atomically.
     The table must match the backend's fingerprint and the space.  Returns the calibration."""
-    from .builder import (TABLE_PROTOCOL, _progress, combine, export_for, input_shape, measure_models, median_of,
-                          open_table, resolve_backend)
+    from .builder import TABLE_PROTOCOL, _progress, combine, median_of, open_table, resolve_backend, time_networks
     from .spaces import load_space
 
     space = load_space(space)
@@ -88,16 +86,9 @@ def recalibrate(space, backend, table_path: Union[str, "Path"], *, threads: int 
     fixed = runs is not None
     protocol = None if fixed else (protocol or TABLE_PROTOCOL)
     log(f"[calibrate] timing the {len(specs)} reference networks of {path} again ({passes} passes)")
-    measured: dict[str, list] = {k: [] for k in specs}
-    with tempfile.TemporaryDirectory(prefix="jaxnas_calibrate_") as tmp:
-        models = {k: export_for(s, be, tmp, stem=f"ref{i}") for i, (k, s) in enumerate(specs.items())}
-        for _ in range(max(1, int(passes))):
-            keys = list(specs)
-            for k, st in zip(keys, measure_models(be, [(models[k], input_shape(specs[k])) for k in keys],
-                                                  protocol=protocol, warmup=warmup, runs=runs, names=keys)):
-                measured[k].append(st)
+    measured = time_networks(be, list(specs.values()), protocol=protocol, warmup=warmup, runs=runs, passes=passes)
     merge = median_of if fixed else combine
-    now = {k: getattr(merge(v), stat) for k, v in measured.items()}
+    now = {k: getattr(merge(v), stat) for k, v in zip(specs, measured)}
     then = {k: table.ms(k, stat) for k in specs}
     cal = {**drift_scale(then, now), "stat": stat,
            "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -401,8 +400,8 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
     (:func:`latency.calibrate.drift_scale`, per statistic; the table file is not changed); ``calibration``
     and ``uncalibrated`` (the figures at the table's stored scale) are reported with it.
     """
-    from .builder import (TABLE_PROTOCOL, _progress, build_table, combine, export_for, grid_parts, input_shape,
-                          measure_models, median_of, open_table, resolve_backend, untrusted_line)
+    from .builder import (TABLE_PROTOCOL, _progress, build_table, combine, grid_parts, median_of, open_table,
+                          resolve_backend, time_networks, untrusted_line)
     from .calibrate import drift_scale, reference_specs
     from .timing import TimingWarning
 
@@ -451,19 +450,9 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
                          "references (the default) or validate without recalibrating")
     timed = specs + list(refs.values())  # the references ride in the same passes, their rounds interleaved
     rows: list[dict[str, Any]] = []
-    measured: list[list[Any]] = [[] for _ in timed]
     t1 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="jaxnas_validate_") as tmp:
-        models = []
-        for i, spec in enumerate(timed):
-            models.append(export_for(spec, be, tmp, seed=seed, stem=f"sample{i}"))
-            log(f"[validate] exported {i + 1}/{len(timed)}")
-        for r in range(passes):  # by the protocol: each pass times all nets with their rounds interleaved
-            for i, st in enumerate(measure_models(be, [(m, input_shape(s)) for s, m in zip(timed, models)],
-                                                  protocol=protocol, warmup=warmup, runs=runs,
-                                                  names=[s.name for s in timed])):
-                measured[i].append(st)
-            log(f"[validate] pass {r + 1}/{passes} done")
+    measured = time_networks(be, timed, protocol=protocol, warmup=warmup, runs=runs, passes=passes, seed=seed,
+                             log=log, what="[validate] ")
     measure_s = time.perf_counter() - t1
     merge = median_of if fixed else combine
     stats = [merge(m) for m in measured[:len(specs)]]
