@@ -455,8 +455,9 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
                              log=log, what="[validate] ")
     measure_s = time.perf_counter() - t1
     merge = median_of if fixed else combine
-    stats = [merge(m) for m in measured[:len(specs)]]
-    ref_now = dict(zip(refs, (merge(m) for m in measured[len(specs):])))
+    measured, ref_measured = measured[:len(specs)], measured[len(specs):]  # the retest compares samples only
+    stats = [merge(m) for m in measured]
+    ref_now = dict(zip(refs, (merge(m) for m in ref_measured)))
     calibration = {st: drift_scale({k: table.ms(k, st) for k in refs}, {k: getattr(v, st) for k, v in ref_now.items()})
                    for st in STATS} if refs else None
 

@@ -85,6 +85,8 @@ def test_validate_with_recalibrate_times_the_references_alongside_and_removes_th
     assert all(row["predicted_ms"] == pytest.approx(row["measured_ms"]) for row in r["rows"])
     assert "calibration" not in LatencyTable.load(out).meta  # validation does not change the table
     json.dumps(r, allow_nan=False)
+    two = validate_space(SMALL, FakeBackend(), 6, table_path=out, runs=5, rounds=2, progress=False, recalibrate=True)
+    assert two["retest"]["n"] == 6 and two["n"] == 6  # the references timed alongside are not in the retest
 
 
 def test_calibrate_cli_and_its_one_line_errors(tmp_path, drifting_runtime, capsys, monkeypatch):
