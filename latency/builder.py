@@ -42,7 +42,7 @@ from .table import DEFAULT_COMPAT_KEYS, REBUILD_HINT, REF_PREFIX, LatencyTable, 
 from .spaces import BlockConfig, SearchSpace, load_space
 from .timing import DEFAULT_PROTOCOL, TimingProtocol, TimingWarning, pool
 
-__all__ = ["build_table", "open_table", "resolve_backend", "export_for", "best_of", "median_of",
+__all__ = ["build_table", "open_table", "open_existing_table", "resolve_backend", "export_for", "best_of", "median_of",
            "grid_parts", "time_networks", "reference_archs", "table_meta", "input_shape", "REF_PREFIX", "ONNX_BACKENDS",
            "TABLE_PROTOCOL",
            "measure_entry", "measure_models", "combine", "untrusted_line"]
@@ -308,6 +308,16 @@ def open_table(path: Union[str, "os.PathLike[str]"], space: SearchSpace, fingerp
         raise TableError(f"{path} times blocks {table.meta.get('context', 'alone')!r} but context={context!r} was "
                          f"requested; use another path or {REBUILD_HINT}")
     return LatencyTable.open_or_create(path, fingerprint, meta, keys=COMPAT_KEYS)
+
+
+def open_existing_table(path: Union[str, "os.PathLike[str]"], space: SearchSpace, fingerprint: Mapping[str, Any], *,
+                        context: Optional[str] = None) -> LatencyTable:
+    """:func:`open_table` on a table that must exist, with its own channel grid and (unless ``context`` asks
+    for one, which must then match) its own context."""
+    path = Path(path)
+    have = LatencyTable.load(path).meta if path.exists() else {}  # missing: open_table says so in one line
+    return open_table(path, space, fingerprint, channel_step=have.get("channel_step"),
+                      context=context or have.get("context", "alone"), create=False)
 
 
 def _progress(enabled: Union[bool, Callable[[str], None]]) -> Callable[[str], None]:

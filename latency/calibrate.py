@@ -67,17 +67,14 @@ def recalibrate(space, backend, table_path: Union[str, "Path"], *, threads: int 
     """Time the references of the table at ``table_path`` again on ``backend`` (``passes`` measurements of
     each, their rounds interleaved) and store their drift (:func:`drift_scale`) in its meta, atomically.
     The table must match the backend's fingerprint and the space.  Returns the calibration."""
-    from .builder import TABLE_PROTOCOL, _progress, combine, median_of, open_table, resolve_backend, time_networks
+    from .builder import (TABLE_PROTOCOL, _progress, combine, median_of, open_existing_table, resolve_backend,
+                          time_networks)
     from .spaces import load_space
 
     space = load_space(space)
     be = resolve_backend(backend, threads)
     path = Path(table_path)
-    if not path.exists():
-        raise TableError(f"latency table not found: {path}; build it first (`jaxnas latency build-table`)")
-    have = LatencyTable.load(path).meta
-    table = open_table(path, space, be.fingerprint(1).to_dict(), channel_step=have.get("channel_step"),
-                       context=have.get("context", "alone"), create=False)
+    table = open_existing_table(path, space, be.fingerprint(1).to_dict())
     specs = reference_specs(space, table)
     if not specs:
         raise TableError(f"{path} holds no reference networks (ref:*): nothing to calibrate against; rebuild it "

@@ -400,8 +400,8 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
     (:func:`latency.calibrate.drift_scale`, per statistic; the table file is not changed); ``calibration``
     and ``uncalibrated`` (the figures at the table's stored scale) are reported with it.
     """
-    from .builder import (TABLE_PROTOCOL, _progress, build_table, combine, grid_parts, median_of, open_table,
-                          resolve_backend, time_networks, untrusted_line)
+    from .builder import (TABLE_PROTOCOL, _progress, build_table, combine, grid_parts, median_of,
+                          open_existing_table, resolve_backend, time_networks, untrusted_line)
     from .calibrate import drift_scale, reference_specs
     from .timing import TimingWarning
 
@@ -425,10 +425,8 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
     table_kw = dict(threads=threads, warmup=warmup, runs=runs, progress=progress, seed=seed, protocol=protocol,
                     rounds=passes if fixed else None)
     if path.exists():
-        have = LatencyTable.load(path).meta
-        step = have.get("channel_step")
-        context = context or have.get("context", "alone")
-        table = open_table(path, space, fp, channel_step=step, context=context, create=False)
+        table = open_existing_table(path, space, fp, context=context)
+        step, context = table.meta.get("channel_step"), table.meta.get("context", "alone")
         if any(g.key not in table for p in space.unique_parts() for g in grid_parts(p, step)):
             log(f"[validate] {path} is incomplete: resuming its build")
             table = build_table(space, be, path, channel_step=step, context=context, **table_kw)
