@@ -1,8 +1,9 @@
 """A table's drift correction: its reference networks timed again, now.
 
 A lookup table is a snapshot of the device on the day it was built.  Shared machines drift: the LiteRT
-`mbv2-224` network table built here one day predicted the next day's nets 10-15 % too slow, because every
-net, the table's own reference networks included, ran 4-15 % faster than the day before (median 9 %;
+`mbv2-224` network table built here one day predicted the next day's nets 14-20 % too slow on average,
+because the nets, the table's own reference networks included, ran faster than the day before (the
+references at x0.79-0.89 their table times, p10-p90 over two runs of
 benchmarks/predictor_validation.py --recalibrate).  Rebuilding the table costs 20+ minutes; its reference
 architectures (``ref:*`` entries, measured when it was built, the ones the predictor's overhead term is fit
 to) take one or two.
