@@ -12,11 +12,13 @@ mbv2-224: >= 99 % within ±10 %, >= 80 % within ±5 %, Spearman >= 0.98; retest 
 
     python benchmarks/predictor_validation.py [--spaces mbv2-small,mbv2-224] [--backends onnxruntime,tflite]
         [--contexts alone,network] [--samples 30] [--threads 1] [--stat median] [--table-dir DIR]
-        [--max-time S] [--rel-ci F] [--passes P] [--runs N --rounds R --warmup W] [--recalibrate]
+        [--max-time S] [--rel-ci F] [--passes P] [--runs N --rounds R --warmup W] [--no-recalibrate]
         [--out REPORT.json] [--json]
 
-`--recalibrate` times each table's reference networks again, interleaved with the samples, and scales the
-predictions by their drift since the table was built (a table reused on a later day: latency.calibrate).
+Like the CLI, each table's reference networks are timed again, interleaved with the samples, the predictions
+are scaled by their drift since the table was built and the calibration is stored in the table
+(latency.calibrate); the figures at the table's previous scale are reported beside. `--no-recalibrate`
+validates the table as stored.
 
 Run timing benchmarks alone: `flock /tmp/jaxnas-timing.lock python benchmarks/predictor_validation.py ...`.
 """
@@ -73,8 +75,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="with --runs: passes (old name)")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--table-dir", help="keep/reuse tables here (default: a temp dir, rebuilt every run)")
-    ap.add_argument("--recalibrate", action="store_true",
-                    help="time each table's reference networks again with the samples; scale by their drift")
+    ap.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
+                    help="time each table's reference networks again with the samples, scale by their drift and "
+                         "store it in the table (default, as the CLI's); --no-recalibrate: the table as stored")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", help="also write the full reports (every architecture's row) to this JSON file")
     args = ap.parse_args(argv)

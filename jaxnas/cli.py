@@ -327,7 +327,7 @@ def cmd_latency_validate(args: argparse.Namespace) -> int:
 
 def cmd_latency_calibrate(args: argparse.Namespace) -> int:
     from jaxnas.latency.builder import TABLE_PROTOCOL
-    from jaxnas.latency.calibrate import recalibrate
+    from jaxnas.latency.calibrate import drift_warning, recalibrate
 
     cal = recalibrate(args.space, args.backend, args.table, threads=_threads(args), warmup=args.warmup,
                       runs=args.runs, passes=args.passes, progress=not args.json,
@@ -335,9 +335,8 @@ def cmd_latency_calibrate(args: argparse.Namespace) -> int:
     text = (f"{args.table}: its {cal['n']} reference networks run at x{cal['scale']:.3f} their table times "
             f"(p10 {cal['ratio_p10']:.3f}, p90 {cal['ratio_p90']:.3f}); predictions from it are scaled by that")
     _emit(cal, text, args.json)
-    _warn([] if cal["uniform"] else [f"the references drifted unevenly (p90/p10 of their ratios "
-                                     f"{cal['ratio_p90'] / cal['ratio_p10']:.2f}): one scale corrects the mean, "
-                                     f"not each block; rebuild the table for per-block accuracy"])
+    drift = drift_warning(cal)
+    _warn([drift] if drift else [])
     return 0
 
 
@@ -533,9 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the table's own; alone for a new one)")
     q.add_argument("--passes", type=positive_int, default=None,
                    help="measurements of every net (default 2: the retest compares them; 3 with --runs)")
-    q.add_argument("--recalibrate", action="store_true",
-                   help="time the table's reference networks again with the samples and scale the predictions "
-                        "by their drift since the table was built (the table file is not changed)")
+    q.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the table's reference networks again with the samples, scale the predictions by "
+                        "their drift since the table was built and store that calibration in the table (default: "
+                        "when it has references); --no-recalibrate validates the table as stored, unchanged")
     timing_args(q, 3.0)
     q.set_defaults(fn=cmd_latency_validate)
 

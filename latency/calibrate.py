@@ -25,11 +25,13 @@ import numpy as np
 
 from .table import REF_PREFIX, LatencyTable, TableError
 
-__all__ = ["CALIBRATION_KEY", "reference_specs", "drift_scale", "table_scale", "recalibrate"]
+__all__ = ["CALIBRATION_KEY", "reference_specs", "drift_scale", "table_scale", "drift_warning", "store_calibration", "recalibrate"]
 
 CALIBRATION_KEY = "calibration"  # in the table's meta
 # Ratios of the references (now / then) wider than this (p90 / p10) are reported as non-uniform drift.
 UNIFORM_SPREAD = 1.10
+# A drift of the references beyond ±5 % from the table's stored scale is worth a line.
+DRIFT_WARN = 0.05
 
 
 def reference_specs(space, table: LatencyTable) -> dict[str, Any]:
@@ -56,10 +58,35 @@ def drift_scale(then: Mapping[str, float], now: Mapping[str, float]) -> dict[str
             "references": {k: {"then_ms": float(then[k]), "now_ms": float(now[k])} for k in keys}}
 
 
+def drift_warning(calibration: Mapping[str, Any]) -> Optional[str]:
+    """One line when the references drifted unevenly (one scale then corrects the mean only: rebuild), or by
+    more than :data:`DRIFT_WARN` from the scale the table held before (``previous_scale``); None otherwise."""
+    scale, p10, p90 = calibration["scale"], calibration["ratio_p10"], calibration["ratio_p90"]
+    stored_scale = calibration.get("previous_scale", 1.0)
+    if not calibration["uniform"]:
+        return (f"the table's references drifted unevenly since it was built (now/then p10 {p10:.3f}, p90 "
+                f"{p90:.3f}): one scale corrects the mean, not each block; rebuild the table for per-block accuracy")
+    if abs(scale / stored_scale - 1.0) > DRIFT_WARN:
+        return (f"the machine runs at x{scale:.3f} the table's times (stored scale x{stored_scale:.3f}): the table "
+                f"predicted {100 * (stored_scale / scale - 1):+.0f} % as it stood; the new scale is stored in it")
+    return None
+
+
 def table_scale(table: LatencyTable) -> float:
     """The calibration scale stored in ``table`` (1.0: none)."""
     cal = table.meta.get(CALIBRATION_KEY) or {}
     return float(cal.get("scale", 1.0))
+
+
+def store_calibration(table: LatencyTable, path: Union[str, Path], calibration: Mapping[str, Any]) -> dict[str, Any]:
+    """Stamp ``calibration`` (a :func:`drift_scale` result) with the time and the scale it replaces
+    (``previous_scale``), put it in ``table``'s meta and save the table at ``path`` atomically.  Returns what
+    was stored."""
+    cal = {**calibration, "previous_scale": table_scale(table),
+           "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    table.meta[CALIBRATION_KEY] = cal
+    table.save(path)
+    return cal
 
 
 def recalibrate(space, backend, table_path: Union[str, "Path"], *, threads: int = 1, protocol: Optional[Any] = None,
@@ -88,10 +115,7 @@ def recalibrate(space, backend, table_path: Union[str, "Path"], *, threads: int 
     merge = median_of if fixed else combine
     now = {k: getattr(merge(v), stat) for k, v in zip(specs, measured)}
     then = {k: table.ms(k, stat) for k in specs}
-    cal = {**drift_scale(then, now), "stat": stat,
-           "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    table.meta[CALIBRATION_KEY] = cal
-    table.save(path)
+    cal = store_calibration(table, path, {**drift_scale(then, now), "stat": stat, "by": "calibrate"})
     log(f"[calibrate] {path}: the references run at {cal['scale']:.3f}x their table times "
         f"(p10 {cal['ratio_p10']:.3f}, p90 {cal['ratio_p90']:.3f}, {cal['n']} references)")
     return cal

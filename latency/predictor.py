@@ -358,10 +358,11 @@ def format_validation(report: Mapping[str, Any]) -> str:
     lines.append(f"  {'MACs Spearman':<13} {'n/a' if sf is None else format(sf, '.3f'):>7}   (the FLOPs proxy)")
     cal, stale = report.get("calibration"), report.get("uncalibrated")
     if cal and stale:
+        where = "stored in the table" if cal.get("stored_in") else "not stored"
         lines.append(f"  recalibrated: the table's {cal['n']} references run at x{cal['scale']:.3f} their table times "
-                     f"(p10 {cal['ratio_p10']:.3f}, p90 {cal['ratio_p90']:.3f}); uncalibrated: within ±5 % "
-                     f"{stale['within_5pct']:.0%}, within ±10 % {stale['within_10pct']:.0%}, bias "
-                     f"{stale['bias_pct']:+.1f} %")
+                     f"(p10 {cal['ratio_p10']:.3f}, p90 {cal['ratio_p90']:.3f}; {where}); at the table's previous "
+                     f"scale x{cal.get('previous_scale', 1.0):.3f}: within ±5 % {stale['within_5pct']:.0%}, within "
+                     f"±10 % {stale['within_10pct']:.0%}, bias {stale['bias_pct']:+.1f} %")
     elif report.get("scale", 1.0) != 1.0:
         lines.append(f"  predictions scaled x{report['scale']:.3f} by the table's stored calibration")
     if report.get("untrusted"):
@@ -374,7 +375,7 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
                    warmup: Optional[int] = None, runs: Optional[int] = None, stat: str = DEFAULT_STAT,
                    rounds: Optional[int] = None, context: Optional[str] = None,
                    progress: Union[bool, Callable[[str], None]] = True,
-                   protocol: Optional[Any] = None, recalibrate: bool = False) -> dict[str, Any]:
+                   protocol: Optional[Any] = None, recalibrate: Optional[bool] = None) -> dict[str, Any]:
     """Predict and measure ``samples`` random architectures of ``space`` on ``backend``; report the fit.
 
     The table at ``table_path`` is loaded and checked against the space and the backend's fingerprint,
@@ -395,14 +396,19 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
     table_untrusted, warnings (one line each: a flagged measurement, flagged table entries, a machine
     too noisy for the requested precision), scale, ...
 
-    ``recalibrate``: the table's reference networks are timed again in the same passes, interleaved with
-    the samples, and the predictions are scaled by their drift since the table was built
-    (:func:`latency.calibrate.drift_scale`, per statistic; the table file is not changed); ``calibration``
-    and ``uncalibrated`` (the figures at the table's stored scale) are reported with it.
+    ``recalibrate`` (default: whenever the table holds reference networks): the table's references are
+    timed again in the same passes, interleaved with the samples, the predictions are scaled by their drift
+    since the table was built (:func:`latency.calibrate.drift_scale`, per statistic) and that calibration is
+    stored in the table, atomically, as ``jaxnas latency calibrate`` would store it, so the predictor a
+    search later reads from the table is the one validated here.  A table is a snapshot of a drifting
+    machine (here nets ran 4-20 % faster hours to a day after their table was built), and a validation that
+    left the drift in would measure the day, not the predictor.  ``calibration`` and ``uncalibrated`` (the
+    figures at the table's previously stored scale) are reported with it.  ``recalibrate=False`` validates
+    the table as stored and leaves it unchanged; ``True`` requires references.
     """
     from .builder import (TABLE_PROTOCOL, _progress, build_table, combine, grid_parts, median_of,
                           open_existing_table, resolve_backend, time_networks, untrusted_line)
-    from .calibrate import drift_scale, reference_specs
+    from .calibrate import drift_scale, drift_warning, reference_specs, store_calibration
     from .timing import TimingWarning
 
     if isinstance(samples, bool) or int(samples) < 1:
@@ -442,7 +448,7 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
 
     rng = np.random.default_rng(seed)
     specs = [space.sample(rng, name=f"{space.name}_sample{i}") for i in range(int(samples))]
-    refs = reference_specs(space, table) if recalibrate else {}
+    refs = reference_specs(space, table) if recalibrate is not False else {}
     if recalibrate and not refs:
         raise TableError(f"{path} holds no reference networks (ref:*) to recalibrate against; rebuild it with "
                          "references (the default) or validate without recalibrating")
@@ -458,6 +464,7 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
     ref_now = dict(zip(refs, (merge(m) for m in ref_measured)))
     calibration = {st: drift_scale({k: table.ms(k, st) for k in refs}, {k: getattr(v, st) for k, v in ref_now.items()})
                    for st in STATS} if refs else None
+    stored_scale = predictor.scale
 
     flops = [float(macs(s)) for s in specs]
     by_stat: dict[str, Any] = {}
@@ -481,6 +488,14 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
                                  "measured": stats[i].to_dict(), "flags": list(stats[i].flags),
                                  "arch": spec.metadata.get("arch")})
     main = by_stat[stat]
+    stored_error = None
+    if calibration:
+        # Stored only now, after every prediction above, so that "uncalibrated" is the table as it came.
+        calibration[stat]["previous_scale"] = stored_scale
+        try:
+            store_calibration(table, path, {**calibration[stat], "stat": stat, "by": "validate"})
+        except OSError as e:  # a read-only table: the figures stand, the table keeps its old scale
+            stored_error = f"could not store the calibration in {path} ({e}); searches reading it keep x{stored_scale:.3f}"
     # The noise ceiling: the same nets measured again (the odd passes against the even ones) agree only
     # this well, and no predictor can agree better with one measurement than the measurements with each
     # other.
@@ -500,7 +515,8 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
         "n": main["n"], "within_5pct": main["within_5pct"], "within_10pct": main["within_10pct"],
         "rmspe": main["rmspe"], "mape": main["mape"], "max_abs_error_pct": main["max_abs_error_pct"],
         "bias_pct": main["bias_pct"], "spearman": _finite(main["spearman"]), "scale": main["scale"],
-        "calibration": calibration[stat] if calibration else None,
+        "calibration": ({**calibration[stat], "stored_in": None if stored_error else str(path)}
+                        if calibration else None),
         "uncalibrated": main.get("uncalibrated"),
         "spearman_flops": _finite(main["spearman_flops"]), "retest": retest,
         "overhead": {k: v for k, v in predictor.overhead.items()},
@@ -519,6 +535,12 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
         first = next(r for r in rows if r["flags"])
         warn.append(f"{len(untrusted)} of {len(rows)} measured nets are untrusted timings (e.g. {first['name']}: "
                     f"{first['flags'][0]}); their errors may be the machine's, not the predictor's")
+    if stored_error:
+        warn.append(stored_error)
+    if calibration:
+        drift = drift_warning(calibration[stat])
+        if drift:
+            warn.append(drift)
     bad_table = untrusted_line(table, str(path))
     if bad_table:
         warn.append(bad_table)

@@ -1,5 +1,5 @@
 """latency.calibrate: a table's drift since it was built, from its reference networks timed again; the
-predictor's scale; validate_space(recalibrate=True); `jaxnas latency calibrate`."""
+predictor's scale; validate_space's recalibration (its default); `jaxnas latency calibrate`."""
 from __future__ import annotations
 
 import json
@@ -72,21 +72,69 @@ def test_recalibrate_stores_the_drift_and_every_prediction_scales_by_it(tmp_path
     assert "calibration" not in LatencyTable.load(out).meta
 
 
-def test_validate_with_recalibrate_times_the_references_alongside_and_removes_the_drift(tmp_path, drifting_runtime):
+def test_validate_recalibrates_by_default_and_stores_what_it_validated(tmp_path, drifting_runtime):
     out = tmp_path / "t.json"
     build_table(SMALL, FakeBackend(), out, runs=5, progress=False)
     drifting_runtime[0] = 0.8
-    stale = validate_space(SMALL, FakeBackend(), 6, table_path=out, runs=5, rounds=1, progress=False)
+    stale = validate_space(SMALL, FakeBackend(), 6, table_path=out, runs=5, rounds=1, progress=False,
+                           recalibrate=False)
     assert stale["bias_pct"] == pytest.approx(25.0) and stale["within_10pct"] == 0.0 and stale["calibration"] is None
-    r = validate_space(SMALL, FakeBackend(), 6, table_path=out, runs=5, rounds=1, progress=False, recalibrate=True)
+    assert "calibration" not in LatencyTable.load(out).meta and stale["warnings"] == []  # as stored, unchanged
+
+    r = validate_space(SMALL, FakeBackend(), 6, table_path=out, runs=5, rounds=1, progress=False)  # the default
     assert r["calibration"]["scale"] == pytest.approx(0.8) and r["scale"] == pytest.approx(0.8)
     assert r["within_5pct"] == 1.0 and abs(r["bias_pct"]) < 1e-6
-    assert r["uncalibrated"]["bias_pct"] == pytest.approx(25.0)  # what the stale table would have said
+    assert r["uncalibrated"]["bias_pct"] == pytest.approx(25.0)  # what the table as it came would have said
     assert all(row["predicted_ms"] == pytest.approx(row["measured_ms"]) for row in r["rows"])
-    assert "calibration" not in LatencyTable.load(out).meta  # validation does not change the table
+    # stored, so the predictor a search reads from the table is the one validated
+    cal = LatencyTable.load(out).meta["calibration"]
+    assert cal["scale"] == pytest.approx(0.8) and cal["by"] == "validate" and cal["previous_scale"] == 1.0
+    assert r["calibration"]["stored_in"] == str(out)
+    assert LatencyPredictor(out).predict(space_sample := SearchSpace(SMALL).sample(3)) == pytest.approx(
+        0.8 * (0.01 + macs(space_sample) / 1e6), rel=1e-6)
+    assert len(r["warnings"]) == 1 and "runs at x0.800 the table's times" in r["warnings"][0]
+    assert "+25 % as it stood" in r["warnings"][0]
     json.dumps(r, allow_nan=False)
-    two = validate_space(SMALL, FakeBackend(), 6, table_path=out, runs=5, rounds=2, progress=False, recalibrate=True)
-    assert two["retest"]["n"] == 6 and two["n"] == 6  # the references timed alongside are not in the retest
+
+    # validated again: the stored scale is now right, no drift to report; the references are not in the retest
+    two = validate_space(SMALL, FakeBackend(), 6, table_path=out, runs=5, rounds=2, progress=False)
+    assert two["retest"]["n"] == 6 and two["n"] == 6
+    assert two["calibration"]["previous_scale"] == pytest.approx(0.8) and abs(two["uncalibrated"]["bias_pct"]) < 1e-6
+    assert two["warnings"] == []
+
+
+def test_validate_without_references_or_a_writable_table(tmp_path, drifting_runtime, monkeypatch):
+    bare = tmp_path / "bare.json"
+    build_table(SMALL, FakeBackend(), bare, runs=5, progress=False, references=None)
+    r = validate_space(SMALL, FakeBackend(), 3, table_path=bare, runs=5, rounds=1, progress=False)
+    assert r["calibration"] is None and r["scale"] == 1.0  # the default: nothing to calibrate against
+    with pytest.raises(TableError, match="holds no reference networks"):  # asked for explicitly
+        validate_space(SMALL, FakeBackend(), 3, table_path=bare, runs=5, rounds=1, progress=False, recalibrate=True)
+
+    out = tmp_path / "t.json"
+    build_table(SMALL, FakeBackend(), out, runs=5, progress=False)
+    drifting_runtime[0] = 1.1
+
+    def read_only(self, path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(LatencyTable, "save", read_only)
+    r = validate_space(SMALL, FakeBackend(), 3, table_path=out, runs=5, rounds=1, progress=False)
+    # the figures stand (measured, calibrated); the table keeps its old scale and the user is told
+    assert r["scale"] == pytest.approx(1.1) and r["calibration"]["stored_in"] is None
+    assert any(w.startswith(f"could not store the calibration in {out}") for w in r["warnings"])
+    monkeypatch.undo()
+    assert "calibration" not in LatencyTable.load(out).meta
+
+
+def test_drift_warning():
+    from jaxnas.latency.calibrate import drift_warning
+
+    even = {"scale": 0.96, "ratio_p10": 0.95, "ratio_p90": 0.97, "uniform": True}
+    assert drift_warning(even) is None  # within ±5 % of the table's times
+    assert drift_warning({**even, "previous_scale": 0.9}) is not None  # 6.7 % off the scale it held
+    assert "x0.860" in drift_warning({**even, "scale": 0.86})
+    assert "unevenly" in drift_warning({**even, "ratio_p10": 0.8, "uniform": False})
 
 
 def test_calibrate_cli_and_its_one_line_errors(tmp_path, drifting_runtime, capsys, monkeypatch):
