@@ -27,6 +27,7 @@ Targets (issue 14): pruningnet <= 1.5 x plain; jaxnas's step at least as fast as
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
@@ -45,7 +46,7 @@ from train_step import paired_rounds, step_ms  # noqa: E402
 from jaxnas import allocator, models  # noqa: E402
 from jaxnas.methods.metapruning.pruningnet import PruningNet, build_pruningnet, init_pruningnet  # noqa: E402
 from jaxnas.methods.metapruning.space import get_space  # noqa: E402
-from jaxnas.methods.metapruning.training import sample_encoding  # noqa: E402
+from jaxnas.methods.metapruning.training import PRUNINGNET_STEP, sample_encoding  # noqa: E402
 from jaxnas.train import TrainState, make_train_step  # noqa: E402
 
 CASES = ((64, 32, 10), (16, 224, 1000))
@@ -67,7 +68,8 @@ def pruningnet_timer(batch: int, res: int, classes: int) -> Timer:
     model = build_pruningnet(space)
     tx = optax.sgd(0.1, momentum=0.9)
     state = [jax.device_put(TrainState.create(init_pruningnet(model, 0), tx))]
-    step = make_train_step(model, tx, label_smoothing=0.1, donate=True)
+    # As the PruningNet trainer builds it (jaxnas.methods.metapruning.training.train_pruningnet).
+    step = make_train_step(model, tx, label_smoothing=0.1, **PRUNINGNET_STEP)
     data, counter = _batch(batch, res, classes), [0]
 
     def run() -> None:
@@ -127,7 +129,7 @@ def generator_timer(res: int, classes: int) -> Timer:
         return optax.apply_updates(params, u), opt
 
     state = [params, tx.init(params)]
-    update = jax.jit(update, donate_argnums=(0, 1))
+    update = jax.jit(update)  # not donated, as the PruningNet step (training.PRUNINGNET_STEP)
     counter = [0]
 
     def run() -> None:
@@ -260,6 +262,8 @@ def main() -> None:
               + ("; XLA memory traffic per step " + ", ".join(f"{n} {c['gbytes']:.1f} GB ({c['gflops']:.1f} GFLOPs)"
                                                               for n, c in row["xla_cost"].items())
                  if a.cost else ""), flush=True)
+        del timers  # free this case's states (the PruningNet's are GBs) before building the next
+        gc.collect()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from jaxnas.io_utils import atomic_write_json
 from jaxnas.spec import ArchSpec
 
 from jaxnas.export.fold import fold_batchnorm
-from jaxnas.export.onnx_export import DEFAULT_LAYOUT, DEFAULT_ONNX_ROUTE, ONNX_LAYOUTS, ONNX_ROUTES, export_onnx, onnx_bytes
+from jaxnas.export.onnx_export import (DEFAULT_LAYOUT, DEFAULT_ONNX_ROUTE, ONNX_LAYOUTS, ONNX_ROUTES, check_layout,
+                                       export_onnx, onnx_bytes)
 from jaxnas.export.parity import ExportError, ExportResult
 from jaxnas.export.tensorrt_export import TensorRTMissing, engine_export, export_tensorrt, run_engine
 from jaxnas.export.tflite_export import export_tflite, tflite_bytes
@@ -45,8 +46,7 @@ def export_model(spec: ArchSpec, variables: dict, out_dir: str | Path, formats: 
     `export.json` maps each format to {path, max_abs_diff, seconds, route, precision, input/output shape}.
     """
     fmts = list(dict.fromkeys(formats))
-    if input_layout not in ONNX_LAYOUTS:  # before any work
-        raise ExportError(f"unknown input layout {input_layout!r}; valid layouts: {', '.join(ONNX_LAYOUTS)}")
+    check_layout(input_layout)  # before any work
     unknown = [f for f in fmts if f not in FORMATS]
     if unknown or not fmts:
         raise ExportError(f"unknown export format {unknown[0] if unknown else '(none given)'!r}; "

@@ -1,13 +1,11 @@
 """The export section of the experiment config: what the pipeline's deploy step writes."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import PositiveFloat, field_validator
 
 from jaxnas.schema import Section
-
-FORMAT_NAMES = ("onnx", "tflite", "tensorrt")
 
 
 class ExportConfig(Section):
@@ -21,7 +19,7 @@ class ExportConfig(Section):
     formats: tuple[Literal["onnx", "tflite", "tensorrt"], ...] = ("onnx", "tflite")
     route: Literal["jax2onnx", "tflite"] = "jax2onnx"
     input_layout: Literal["NHWC", "NCHW"] = "NHWC"
-    tolerance: Annotated[float, Field(gt=0)] = 1e-4
+    tolerance: PositiveFloat = 1e-4
 
     @field_validator("formats")
     @classmethod

@@ -47,21 +47,15 @@ def _fold_conv(conv: Conv, p: dict, s: dict, eps: float) -> tuple[Conv, dict]:
 
 def _fold_block(block: Block, p: dict, s: dict, eps: float) -> tuple[Block, dict]:
     p = dict(p)
-    layers = []
-    for j, conv in enumerate(block.layers):
-        key = f"conv{j}"
-        conv2, p[key] = _fold_conv(conv, p.get(key, {}), s.get(key, {}), eps)
-        layers.append(conv2)
-    shortcut = block.shortcut
-    if isinstance(shortcut, Conv):
-        shortcut, p["shortcut"] = _fold_conv(shortcut, p.get("shortcut", {}), s.get("shortcut", {}), eps)
-    cands = []
-    for k, cand in enumerate(block.candidates):
-        key = f"cand{k}"
-        cand2, p[key] = _fold_block(cand, p.get(key, {}), s.get(key, {}), eps)
-        cands.append(cand2)
-    return dataclasses.replace(block, layers=tuple(layers), shortcut=shortcut,
-                               candidates=tuple(cands)), p
+
+    def fold(fold_fn, key: str, item):  # folds `item` (a conv or a candidate block) stored under `key`
+        folded, p[key] = fold_fn(item, p.get(key, {}), s.get(key, {}), eps)
+        return folded
+
+    layers = tuple(fold(_fold_conv, f"conv{j}", conv) for j, conv in enumerate(block.layers))
+    shortcut = fold(_fold_conv, "shortcut", block.shortcut) if isinstance(block.shortcut, Conv) else block.shortcut
+    cands = tuple(fold(_fold_block, f"cand{k}", cand) for k, cand in enumerate(block.candidates))
+    return dataclasses.replace(block, layers=layers, shortcut=shortcut, candidates=cands), p
 
 
 def fold_batchnorm(spec: ArchSpec, variables: Mapping[str, Any], *,

@@ -128,7 +128,7 @@ def _adaptive_bins(n: int, size: int) -> np.ndarray:
     return m
 
 
-def _first_dense_chw(head: Head, in_shape: tuple[int, int, int], kernel: Any) -> np.ndarray:
+def _first_dense_chw(in_shape: tuple[int, int, int], kernel: Any) -> np.ndarray:
     """The first dense kernel of an adaptive-7 head, re-indexed to read the NCHW feature map flattened.
 
     The Flax head computes flatten_hwc(adaptive_pool7(x)) @ K with K's rows indexed (i, j, c).  Both
@@ -136,10 +136,9 @@ def _first_dense_chw(head: Head, in_shape: tuple[int, int, int], kernel: Any) ->
     flatten_chw(x) directly (float32: each entry sums at most 49 products).
     """
     h, w, c = in_shape
-    if (h, w) == (7, 7):  # the pool is the identity (224 px): only the flattening order changes
-        k = np.asarray(kernel, np.float32).reshape(7, 7, c, -1)
-        return np.ascontiguousarray(k.transpose(2, 0, 1, 3)).reshape(c * 49, -1)
     k = np.asarray(kernel, np.float32).reshape(7, 7, c, -1)
+    if (h, w) == (7, 7):  # the pool is the identity (224 px): only the flattening order changes
+        return np.ascontiguousarray(k.transpose(2, 0, 1, 3)).reshape(c * 49, -1)
     # two small-matrix products (BLAS) instead of one 4-operand einsum: VGG's kernel is 100M entries
     kh = np.tensordot(_adaptive_bins(h, 7).astype(np.float32), k, axes=(0, 0))       # (h, 7, c, o)
     khw = np.tensordot(_adaptive_bins(w, 7).astype(np.float32), kh, axes=(0, 1))     # (w, h, c, o)
@@ -156,7 +155,7 @@ def _head(head: Head, in_shape: tuple[int, int, int], p: Mapping[str, Any], x):
         x = jnp.mean(x, axis=(2, 3))
     else:
         x = x.reshape(x.shape[0], -1)
-        first = _first_dense_chw(head, in_shape, p[names[0]]["kernel"])
+        first = _first_dense_chw(in_shape, p[names[0]]["kernel"])
     for k, name in enumerate(names):
         x = _dense(p[name], x, first if k == 0 else None)
         if k < len(names) - 1:

@@ -34,11 +34,11 @@ from jaxnas.spec import ArchSpec, validate
 
 from jaxnas.export.fold import fold_batchnorm, spec_bn_eps
 from jaxnas.export.nchw import nchw_forward
-from jaxnas.export.onnx_graph import lean_graph
-from jaxnas.export.parity import LAYOUTS, ExportError, ExportResult, check_file, run_onnx
+from jaxnas.export.onnx_graph import _rename, lean_graph
+from jaxnas.export.parity import LAYOUTS, ExportError, ExportResult, check_choice, check_file, last_line, run_onnx
 
-__all__ = ["export_onnx", "onnx_bytes", "ONNX_ROUTES", "DEFAULT_ONNX_ROUTE", "ONNX_LAYOUTS", "DEFAULT_LAYOUT",
-           "ONNX_OPSET", "ONNX_IR_VERSION"]
+__all__ = ["export_onnx", "onnx_bytes", "check_layout", "ONNX_ROUTES", "DEFAULT_ONNX_ROUTE", "ONNX_LAYOUTS",
+           "DEFAULT_LAYOUT", "ONNX_OPSET", "ONNX_IR_VERSION"]
 
 ONNX_ROUTES = ("jax2onnx", "tflite")
 DEFAULT_ONNX_ROUTE = "jax2onnx"
@@ -49,16 +49,8 @@ ONNX_OPSET = 18
 ONNX_IR_VERSION = 10
 
 
-def _check_route(route: str) -> str:
-    if route not in ONNX_ROUTES:
-        raise ExportError(f"unknown ONNX export route {route!r}; valid routes: {', '.join(ONNX_ROUTES)}")
-    return route
-
-
-def _check_layout(layout: str) -> str:
-    if layout not in ONNX_LAYOUTS:
-        raise ExportError(f"unknown input layout {layout!r}; valid layouts: {', '.join(ONNX_LAYOUTS)}")
-    return layout
+def check_layout(layout: str) -> None:
+    check_choice(layout, ONNX_LAYOUTS, "input layout", "valid layouts")
 
 
 def _shape_of(value_info) -> tuple[int | None, ...]:
@@ -128,8 +120,7 @@ def _via_tflite(spec: ArchSpec, variables: Mapping[str, Any], batch_size: int, d
                 warnings.simplefilter("ignore")
                 proto, _ = tf2onnx.convert.from_tflite(str(src), opset=ONNX_OPSET)
         except Exception as e:
-            raise ExportError(f"tf2onnx could not convert the TFLite model of {spec.name}: "
-                              f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}") from e
+            raise ExportError(f"tf2onnx could not convert the TFLite model of {spec.name}: {last_line(e)}") from e
     # tf2onnx names the I/O after TFLite tensors (serving_default_...): give them stable names.
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     _rename_io(proto, proto.graph.input[0].name, "input")
@@ -143,18 +134,10 @@ def _via_tflite(spec: ArchSpec, variables: Mapping[str, Any], batch_size: int, d
 
 
 def _rename_io(proto, old: str, new: str) -> None:
-    if old == new:
-        return
     for vi in list(proto.graph.input) + list(proto.graph.output):
         if vi.name == old:
             vi.name = new
-    for node in proto.graph.node:
-        for i, n in enumerate(node.input):
-            if n == old:
-                node.input[i] = new
-        for i, n in enumerate(node.output):
-            if n == old:
-                node.output[i] = new
+    _rename(proto.graph, old, new)
 
 
 def onnx_bytes(spec: ArchSpec, variables: Mapping[str, Any], *, route: str = DEFAULT_ONNX_ROUTE,
@@ -166,8 +149,8 @@ def onnx_bytes(spec: ArchSpec, variables: Mapping[str, Any], *, route: str = DEF
 
 def _convert(spec: ArchSpec, variables: Mapping[str, Any], route: str, batch_size: int, dynamic_batch: bool,
              fold_bn: bool, layout: str):
-    _check_route(route)
-    _check_layout(layout)
+    check_choice(route, ONNX_ROUTES, "ONNX export route", "valid routes")
+    check_layout(layout)
     validate(spec)
     if int(batch_size) < 1:
         raise ExportError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -179,8 +162,7 @@ def _convert(spec: ArchSpec, variables: Mapping[str, Any], route: str, batch_siz
     except ExportError:
         raise
     except Exception as e:
-        msg = str(e).strip().splitlines()
-        raise ExportError(f"{route} could not convert {spec.name}: {msg[-1] if msg else type(e).__name__}") from e
+        raise ExportError(f"{route} could not convert {spec.name}: {last_line(e)}") from e
     return lean_graph(_finalize(proto), layout)
 
 

@@ -33,6 +33,7 @@ the one input Transpose of the NHWC boundary (none with an NCHW input).
 from __future__ import annotations
 
 import collections
+import copy
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -125,11 +126,13 @@ def _add_initializer(graph, name_hint: str, value: np.ndarray) -> str:
     return name
 
 
-def _rename_uses(graph, old: str, new: str) -> None:
+def _rename(graph, old: str, new: str) -> None:
+    """Every node input and output named `old` is named `new` (graph inputs and outputs keep their names)."""
     for n in graph.node:
-        for k, i in enumerate(n.input):
-            if i == old:
-                n.input[k] = new
+        for names in (n.input, n.output):
+            for k, i in enumerate(names):
+                if i == old:
+                    names[k] = new
 
 
 def _bypass(graph, view: _View, node, src: str, dst: str) -> bool:
@@ -137,35 +140,41 @@ def _bypass(graph, view: _View, node, src: str, dst: str) -> bool:
     if dst in view.outputs:
         if src in view.inputs or src in view.outputs or src not in view.producer:
             return False  # keep a node that connects graph input/output names
-        prod = view.producer[src]
-        prod.output[list(prod.output).index(src)] = dst  # the producer writes the graph output directly
-        _rename_uses(graph, src, dst)
+        _rename(graph, src, dst)  # the producer writes the graph output directly
     else:
-        _rename_uses(graph, dst, src)
+        _rename(graph, dst, src)
     graph.node.remove(node)
     return True
+
+
+def _rewrite_each(model, accept: Callable[[Any], bool], rewrite: Callable[[Any, _View, Any], bool]) -> int:
+    """`rewrite(graph, view, node)` on every node `accept`ed, in graph order; it returns whether it changed the
+    graph (the view is then rebuilt for the next node).  Returns the number of rewrites."""
+    graph, done, view = model.graph, 0, None
+    for node in list(graph.node):
+        if accept(node):
+            view = view or _View(graph)
+            if rewrite(graph, view, node):
+                done += 1
+                view = None
+    return done
 
 
 # ------------------------------------------------------------------------------------------- passes
 
 def remove_identities(model) -> int:
     """Drop Identity nodes and Dropout nodes that are the identity (inference mode, mask unused)."""
-    graph, done = model.graph, 0
-    view = None  # rebuilt after each rewrite
-    for node in list(graph.node):
-        if node.op_type not in LEFTOVER_OPS:
-            continue
-        view = view or _View(graph)
+    def rewrite(graph, view: _View, node) -> bool:
         if node.op_type == "Dropout":
             if len(node.output) > 1 and node.output[1] and view.consumers.get(node.output[1]):
-                continue
+                return False
             if len(node.input) > 2 and node.input[2]:
                 training = view.const(node.input[2])
                 if training is None or bool(np.asarray(training).reshape(-1)[0]):
-                    continue
-        done += _bypass(graph, view, node, node.input[0], node.output[0])
-        view = None
-    return done
+                    return False
+        return _bypass(graph, view, node, node.input[0], node.output[0])
+
+    return _rewrite_each(model, lambda n: n.op_type in LEFTOVER_OPS, rewrite)
 
 
 def fold_constants(model, max_elements: int = 1 << 20) -> int:
@@ -173,19 +182,15 @@ def fold_constants(model, max_elements: int = 1 << 20) -> int:
     from onnx import helper
     from onnx.reference import ReferenceEvaluator
 
-    graph, done = model.graph, 0
     opsets = list(model.opset_import)
-    view = None  # rebuilt after each rewrite
-    for node in list(graph.node):
-        if node.op_type in _NON_DETERMINISTIC or node.op_type == "Constant" or node.domain not in ("", "ai.onnx"):
-            continue
-        view = view or _View(graph)
+
+    def rewrite(graph, view: _View, node) -> bool:
         ins = [i for i in node.input if i]
         if not ins or not all(view.is_const(i) for i in ins) or any(o in view.outputs for o in node.output):
-            continue
+            return False
         values = [view.const(i) for i in ins]
         if sum(v.size for v in values) > max_elements:
-            continue
+            return False
         feeds = {f"in{k}": v for k, v in enumerate(values)}
         inputs = iter(feeds)
         one = helper.make_node(node.op_type, [next(inputs) if i else "" for i in node.input],
@@ -196,60 +201,52 @@ def fold_constants(model, max_elements: int = 1 << 20) -> int:
         try:
             outs = ReferenceEvaluator(helper.make_model(g, opset_imports=opsets)).run(None, feeds)
         except Exception:  # an op the reference evaluator does not know: leave it to the runtime
-            continue
+            return False
         for name, value in zip(node.output, outs):
             if name:
-                _rename_uses(graph, name, _add_initializer(graph, name, np.asarray(value)))
+                _rename(graph, name, _add_initializer(graph, name, np.asarray(value)))
         graph.node.remove(node)
-        done += 1
-        view = None
-    return done
+        return True
+
+    return _rewrite_each(model, lambda n: n.op_type not in _NON_DETERMINISTIC + ("Constant",)
+                         and n.domain in ("", "ai.onnx"), rewrite)
 
 
 def cancel_transpose_pairs(model) -> int:
     """Transpose(p) -> Transpose(q) with p then q the identity: the second's readers read the input."""
-    graph, done = model.graph, 0
-    view = None  # rebuilt after each rewrite
-    for node in list(graph.node):
-        if node.op_type != "Transpose" or node not in graph.node:
-            continue
-        view = view or _View(graph)
+    def rewrite(graph, view: _View, node) -> bool:
         first = view.producer.get(node.input[0])
         if first is None or first.op_type != "Transpose":
-            continue
+            return False
         p, q = _attr(first, "perm"), _attr(node, "perm")
         if p is None or q is None or [p[i] for i in q] != list(range(len(p))):
-            continue
-        done += _bypass(graph, view, node, first.input[0], node.output[0])
-        view = None
+            return False
+        return _bypass(graph, view, node, first.input[0], node.output[0])
+
+    done = _rewrite_each(model, lambda n: n.op_type == "Transpose", rewrite)
     prune(model)
     return done
 
 
 def fold_pad(model) -> int:
     """Constant-mode Pad of H, W only into the next Conv (value 0), MaxPool (-inf) or AveragePool (0)."""
-    graph, done = model.graph, 0
-    view = None  # rebuilt after each rewrite
-    for node in list(graph.node):
-        if node.op_type != "Pad" or (_attr(node, "mode", b"constant") or b"constant") not in (b"constant", "constant"):
-            continue
-        view = view or _View(graph)
+    def rewrite(graph, view: _View, node) -> bool:
         user = view.only_consumer(node.output[0])
         pads = view.const(node.input[1]) if len(node.input) > 1 else None
         value = view.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(())
         axes = view.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
         if user is None or pads is None or value is None or axes is not None or pads.size != 8:
-            continue
+            return False
         pads, value = [int(v) for v in pads.reshape(-1)], float(np.asarray(value).reshape(-1)[0])
         if any(pads[k] != 0 for k in (0, 1, 4, 5)) or min(pads) < 0:
-            continue
+            return False
         ok = {"Conv": value == 0.0, "MaxPool": value == -np.inf,
               "AveragePool": value == 0.0 and (_attr(user, "count_include_pad", 0) == 1
                                                or not any(_attr(user, "pads", [0]))),
               }.get(user.op_type, False)
         auto_pad = _attr(user, "auto_pad", b"NOTSET")
         if not ok or user.input[0] != node.output[0] or auto_pad not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
-            continue
+            return False
         own = list(_attr(user, "pads", [0, 0, 0, 0]))
         _set_attr(user, "pads", [own[0] + pads[2], own[1] + pads[3], own[2] + pads[6], own[3] + pads[7]])
         _set_attr(user, "auto_pad", None)
@@ -257,13 +254,14 @@ def fold_pad(model) -> int:
             _set_attr(user, "count_include_pad", 1)
         user.input[0] = node.input[0]
         graph.node.remove(node)
-        done += 1
-        view = None
-    return done
+        return True
+
+    return _rewrite_each(model, lambda n: n.op_type == "Pad" and (_attr(n, "mode", b"constant") or b"constant")
+                         in (b"constant", "constant"), rewrite)
 
 
-def _bias_for(view: _View, prod, c: np.ndarray) -> tuple[int, np.ndarray] | None:
-    """(bias input index, new bias vector) for Add(prod output, c), or None when c is no bias of prod."""
+def _bias_for(view: _View, prod, c: np.ndarray) -> np.ndarray | None:
+    """The new bias (input 2 of Conv and Gemm) for Add(prod output, c), or None when c is no bias of prod."""
     if c.dtype != np.float32:
         return None
     if prod.op_type == "Conv":
@@ -274,7 +272,6 @@ def _bias_for(view: _View, prod, c: np.ndarray) -> tuple[int, np.ndarray] | None
         shape = (1,) * (len(w) - c.ndim) + c.shape
         if c.size != 1 and not (shape[1] == cout and all(d == 1 for k, d in enumerate(shape) if k != 1)):
             return None
-        index = 2
     elif prod.op_type == "Gemm":
         b = view.shape(prod.input[1])
         if b is None or c.ndim > 2:
@@ -283,47 +280,41 @@ def _bias_for(view: _View, prod, c: np.ndarray) -> tuple[int, np.ndarray] | None
         shape = (1,) * (2 - c.ndim) + c.shape
         if c.size != 1 and shape != (1, cout):
             return None
-        index = 2
     else:
         return None
     add = np.broadcast_to(c.reshape(-1), (cout,)).astype(np.float32)
-    if len(prod.input) > index and prod.input[index]:
-        old = view.const(prod.input[index])
+    if len(prod.input) > 2 and prod.input[2]:
+        old = view.const(prod.input[2])
         if old is None:
             return None
         beta = float(_attr(prod, "beta", 1.0)) if prod.op_type == "Gemm" else 1.0
         add = add + beta * np.broadcast_to(old.reshape(-1), (cout,))
-    return index, add.astype(np.float32)
+    return add.astype(np.float32)
 
 
 def fuse_bias(model) -> int:
     """Add(Conv(x, W[, b]), c) -> Conv(x, W, b + c) and Add(Gemm(..), c) -> Gemm(.., c), c per channel."""
-    graph, done = model.graph, 0
-    view = None  # rebuilt after each rewrite
-    for node in list(graph.node):
-        if node.op_type != "Add":
-            continue
-        view = view or _View(graph)
+    def rewrite(graph, view: _View, node) -> bool:
         for k in (0, 1):
             prod = view.producer.get(node.input[k])
             if prod is None or prod.op_type not in ("Conv", "Gemm") or view.only_consumer(node.input[k]) is not node:
                 continue
             c = view.const(node.input[1 - k])
-            fused = None if c is None else _bias_for(view, prod, c)
-            if fused is None:
+            bias = None if c is None else _bias_for(view, prod, c)
+            if bias is None:
                 continue
-            index, bias = fused
             name = _add_initializer(graph, f"{prod.output[0]}_bias", bias)
-            while len(prod.input) <= index:
+            while len(prod.input) <= 2:
                 prod.input.append("")
-            prod.input[index] = name
+            prod.input[2] = name
             if prod.op_type == "Gemm":
                 _set_attr(prod, "beta", 1.0)
             prod.output[0] = node.output[0]
             graph.node.remove(node)
-            done += 1
-            view = None
-            break
+            return True
+        return False
+
+    done = _rewrite_each(model, lambda n: n.op_type == "Add", rewrite)
     prune(model)
     return done
 
@@ -375,7 +366,7 @@ def simplify_broadcasts(model) -> int:
     import onnx
     from onnx import helper
 
-    graph, done = model.graph, 0
+    graph = model.graph
     first = _View(graph)
     if not any(n.op_type == "Expand" or (n.op_type == "Reshape" and not first.is_const(n.input[1]))
                for n in graph.node):
@@ -384,19 +375,16 @@ def simplify_broadcasts(model) -> int:
     shapes = {v.name: _dims(v) for v in list(inferred.graph.value_info) + list(inferred.graph.input)
               + list(inferred.graph.output)}
     shapes.update({i.name: tuple(i.dims) for i in graph.initializer})
-    view = None  # rebuilt after each rewrite
-    for node in list(graph.node):
-        if node.op_type not in ("Expand", "Reshape"):
-            continue
-        view = view or _View(graph)
+
+    def rewrite(graph, view: _View, node) -> bool:
         src, out = node.input[0], node.output[0]
         users = view.consumers.get(out, [])
         s_src, s_out = shapes.get(src), shapes.get(out)
         if out in view.outputs or not users or s_src is None or s_out is None or None in s_src + s_out:
-            continue
+            return False
         if node.op_type == "Reshape":
             if view.const(node.input[1]) is not None:
-                continue  # a constant target shape is already one node
+                return False  # a constant target shape is already one node
             axes = _inserted_unit_axes(s_src, s_out)
             if axes is not None:
                 new = helper.make_node("Unsqueeze", [src, _add_initializer(graph, f"{out}_axes",
@@ -405,12 +393,10 @@ def simplify_broadcasts(model) -> int:
                     and s_out[1] == int(np.prod(s_src[1:])):
                 new = helper.make_node("Flatten", [src], [out], axis=1)
             else:
-                continue
+                return False
             graph.node.insert(list(graph.node).index(node), new)
             graph.node.remove(node)
-            done += 1
-            view = None
-            continue
+            return True
 
         def same_result(user) -> bool:
             if user.op_type not in _BROADCAST_OPS or len(user.input) != 2 or list(user.input).count(out) != 1:
@@ -420,10 +406,12 @@ def simplify_broadcasts(model) -> int:
             return expanded is not None and expanded == _broadcast(other, s_src)
 
         if s_src == s_out or all(same_result(u) for u in users):
-            _rename_uses(graph, out, src)
+            _rename(graph, out, src)
             graph.node.remove(node)
-            done += 1
-            view = None
+            return True
+        return False
+
+    done = _rewrite_each(model, lambda n: n.op_type in ("Expand", "Reshape"), rewrite)
     prune(model)
     return done
 
@@ -454,32 +442,21 @@ def set_boundary_layout(model, layout: str) -> None:
     if layout != "NCHW":
         raise ValueError(f"layout must be NHWC or NCHW, got {layout!r}")
     graph = model.graph
-    for vi in graph.input:
+    for vi, is_input in [(vi, True) for vi in graph.input] + [(vi, False) for vi in graph.output]:
         dims = vi.type.tensor_type.shape.dim
         if len(dims) != 4:
             continue
         inner = f"{vi.name}_nhwc"
-        _rename_uses(graph, vi.name, inner)
-        graph.node.insert(0, helper.make_node("Transpose", [vi.name], [inner], perm=[0, 2, 3, 1]))
-        _permute_dims(dims, (0, 3, 1, 2))
-    for vi in graph.output:
-        dims = vi.type.tensor_type.shape.dim
-        if len(dims) != 4:
-            continue
-        inner = f"{vi.name}_nhwc"
-        for n in graph.node:
-            for k, o in enumerate(n.output):
-                if o == vi.name:
-                    n.output[k] = inner
-        _rename_uses(graph, vi.name, inner)
-        graph.node.append(helper.make_node("Transpose", [inner], [vi.name], perm=[0, 3, 1, 2]))
+        _rename(graph, vi.name, inner)
+        if is_input:  # NCHW in -> the NHWC tensor the graph reads
+            graph.node.insert(0, helper.make_node("Transpose", [vi.name], [inner], perm=[0, 2, 3, 1]))
+        else:  # the NHWC tensor the graph computes -> NCHW out
+            graph.node.append(helper.make_node("Transpose", [inner], [vi.name], perm=[0, 3, 1, 2]))
         _permute_dims(dims, (0, 3, 1, 2))
 
 
 def _permute_dims(dims, perm: Iterable[int]) -> None:
-    old = [type(d)() for d in dims]
-    for o, d in zip(old, dims):
-        o.CopyFrom(d)
+    old = [copy.deepcopy(d) for d in dims]
     for k, p in enumerate(perm):
         dims[k].CopyFrom(old[p])
 

@@ -21,7 +21,7 @@ from jaxnas.spec import ArchSpec
 
 __all__ = ["ExportError", "ExportResult", "PARITY_SEED", "FP16_RTOL", "LAYOUTS", "parity_input", "jax_model",
            "jax_forward", "reference_output", "output_shape", "run_onnx", "run_tflite", "compare", "to_layout",
-           "from_layout", "nhwc_shape", "check_file"]
+           "from_layout", "nhwc_shape", "check_file", "check_choice", "last_line"]
 
 PARITY_SEED = 1234
 # Boundary layouts of exported files: NHWC (the JAX model's, TFLite's) or NCHW (PyTorch's).
@@ -33,6 +33,18 @@ FP16_RTOL = 1e-2
 
 class ExportError(UserError, RuntimeError):
     """An export that cannot be produced or whose output does not match the JAX model."""
+
+
+def check_choice(value: str, valid: Sequence[str], what: str, valid_what: str = "valid") -> None:
+    """ExportError naming the `valid` values unless `value` is one of them (route, layout, precision)."""
+    if value not in valid:
+        raise ExportError(f"unknown {what} {value!r}; {valid_what}: {', '.join(valid)}")
+
+
+def last_line(e: BaseException) -> str:
+    """The last non-empty line of an exception's message (converters raise pages), else its type."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 @dataclass(frozen=True)
@@ -55,11 +67,8 @@ class ExportResult:
     layout: str = "NHWC"
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["path"] = str(self.path)
-        d["input_shape"] = list(self.input_shape)
-        d["output_shape"] = list(self.output_shape)
-        return d
+        return {**dataclasses.asdict(self), "path": str(self.path), "input_shape": list(self.input_shape),
+                "output_shape": list(self.output_shape)}
 
 
 def parity_input(input_shape: Sequence[int | None], seed: int = PARITY_SEED) -> np.ndarray:
@@ -146,7 +155,7 @@ def run_onnx(model: str | os.PathLike | bytes, x: np.ndarray) -> np.ndarray:
         sess = ort.InferenceSession(bytes(data), so, providers=["CPUExecutionProvider"])
         return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])
     except Exception as e:  # onnxruntime raises its own exception types
-        raise ExportError(f"onnxruntime cannot run the exported model: {_last_line(e)}") from e
+        raise ExportError(f"onnxruntime cannot run the exported model: {last_line(e)}") from e
 
 
 def run_tflite(model: str | os.PathLike | bytes, x: np.ndarray) -> np.ndarray:
@@ -164,7 +173,7 @@ def run_tflite(model: str | os.PathLike | bytes, x: np.ndarray) -> np.ndarray:
         interp.invoke()
         return np.array(interp.get_tensor(interp.get_output_details()[0]["index"]))
     except Exception as e:
-        raise ExportError(f"LiteRT cannot run the exported model: {_last_line(e)}") from e
+        raise ExportError(f"LiteRT cannot run the exported model: {last_line(e)}") from e
 
 
 def to_layout(x_nhwc: np.ndarray, layout: str) -> np.ndarray:
@@ -185,14 +194,17 @@ def nhwc_shape(shape: Sequence[int | None], layout: str) -> tuple[int | None, ..
 
 def check_file(run: Callable[[np.ndarray], np.ndarray], spec: ArchSpec, variables: Mapping[str, Any],
                input_shape: Sequence[int | None], layout: str, tolerance: float, what: str, *,
-               relative: bool = False) -> float:
+               precision: str = "fp32") -> float:
     """Parity of a file (`run(x) -> output`, x in the file's `layout`) against the unfolded JAX model.
 
-    The fixed NHWC parity input is transposed into the file's layout and a 4-D output back.
+    The fixed NHWC parity input is transposed into the file's layout and a 4-D output back.  fp32:
+    `tolerance` absolute; fp16: max(tolerance, FP16_RTOL) relative to max(1, max|reference|).
     """
     x = parity_input(nhwc_shape(input_shape, layout))
     out = from_layout(np.asarray(run(to_layout(x, layout))), layout)
-    return compare(out, reference_output(spec, variables, x), tolerance, what, relative=relative)
+    fp16 = precision == "fp16"
+    return compare(out, reference_output(spec, variables, x), max(tolerance, FP16_RTOL) if fp16 else tolerance, what,
+                   relative=fp16)
 
 
 def compare(out: np.ndarray, ref: np.ndarray, tolerance: float, what: str, *, relative: bool = False) -> float:
@@ -206,8 +218,3 @@ def compare(out: np.ndarray, ref: np.ndarray, tolerance: float, what: str, *, re
         kind = f"{tolerance:g} relative (bound {bound:.3g})" if relative else f"{tolerance:g}"
         raise ExportError(f"{what}: max_abs_diff {diff:.3g} vs the JAX model exceeds the tolerance {kind}")
     return diff
-
-
-def _last_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__

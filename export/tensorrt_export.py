@@ -21,7 +21,7 @@ from jaxnas.spec import ArchSpec
 from jaxnas.runtime import BackendError
 
 from jaxnas.export.onnx_export import DEFAULT_LAYOUT, DEFAULT_ONNX_ROUTE, export_onnx
-from jaxnas.export.parity import FP16_RTOL, ExportError, ExportResult, check_file
+from jaxnas.export.parity import ExportError, ExportResult, check_choice, check_file
 
 __all__ = ["export_tensorrt", "engine_export", "engine_from_onnx", "run_engine", "TensorRTMissing",
            "TENSORRT_PRECISIONS"]
@@ -91,7 +91,7 @@ def run_engine(engine_path: str | os.PathLike, x: np.ndarray, *, device: int = 0
 def engine_from_onnx(onnx_path: str | os.PathLike, path: str | Path, *, precision: str = "fp32",
                      allow_tf32: bool = False, batch_size: int = 1) -> Path:
     """Build and atomically write the engine for an ONNX file (`jaxnas.runtime.tensorrt.build_engine`)."""
-    _check_precision(precision)
+    check_choice(precision, TENSORRT_PRECISIONS, "TensorRT precision")
     _import_tensorrt()
     from jaxnas.runtime.tensorrt import build_engine
 
@@ -113,18 +113,13 @@ def export_tensorrt(spec: ArchSpec, variables: dict, path: str | Path, *, precis
     raises `TensorRTMissing` (an `ExportError` and a runtime `BackendError`) before exporting anything.
     """
     _import_tensorrt()
-    _check_precision(precision)
+    check_choice(precision, TENSORRT_PRECISIONS, "TensorRT precision")
     with tempfile.TemporaryDirectory(prefix="jaxnas_trt_") as tmp:
         target = Path(onnx_path) if onnx_path is not None else Path(tmp) / "model.onnx"
         onnx_result = export_onnx(spec, variables, target, route=route, batch_size=batch_size,
                                   input_layout=input_layout, check=check, tolerance=tolerance)
         return engine_export(spec, variables, path, onnx_result, precision=precision, allow_tf32=allow_tf32,
                              check=check, tolerance=tolerance)
-
-
-def _check_precision(precision: str) -> None:
-    if precision not in TENSORRT_PRECISIONS:
-        raise ExportError(f"unknown TensorRT precision {precision!r}; valid: {', '.join(TENSORRT_PRECISIONS)}")
 
 
 def engine_export(spec: ArchSpec, variables: Mapping[str, Any], path: str | Path, onnx_result: ExportResult, *,
@@ -134,7 +129,7 @@ def engine_export(spec: ArchSpec, variables: Mapping[str, Any], path: str | Path
 
     A dynamic-batch ONNX file gets a batch-1 engine; the engine takes the ONNX file's input layout.
     """
-    _check_precision(precision)
+    check_choice(precision, TENSORRT_PRECISIONS, "TensorRT precision")
     path = Path(path)
     batch = onnx_result.input_shape[0] or 1
     # Built under a temporary name next to `path` and renamed only after the parity check passes.
@@ -147,10 +142,8 @@ def engine_export(spec: ArchSpec, variables: Mapping[str, Any], path: str | Path
         out_shape = (batch,) + tuple(onnx_result.output_shape[1:])
         diff = None
         if check:
-            fp16 = precision == "fp16"
-            diff = check_file(lambda x: run_engine(tmp, x), spec, variables, in_shape, onnx_result.layout,
-                              max(tolerance, FP16_RTOL) if fp16 else tolerance,
-                              f"TensorRT ({precision}) engine of {spec.name}", relative=fp16)
+            diff = check_file(lambda x: run_engine(tmp, x), spec, variables, in_shape, onnx_result.layout, tolerance,
+                              f"TensorRT ({precision}) engine of {spec.name}", precision=precision)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -18,16 +18,12 @@ from jaxnas.io_utils import atomic_write_bytes
 from jaxnas.spec import ArchSpec, validate
 
 from jaxnas.export.fold import fold_batchnorm
-from jaxnas.export.parity import (FP16_RTOL, ExportError, ExportResult, check_file, jax_model, output_shape,
-                           run_tflite)
+from jaxnas.export.parity import (ExportError, ExportResult, check_choice, check_file, jax_model, last_line,
+                                  output_shape, run_tflite)
 
 __all__ = ["export_tflite", "tflite_bytes", "TFLITE_PRECISIONS"]
 
 TFLITE_PRECISIONS = ("fp32", "fp16")
-
-
-def _quiet_tf() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def tflite_bytes(spec: ArchSpec, variables: Mapping[str, Any], *, batch_size: int | None = 1,
@@ -37,12 +33,11 @@ def tflite_bytes(spec: ArchSpec, variables: Mapping[str, Any], *, batch_size: in
     A polymorphic batch makes the converter un-fold BN and leave bias/activation unfused: 3-45x slower
     at run time (1.1-2.7x with `fold_bn`).  Use it only when a dynamic batch is required.
     """
-    if precision not in TFLITE_PRECISIONS:
-        raise ExportError(f"unknown TFLite precision {precision!r}; valid: {', '.join(TFLITE_PRECISIONS)}")
+    check_choice(precision, TFLITE_PRECISIONS, "TFLite precision")
     validate(spec)
     if fold_bn:
         spec, variables = fold_batchnorm(spec, variables)
-    _quiet_tf()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow's first import
     import tensorflow as tf
     from jax.experimental import jax2tf
 
@@ -65,8 +60,7 @@ def tflite_bytes(spec: ArchSpec, variables: Mapping[str, Any], *, batch_size: in
             converter.target_spec.supported_types = [tf.float16]
         return bytes(converter.convert())
     except Exception as e:
-        msg = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-        raise ExportError(f"TFLite conversion of {spec.name} failed: {msg[-1] if msg else type(e).__name__}") from e
+        raise ExportError(f"TFLite conversion of {spec.name} failed: {last_line(e)}") from e
 
 
 def export_tflite(spec: ArchSpec, variables: dict, path: str | Path, *, precision: str = "fp32",
@@ -85,10 +79,8 @@ def export_tflite(spec: ArchSpec, variables: dict, path: str | Path, *, precisio
     in_shape = (1, h, w, spec.in_channels)
     diff = None
     if check:  # before writing: a file that fails parity never replaces a good one
-        fp16 = precision == "fp16"
-        diff = check_file(lambda x: run_tflite(data, x), spec, variables, in_shape, "NHWC",
-                          max(tolerance, FP16_RTOL) if fp16 else tolerance, f"TFLite ({precision}) export of {spec.name}",
-                          relative=fp16)
+        diff = check_file(lambda x: run_tflite(data, x), spec, variables, in_shape, "NHWC", tolerance,
+                          f"TFLite ({precision}) export of {spec.name}", precision=precision)
     t0 = time.perf_counter()
     atomic_write_bytes(path, data)
     seconds += time.perf_counter() - t0

@@ -38,10 +38,7 @@ def loaded_allocator(maps_path: str = "/proc/self/maps") -> str:
             maps = f.read()
     except OSError:
         return "system"
-    for name in ("tcmalloc", "jemalloc"):
-        if f"lib{name}" in maps:
-            return name
-    return "system"
+    return next((name for name in ("tcmalloc", "jemalloc") if f"lib{name}" in maps), "system")
 
 
 def preload_env(env: Mapping[str, str], lib: str | None) -> dict[str, str] | None:

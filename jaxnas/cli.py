@@ -13,6 +13,7 @@ contract; this file lists no method.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -21,19 +22,23 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from jaxnas.errors import UserError
+from jaxnas.schema import argument_type
 
 # ----------------------------------------------------------------------------------------------------
 # Output
 # ----------------------------------------------------------------------------------------------------
 
 
-def _emit(result: Any, text: str, as_json: bool) -> int:
+def _emit(result: Any, text: str, as_json: bool, warnings: Any = ()) -> int:
+    """The result (text, or JSON with --json) on stdout, then one `warning: ...` line each on stderr."""
     if as_json:
         from jaxnas.io_utils import dumps_json
 
         sys.stdout.write(dumps_json(result))
     else:
         print(text)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -76,24 +81,10 @@ def run_summary_text(summary: dict[str, Any], workdir: Path) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _number(kind: type, lo: float, what: str) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
-        if isinstance(v, float) and not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-        return v
-    return parse
-
-
-positive_int = _number(int, 1, ">= 1")
-non_negative_int = _number(int, 0, ">= 0")
-positive_float = _number(float, 1e-300, "> 0")
+positive_int = argument_type(int, (lambda v: v >= 1, "must be >= 1, got {text}"))
+non_negative_int = argument_type(int, (lambda v: v >= 0, "must be >= 0, got {text}"))
+positive_float = argument_type(float, (math.isfinite, "must be finite, got {text}"),
+                               (lambda v: v >= 1e-300, "must be > 0, got {text}"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -105,8 +96,7 @@ def _resolve(args: argparse.Namespace) -> Any:
     from jaxnas import zoo
 
     return zoo.resolve_spec(args.model, resolution=args.resolution, num_classes=args.num_classes,
-                            width=getattr(args, "width", None),
-                            small_input=True if getattr(args, "small_input", False) else None)
+                            width=args.width, small_input=args.small_input or None)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -139,27 +129,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _workdir_for(cfg: Any, workdir: str | None) -> Path:
-    return Path(workdir) if workdir else Path("runs") / cfg.name
-
-
 def _run(args: argparse.Namespace, search: bool) -> int:
     from jaxnas.config import load_config
     from jaxnas.pipeline import run
 
     cfg = load_config(args.config, args.set or ())
-    workdir = _workdir_for(cfg, args.workdir)
+    workdir = Path(args.workdir) if args.workdir else Path("runs") / cfg.name
     summary = run(cfg, workdir, search=search, deploy=not args.no_deploy, log=_log(args),
                   allow_config_change=args.allow_config_change)
     return _emit(summary, run_summary_text(summary, workdir), args.json)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    return _run(args, search=False)
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    return _run(args, search=True)
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -172,10 +150,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from jaxnas.data import load_dataset
+    from jaxnas.train import weights_source
     from jaxnas.trainer import Trainer
     from jaxnas.workdir import load_workdir
-
-    from jaxnas.train import weights_source
 
     cfg, spec, variables = load_workdir(args.workdir)
     source = weights_source(args.workdir)
@@ -189,11 +166,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------
 # export / latency
 # ----------------------------------------------------------------------------------------------------
-
-
-def _spec_and_variables(args: argparse.Namespace) -> tuple[Any, Any]:
-    """A trained work dir, or a zoo model / spec JSON with --random-init."""
-    return _spec_variables_config(args)[:2]
 
 
 def _spec_variables_config(args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -234,7 +206,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--out {args.out}: cannot create it ({e.strerror or e}); choose a writable directory") from None
+        raise UserError(f"--out {args.out}: cannot create it ({e.strerror or e}); "
+                        "choose a writable directory") from None
     result = deploy(spec, variables, export_cfg, None, out_dir=args.out, precision=args.precision,
                     dynamic_batch=args.dynamic_batch)
     out = {fmt: {"path": str(r.path), "max_abs_diff": r.max_abs_diff, "seconds": r.seconds,
@@ -268,20 +241,14 @@ def _latency_config(args: argparse.Namespace, **extra: Any) -> Any:
         raise ConfigError([ln.replace("latency.rel_ci", "--rel-ci") for ln in e.errors]) from None
 
 
-def _warn(lines: Any) -> None:
-    for line in lines:
-        print(f"warning: {line}", file=sys.stderr)
-
-
 def cmd_latency_measure(args: argparse.Namespace) -> int:
     from jaxnas.deploy import deploy
 
     latency = _latency_config(args, batch_size=args.batch_size)
-    spec, variables = _spec_and_variables(args)
+    spec, variables, _ = _spec_variables_config(args)
     m = deploy(spec, variables, None, latency, out_dir=None).latency
-    _emit(m.to_dict(), m.describe(spec.name), args.json)
-    _warn([f"untrusted measurement: {'; '.join(m.stats.flags)}"] if m.stats.flags else [])
-    return 0
+    return _emit(m.to_dict(), m.describe(spec.name), args.json,
+                 [f"untrusted measurement: {'; '.join(m.stats.flags)}"] if m.stats.flags else [])
 
 
 def cmd_latency_compare(args: argparse.Namespace) -> int:
@@ -294,9 +261,7 @@ def cmd_latency_compare(args: argparse.Namespace) -> int:
     result = compare_files(dict(zip(names, args.models)), None, backend=args.backend, threads=_threads(args),
                            batch_size=args.batch_size, protocol=latency.protocol(30.0),
                            warmup=args.warmup, runs=args.runs, **fixed)
-    _emit(result.to_dict(), result.describe(), args.json)
-    _warn([f"untrusted comparison: {f}" for f in result.flags])
-    return 0
+    return _emit(result.to_dict(), result.describe(), args.json, [f"untrusted comparison: {f}" for f in result.flags])
 
 
 def cmd_latency_build(args: argparse.Namespace) -> int:
@@ -305,11 +270,9 @@ def cmd_latency_build(args: argparse.Namespace) -> int:
     table = build_table(args.space, args.backend, args.out, threads=_threads(args), warmup=args.warmup,
                         runs=args.runs, context=args.context, progress=not args.json,  # --json: stdout is JSON
                         protocol=_latency_config(args).protocol(TABLE_PROTOCOL.max_time_s))
-    _emit({"path": str(args.out), "entries": len(table), "untrusted": table.untrusted()},
-          f"{args.out}: {len(table)} entries", args.json)
     bad = untrusted_line(table, str(args.out))
-    _warn([bad] if bad else [])
-    return 0
+    return _emit({"path": str(args.out), "entries": len(table), "untrusted": table.untrusted()},
+                 f"{args.out}: {len(table)} entries", args.json, [bad] if bad else [])
 
 
 def cmd_latency_validate(args: argparse.Namespace) -> int:
@@ -320,9 +283,7 @@ def cmd_latency_validate(args: argparse.Namespace) -> int:
                             seed=args.seed, warmup=args.warmup, runs=args.runs, context=args.context,
                             rounds=args.passes, recalibrate=args.recalibrate,
                             protocol=_latency_config(args).protocol(TABLE_PROTOCOL.max_time_s))
-    _emit(report, format_validation(report), args.json)
-    _warn(report.get("warnings", ()))
-    return 0
+    return _emit(report, format_validation(report), args.json, report.get("warnings", ()))
 
 
 def cmd_latency_calibrate(args: argparse.Namespace) -> int:
@@ -334,10 +295,8 @@ def cmd_latency_calibrate(args: argparse.Namespace) -> int:
                       protocol=_latency_config(args).protocol(TABLE_PROTOCOL.max_time_s))
     text = (f"{args.table}: its {cal['n']} reference networks run at x{cal['scale']:.3f} their table times "
             f"(p10 {cal['ratio_p10']:.3f}, p90 {cal['ratio_p90']:.3f}); predictions from it are scaled by that")
-    _emit(cal, text, args.json)
     drift = drift_warning(cal)
-    _warn([drift] if drift else [])
-    return 0
+    return _emit(cal, text, args.json, [drift] if drift else [])
 
 
 def cmd_latency_predict(args: argparse.Namespace) -> int:
@@ -383,6 +342,12 @@ def _json_flag(q: argparse.ArgumentParser) -> None:
     q.add_argument("--json", action="store_true", help="print the machine-readable result")
 
 
+def _command(q: argparse.ArgumentParser, fn: Callable[[argparse.Namespace], int]) -> None:
+    """A command's last option, --json, and the function it runs."""
+    _json_flag(q)
+    q.set_defaults(fn=fn)
+
+
 def allow_change_flag(q: argparse.ArgumentParser) -> None:
     q.add_argument("--allow-config-change", action="store_true",
                    help="continue a work dir whose stored config differs in what its weights mean "
@@ -420,30 +385,26 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--no-deploy", action="store_true", help="skip export and latency measurement")
         q.add_argument("--quiet", action="store_true", help="no progress lines, only the closing summary")
         allow_change_flag(q)
-        _json_flag(q)
 
     q = sub.add_parser("info", help="MACs, params and a per-block table of a zoo model or spec JSON")
     q.add_argument("model", metavar="MODEL_OR_SPEC_JSON")
     model_args(q)
-    _json_flag(q)
-    q.set_defaults(fn=cmd_info)
+    _command(q, cmd_info)
 
     q = sub.add_parser("methods", help="the registered search / pruning methods")
-    _json_flag(q)
-    q.set_defaults(fn=cmd_methods)
+    _command(q, cmd_methods)
 
     q = sub.add_parser("train", help="train a model from a YAML config, then export and measure it")
     run_args(q)
-    q.set_defaults(fn=cmd_train)
+    _command(q, functools.partial(_run, search=False))
 
     q = sub.add_parser("search", help="run the config's search.method, then export and measure what it found")
     run_args(q)
-    q.set_defaults(fn=cmd_search)
+    _command(q, functools.partial(_run, search=True))
 
     q = sub.add_parser("eval", help="evaluate a trained work dir on its test split")
     q.add_argument("workdir")
-    _json_flag(q)
-    q.set_defaults(fn=cmd_eval)
+    _command(q, cmd_eval)
 
     q = sub.add_parser("quickstart", help="the main job on the embedded Fashion-MNIST: train, eval, export, measure")
     q.add_argument("--workdir", default="runs/quickstart")
@@ -451,8 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-export", action="store_true", help="skip export and latency measurement")
     q.add_argument("--quiet", action="store_true", help="no progress lines, only the closing summary")
     allow_change_flag(q)
-    _json_flag(q)
-    q.set_defaults(fn=cmd_quickstart)
+    _command(q, cmd_quickstart)
 
     q = sub.add_parser("export", help="export a work dir or a model to ONNX / TFLite / TensorRT with parity checks")
     q.add_argument("target", metavar="WORKDIR_OR_MODEL")
@@ -464,11 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     q.add_argument("--dynamic-batch", action="store_true")
     q.add_argument("--input-layout", default=None, choices=("NHWC", "NCHW"),
-                   help="ONNX / TensorRT input layout (default: a work dir's export.input_layout, else NHWC): NHWC (as the JAX "
-                        "model; one Transpose at the input) or "
+                   help="ONNX / TensorRT input layout (default: a work dir's export.input_layout, else NHWC): "
+                        "NHWC (as the JAX model; one Transpose at the input) or "
                         "NCHW (as PyTorch users feed it; no layout op); TFLite is always NHWC")
-    _json_flag(q)
-    q.set_defaults(fn=cmd_export)
+    _command(q, cmd_export)
 
     lat = sub.add_parser("latency", help="measure latency, build lookup tables, validate the predictor")
     lsub = lat.add_subparsers(dest="latency_command", required=True)
@@ -487,21 +446,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="warm-up runs per session (default 10; 20 with --runs)")
         q.add_argument("--runs", type=positive_int, default=None,
                        help="fixed number of runs in one session instead of the adaptive protocol")
-        _json_flag(q)
 
     q = lsub.add_parser("measure", help="time a work dir or model end to end on a runtime")
     q.add_argument("target", metavar="WORKDIR_OR_MODEL")
     model_args(q, random_init=True)
     q.add_argument("--batch-size", type=positive_int, default=1)
     timing_args(q, 10.0)
-    q.set_defaults(fn=cmd_latency_measure)
+    _command(q, cmd_latency_measure)
 
     q = lsub.add_parser("compare", help="time exported models in alternating rounds; speed-ups with intervals")
     q.add_argument("models", nargs="+", metavar="MODEL_FILE", help="ONNX / .tflite files; the first is the reference")
     q.add_argument("--batch-size", type=positive_int, default=None)
     q.add_argument("--rounds", type=positive_int, default=5, help="alternating rounds with --runs (default 5)")
     timing_args(q, 30.0)
-    q.set_defaults(fn=cmd_latency_compare)
+    _command(q, cmd_latency_compare)
 
     q = lsub.add_parser("build-table", help="measure every block of a search space into a lookup table")
     q.add_argument("space", help="built-in space name (mbv2-small, mbv2-224) or a space YAML")
@@ -510,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time each block alone, or as the change it makes to a reference network, "
                         "weighed against its alone time by the probe's noise (better ranks on onnxruntime/CPU)")
     timing_args(q, 3.0)
-    q.set_defaults(fn=cmd_latency_build)
+    _command(q, cmd_latency_build)
 
     q = lsub.add_parser("predict", help="table latency of a spec: a TF-NAS table (base + block entries at "
                                          "each block's mid; the original's .pkl too) or a block table")
@@ -519,8 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--stat", choices=["median", "mean", "p10", "min"], default="median")
     q.add_argument("--device", default="unknown", help="for a .pkl: where it was measured (recorded only)")
     q.add_argument("--batch-size", type=positive_int, help="for a .pkl: its batch size (recorded only)")
-    _json_flag(q)
-    q.set_defaults(fn=cmd_latency_predict)
+    _command(q, cmd_latency_predict)
 
     q = lsub.add_parser("validate", help="predictor vs end-to-end measurement on random architectures")
     q.add_argument("space")
@@ -537,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "their drift since the table was built and store that calibration in the table (default: "
                         "when it has references); --no-recalibrate validates the table as stored, unchanged")
     timing_args(q, 3.0)
-    q.set_defaults(fn=cmd_latency_validate)
+    _command(q, cmd_latency_validate)
 
     q = lsub.add_parser("calibrate", help="time a table's reference networks again and store their drift "
                                           "(every prediction from the table is scaled by it)")
@@ -545,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--table", required=True)
     q.add_argument("--passes", type=positive_int, default=2, help="measurements of every reference (default 2)")
     timing_args(q, 3.0)
-    q.set_defaults(fn=cmd_latency_calibrate)
+    _command(q, cmd_latency_calibrate)
 
     q = sub.add_parser("import-weights", help="a torchvision / timm state dict (.pth / .safetensors) as a work dir")
     q.add_argument("source", metavar="SOURCE", help="state dict file: .pth / .pt (torch.save) or .safetensors")
@@ -559,8 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the written config.yaml")
     q.add_argument("--replace", action="store_true", help="replace an earlier import in --out made from another "
                    "file or with another config (the default refuses it)")
-    _json_flag(q)
-    q.set_defaults(fn=cmd_import_weights)
+    _command(q, cmd_import_weights)
 
     # Methods' own sub-commands (jaxnas <method> <tool>), through the contract.
     for method in methods.all_methods():

@@ -24,10 +24,10 @@ import copy
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, PositiveFloat, field_validator
 
 from jaxnas.data.config import DataConfig
 from jaxnas.export.config import ExportConfig
@@ -62,8 +62,8 @@ class SearchConfig(Section):
     section = "search"
 
     method: str = "none"
-    target_macs: Annotated[float, Field(gt=0)] | None = None
-    target_latency_ms: Annotated[float, Field(gt=0)] | None = None
+    target_macs: PositiveFloat | None = None
+    target_latency_ms: PositiveFloat | None = None
     args: dict[str, Any] = {}
 
 
@@ -109,10 +109,6 @@ _FLOAT_RE = re.compile(
 )
 
 
-def _resolvers_without(resolvers: dict, tags: set[str]) -> dict:
-    return {k: [(t, rx) for t, rx in v if t not in tags] for k, v in resolvers.items()}
-
-
 class _Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 core-schema bool/int/float resolution and unique mapping keys."""
 
@@ -133,33 +129,24 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_Loader.yaml_implicit_resolvers = _resolvers_without(
-    yaml.SafeLoader.yaml_implicit_resolvers, {_BOOL_TAG, _INT_TAG, _FLOAT_TAG})
-_Loader.add_implicit_resolver(_BOOL_TAG, _BOOL_RE, list("tTfF"))
-_Loader.add_implicit_resolver(_INT_TAG, _INT_RE, list("-+0123456789"))
-_Loader.add_implicit_resolver(_FLOAT_TAG, _FLOAT_RE, list("-+0123456789."))
-
-
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     v = loader.construct_scalar(node)
-    if v.startswith("0o"):
-        return int(v[2:], 8)
-    if v.startswith("0x"):
-        return int(v[2:], 16)
-    return int(v, 10)
-
-
-_Loader.add_constructor(_INT_TAG, _construct_int)
+    base = {"0o": 8, "0x": 16}.get(v[:2])
+    return int(v[2:], base) if base else int(v, 10)
 
 
 class _Dumper(yaml.SafeDumper):
     """Quotes any string that YAML 1.1 *or* 1.2 would read as a non-string."""
 
 
+_Loader.yaml_implicit_resolvers = {k: [(t, rx) for t, rx in v if t not in (_BOOL_TAG, _INT_TAG, _FLOAT_TAG)]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_constructor(_INT_TAG, _construct_int)
 _Dumper.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()}
-_Dumper.add_implicit_resolver(_BOOL_TAG, _BOOL_RE, list("tTfF"))
-_Dumper.add_implicit_resolver(_INT_TAG, _INT_RE, list("-+0123456789"))
-_Dumper.add_implicit_resolver(_FLOAT_TAG, _FLOAT_RE, list("-+0123456789."))
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver(_BOOL_TAG, _BOOL_RE, list("tTfF"))
+    _cls.add_implicit_resolver(_INT_TAG, _INT_RE, list("-+0123456789"))
+    _cls.add_implicit_resolver(_FLOAT_TAG, _FLOAT_RE, list("-+0123456789."))
 
 
 def _expanded_size(node: yaml.Node, limit: int) -> int:
@@ -216,11 +203,8 @@ def _deep_merge(base: Mapping, child: Mapping) -> dict:
     for k, v in child.items():
         if isinstance(v, Mapping):
             v = dict(v)
-            replace = v.pop(REPLACE_KEY, False)
-            if not replace and isinstance(out.get(k), Mapping):
-                v = _deep_merge(out[k], v)
-            else:
-                v = _deep_merge({}, v)  # strip nested __replace__ markers
+            merge = not v.pop(REPLACE_KEY, False) and isinstance(out.get(k), Mapping)
+            v = _deep_merge(out[k] if merge else {}, v)  # merged into {}: nested __replace__ markers stripped
         out[k] = v
     return out
 
@@ -268,27 +252,15 @@ def _parse_override(override: str) -> tuple[list[str], str, Any]:
     if not isinstance(override, str) or "=" not in override:
         raise ConfigError(f"bad override {override!r}: missing '='; {_OVERRIDE_HELP}")
     key, raw = override.split("=", 1)
-    key = key.strip()
-    parts = key.split(".")
-    if not key or any(not p.strip() for p in parts):
+    parts = [p.strip() for p in key.split(".")]
+    if not all(parts):
         raise ConfigError(f"bad override {override!r}: empty key path; {_OVERRIDE_HELP}")
-    parts = [p.strip() for p in parts]
     try:
         value = _yaml_load(raw, "value") if raw.strip() else None
     except ConfigError as exc:
         problem = str(exc).split("YAML syntax error: ", 1)[-1]
         raise ConfigError(f"bad override {override!r}: cannot parse value as YAML: {problem}") from None
     return parts, raw, value
-
-
-def _field_type(schema: Any, parts: Sequence[str]) -> Any:
-    """The annotation at a key path of a section tree, or None when the path is not typed."""
-    tp = schema
-    for p in parts:
-        if not (isinstance(tp, type) and issubclass(tp, BaseModel)) or p not in tp.model_fields:
-            return None
-        tp = tp.model_fields[p].annotation
-    return tp
 
 
 def apply_overrides(d: Mapping[str, Any], overrides: Sequence[str], schema: Any = None) -> dict[str, Any]:
@@ -302,7 +274,8 @@ def apply_overrides(d: Mapping[str, Any], overrides: Sequence[str], schema: Any 
     out = copy.deepcopy(dict(d))
     for ov in overrides:
         parts, raw, value = _parse_override(ov)
-        if schema is not None and isinstance(value, (bool, int, float)) and _field_type(schema, parts) is str:
+        if (schema is not None and isinstance(value, (bool, int, float))
+                and _schema._walk(schema, parts) == (str, len(parts))):
             value = raw.strip()
         node = out
         for i, p in enumerate(parts[:-1]):

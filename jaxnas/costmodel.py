@@ -9,6 +9,7 @@ the table's end-to-end calibration ``constant_ms + scale * sum``.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import jax
@@ -28,15 +29,9 @@ class MacsModel:
         sites, head = conv_sites(spec, frozenset(prunable))
         terms: dict[tuple[str, ...], float] = {}
 
-        def add(coef: float, *exprs: Expr) -> None:
-            factors = []
-            for g, c in exprs:
-                if g is None:
-                    coef *= c
-                else:
-                    factors.append(g)
-            key = tuple(sorted(factors))
-            terms[key] = terms.get(key, 0.0) + coef
+        def add(coef: float, *exprs: Expr) -> None:  # constant factors multiply the coefficient
+            key = tuple(sorted(g for g, _ in exprs if g is not None))
+            terms[key] = terms.get(key, 0.0) + math.prod((c for g, c in exprs if g is None), start=coef)
 
         for s in sites:
             kh, kw = s.conv.kernel
@@ -61,12 +56,7 @@ class MacsModel:
 
     def expected(self, channels: Mapping[str, Any]) -> jax.Array:
         """Expected MACs given (expected) channel counts per prunable group."""
-        total = 0.0
-        for factors, coef in self.terms:
-            t = coef
-            for g in factors:
-                t = t * channels[g]
-            total = total + t
+        total = sum((math.prod((channels[g] for g in factors), start=coef) for factors, coef in self.terms), 0.0)
         return jnp.asarray(total, jnp.float32)
 
     def exact(self, channels: Mapping[str, Any]) -> Any:
@@ -74,59 +64,35 @@ class MacsModel:
 
         Channel counts may be numpy arrays of equal shape (many sub-networks at once, float64 result).
         """
-        if all(np.ndim(v) == 0 for v in channels.values()):
-            total = 0
-            for factors, coef in self.terms:
-                t = int(round(coef))
-                for g in factors:
-                    t *= int(channels[g])
-                total += t
-            return total
-        total = 0.0
-        for factors, coef in self.terms:
-            t = np.float64(coef)
-            for g in factors:
-                t = t * np.asarray(channels[g], np.float64)
-            total = total + t
-        return total
+        if all(np.ndim(v) == 0 for v in channels.values()):  # exact integers
+            return sum(math.prod((int(channels[g]) for g in factors), start=int(round(coef)))
+                       for factors, coef in self.terms)
+        return sum((math.prod((np.asarray(channels[g], np.float64) for g in factors), start=np.float64(coef))
+                    for factors, coef in self.terms), 0.0)
 
 
 # ------------------------------------------------------------------------------------------------
 # Latency from a per-layer grid table
 # ------------------------------------------------------------------------------------------------
 
-def _interp_weights(grid: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _interp_weights(grid: Any, x: Any, xp: Any) -> tuple[Any, Any]:
     """Segment index and fraction for piecewise-linear interpolation (linear extrapolation outside)."""
     if grid.shape[0] == 1:
-        return jnp.zeros((), jnp.int32), jnp.zeros((), x.dtype)
-    i = jnp.clip(jnp.searchsorted(grid, x, side="right") - 1, 0, grid.shape[0] - 2)
+        return xp.zeros(xp.shape(x), int), xp.zeros_like(x)
+    i = xp.clip(xp.searchsorted(grid, x, side="right") - 1, 0, grid.shape[0] - 2)
     t = (x - grid[i]) / (grid[i + 1] - grid[i])
     return i, t
 
 
-def bilinear(xs: jax.Array, ys: jax.Array, values: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
-    """Bilinear interpolation of ``values[len(xs), len(ys)]`` at (x, y); axes of length 1 are constant."""
-    i, tx = _interp_weights(xs, x)
-    j, ty = _interp_weights(ys, y)
-    i1 = jnp.minimum(i + 1, xs.shape[0] - 1)
-    j1 = jnp.minimum(j + 1, ys.shape[0] - 1)
+def bilinear(xs: jax.Array, ys: jax.Array, values: jax.Array, x: jax.Array, y: jax.Array, xp: Any = jnp) -> jax.Array:
+    """Bilinear interpolation of ``values[len(xs), len(ys)]`` at (x, y); axes of length 1 are constant.
+    `xp`: `jax.numpy` (differentiable), or `numpy` for numpy arrays."""
+    i, tx = _interp_weights(xs, x, xp)
+    j, ty = _interp_weights(ys, y, xp)
+    i1 = xp.minimum(i + 1, xs.shape[0] - 1)
+    j1 = xp.minimum(j + 1, ys.shape[0] - 1)
     v00, v01, v10, v11 = values[i, j], values[i, j1], values[i1, j], values[i1, j1]
     return (1 - tx) * ((1 - ty) * v00 + ty * v01) + tx * ((1 - ty) * v10 + ty * v11)
-
-
-def _weights_np(grid: np.ndarray, x: Any) -> tuple[Any, Any]:
-    if grid.shape[0] == 1:
-        return np.zeros(np.shape(x), np.int64), np.zeros(np.shape(x))
-    i = np.clip(np.searchsorted(grid, x, side="right") - 1, 0, grid.shape[0] - 2)
-    return i, (x - grid[i]) / (grid[i + 1] - grid[i])
-
-
-def _bilinear_np(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, x: Any, y: Any) -> Any:
-    i, tx = _weights_np(xs, x)
-    j, ty = _weights_np(ys, y)
-    i1, j1 = np.minimum(i + 1, xs.shape[0] - 1), np.minimum(j + 1, ys.shape[0] - 1)
-    return ((1 - tx) * ((1 - ty) * values[i, j] + ty * values[i, j1])
-            + tx * ((1 - ty) * values[i1, j] + ty * values[i1, j1]))
 
 
 def _bilinear_fit(xs: np.ndarray, ys: np.ndarray, vals: np.ndarray) -> np.ndarray:
@@ -211,30 +177,21 @@ class LatencyModel:
                 self.scale = scale
         self.constant_ms = t_full - self.scale * s_full
 
-    def _layer_sum(self, channels: Mapping[str, Any]) -> jax.Array:
+    def _predict(self, channels: Mapping[str, Any], xp: Any, dtype: Any, layers: list) -> Any:
         def value(e: Expr):
-            return jnp.asarray(e[1], jnp.float32) if e[0] is None else jnp.asarray(channels[e[0]], jnp.float32)
+            return xp.asarray(e[1] if e[0] is None else channels[e[0]], dtype)
 
-        total = jnp.zeros((), jnp.float32)
-        for s, depthwise, xs, ys, vals in self._layers:
-            if depthwise:
-                total = total + bilinear(xs, ys, vals, value(s.cout), jnp.zeros((), jnp.float32))
-            else:
-                total = total + bilinear(xs, ys, vals, value(s.cin), value(s.cout))
-        return total
+        total = xp.zeros((), dtype)
+        for s, depthwise, xs, ys, vals in layers:
+            x, y = (value(s.cout), xp.zeros((), dtype)) if depthwise else (value(s.cin), value(s.cout))
+            total = total + bilinear(xs, ys, vals, x, y, xp)
+        return self.constant_ms + self.scale * total
 
     def expected(self, channels: Mapping[str, Any]) -> jax.Array:
         """Predicted end-to-end latency (ms) at these (expected or integer) channel counts (differentiable)."""
-        return self.constant_ms + self.scale * self._layer_sum(channels)
+        return self._predict(channels, jnp, jnp.float32, self._layers)
 
     def exact(self, channels: Mapping[str, Any]) -> Any:
         """The same prediction in numpy (channel counts may be arrays: many sub-networks at once)."""
-        def value(e: Expr):
-            return np.float64(e[1]) if e[0] is None else np.asarray(channels[e[0]], np.float64)
-
-        total = 0.0
-        for s, depthwise, xs, ys, vals in self._np_layers:
-            y = np.float64(0.0) if depthwise else value(s.cout)
-            total = total + _bilinear_np(xs, ys, vals, value(s.cout) if depthwise else value(s.cin), y)
-        out = self.constant_ms + self.scale * total
+        out = self._predict(channels, np, np.float64, self._np_layers)
         return float(out) if np.ndim(out) == 0 else out

@@ -20,16 +20,13 @@ from jaxnas.latency.config import LatencyConfig
 __all__ = ["deploy", "DeployResult", "runtime_format"]
 
 
+_RUNTIME_FORMATS = {"tflite": "tflite", "litert": "tflite", "tfl": "tflite", "tensorrt": "tensorrt", "trt": "tensorrt",
+                    "xla": "xla", "jax": "xla"}
+
+
 def runtime_format(backend: str) -> str:
-    """The file format a latency backend times."""
-    key = backend.lower()
-    if key in ("tflite", "litert", "tfl"):
-        return "tflite"
-    if key in ("tensorrt", "trt"):
-        return "tensorrt"
-    if key in ("xla", "jax"):
-        return "xla"
-    return "onnx"
+    """The file format a latency backend times (onnx for any other backend)."""
+    return _RUNTIME_FORMATS.get(backend.lower(), "onnx")
 
 
 @dataclasses.dataclass
@@ -108,22 +105,20 @@ def deploy(spec: Any, variables: Any, export: ExportConfig | None, latency: Late
             return result
         shipped = results.get(fmt)
         needs_batch = fmt == "onnx" and latency.batch_size != 1 and not dynamic_batch
-        if shipped is None or needs_batch:
-            timed = exporter.export_model(spec, variables, Path(tmp) / "timed", (fmt,), route=export.route,
-                                          precision=precision, tolerance=export.tolerance,
-                                          input_layout=export.input_layout,
-                                          dynamic_batch=dynamic_batch or needs_batch)[fmt]
-        else:
-            timed = shipped
+
+        def timing_export(net: tuple[Any, Any], name: str) -> Any:
+            return exporter.export_model(net[0], net[1], Path(tmp) / name, (fmt,), route=export.route,
+                                         precision=precision, tolerance=export.tolerance,
+                                         input_layout=export.input_layout,
+                                         dynamic_batch=dynamic_batch or needs_batch)[fmt]
+
+        timed = timing_export((spec, variables), "timed") if shipped is None or needs_batch else shipped
         if log:
             log(f"deploy: timing {timed.path} on {latency.backend}")
         kw["layout"] = timed.layout  # the timed file's own input (NCHW files take NCHW arrays)
         result.latency = measure_file(timed.path, spec, **kw)
         if baseline is not None:
-            base = exporter.export_model(baseline[0], baseline[1], Path(tmp) / "baseline", (fmt,),
-                                         route=export.route, precision=precision, tolerance=export.tolerance,
-                                         input_layout=export.input_layout,
-                                         dynamic_batch=dynamic_batch or needs_batch)[fmt]
+            base = timing_export(baseline, "baseline")
             rounds = None if latency.runs is None else (compare_rounds or 5)
             if log:
                 log(f"deploy: timing it against the baseline in {rounds or 'adaptive'} alternating rounds")

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import PositiveFloat, PositiveInt, model_validator
 
-from jaxnas.schema import Section
+from jaxnas.schema import Fraction, Section
 from jaxnas.spec import ArchSpec, validate
 from jaxnas.zoo import get_spec
 
@@ -24,20 +24,17 @@ class ModelConfig(Section):
 
     name: str = "mobilenet_v2"
     spec: str | None = None
-    width: Annotated[float, Field(gt=0)] = 1.0
-    num_classes: Annotated[int, Field(gt=0)] | None = None
+    width: PositiveFloat = 1.0
+    num_classes: PositiveInt | None = None
     small_input: bool = True  # stride-1 stem for 28-32 px inputs (MobileNetV2)
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    dropout: Fraction = 0.0
     depthwise: Literal["auto", "shift", "grouped"] = "auto"
 
     @model_validator(mode="after")
     def _no_ignored_keys(self) -> "ModelConfig":
-        if self.spec is not None:
-            errs = self.ignored(("name", "width", "small_input", "dropout"), "model.spec gives the whole network",
-                                "remove it (or remove spec to build a zoo model)")
-            if errs:
-                raise ValueError("\n".join(errs))
-        return self
+        return self.checked([] if self.spec is None else self.ignored(
+            ("name", "width", "small_input", "dropout"), "model.spec gives the whole network",
+            "remove it (or remove spec to build a zoo model)"))
 
 
 def build_spec(model: ModelConfig, num_classes: int, image_shape: tuple[int, int, int]) -> ArchSpec:

@@ -197,10 +197,7 @@ class Net(nn.Module):
     bn_eps: float = 1e-5
 
     def features(self, x: jax.Array, train: bool, choices: Choices | None = None) -> jax.Array:
-        stage_of = {}
-        for s in self.spec.stages:
-            for i in range(s.start, s.end):
-                stage_of[i] = s
+        stage_of = {i: s for s in self.spec.stages for i in range(s.start, s.end)}
         collected: list[jax.Array] = []
         for i, block in enumerate(self.spec.blocks):
             x = BlockModule(block, self.depthwise_impl, self.bn_momentum, self.bn_eps, name=f"block{i}")(

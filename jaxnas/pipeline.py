@@ -16,6 +16,7 @@ files for the user and for resuming.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -175,12 +176,7 @@ def _check_arch_unchanged(workdir: Path, spec: Any, allow: bool) -> None:
 
 def _missing_dirs(path: Path) -> list[Path]:
     """`path` and its ancestors that do not exist yet, deepest first."""
-    out = []
-    for p in (path.absolute(), *path.absolute().parents):
-        if p.exists():
-            break
-        out.append(p)
-    return out
+    return list(itertools.takewhile(lambda p: not p.exists(), (path.absolute(), *path.absolute().parents)))
 
 
 def _undo_created(workdir: Path, created: list[Path], lock_existed: bool) -> None:
@@ -204,6 +200,7 @@ def run(cfg: ExperimentConfig, workdir: str | Path, *, search: bool = False, dep
     """
     workdir = Path(workdir)
     t0 = time.time()
+    say = log or (lambda _m: None)
     method = resolve_method(cfg)[0] if search else None
     if method is not None:
         check_target(cfg, method)  # config-only checks first: cheap, and nothing to undo
@@ -221,9 +218,8 @@ def run(cfg: ExperimentConfig, workdir: str | Path, *, search: bool = False, dep
         started = True
         if changes:  # allowed: the stored config is kept beside the new one
             kept = keep_previous_config(workdir)
-            (log or (lambda _m: None))(f"--allow-config-change: {'; '.join(changes)} (the previous config is "
-                                       f"kept as {kept.name})")
-        return _run(prep, workdir, search=search, deploy=deploy, log=log, t0=t0)
+            say(f"--allow-config-change: {'; '.join(changes)} (the previous config is kept as {kept.name})")
+        return _run(prep, workdir, search=search, deploy=deploy, say=say, t0=t0)
     except BaseException:
         if not started:
             _undo_created(workdir, created, lock_existed)
@@ -232,12 +228,11 @@ def run(cfg: ExperimentConfig, workdir: str | Path, *, search: bool = False, dep
         lock.release()
 
 
-def _run(prep: Prepared, workdir: Path, *, search: bool, deploy: bool, log: Callable[[str], None] | None,
+def _run(prep: Prepared, workdir: Path, *, search: bool, deploy: bool, say: Callable[[str], None],
          t0: float) -> dict[str, Any]:
     from jaxnas.trainer import Trainer
 
     cfg = prep.cfg
-    say = log or (lambda _m: None)
     save_resolved_config(cfg, workdir)
     trainer = Trainer(cfg, prep.dataset, log=say)
     if search:

@@ -40,7 +40,6 @@ def format_bytes(n: float) -> str:
         if abs(n) < 1024 or unit == "PiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} PiB"
 
 
 def check_fits_memory(nbytes: float, what: str, fix: str, share: float = MEMORY_SHARE) -> None:

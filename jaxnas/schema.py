@@ -17,22 +17,27 @@ with "did you mean" suggestions across sections) is the formatting below.
 """
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
+import operator
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, Union
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from jaxnas.errors import UserError
 
-__all__ = ["ConfigError", "Section", "validate", "describe_schema", "type_name", "leaf_paths"]
+__all__ = ["ConfigError", "Section", "validate", "describe_schema", "type_name", "leaf_paths", "argument_type",
+           "Fraction"]
 
 S = TypeVar("S", bound="Section")
+
+Fraction = Annotated[float, Field(ge=0, lt=1)]  # (pydantic has PositiveInt, PositiveFloat, NonNegativeFloat, ...)
 
 
 class ConfigError(UserError, ValueError):
@@ -96,6 +101,31 @@ class Section(BaseModel):
         return [f"{k}: {because}, so {k}: {json.dumps(getattr(self, k))} would be ignored; {fix}"
                 for k in keys if getattr(self, k) != fields[k].default]
 
+    def out_of_range(self, rules: Mapping[str, str]) -> list[str]:
+        """One error line ``key: must be <rule>, got <value>`` per key whose value breaks its rule; `rules` maps
+        space-separated keys to a rule: '> 0', '>= 1', 'in [0, 1)', 'in (0, 1]', ... A null value passes (the
+        field's type decides whether null is allowed; 'or null' after a rule is for the message only)."""
+        return [f"{k}: must be {rule}, got {getattr(self, k)}" for keys, rule in rules.items() for k in keys.split()
+                if getattr(self, k) is not None and not _satisfies(getattr(self, k), rule.removesuffix(" or null"))]
+
+    def checked(self: S, errors: Sequence[str]) -> S:
+        """The end of a `model_validator`: this section, or a ValueError with one line per error."""
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
+
+
+_COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+def _satisfies(v: float, rule: str) -> bool:
+    """Whether `v` keeps a rule of `Section.out_of_range`: '>= 1' or an interval 'in [lo, hi)'."""
+    if rule.startswith("in "):
+        lo, hi = (float(b) for b in rule[4:-1].split(", "))
+        return (lo <= v if rule[3] == "[" else lo < v) and (v <= hi if rule[-1] == "]" else v < hi)
+    op, bound = rule.split()
+    return _COMPARE[op](v, float(bound))
+
 
 def validate(data: Any, schema: type[S], prefix: str = "") -> S:
     """`data` (a mapping, None for all defaults, or an instance) validated as `schema`.
@@ -120,6 +150,23 @@ def validate(data: Any, schema: type[S], prefix: str = "") -> S:
 def _error(schema: type[Section], lines: list[str]) -> UserError:
     cls = getattr(schema, "error", ConfigError)
     return cls(lines) if issubclass(cls, ConfigError) else cls("\n".join(lines))
+
+
+def argument_type(cast: type, *checks: tuple[Callable[[Any], bool], str], unparsed: str = "") -> Callable[[str], Any]:
+    """An argparse `type`: `cast(text)`, refused with the message of the first (ok, message) check it fails
+    ('{text}' in a message is the argument as given); text `cast` cannot read is refused with `unparsed`,
+    by default "expected an integer (a number), got '<text>'"."""
+    def parse(text: str) -> Any:
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(unparsed.format(text=text) or f"expected "
+                                             f"{'an integer' if cast is int else 'a number'}, got {text!r}") from None
+        for ok, message in checks:
+            if not ok(v):
+                raise argparse.ArgumentTypeError(message.format(text=text))
+        return v
+    return parse
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,8 +362,6 @@ def format_errors(exc: ValidationError, schema: type[BaseModel], prefix: str = "
             if isinstance(value, (list, tuple)):
                 line += f" {_short(value)}"
         else:
-            if used < len(loc):  # a union member's error: report the union once
-                value = _input_at(err, exc, loc[:used])
             line = f"{path}: expected {type_name(tp)}, got {_short(value)}"
             if kind == "literal_error" and isinstance(value, str):
                 allowed = [a for a in typing.get_args(_strip_annotated(tp)) if isinstance(a, str)]
@@ -329,15 +374,8 @@ def format_errors(exc: ValidationError, schema: type[BaseModel], prefix: str = "
     return lines
 
 
-def _input_at(err: Mapping[str, Any], exc: ValidationError, loc: Sequence[Any]) -> Any:
-    """The value at `loc` (a union field) for an error reported at a deeper member location."""
-    return err.get("input")
-
-
 def describe_schema(schema: type[BaseModel], prefix: str = "") -> str:
     """One line per leaf key, ``path: type = default`` (for --help style listings)."""
-    import json
-
     lines: list[str] = []
     for name, field in schema.model_fields.items():
         p = _join(prefix, name)
@@ -345,9 +383,7 @@ def describe_schema(schema: type[BaseModel], prefix: str = "") -> str:
         if _is_section(tp):
             lines.append(describe_schema(tp, p))
             continue
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, BaseModel):
-            default = default.model_dump(mode="json")
+        default = field.get_default(call_default_factory=True)  # a section instance dumps as its mapping
         dflt = json.dumps(pydantic.TypeAdapter(Any).dump_python(default, mode="json"))
         lines.append(f"{p}: {type_name(tp).replace(' (true/false)', '')} = {dflt}")
     return "\n".join(lines)

@@ -131,10 +131,6 @@ class Block:
     candidates: tuple["Block", ...] = ()
     drop_connect: float = 0.0
 
-    @property
-    def out_channels_delta(self) -> bool:
-        return bool(self.layers)
-
 
 @dataclass(frozen=True)
 class Head:
@@ -184,14 +180,9 @@ class ArchSpec:
 
     def with_input(self, resolution: int | tuple[int, int] | None = None,
                    num_classes: int | None = None, in_channels: int | None = None) -> "ArchSpec":
-        spec = self
-        if resolution is not None:
-            spec = dataclasses.replace(spec, input_size=_pair(resolution))
-        if num_classes is not None:
-            spec = dataclasses.replace(spec, head=dataclasses.replace(spec.head, num_classes=num_classes))
-        if in_channels is not None:
-            spec = dataclasses.replace(spec, in_channels=in_channels)
-        return spec
+        head = None if num_classes is None else dataclasses.replace(self.head, num_classes=num_classes)
+        kw = {"input_size": resolution, "head": head, "in_channels": in_channels}  # __post_init__ pairs input_size
+        return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(to_dict(self), indent=indent)
@@ -228,24 +219,16 @@ class ArchSpec:
 # ----------------------------------------------------------------------------------------------------
 
 def _encode(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        out = {}
-        for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
-            if v == f.default and f.name not in ("out", "kind", "name", "blocks"):
-                continue
-            out[f.name] = _encode(v)
-        return out
+    if dataclasses.is_dataclass(obj):  # fields at their defaults are left out, except the ones always written
+        return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if getattr(obj, f.name) != f.default or f.name in ("out", "kind", "name", "blocks")}
     if isinstance(obj, tuple):
         return [_encode(v) for v in obj]
     return obj
 
 
 def to_dict(spec: ArchSpec) -> dict:
-    d = _encode(spec)
-    d["schema_version"] = SCHEMA_VERSION
-    d["meta"] = {k: v for k, v in spec.meta}
-    return d
+    return {**_encode(spec), "schema_version": SCHEMA_VERSION, "meta": dict(spec.meta)}
 
 
 def _tuplify(v):
@@ -291,11 +274,7 @@ def _list(v: Any, where: str) -> list:
 
 
 def _conv_from(d: dict, where: str) -> Conv:
-    d = dict(_known(Conv, d, where))
-    for k in ("kernel", "padding"):
-        if k in d and d[k] is not None:
-            d[k] = _tuplify(d[k])
-    return Conv(**d)
+    return Conv(**{k: _tuplify(v) for k, v in _known(Conv, d, where).items()})  # as `from_dict` reads the head
 
 
 def _block_from(d: dict, where: str) -> Block:
@@ -599,11 +578,9 @@ class SpecCost:
     head: LayerCost
 
     def table(self) -> list[dict]:
-        rows = [dict(index=b.index, kind=b.kind, in_shape=list(b.in_shape), out_shape=list(b.out_shape),
-                     macs=b.macs, params=b.params) for b in self.blocks]
-        rows.append(dict(index=len(self.blocks), kind="head", in_shape=list(self.head.in_shape),
-                         out_shape=list(self.head.out_shape), macs=self.head.macs, params=self.head.params))
-        return rows
+        rows = [(b.index, b.kind, b) for b in self.blocks] + [(len(self.blocks), "head", self.head)]
+        return [dict(index=i, kind=kind, in_shape=list(c.in_shape), out_shape=list(c.out_shape), macs=c.macs,
+                     params=c.params) for i, kind, c in rows]
 
 
 def analyze(spec: ArchSpec) -> SpecCost:

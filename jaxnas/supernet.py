@@ -149,9 +149,7 @@ class _Slicer:
 
     def conv(self, conv: Conv, p: dict, s: dict, in_idx: np.ndarray | None, where: str):
         out_idx = self.keep(conv)
-        act = conv.act
-        if conv.act_slot is not None and conv.act_slot in self.acts:
-            act = conv.act if self.acts[conv.act_slot] == 1.0 else "identity"
+        act = conv.act if self.acts.get(conv.act_slot, 1.0) == 1.0 else "identity"  # a 0 gate: identity
         if conv.depthwise:
             if not _same(in_idx, out_idx):
                 raise SpecError(f"{where}: depthwise conv's channel selection differs from its input's; "
@@ -246,25 +244,19 @@ def materialize(spec: ArchSpec, variables: Mapping[str, Any], choices: Mapping[s
             new_p[f"block{k}"] = pb
         if sb:
             new_s[f"block{k}"] = sb
-    if spec.head.num_classes == 0:
-        stages = tuple(_remap_stage(st, keep_blocks) for st in spec.stages)
-        concrete = dataclasses.replace(spec, blocks=tuple(blocks), stages=tuple(s for s in stages if s))
-        return validate(concrete), {"params": new_p, "batch_stats": new_s}
-    head_p = dict(params["head"])
-    first = "fc0" if spec.head.hidden else "classifier"
-    kernel = head_p[first]["kernel"]
-    if idx is not None:
-        if spec.head.pool == "adaptive7":
-            c = kernel.shape[0] // 49
-            kernel = _take(kernel.reshape(49, c, -1), idx, 1).reshape(49 * idx.size, -1)
-        else:
-            kernel = _take(kernel, idx, 0)
-    head_p[first] = {**head_p[first], "kernel": kernel}
-    new_p["head"] = head_p
+    if spec.head.num_classes:
+        first = "fc0" if spec.head.hidden else "classifier"
+        kernel = params["head"][first]["kernel"]
+        if idx is not None:
+            if spec.head.pool == "adaptive7":
+                c = kernel.shape[0] // 49
+                kernel = _take(kernel.reshape(49, c, -1), idx, 1).reshape(49 * idx.size, -1)
+            else:
+                kernel = _take(kernel, idx, 0)
+        new_p["head"] = {**params["head"], first: {**params["head"][first], "kernel": kernel}}
     stages = tuple(_remap_stage(st, keep_blocks) for st in spec.stages)
     concrete = dataclasses.replace(spec, blocks=tuple(blocks), stages=tuple(s for s in stages if s))
-    validate(concrete)
-    return concrete, {"params": new_p, "batch_stats": new_s}
+    return validate(concrete), {"params": new_p, "batch_stats": new_s}
 
 
 def _remap_stage(stage, kept: set[int]):

@@ -44,11 +44,6 @@ class Trainer:
 
         return models.build_model(spec, self.cfg.model.depthwise)
 
-    def init(self, spec: ArchSpec, seed: int | None = None) -> dict[str, Any]:
-        from jaxnas import models
-
-        return models.init_variables(self.model(spec), self.cfg.train.seed if seed is None else seed)
-
     def teacher_from_config(self) -> tuple[ArchSpec, dict] | None:
         """The teacher `train.distill.teacher` names (a trained work dir), loaded."""
         path = self.cfg.train.distill.teacher
@@ -56,8 +51,7 @@ class Trainer:
             return None
         from jaxnas.workdir import load_workdir
 
-        _, spec, variables = load_workdir(path)
-        return spec, variables
+        return load_workdir(path)[1:]  # (spec, variables)
 
     def train(self, spec: ArchSpec, workdir: str | Path, *, variables: dict | None = None,
               epochs: float | None = None, learning_rate: float | None = None,
@@ -70,6 +64,7 @@ class Trainer:
         weights on the test split. `teacher` (spec, variables) distils with weight `distill_weight` (else
         `train.distill.weight`); without it the config's `train.distill.teacher` is used when set.
         """
+        from jaxnas.models import init_variables
         from jaxnas.train import Distillation, fit, make_optimizer
 
         cfg = self.cfg
@@ -79,7 +74,7 @@ class Trainer:
         optim = cfg.optim if learning_rate is None else cfg.optim.replace(learning_rate=learning_rate)
         model = self.model(spec)
         if variables is None:
-            variables = self.init(spec)
+            variables = init_variables(model, cfg.train.seed)
         teacher = teacher if teacher is not None else self.teacher_from_config()
         distill = None
         weight = cfg.train.distill.weight if distill_weight is None else distill_weight

@@ -36,8 +36,7 @@ LOCK = ".jaxnas.lock"
 
 __all__ = ["WorkdirError", "SUMMARY", "ARCH", "CONFIG", "LOCK", "read_summary", "write_summary", "load_workdir",
            "WorkdirLock", "check_workdir_path", "config_changes", "check_config_change", "keep_previous_config",
-           "holds_results",
-           "FREE_KEYS"]
+           "holds_results", "FREE_KEYS"]
 
 
 class WorkdirError(UserError, ValueError):
@@ -75,10 +74,7 @@ def load_workdir(workdir: str | Path) -> tuple[ExperimentConfig, ArchSpec, dict]
     for need in (CONFIG, ARCH):
         if not (workdir / need).is_file():
             raise WorkdirError(f"{workdir} has no {need}: it is not a jaxnas work dir (run `jaxnas train` into it)")
-    cfg = load_config(workdir / CONFIG)
-    spec = S.ArchSpec.load(workdir / ARCH)
-    variables = load_variables(str(workdir))
-    return cfg, spec, variables
+    return load_config(workdir / CONFIG), S.ArchSpec.load(workdir / ARCH), load_variables(str(workdir))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -99,11 +95,9 @@ def check_workdir_path(workdir: str | Path, flag: str = "--workdir") -> None:
             raise WorkdirError(f"{flag} {workdir} is not empty and holds no jaxnas run (no {CONFIG}; it has "
                                f"{', '.join(sorted(others)[:3])}{', ...' if len(others) > 3 else ''}); choose an "
                                f"empty or new {flag}")
-    for parent in workdir.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise WorkdirError(f"{flag} {workdir}: {parent} is a file, not a directory; choose another {flag}")
-            break
+    parent = next(p for p in workdir.absolute().parents if p.exists())  # the root exists
+    if not parent.is_dir():
+        raise WorkdirError(f"{flag} {workdir}: {parent} is a file, not a directory; choose another {flag}")
 
 
 class WorkdirLock:

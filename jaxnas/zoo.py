@@ -107,23 +107,28 @@ def mobilenet_v1(width: float = 1.0, num_classes: int = 1000, resolution: int = 
                     in_channels, meta={"family": "mobilenet_v1", "width": width, "small_input": small_input})
 
 
-def resnet_basic(cin: int, cout: int, stride: int, *, in_group: str, mid_group: str, out_group: str,
-                 projection: bool | None = None, name: str | None = None) -> Block:
+def _resnet_shortcut(cin: int, cout: int, stride: int, projection: bool | None, in_group: str,
+                     out_group: str) -> tuple[Conv | str, str]:
+    """(shortcut, width group of the block output): a 1x1 projection when the shape changes (or asked), else
+    identity, whose output must share the input's group."""
     if projection is None:
         projection = stride != 1 or cin != cout
-    group = out_group if projection else in_group
-    shortcut = Conv(cout, (1, 1), stride, padding=0, act="identity", width=group) if projection else "identity"
-    return Block("basic", (Conv(cout if mid_group is None else cout, (3, 3), stride, act="relu", width=mid_group),
+    if not projection:
+        return "identity", in_group
+    return Conv(cout, (1, 1), stride, padding=0, act="identity", width=out_group), out_group
+
+
+def resnet_basic(cin: int, cout: int, stride: int, *, in_group: str, mid_group: str, out_group: str,
+                 projection: bool | None = None, name: str | None = None) -> Block:
+    shortcut, group = _resnet_shortcut(cin, cout, stride, projection, in_group, out_group)
+    return Block("basic", (Conv(cout, (3, 3), stride, act="relu", width=mid_group),
                            Conv(cout, (3, 3), act="identity", width=group)),
                  shortcut, post_act="relu", name=name)
 
 
 def resnet_bottleneck(cin: int, mid: int, cout: int, stride: int, *, in_group: str, mid_group: str,
                       out_group: str, projection: bool | None = None, name: str | None = None) -> Block:
-    if projection is None:
-        projection = stride != 1 or cin != cout
-    group = out_group if projection else in_group
-    shortcut = Conv(cout, (1, 1), stride, padding=0, act="identity", width=group) if projection else "identity"
+    shortcut, group = _resnet_shortcut(cin, cout, stride, projection, in_group, out_group)
     return Block("bottleneck", (Conv(mid, (1, 1), act="relu", width=f"{mid_group}1"),
                                 Conv(mid, (3, 3), stride, act="relu", width=f"{mid_group}2"),
                                 Conv(cout, (1, 1), act="identity", width=group)),
@@ -149,12 +154,11 @@ def _resnet(name: str, depths: tuple[int, ...], bottleneck: bool, num_classes: i
             stride = 2 if si > 0 and k == 0 else 1
             projection = stride != 1 or cin != cout
             out_group = f"s{si + 1}.out" if projection else group
+            kw = dict(in_group=group, mid_group=f"b{idx}.mid", out_group=out_group, name=f"b{idx}")
             if bottleneck:
-                blocks.append(resnet_bottleneck(cin, planes, cout, stride, in_group=group,
-                                                mid_group=f"b{idx}.mid", out_group=out_group, name=f"b{idx}"))
+                blocks.append(resnet_bottleneck(cin, planes, cout, stride, **kw))
             else:
-                blocks.append(resnet_basic(cin, cout, stride, in_group=group, mid_group=f"b{idx}.mid",
-                                           out_group=out_group, name=f"b{idx}"))
+                blocks.append(resnet_basic(cin, cout, stride, **kw))
             cin, group = cout, out_group
         stages.append(Stage(f"layer{si + 1}", start, len(blocks)))
     return ArchSpec(name, tuple(blocks), Head(num_classes), (resolution, resolution), in_channels,
@@ -231,16 +235,13 @@ def dfnet(variant: str, num_classes: int = 1000, resolution: int = 224, in_chann
             stride = 2 if k == 0 else 1
             projection = stride != 1 or w != prev_cfg or (isinstance(w, int) and w != cin)
             out_group = f"b{idx}.out" if projection else group
+            kw = dict(in_group=group, mid_group=f"b{idx}.mid", out_group=out_group, projection=projection,
+                      name=f"b{idx}")
             if isinstance(w, int):
-                blocks.append(resnet_basic(cin, w, stride, in_group=group, mid_group=f"b{idx}.mid",
-                                           out_group=out_group, projection=projection, name=f"b{idx}"))
-                cin = w
+                blocks.append(resnet_basic(cin, w, stride, **kw))
             else:
-                mid, out = w
-                blocks.append(resnet_bottleneck(cin, mid, out, stride, in_group=group, mid_group=f"b{idx}.mid",
-                                                out_group=out_group, projection=projection, name=f"b{idx}"))
-                cin = out
-            prev_cfg, group = w, out_group
+                blocks.append(resnet_bottleneck(cin, *w, stride, **kw))  # w = (mid, out)
+            cin, prev_cfg, group = blocks[-1].layers[-1].out, w, out_group
         stages.append(Stage(f"res{si + 2}", start, len(blocks)))
     return ArchSpec(variant, tuple(blocks), Head(num_classes), (resolution, resolution), in_channels,
                     tuple(stages), meta={"family": "dfnet", "bn_eps": 1e-4})
@@ -259,8 +260,8 @@ def df2a(**kw) -> ArchSpec:
 
 
 ZOO: dict[str, Callable[..., ArchSpec]] = {
-    "mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2, "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50,
-    "vgg19_bn": vgg19_bn, "df1": df1, "df2": df2, "df2a": df2a,
+    "mobilenet_v1": mobilenet_v1, "mobilenet_v2": mobilenet_v2, "resnet18": resnet18, "resnet34": resnet34,
+    "resnet50": resnet50, "vgg19_bn": vgg19_bn, "df1": df1, "df2": df2, "df2a": df2a,
 }
 
 
@@ -273,22 +274,12 @@ def get_spec(name: str, *, resolution: int | None = None, num_classes: int | Non
         hint = difflib.get_close_matches(name, ZOO, n=1)
         raise SpecError(f"unknown model '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
                         + f"; known: {', '.join(ZOO)}, or a path to an arch spec JSON")
-    kw = {}
-    if resolution is not None:
-        kw["resolution"] = resolution
-    if num_classes is not None:
-        kw["num_classes"] = num_classes
-    if in_channels is not None:
-        kw["in_channels"] = in_channels
-    if name.startswith("df"):
-        if width not in (None, 1.0) or small_input:
-            raise SpecError(f"{name} has fixed widths: --width and small_input do not apply")
-    else:
-        if width is not None:
-            kw["width"] = width
-        if small_input is not None:
-            kw["small_input"] = small_input
-    return ZOO[name](**kw)
+    if name.startswith("df") and (width not in (None, 1.0) or small_input):
+        raise SpecError(f"{name} has fixed widths: --width and small_input do not apply")
+    kw = dict(resolution=resolution, num_classes=num_classes, in_channels=in_channels)
+    if not name.startswith("df"):
+        kw.update(width=width, small_input=small_input)
+    return ZOO[name](**{k: v for k, v in kw.items() if v is not None})
 
 
 def resolve_spec(model_or_path: str, **kw) -> ArchSpec:

@@ -15,6 +15,7 @@ import dataclasses
 import tempfile
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -33,12 +34,6 @@ ModelFactory = Callable[[], tuple[Any, Any]]  # () -> (spec, variables)
 ROUND_STATS = ("min", "p10", "median", "mean", "p90")
 
 
-def _export(spec: Any, variables: Any, backend: LatencyBackend, directory: Path, stem: str, batch_size: int) -> Any:
-    from .builder import export_for
-
-    return export_for(spec, backend, directory, variables=variables, stem=stem, batch_size=batch_size)
-
-
 def _shape(spec: Any, batch_size: int) -> tuple[int, ...]:
     return (batch_size, *spec.input_size, spec.in_channels)
 
@@ -55,10 +50,8 @@ def untrusted_line(table: LatencyTable, where: str = "the table") -> Optional[st
     bad = table.untrusted()
     if not bad:
         return None
-    codes: dict[str, int] = {}
-    for flags in bad.values():
-        for code in dict.fromkeys(f.split(":", 1)[0] for f in flags):  # entries per reason
-            codes[code] = codes.get(code, 0) + 1
+    # entries per reason (flag code), in order of first appearance
+    codes = Counter(code for flags in bad.values() for code in dict.fromkeys(f.split(":", 1)[0] for f in flags))
     first = next(iter(bad))
     return (f"{len(bad)} of {len(table)} entries of {where} are untrusted timings "
             f"({', '.join(f'{k}: {v}' for k, v in codes.items())}; e.g. {first}: {bad[first][0]}); "
@@ -72,7 +65,7 @@ def time_each(specs: Mapping[str, Any], cache: str | Path, backend: LatencyBacke
     """{key: stats} of every spec timed alone (random weights; the weights' values do not change latency),
     measuring only what `cache` lacks: by the protocol all of them with their rounds interleaved
     (:func:`latency.builder.measure_models`), with fixed ``runs`` one after the other."""
-    from .builder import measure_models
+    from .builder import export_for, measure_models
 
     cache = Path(cache)
     table = LatencyTable.open_or_create(cache, backend.fingerprint(batch_size=batch_size),
@@ -83,7 +76,7 @@ def time_each(specs: Mapping[str, Any], cache: str | Path, backend: LatencyBacke
         say(f"latency: timing {len(todo)} models alone ({len(specs) - len(todo)} cached) with {backend!r}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="jaxnas_each_") as tmp:
-        items = [(_export(specs[k], None, backend, Path(tmp), f"m{n}", batch_size), _shape(specs[k], batch_size))
+        items = [(export_for(specs[k], backend, tmp, stem=f"m{n}", batch_size=batch_size), _shape(specs[k], batch_size))
                  for n, k in enumerate(todo)]
         done = 0
 
@@ -130,13 +123,15 @@ def pair_into_table(table: LatencyTable, save: Callable[[], None], backend: Late
     rounds of candidate - reference), ``meta.delta_std_ms``, by the protocol ``meta.delta_ci_ms`` and the
     rounds; the reference's entry (``ref_key``) holds the median of its per-round statistics over every
     pair (``meta.round_stats``)."""
+    from .builder import export_for, measure_models
+
     pending = [k for k in candidates if k not in table]
     if not pending and ref_key in table:
         return
     spec, variables = reference
     shape = _shape(spec, batch_size)
-    round_stats: list[dict[str, float]] = list(((table.get(ref_key) or {}).get("meta") or {}).get("round_stats", []))
-    ref_meta = dict(((table.get(ref_key) or {}).get("meta")) or {})
+    ref_meta = dict((table.get(ref_key) or {}).get("meta") or {})
+    round_stats: list[dict[str, float]] = list(ref_meta.get("round_stats", []))
 
     def put_ref(stats: Sequence[TimingStats]) -> None:
         round_stats.extend({s: float(getattr(r, s)) for s in ROUND_STATS} for r in stats)
@@ -149,15 +144,13 @@ def pair_into_table(table: LatencyTable, save: Callable[[], None], backend: Late
             f"cached) with {backend!r}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="jaxnas_against_") as tmp:
-        ref_model = _export(spec, variables, backend, Path(tmp), "reference", batch_size)
+        ref_model = export_for(spec, backend, tmp, variables=variables, stem="reference", batch_size=batch_size)
         if not round_stats:  # a reference entry even with nothing (left) to pair
-            from .builder import measure_models
-
             put_ref(measure_models(backend, [(ref_model, shape)], protocol=protocol, warmup=warmup, runs=runs))
             save()
         for n, key in enumerate(pending):
             cspec, cvars = candidates[key]()
-            model = _export(cspec, cvars, backend, Path(tmp), f"candidate{n}", batch_size)
+            model = export_for(cspec, backend, tmp, variables=cvars, stem=f"candidate{n}", batch_size=batch_size)
             pt = time_pair(backend, ref_model, model, shape, protocol=protocol, warmup=warmup, runs=runs, rounds=rounds)
             put_ref(pt.rounds[0])
             meta = {**(entry_meta or {}).get(key, {}), "delta_ms": pt.delta_ms(), "delta_std_ms": pt.delta_std_ms(),
@@ -191,8 +184,6 @@ def time_against(reference: tuple[Any, Any], candidates: Mapping[str, ModelFacto
     bad = untrusted_line(table, str(cache))
     if bad:
         say(f"latency: warning: {bad}")
-    out = {}
-    for key in candidates:
-        m = table.get(key)["meta"]
-        out[key] = (float(m["delta_ms"]), float(m["delta_std_ms"]))
-    return table.ms(REFERENCE_KEY, "median"), out
+    metas = {key: table.get(key)["meta"] for key in candidates}
+    deltas = {key: (float(m["delta_ms"]), float(m["delta_std_ms"])) for key, m in metas.items()}
+    return table.ms(REFERENCE_KEY, "median"), deltas

@@ -37,6 +37,7 @@ from .backends import LatencyBackend, get_backend
 from .backends.base import measure_with, supports_protocol
 from .batch_timing import untrusted_line
 from .calibrate import CALIBRATION_KEY
+from .fingerprint import as_dict
 from .stats import TimingStats
 from .table import DEFAULT_COMPAT_KEYS, REBUILD_HINT, REF_PREFIX, LatencyTable, TableError, entry_stats
 from .spaces import BlockConfig, SearchSpace, load_space
@@ -44,8 +45,7 @@ from .timing import DEFAULT_PROTOCOL, TimingProtocol, TimingWarning, pool
 
 __all__ = ["build_table", "open_table", "open_existing_table", "resolve_backend", "export_for", "best_of", "median_of",
            "grid_parts", "time_networks", "reference_archs", "table_meta", "input_shape", "REF_PREFIX", "ONNX_BACKENDS",
-           "TABLE_PROTOCOL",
-           "measure_entry", "measure_models", "combine", "untrusted_line"]
+           "TABLE_PROTOCOL", "timing_mode", "measure_entry", "measure_models", "combine", "untrusted_line"]
 
 # Tables time many small models: the same ±1 % target as `latency measure`, a shorter cap per entry.
 TABLE_PROTOCOL = DEFAULT_PROTOCOL.replace(max_time_s=3.0)
@@ -70,18 +70,21 @@ def _variables(spec: ArchSpec, seed: int = 0) -> dict:
     return init_variables(build_model(spec), seed)
 
 
+def _per_stat(stats: Sequence[TimingStats], agg: Callable[[list[float]], Any]) -> TimingStats:
+    """One model's repeated measurements as one: ``agg`` of each statistic over them, their counts summed."""
+    if len(stats) == 1:
+        return stats[0]
+    each = {f: float(agg([getattr(s, f) for s in stats])) for f in ("median", "mean", "std", "p10", "p90", "min")}
+    return TimingStats(**each, count=sum(s.count for s in stats))
+
+
 def best_of(stats: Sequence[TimingStats]) -> TimingStats:
     """Combine repeated measurements of one model: each statistic's minimum over the rounds.
 
     On a shared machine a round can be slowed throughout (another process on the core, a cold cache);
     the quietest round is the best estimate of the model's own latency.
     """
-    if len(stats) == 1:
-        return stats[0]
-    return TimingStats(median=min(s.median for s in stats), mean=min(s.mean for s in stats),
-                       std=min(s.std for s in stats), p10=min(s.p10 for s in stats),
-                       p90=min(s.p90 for s in stats), min=min(s.min for s in stats),
-                       count=sum(s.count for s in stats))
+    return _per_stat(stats, min)
 
 
 def median_of(stats: Sequence[TimingStats]) -> TimingStats:
@@ -91,10 +94,7 @@ def median_of(stats: Sequence[TimingStats]) -> TimingStats:
     onnxruntime sessions of one net ran 18 % faster than its other sessions, every time), and the best
     round would report the lucky mode; the median round reports the usual one.
     """
-    if len(stats) == 1:
-        return stats[0]
-    med = {f: float(np.median([getattr(s, f) for s in stats])) for f in ("median", "mean", "std", "p10", "p90", "min")}
-    return TimingStats(**med, count=sum(s.count for s in stats))
+    return _per_stat(stats, np.median)
 
 
 def export_for(spec: ArchSpec, backend: LatencyBackend, directory: Union[str, "os.PathLike[str]"], *,
@@ -131,6 +131,17 @@ def input_shape(spec: ArchSpec) -> tuple[int, int, int, int]:
 
 
 DEFAULT_WARMUP_FIXED = 20
+
+
+def timing_mode(protocol: Optional[TimingProtocol], warmup: Optional[int],
+                runs: Optional[int]) -> tuple[Optional[TimingProtocol], Optional[int]]:
+    """``(protocol, warmup)`` of a table build or a validation: with fixed ``runs`` no protocol and ``warmup``
+    (default :data:`DEFAULT_WARMUP_FIXED`), else ``protocol`` (default :data:`TABLE_PROTOCOL`)."""
+    if runs is not None and protocol is not None:
+        raise ValueError("pass either a timing protocol or a fixed number of runs, not both")
+    if runs is not None:
+        return None, DEFAULT_WARMUP_FIXED if warmup is None else warmup
+    return protocol or TABLE_PROTOCOL, warmup
 
 
 def combine(stats: Sequence[TimingStats]) -> TimingStats:
@@ -193,18 +204,15 @@ def measure_models(backend: LatencyBackend, items: Sequence[tuple[Any, Sequence[
 
     run(list(range(len(items))), first)
     bad = [j for j, st in final.items() if st.flags]
-    if len(bad) > max(1, len(items) // 4):  # most flagged: the machine, not a transient; report, don't repeat
-        bad_now, bad = bad, []
-        for j in bad_now:
-            if on_done is not None:
-                on_done(j, final[j])
-    if bad:
+    # A few flagged: transients, timed again.  More: the machine, not a transient; reported, not repeated.
+    if bad and len(bad) <= max(1, len(items) // 4):
         def again(j: int, st: TimingStats) -> None:
             final[j] = st if not st.flags else pool([final[j], st])
-        run(sorted(bad), again)
-        for j in sorted(bad):
-            if on_done is not None:
-                on_done(j, final[j])
+        bad = sorted(bad)
+        run(bad, again)
+    if on_done is not None:
+        for j in bad:
+            on_done(j, final[j])
     return [final[j] for j in range(len(items))]
 
 
@@ -265,9 +273,8 @@ def reference_archs(space: SearchSpace, n_random: int = 12, seed: int = 0) -> di
     return refs
 
 
-def _fingerprint(backend: LatencyBackend) -> dict[str, Any]:
-    fp = backend.fingerprint(1)
-    return fp.to_dict() if hasattr(fp, "to_dict") else dict(fp)
+def _fingerprint(backend: LatencyBackend, batch_size: int = 1) -> dict[str, Any]:
+    return as_dict(backend.fingerprint(batch_size))
 
 
 CONTEXTS = ("alone", "network")
@@ -328,9 +335,6 @@ def _progress(enabled: Union[bool, Callable[[str], None]]) -> Callable[[str], No
     return lambda msg: None
 
 
-_entry_stats = entry_stats
-
-
 def _rounds_done(e: Optional[Mapping[str, Any]]) -> float:
     if e is None:
         return 0
@@ -380,12 +384,8 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
     out = Path(out)
     table = open_table(out, space, fp, channel_step=channel_step, context=context)
     log = _progress(progress)
-    if runs is not None and protocol is not None:
-        raise ValueError("pass either a timing protocol or a fixed number of runs, not both")
+    protocol, warmup = timing_mode(protocol, warmup, runs)
     fixed = runs is not None
-    protocol = None if fixed else (protocol or TABLE_PROTOCOL)
-    if fixed and warmup is None:
-        warmup = DEFAULT_WARMUP_FIXED
     rounds = max(1, int(rounds if rounds is not None else (3 if fixed else 1)))
     table.meta.setdefault("timing", {"protocol": protocol.to_dict()} if protocol else
                           {"fixed": {"warmup": warmup, "runs": runs, "rounds": rounds}})
@@ -436,7 +436,7 @@ def build_table(space: SpaceLike, backend: BackendLike, out: Union[str, "os.Path
                 prev = table.get(key)
                 have = _rounds_done(prev)
                 if prev is not None:
-                    stats = combine([_entry_stats(prev), stats])
+                    stats = combine([entry_stats(prev), stats])
                 table.put(key, stats, meta={**models[key][2], "warmup": warmup, "runs": runs, "rounds": int(have) + 1})
                 # A drift calibration scales the entries measured before it; a new one is measured now.
                 table.meta.pop(CALIBRATION_KEY, None)

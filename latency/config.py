@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from jaxnas.schema import Section
 
 if TYPE_CHECKING:
     from .timing import TimingProtocol
-
-PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class LatencyConfig(Section):
@@ -28,7 +26,7 @@ class LatencyConfig(Section):
     threads: PositiveInt = 1
     batch_size: PositiveInt = 1
     rel_ci: Annotated[float, Field(gt=0, lt=0.5)] = 0.01
-    max_time_s: Annotated[float, Field(gt=0)] | None = None
+    max_time_s: PositiveFloat | None = None
     priority: Literal["auto", "fifo", "nice", "none"] = "auto"
     warmup: Annotated[int, Field(ge=0)] | None = None
     runs: PositiveInt | None = None

@@ -13,7 +13,6 @@ from typing import Any, Iterable, Mapping, Union
 
 __all__ = [
     "Fingerprint",
-    "FINGERPRINT_KEYS",
     "DEFAULT_MATCH_KEYS",
     "cpu_model_name",
     "host_arch",
@@ -97,21 +96,13 @@ class Fingerprint:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     # --------------------------------------------------------------- compare
-    def mismatches(self, other: "FingerprintLike",
-                   keys: Iterable[str] = DEFAULT_MATCH_KEYS) -> list[tuple[str, Any, Any]]:
-        """``[(key, self_value, other_value), …]`` for every key in ``keys`` that differs."""
-        od = _as_dict(other)
-        sd = self.to_dict()
-        out = []
-        for k in keys:
-            if k not in sd:
-                raise KeyError(f"unknown fingerprint field {k!r}; fields are {sorted(sd)}")
-            if sd.get(k) != od.get(k):
-                out.append((k, sd.get(k), od.get(k)))
-        return out
-
     def matches(self, other: "FingerprintLike", keys: Iterable[str] = DEFAULT_MATCH_KEYS) -> bool:
-        return not self.mismatches(other, keys)
+        """Whether ``other`` has the same value for every key in ``keys`` (each a field of this class)."""
+        od, sd, keys = as_dict(other), self.to_dict(), tuple(keys)
+        unknown = next((k for k in keys if k not in sd), None)
+        if unknown is not None:
+            raise KeyError(f"unknown fingerprint field {unknown!r}; fields are {sorted(sd)}")
+        return all(sd[k] == od.get(k) for k in keys)
 
     def describe(self) -> str:
         """One line, e.g. "onnxruntime 1.31.1 [CPUExecutionProvider] threads=1 batch=1 fp32 on 'AMD EPYC' (x86_64)"."""
@@ -121,7 +112,7 @@ class Fingerprint:
 FingerprintLike = Union[Fingerprint, Mapping[str, Any]]
 
 
-def _as_dict(fp: FingerprintLike) -> dict[str, Any]:
+def as_dict(fp: FingerprintLike) -> dict[str, Any]:
     if isinstance(fp, Fingerprint):
         return fp.to_dict()
     if isinstance(fp, Mapping):
@@ -130,7 +121,7 @@ def _as_dict(fp: FingerprintLike) -> dict[str, Any]:
 
 
 def describe(fp: FingerprintLike) -> str:
-    d = _as_dict(fp)
+    d = as_dict(fp)
     backend = d.get("backend", "?")
     runtime = d.get("runtime") or backend
     head = runtime if str(runtime).split(" ")[0] == backend else f"{backend} ({runtime})"
@@ -139,6 +130,3 @@ def describe(fp: FingerprintLike) -> str:
     return (f"{head}{prov} threads={threads if threads is not None else 'auto'} "
             f"batch={d.get('batch_size')} {d.get('precision', '?')} on {d.get('device', '?')!r}"
             f" ({d.get('arch') or '?'})")
-
-
-FINGERPRINT_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Fingerprint))

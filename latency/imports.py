@@ -251,7 +251,5 @@ def import_depth_csv(path: PathLike, *,
         breaks = row.get("breaks")
         if isinstance(breaks, str) and breaks.strip():
             meta["breaks"] = breaks.strip()
-        entry = {"count": None, "mean": _ms(t, f"{where} time"), "std": _ms(sd, f"{where} stdev"),
-                 "median": None, "p10": None, "p90": None}
-        table.put(key, entry, meta=meta)
+        table.put(key, {**_imported(_ms(t, f"{where} time")), "std": _ms(sd, f"{where} stdev")}, meta=meta)
     return table

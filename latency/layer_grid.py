@@ -142,9 +142,11 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
     if not 0 < grid_fraction_step <= 1 or not 0 < min_fraction < 1:
         raise ValueError("grid_fraction_step must be in (0, 1] and min_fraction in (0, 1)")
     from jaxnas.models import build_model, init_variables
-    if isinstance(backend, str):
-        from .backends import get_backend
-        backend = get_backend(backend, threads=threads)
+
+    from .batch_timing import untrusted_line
+    from .builder import TABLE_PROTOCOL, measure_models, resolve_backend
+
+    backend = resolve_backend(backend, threads)
     if exporter is None:
         from jaxnas import export as _export
 
@@ -171,8 +173,6 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
         say(f"layer grid {out_path}: {len(table)} entries present, measuring {len(todo)} layer entries "
             f"and {len(nets)} networks ({len(layers)} conv layers)")
     if protocol is None and runs is None:
-        from .builder import TABLE_PROTOCOL
-
         protocol = TABLE_PROTOCOL
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="layer_grid_") as tmp:
@@ -204,9 +204,6 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
             done += 1
             if done % 50 == 0 or done == len(keys):
                 say(f"  {done}/{len(keys)} entries ({time.perf_counter() - t0:.0f} s)")
-
-        from .batch_timing import untrusted_line
-        from .builder import measure_models
 
         n_layers = len(todo)
         measure_models(backend, items[:n_layers], protocol=protocol, warmup=warmup, runs=runs, on_done=store,

@@ -27,10 +27,6 @@ __all__ = ["Measurement", "Comparison", "input_shape", "measure_file", "measure_
            "compare_specs"]
 
 
-def _backend(name: str, threads: int):
-    return get_backend(name, threads=threads)  # xla / tensorrt refuse a count they cannot honour
-
-
 def input_shape(spec, batch_size: int = 1, layout: str = "NHWC") -> tuple[int, int, int, int]:
     """The input a file exported from `spec` takes (`layout`: the file's own, `ExportResult.layout`)."""
     if layout == "NCHW":
@@ -57,7 +53,7 @@ def measure_file(path: str | Path, spec, *, backend: str = "onnxruntime", thread
                  protocol: Optional[TimingProtocol] = None, layout: str = "NHWC") -> Measurement:
     """Time an exported model file (`layout`: its input's, `ExportResult.layout`); ``runs`` given: the fixed
     loop (``warmup`` + ``runs``), else the protocol."""
-    be = _backend(backend, threads)
+    be = get_backend(backend, threads=threads)
     return _measurement(_time(be, str(path), input_shape(spec, batch_size, layout), warmup=warmup, runs=runs,
                               protocol=protocol), be, batch_size)
 
@@ -70,7 +66,7 @@ def measure_spec(spec, variables, backend: str = "onnxruntime", *, threads: int 
     runtime's fingerprint; by the adaptive protocol also the interval, rounds, ``capped`` and flags."""
     from .builder import export_for
 
-    be = _backend(backend, threads)
+    be = get_backend(backend, threads=threads)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         model = export_for(spec, be, tmp, variables=variables, batch_size=batch_size)
         return _measurement(_time(be, model, input_shape(spec, batch_size), warmup=warmup, runs=runs,
@@ -114,8 +110,8 @@ def compare_files(files: Contenders, spec_or_shape: Any, *, backend: str = "onnx
     all, or a list with one per model)."""
     names, items = _named(files, "model")
     shape = input_shape(spec_or_shape, batch_size, layout) if hasattr(spec_or_shape, "input_size") else spec_or_shape
-    return _compare(_backend(backend, threads), [str(f) if isinstance(f, Path) else f for f in items], shape, names,
-                    protocol=protocol, warmup=warmup, runs=runs, rounds=rounds, batch_size=batch_size)
+    return _compare(get_backend(backend, threads=threads), [str(f) if isinstance(f, Path) else f for f in items],
+                    shape, names, protocol=protocol, warmup=warmup, runs=runs, rounds=rounds, batch_size=batch_size)
 
 
 def compare_specs(contenders: Contenders, backend: str = "onnxruntime", *, threads: int = 1, batch_size: int = 1,
@@ -129,7 +125,7 @@ def compare_specs(contenders: Contenders, backend: str = "onnxruntime", *, threa
     from .builder import export_for
 
     names, items = _named(contenders, "net")
-    be = _backend(backend, threads)
+    be = get_backend(backend, threads=threads)
     with tempfile.TemporaryDirectory(prefix="jaxnas_compare_", dir=workdir) as tmp:
         models, shapes = [], []
         for i, (spec, variables) in enumerate(items):

@@ -36,7 +36,7 @@ import numpy as np
 
 from .batch_timing import ROUND_STATS as STATS
 from .batch_timing import pair_into_table
-from .spaces import BlockConfig, SearchSpace, SpaceError
+from .spaces import BlockConfig, SearchSpace
 from .table import ALONE_PREFIX, PROBE_PREFIX, LatencyTable, TableError
 from .timing import TimingProtocol
 
@@ -59,13 +59,10 @@ def _choice_key(c) -> str:
 
 def reference_arch(space: SearchSpace, width: float) -> dict[str, Any]:
     """R: largest depth everywhere, each stage's middle choice in every block."""
-    depths, blocks = [], []
-    for st in space.stages:
-        opts = space._choices(st)
-        d = max(st.depths)
-        depths.append(d)
-        blocks.append([list(opts[len(opts) // 2])] * d)
-    return {"width": float(width), "depths": depths, "blocks": blocks}
+    depths = [max(st.depths) for st in space.stages]
+    choices = [space._choices(st) for st in space.stages]
+    return {"width": float(width), "depths": depths,
+            "blocks": [[list(opts[len(opts) // 2])] * d for opts, d in zip(choices, depths)]}
 
 
 def probes(space: SearchSpace, width: float) -> dict[str, tuple[str, int, Any, dict[str, Any]]]:
@@ -73,26 +70,26 @@ def probes(space: SearchSpace, width: float) -> dict[str, tuple[str, int, Any, d
     ref = reference_arch(space, width)
     w = f"w{float(width):g}"
     out: dict[str, tuple[str, int, Any, dict[str, Any]]] = {f"{PROBE_PREFIX}{w}:reference": ("reference", -1, None, ref)}
+
+    def variant(si: int, blocks: list[Any]) -> dict[str, Any]:
+        """R with stage ``si`` made of ``blocks`` (its depth their number)."""
+        arch = {**ref, "depths": list(ref["depths"]), "blocks": [list(b) for b in ref["blocks"]]}
+        arch["depths"][si], arch["blocks"][si] = len(blocks), blocks
+        return arch
+
     for si, st in enumerate(space.stages):
-        opts = space._choices(st)
-        r = tuple(ref["blocks"][si][0])
-        D = ref["depths"][si]
-        for c in opts:
-            if tuple(c) == r:
+        rb = ref["blocks"][si]
+        D = len(rb)
+        at = f"{PROBE_PREFIX}{w}:s{si}"
+        for c in space._choices(st):
+            if tuple(c) == tuple(rb[0]):
                 continue
-            arch = {**ref, "blocks": [list(b) for b in ref["blocks"]]}
-            arch["blocks"][si] = [list(c)] + arch["blocks"][si][1:]
-            out[f"{PROBE_PREFIX}{w}:s{si}:first:{_choice_key(c)}"] = ("first", si, tuple(c), arch)
+            out[f"{at}:first:{_choice_key(c)}"] = ("first", si, tuple(c), variant(si, [list(c)] + rb[1:]))
             if D > 1:
-                arch = {**ref, "blocks": [list(b) for b in ref["blocks"]]}
-                arch["blocks"][si] = [arch["blocks"][si][0]] + [list(c)] * (D - 1)
-                out[f"{PROBE_PREFIX}{w}:s{si}:later:{_choice_key(c)}"] = ("later", si, tuple(c), arch)
+                out[f"{at}:later:{_choice_key(c)}"] = ("later", si, tuple(c), variant(si, rb[:1] + [list(c)] * (D - 1)))
         for d in st.depths:
             if d < D:
-                arch = {**ref, "depths": list(ref["depths"]), "blocks": [list(b) for b in ref["blocks"]]}
-                arch["depths"][si] = d
-                arch["blocks"][si] = arch["blocks"][si][:d]
-                out[f"{PROBE_PREFIX}{w}:s{si}:depth{d}"] = ("depth", si, d, arch)
+                out[f"{at}:depth{d}"] = ("depth", si, d, variant(si, rb[:d]))
     return out
 
 
@@ -251,8 +248,6 @@ def measure_network_probes(space: SearchSpace, backend, table: LatencyTable, sav
                            protocol: Optional[TimingProtocol] = None) -> None:
     """Measure the probes of every width (resumable); the builder then times `alone_parts` and stores
     `derive_parts`."""
-    if any(not st.depths for st in space.stages):
-        raise SpaceError("every stage needs a depth")
     for width in space.widths:
         measure_probes(space, backend, table, save, width=width, warmup=warmup, runs=runs, rounds=rounds,
                        log=log, protocol=protocol)

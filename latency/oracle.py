@@ -49,21 +49,16 @@ class RuntimeOracle:
     def layer_table(self, spec: Any, *, channel_multiple: int = 1, out: Path | None = None) -> Any:
         from .layer_grid import build_layer_grid
 
-        from .builder import TABLE_PROTOCOL
-
-        t = self._timing(TABLE_PROTOCOL.max_time_s)
         out_path = self._table_path(out or self.workdir / "latency_grid.json")
         return build_layer_grid(spec, self._runtime, out_path=out_path, channel_multiple=channel_multiple, log=self.log,
-                                **t)
+                                **self._table_timing())
 
     def block_table(self, space: Any, *, out: Path | None = None, context: str = "network") -> Any:
         from .builder import build_table
 
-        from .builder import TABLE_PROTOCOL
-
         return build_table(space, self._runtime, self._table_path(out or self.workdir / "latency_table.json"),
                            threads=self.cfg.threads, context=context, progress=self.log or False, batch_size=self.cfg.batch_size,
-                           **self._timing(TABLE_PROTOCOL.max_time_s))
+                           **self._table_timing())
 
     def predictor(self, table: Any) -> Any:
         from .predictor import LatencyPredictor
@@ -80,6 +75,12 @@ class RuntimeOracle:
     def _timing(self, default_cap_s: float | None = None) -> dict[str, Any]:
         c = self.cfg
         return dict(protocol=c.protocol(default_cap_s), warmup=c.warmup, runs=c.runs)
+
+    def _table_timing(self) -> dict[str, Any]:
+        """:meth:`_timing` with a table entry's shorter cap (:data:`latency.builder.TABLE_PROTOCOL`)."""
+        from .builder import TABLE_PROTOCOL
+
+        return self._timing(TABLE_PROTOCOL.max_time_s)
 
     def measure(self, spec: Any, variables: Any = None) -> Any:
         """A `Measurement` by the configured protocol (flagged ones carry their flags: `.trusted`)."""
@@ -101,16 +102,14 @@ class RuntimeOracle:
     def measure_each(self, specs: Mapping[str, Any], *, cache: Path,
                      entry_meta: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
         from .batch_timing import time_each
-        from .builder import TABLE_PROTOCOL
 
         return time_each(specs, cache, self._runtime, batch_size=self.cfg.batch_size,
-                         **self._timing(TABLE_PROTOCOL.max_time_s), entry_meta=entry_meta, log=self.log)
+                         **self._table_timing(), entry_meta=entry_meta, log=self.log)
 
     def paired_deltas(self, reference: tuple[Any, Any], candidates: Mapping[str, Callable[[], tuple[Any, Any]]], *,
                       cache: Path, rounds: int = 3) -> tuple[float, dict[str, tuple[float, float]]]:
         from .batch_timing import time_against
-        from .builder import TABLE_PROTOCOL
 
         return time_against((reference[0], self._variables(*reference)), candidates, cache, self._runtime,
-                            batch_size=self.cfg.batch_size, **self._timing(TABLE_PROTOCOL.max_time_s),
+                            batch_size=self.cfg.batch_size, **self._table_timing(),
                             rounds=rounds, log=self.log)

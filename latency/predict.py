@@ -51,11 +51,10 @@ def predict_latency(spec: ArchSpec, table: Union[LatencyTable, PathLike], *, sta
     from .predictor import LatencyPredictor
 
     try:
-        pred = LatencyPredictor(table, stat=stat)
-        b = pred.breakdown(spec)
+        b = LatencyPredictor(table, stat=stat).breakdown(spec)
+    except TableError:
+        raise
     except ValueError as e:
-        if isinstance(e, TableError):
-            raise
         raise TableError(f"{spec.name} does not fit the table {path or ''}: {e}") from None
     out.update(kind="blocks", latency_ms=b["predicted_ms"], sum_ms=b["sum_ms"], overhead_ms=b["overhead_ms"],
                parts=[{"name": k, "ms": v} for k, v in b["parts"]])

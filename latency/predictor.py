@@ -124,14 +124,11 @@ class LatencyPredictor:
     def parts(self, spec: ArchSpec) -> list[BlockConfig]:
         return decompose_spec(spec)
 
-    def _predict_parts(self, parts: Sequence[BlockConfig]) -> tuple[list[float], float]:
-        ms = [self.part_ms(p) for p in parts]
-        return ms, self.overhead_ms(parts)
-
     def breakdown(self, spec: ArchSpec) -> dict[str, Any]:
         """Per-part latencies, their sum, the overhead and the prediction (all ms)."""
         parts = self.parts(spec)
-        ms, oh = self._predict_parts(parts)
+        ms = [self.part_ms(p) for p in parts]
+        oh = self.overhead_ms(parts)
         total = float(sum(ms))
         return {"parts": [(p.key, m) for p, m in zip(parts, ms)], "sum_ms": total, "overhead_ms": oh,
                 "predicted_ms": total + oh}
@@ -142,8 +139,7 @@ class LatencyPredictor:
 
     def predict_parts(self, parts: Sequence[BlockConfig]) -> float:
         """Predicted latency (ms) of the network made of ``parts`` ([stem, blocks..., head])."""
-        ms, oh = self._predict_parts(parts)
-        return float(sum(ms)) + oh
+        return float(sum(self.part_ms(p) for p in parts)) + self.overhead_ms(parts)
 
     __call__ = predict
 
@@ -243,18 +239,9 @@ def fit_overhead(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
 def rankdata(x: Sequence[float]) -> np.ndarray:
     """Ranks 1..n with ties given their average rank (scipy.stats.rankdata 'average')."""
-    a = np.asarray(x, dtype=float).ravel()
-    order = np.argsort(a, kind="mergesort")
-    sa = a[order]
-    ranks = np.empty(len(a), dtype=float)
-    i = 0
-    while i < len(a):
-        j = i
-        while j + 1 < len(a) and sa[j + 1] == sa[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
+    _, group, size = np.unique(np.asarray(x, dtype=float).ravel(), return_inverse=True, return_counts=True,
+                               equal_nan=False)
+    return (np.cumsum(size) - (size - 1) / 2.0)[group]  # a tie group's last rank minus half its extra members
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -276,16 +263,14 @@ def prediction_metrics(predicted: Sequence[float], measured: Sequence[float],
     p = np.asarray(predicted, dtype=float)
     m = np.asarray(measured, dtype=float)
     err = 100.0 * (p - m) / m
-    out: dict[str, Any] = {
-        "n": int(len(m)),
-        "within_5pct": float(np.mean(np.abs(err) <= 5.0)) if len(m) else float("nan"),
-        "within_10pct": float(np.mean(np.abs(err) <= 10.0)) if len(m) else float("nan"),
-        "rmspe": float(np.sqrt(np.mean(err ** 2))) if len(m) else float("nan"),
-        "mape": float(np.mean(np.abs(err))) if len(m) else float("nan"),
-        "max_abs_error_pct": float(np.max(np.abs(err))) if len(m) else float("nan"),
-        "bias_pct": float(np.mean(err)) if len(m) else float("nan"),
-        "spearman": spearman(p, m),
-    }
+    a = np.abs(err)
+    out: dict[str, Any] = {"n": int(len(m)), **dict.fromkeys(
+        ("within_5pct", "within_10pct", "rmspe", "mape", "max_abs_error_pct", "bias_pct"), math.nan)}
+    if len(m):
+        out.update(within_5pct=float(np.mean(a <= 5.0)), within_10pct=float(np.mean(a <= 10.0)),
+                   rmspe=float(np.sqrt(np.mean(err ** 2))), mape=float(np.mean(a)), max_abs_error_pct=float(np.max(a)),
+                   bias_pct=float(np.mean(err)))
+    out["spearman"] = spearman(p, m)
     if flops is not None:
         out["spearman_flops"] = spearman(flops, m)
     return out
@@ -306,8 +291,9 @@ def default_table_path(space: SearchSpace, fingerprint: Mapping[str, Any], conte
     return root / f"{space.name}-{space.hash}-{fingerprint.get('backend')}-{fp}{suffix}.json"
 
 
-def _finite(v: float) -> Optional[float]:
-    return v if isinstance(v, float) and math.isfinite(v) else None
+def _finite(v: Any) -> Any:
+    """None for a non-finite float (JSON has no nan); anything else as it is."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 RETEST_SPEARMAN_MIN = 0.9
@@ -406,20 +392,16 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
     figures at the table's previously stored scale) are reported with it.  ``recalibrate=False`` validates
     the table as stored and leaves it unchanged; ``True`` requires references.
     """
-    from .builder import (TABLE_PROTOCOL, _progress, build_table, combine, grid_parts, median_of,
-                          open_existing_table, resolve_backend, time_networks, untrusted_line)
+    from .builder import (_progress, build_table, combine, grid_parts, median_of, open_existing_table,
+                          resolve_backend, time_networks, timing_mode, untrusted_line)
     from .calibrate import drift_scale, drift_warning, reference_specs, store_calibration
     from .timing import TimingWarning
 
     if isinstance(samples, bool) or int(samples) < 1:
         raise ValueError(f"samples must be >= 1, got {samples!r}")
-    if runs is not None and protocol is not None:
-        raise ValueError("pass either a timing protocol or a fixed number of runs, not both")
+    protocol, warmup = timing_mode(protocol, warmup, runs)
     fixed = runs is not None
-    protocol = None if fixed else (protocol or TABLE_PROTOCOL)
     passes = max(1, int(rounds if rounds is not None else (3 if fixed else 2)))
-    if fixed and warmup is None:
-        warmup = 20
     space = load_space(space)
     be = resolve_backend(backend, threads)
     fp = be.fingerprint(1).to_dict()
@@ -479,8 +461,8 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
                            "scale": pr.scale}
             if calibration:
                 stale = LatencyPredictor(table, stat=st, warn_untrusted=False)
-                by_stat[st]["uncalibrated"] = {k: (_finite(v) if isinstance(v, float) else v) for k, v in
-                                               prediction_metrics([stale.predict(s) for s in specs], meas, flops).items()}
+                stale_fit = prediction_metrics([stale.predict(s) for s in specs], meas, flops)
+                by_stat[st]["uncalibrated"] = {k: _finite(v) for k, v in stale_fit.items()}
             if st == stat:
                 for i, (spec, p, m) in enumerate(zip(specs, pred, meas)):
                     rows.append({"name": spec.name, "macs": int(flops[i]), "n_parts": len(predictor.parts(spec)),
@@ -504,7 +486,7 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
         halves = [(merge(m[1::2]), merge(m[0::2])) for m in measured]
         for st in STATS:
             rt = prediction_metrics([getattr(a, st) for a, _ in halves], [getattr(b, st) for _, b in halves])
-            rt = {k: (_finite(v) if isinstance(v, float) else v) for k, v in rt.items()}
+            rt = {k: _finite(v) for k, v in rt.items()}
             by_stat[st]["retest"] = {k: rt[k] for k in ("within_5pct", "within_10pct", "rmspe", "spearman")}
             if st == stat:
                 retest = rt
@@ -512,16 +494,15 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
     report = {
         "space": space.name, "space_hash": space.hash, "backend": fp.get("backend"), "stat": stat,
         "context": table.meta.get("context", "alone"),
-        "n": main["n"], "within_5pct": main["within_5pct"], "within_10pct": main["within_10pct"],
-        "rmspe": main["rmspe"], "mape": main["mape"], "max_abs_error_pct": main["max_abs_error_pct"],
-        "bias_pct": main["bias_pct"], "spearman": _finite(main["spearman"]), "scale": main["scale"],
+        **{k: main[k] for k in ("n", "within_5pct", "within_10pct", "rmspe", "mape", "max_abs_error_pct", "bias_pct")},
+        "spearman": _finite(main["spearman"]), "scale": main["scale"],
         "calibration": ({**calibration[stat], "stored_in": None if stored_error else str(path)}
                         if calibration else None),
         "uncalibrated": main.get("uncalibrated"),
         "spearman_flops": _finite(main["spearman_flops"]), "retest": retest,
-        "overhead": {k: v for k, v in predictor.overhead.items()},
-        "by_stat": {k: {kk: (_finite(vv) if isinstance(vv, float) else vv) for kk, vv in v.items()}
-                    for k, v in by_stat.items()},  # every statistic's figures (and retest, with >= 2 passes)
+        "overhead": dict(predictor.overhead),
+        # every statistic's figures (and retest, with >= 2 passes)
+        "by_stat": {k: {kk: _finite(vv) for kk, vv in v.items()} for k, v in by_stat.items()},
         "fingerprint": fp, "table_path": str(path), "table_entries": len(table),
         "untrusted": untrusted, "table_untrusted": sorted(predictor.untrusted),
         "settings": {"samples": int(samples), "seed": seed, "warmup": warmup, "runs": runs, "rounds": passes,
@@ -535,17 +516,7 @@ def validate_space(space: Union[str, "os.PathLike[str]", Mapping[str, Any], Sear
         first = next(r for r in rows if r["flags"])
         warn.append(f"{len(untrusted)} of {len(rows)} measured nets are untrusted timings (e.g. {first['name']}: "
                     f"{first['flags'][0]}); their errors may be the machine's, not the predictor's")
-    if stored_error:
-        warn.append(stored_error)
-    if calibration:
-        drift = drift_warning(calibration[stat])
-        if drift:
-            warn.append(drift)
-    bad_table = untrusted_line(table, str(path))
-    if bad_table:
-        warn.append(bad_table)
-    noisy = noise_warning(report)
-    if noisy:
-        warn.append(noisy)
-    report["warnings"] = warn
+    more = (stored_error, drift_warning(calibration[stat]) if calibration else None, untrusted_line(table, str(path)),
+            noise_warning(report))
+    report["warnings"] = warn + [w for w in more if w]
     return report

@@ -33,6 +33,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ import numpy as np
 from jaxnas.spec import SE, ArchSpec, Block, Conv, Head, SpecError, Stage, analyze, make_divisible
 from jaxnas.zoo import mbv2_block
 
-__all__ = ["BlockConfig", "SearchSpace", "SpaceError", "BUILTIN_SPACES", "load_space", "space_names",
+__all__ = ["BlockConfig", "SearchSpace", "SpaceError", "BUILTIN_SPACES", "definition_hash", "load_space", "space_names",
            # TF-NAS (re-exported from tfnas_space)
            "MID_SEP", "NUM_OPS", "OP_NAMES", "OPS", "STAGES", "TFNAS_SPACES", "BlockPos", "LutError", "OpDef",
            "REFERENCE_KEY", "TfnasArch", "TfnasError", "TfnasLut", "TfnasSpace", "get_tfnas_space",
@@ -59,8 +60,10 @@ class SpaceError(SpecError):
 # Block configurations (table keys)
 # ----------------------------------------------------------------------------------------------------
 
-def _fmt(v: float) -> str:
-    return f"{float(v):g}"
+def definition_hash(definition: Mapping[str, Any]) -> str:
+    """sha256 (16 hex digits) of a canonical space definition: changes whenever any choice changes."""
+    canon = json.dumps(definition, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,6 @@ class BlockConfig:
     num_classes: int = 0
 
     @property
-    def expansion(self) -> float:
-        return self.mid / self.cin if self.kind == "mbconv" else 1.0
-
-    @property
     def expand(self) -> bool:
         """Whether an MBConv has its 1x1 expand conv (expansion != 1)."""
         return self.kind == "mbconv" and self.mid != self.cin
@@ -103,7 +102,7 @@ class BlockConfig:
         base = f"{self.kind}_h{self.h}_w{self.w}_c{self.cin}_o{self.cout}"
         if self.kind == "mbconv":
             # the expansion reads better than mid, but only when it is exact to two decimals
-            ratio = f"e{_fmt(self.mid / self.cin)}" if (self.mid * 100) % self.cin == 0 else f"m{self.mid}"
+            ratio = f"e{self.mid / self.cin:g}" if (self.mid * 100) % self.cin == 0 else f"m{self.mid}"
             return f"{base}_k{self.kernel}_s{self.stride}_{ratio}_{self.act}_se{self.se}"
         if self.kind == "conv":
             return f"{base}_k{self.kernel}_s{self.stride}_{self.act}"
@@ -160,14 +159,6 @@ class BlockConfig:
 def _part_cost(cfg: BlockConfig) -> tuple[int, int]:
     c = analyze(cfg.to_spec())
     return c.macs, c.params
-
-
-def _se_channels(mid: int, ratio: float) -> int:
-    return make_divisible(mid * ratio, 8)
-
-
-def _mid(cin: int, e: float) -> int:
-    return int(round(cin * e))
 
 
 def decompose_spec(spec: ArchSpec) -> list[BlockConfig]:
@@ -357,14 +348,13 @@ class SearchSpace:
                                     _pos_int(st.get("stride", 1), f"stages[{i}].stride"), depths, ks, es,
                                     tuple(bool(s) for s in _as_list(st.get("se", ses), f"stages[{i}].se"))))
         self.stages: tuple[_StageDef, ...] = tuple(stages)
-        self._check_resolution()
+        if any(min(self._stage_inputs(width)[-1][:2]) < 1 for width in self.widths):
+            raise SpaceError(f"resolution {self.resolution} is too small for the space's strides")
 
     # ------------------------------------------------------------ identity
     @property
     def hash(self) -> str:
-        """sha256 (16 hex digits) of the canonical definition: changes whenever any choice changes."""
-        canon = json.dumps(self.definition, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+        return definition_hash(self.definition)
 
     def meta(self) -> dict[str, Any]:
         """What a latency table records about the space it was built for."""
@@ -380,11 +370,8 @@ class SearchSpace:
 
     def _stage_inputs(self, width: float) -> list[tuple[int, int, int]]:
         """Input (h, w, c) of each stage's first block (fixed: every stage keeps its first block)."""
-        h, w = self.resolution
-        p = self.stem_kernel // 2
-        h = (h + 2 * p - self.stem_kernel) // self.stem_stride + 1
-        w = (w + 2 * p - self.stem_kernel) // self.stem_stride + 1
-        c = self._ch(self.stem_channels, width)
+        stem = self.stem_config(width)
+        (h, w), c = stem.out_hw, stem.cout
         out = []
         for st in self.stages:
             out.append((h, w, c))
@@ -393,19 +380,13 @@ class SearchSpace:
         out.append((h, w, c))
         return out
 
-    def _check_resolution(self) -> None:
-        for width in self.widths:
-            h, w, _ = self._stage_inputs(width)[-1]
-            if h < 1 or w < 1:
-                raise SpaceError(f"resolution {self.resolution} is too small for the space's strides")
-
     def _choices(self, st: _StageDef) -> list[tuple[int, float, bool]]:
         return list(itertools.product(st.kernels, st.expansions, st.se))
 
     def _mbconv(self, h: int, w: int, cin: int, cout: int, stride: int, k: int, e: float, se: bool) -> BlockConfig:
-        mid = _mid(cin, e)
+        mid = int(round(cin * e))
         return BlockConfig("mbconv", h, w, cin, cout, k, stride, mid, self.act,
-                           _se_channels(mid, self.se_ratio) if se else 0)
+                           make_divisible(mid * self.se_ratio, 8) if se else 0)
 
     def stem_config(self, width: float = 1.0) -> BlockConfig:
         h, w = self.resolution
@@ -439,24 +420,13 @@ class SearchSpace:
     def unique_parts(self) -> list[BlockConfig]:
         """Everything a table for this space holds: stem(s), unique blocks, head(s)."""
         parts: dict[str, BlockConfig] = {}
-        for width in self.widths:
-            parts.setdefault(self.stem_config(width).key, self.stem_config(width))
-        for b in self.unique_blocks():
-            parts.setdefault(b.key, b)
-        for width in self.widths:
-            parts.setdefault(self.head_config(width).key, self.head_config(width))
+        for p in [*map(self.stem_config, self.widths), *self.unique_blocks(), *map(self.head_config, self.widths)]:
+            parts.setdefault(p.key, p)
         return list(parts.values())
 
     def size(self) -> int:
         """Number of distinct architectures in the space."""
-        total = 0
-        for _ in self.widths:
-            n = 1
-            for st in self.stages:
-                c = len(self._choices(st))
-                n *= sum(c ** d for d in st.depths)
-            total += n
-        return total
+        return len(self.widths) * math.prod(sum(len(self._choices(st)) ** d for d in st.depths) for st in self.stages)
 
     # ------------------------------------------------------------ architectures
     def build(self, arch: Mapping[str, Any], name: Optional[str] = None) -> ArchSpec:

@@ -95,7 +95,7 @@ class TimingStats:
         vals: dict[str, Any] = {"unit": unit}
         for n in _REQUIRED:
             v = d[n]
-            if not _finite(v):
+            if not is_finite_number(v):
                 raise ValueError(f"TimingStats field {n!r} must be a finite number, got {v!r}")
             vals[n] = int(v) if n == "count" else float(v)
         vals.update(protocol_fields(d))
@@ -162,7 +162,7 @@ _REQUIRED = ("median", "mean", "std", "p10", "p90", "min", "count")
 PROTOCOL_FIELDS = ("ci_low", "ci_high", "confidence", "rounds", "capped", "flags", "notes", "round_medians")
 
 
-def _finite(v: Any) -> bool:
+def is_finite_number(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
@@ -174,7 +174,7 @@ def protocol_fields(d: Mapping[str, Any]) -> dict[str, Any]:
     for k in ("ci_low", "ci_high", "confidence"):
         v = d.get(k)
         if v is not None:
-            if not _finite(v) or v < 0:
+            if not is_finite_number(v) or v < 0:
                 raise ValueError(f"field {k!r} must be a finite number >= 0 or null, got {v!r}")
             out[k] = float(v)
     v = d.get("rounds")
@@ -195,7 +195,7 @@ def protocol_fields(d: Mapping[str, Any]) -> dict[str, Any]:
             out[k] = tuple(v)
     v = d.get("round_medians")
     if v is not None:
-        if not isinstance(v, (list, tuple)) or not all(_finite(x) and x >= 0 for x in v):
+        if not isinstance(v, (list, tuple)) or not all(is_finite_number(x) and x >= 0 for x in v):
             raise ValueError("field 'round_medians' must be a list of finite numbers >= 0")
         out["round_medians"] = tuple(float(x) for x in v)
     return out

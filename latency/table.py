@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +36,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 from jaxnas.errors import UserError
 from jaxnas.io_utils import atomic_write_text
 
-from .fingerprint import Fingerprint, describe
-from .stats import PROTOCOL_FIELDS, TimingStats, protocol_fields
+from .fingerprint import FingerprintLike, as_dict, describe
+from .stats import PROTOCOL_FIELDS, TimingStats, is_finite_number, protocol_fields
 
 # Key prefixes of entries that are not parts, shared by the table builders (network_table, tfnas_table):
 PROBE_PREFIX = "net:"  # a whole network timed against a network table's reference network
@@ -64,23 +63,9 @@ _OPTIONAL_NUMERIC = ("min", "max")
 DEFAULT_COMPAT_KEYS: tuple[str, ...] = ("backend", "runtime", "threads", "batch_size", "precision", "device")
 REBUILD_HINT = "rebuild it with `jaxnas latency build-table`"
 
-FingerprintLike = Union[Fingerprint, Mapping[str, Any]]
-
 
 class TableError(UserError, ValueError):
     """A latency table file is missing, corrupt, of another schema, or measured elsewhere."""
-
-
-def _is_num(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def _fp_dict(fp: FingerprintLike) -> dict[str, Any]:
-    if isinstance(fp, Fingerprint):
-        return fp.to_dict()
-    if isinstance(fp, Mapping):
-        return dict(fp)
-    raise TypeError(f"expected a Fingerprint or dict, got {type(fp).__name__}")
 
 
 def _validate_entry(key: Any, e: Any, where: str) -> dict[str, Any]:
@@ -91,12 +76,12 @@ def _validate_entry(key: Any, e: Any, where: str) -> dict[str, Any]:
     missing = [f for f in ENTRY_FIELDS if f not in e]
     if missing:
         raise TableError(f"{where}: entry {key!r} is missing required field(s) {missing}")
-    if not _is_num(e["mean"]) or e["mean"] < 0:
+    if not is_finite_number(e["mean"]) or e["mean"] < 0:
         raise TableError(f"{where}: entry {key!r} field 'mean' must be a finite number >= 0, "
                          f"got {e['mean']!r}")
     for f in ENTRY_FIELDS[2:] + _OPTIONAL_NUMERIC:
         v = e.get(f)
-        if v is not None and (not _is_num(v) or v < 0):
+        if v is not None and (not is_finite_number(v) or v < 0):
             raise TableError(f"{where}: entry {key!r} field {f!r} must be a finite number >= 0 "
                              f"or null, got {v!r}")
     c = e["count"]
@@ -130,7 +115,7 @@ class LatencyTable:
     # ------------------------------------------------------------ creation
     @classmethod
     def new(cls, fingerprint: FingerprintLike, meta: Optional[Mapping[str, Any]] = None) -> "LatencyTable":
-        fp = _fp_dict(fingerprint)
+        fp = as_dict(fingerprint)
         if not fp.get("backend"):
             raise TableError("fingerprint has no 'backend'")
         return cls(backend=str(fp["backend"]), fingerprint=fp, meta=dict(meta or {}))
@@ -236,9 +221,7 @@ class LatencyTable:
         if fp.get("backend", backend) != backend:
             raise TableError(f"{source}: 'backend' {backend!r} disagrees with fingerprint backend "
                              f"{fp.get('backend')!r}")
-        meta = d.get("meta", {})
-        if meta is None:
-            meta = {}
+        meta = {} if d.get("meta") is None else d["meta"]
         if not isinstance(meta, Mapping):
             raise TableError(f"{source}: 'meta' must be an object, got {type(meta).__name__}")
         entries = d.get("entries")
@@ -277,7 +260,7 @@ class LatencyTable:
     def check_compatible(self, backend_fingerprint: FingerprintLike,
                          keys: Sequence[str] = DEFAULT_COMPAT_KEYS) -> None:
         """Raise :class:`TableError` naming every field in ``keys`` that differs."""
-        want = _fp_dict(backend_fingerprint)
+        want = as_dict(backend_fingerprint)
         have = dict(self.fingerprint)
         have.setdefault("backend", self.backend)
         bad = [(k, have.get(k), want.get(k)) for k in keys if have.get(k) != want.get(k)]
@@ -356,15 +339,18 @@ def interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
         raise ValueError("interpolate needs at least one point")
     pts = sorted((float(a), float(b)) for a, b in zip(xs, ys))
     sx = [p[0] for p in pts]
-    sy = [p[1] for p in pts]
     if any(b == a for a, b in zip(sx, sx[1:])):
         raise ValueError("interpolate: xs must be distinct")
-    x = float(x)
-    if len(sx) == 1:
-        return sy[0]
-    i = bisect.bisect_left(sx, x)
-    if i < len(sx) and sx[i] == x:
-        return sy[i]
-    lo = min(max(i - 1, 0), len(sx) - 2)  # clamp to the first/last segment → extrapolation
-    x0, x1, y0, y1 = sx[lo], sx[lo + 1], sy[lo], sy[lo + 1]
-    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return interp_extrapolate(sx, [p[1] for p in pts], float(x))
+
+
+def interp_extrapolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Piecewise-linear through sorted (xs, ys), linear extrapolation outside; one point: constant."""
+    if len(xs) == 1:
+        return float(ys[0])
+    i = bisect.bisect_left(xs, x)
+    if i < len(xs) and xs[i] == x:
+        return float(ys[i])
+    lo = min(max(i - 1, 0), len(xs) - 2)  # clamp to the first/last segment → extrapolation
+    x0, x1, y0, y1 = xs[lo], xs[lo + 1], ys[lo], ys[lo + 1]
+    return float(y0 + (y1 - y0) * (x - x0) / (x1 - x0))

@@ -31,7 +31,6 @@ piecewise linear between them.
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +38,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from jaxnas.spec import ArchSpec, Block, Conv, Head, SpecError, Stage, make_divisible, validate
+from jaxnas.spec import ArchSpec, Block, Conv, Head, SpecError, Stage, analyze, make_divisible, validate
 from jaxnas.zoo import mbi_block
 
 from .imports import tfnas_key
-from .table import PROBE_PREFIX
-
-BLOCK_NAME = "MBInvertedResBlock"
+from .table import PROBE_PREFIX, interp_extrapolate
 
 
 @dataclass(frozen=True)
@@ -247,16 +244,9 @@ class TfnasSpace:
             out[b.stage].append(b)
         return out
 
-    def depth_choices(self) -> list[tuple[int, ...]]:
-        return [tuple(range(1, len(s[1]) + 1)) for s in self.stages()]
-
     def table_keys(self) -> list[str]:
         """Every latency-table key an architecture of this space can need (stable order, no duplicates)."""
-        seen: dict[str, None] = {}
-        for b in self.blocks():
-            for op in range(NUM_OPS):
-                seen.setdefault(b.key(op), None)
-        return list(seen)
+        return list(dict.fromkeys(b.key(op) for b in self.blocks() for op in range(NUM_OPS)))
 
     def key_mid_ranges(self) -> dict[str, tuple[int, int]]:
         """{key: (lowest, highest) mid any op of any block with that key can take} (the queried range)."""
@@ -392,8 +382,6 @@ def get_tfnas_space(name_or_dict: str | Mapping[str, Any] | TfnasSpace, **overri
 def tfnas_spec_blocks(spec: ArchSpec) -> list[tuple[int, Block, tuple[int, int, int]]]:
     """(index, block, input shape) of every block of a TF-NAS-shaped spec between the stems and the feature
     mix: the parts a latency table keys (the rest is the table's 'base')."""
-    from jaxnas.spec import analyze
-
     cost = analyze(spec)
     n = len(spec.blocks)
     if n < 3 or spec.blocks[0].kind != "conv" or spec.blocks[-1].kind != "conv" or spec.blocks[1].kind != "mbconv":
@@ -427,6 +415,12 @@ def tfnas_block_key_and_mid(block: Block, in_shape: Sequence[int]) -> tuple[str,
 MID_SEP = ":mid"
 
 
+def curve_arrays(points: Iterable[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(mids, ms) arrays of a key's (mid, ms) points, sorted by mid."""
+    pts = sorted(points)
+    return np.array([p[0] for p in pts], np.float64), np.array([p[1] for p in pts], np.float64)
+
+
 class LutError(TfnasError):
     """A latency table that cannot serve a TF-NAS search (missing key, wrong device or batch, ...)."""
 
@@ -453,12 +447,8 @@ class TfnasLut:
             key, sep, mid = name.rpartition(MID_SEP)
             if sep and mid.isdigit():
                 points.setdefault(key, []).append((int(mid), float(table.ms(name, stat))))
-        curves = {}
-        for key, pts in points.items():
-            pts.sort()
-            curves[key] = (np.array([p[0] for p in pts], np.float64), np.array([p[1] for p in pts], np.float64))
-        return cls(float(table.ms("base", stat)), curves, dict(getattr(table, "fingerprint", {}) or {}),
-                   dict(getattr(table, "meta", {}) or {}))
+        return cls(float(table.ms("base", stat)), {key: curve_arrays(pts) for key, pts in points.items()},
+                   dict(getattr(table, "fingerprint", {}) or {}), dict(getattr(table, "meta", {}) or {}))
 
     @classmethod
     def load(cls, path: str | Path, stat: str = "median", *, device: str = "unknown",
@@ -478,13 +468,8 @@ class TfnasLut:
     @classmethod
     def from_raw(cls, raw: Mapping[str, Any]) -> "TfnasLut":
         """From the original's dict form {'base': ms, key: {mid: ms}}."""
-        curves = {}
-        for key, val in raw.items():
-            if key == "base":
-                continue
-            mids = sorted(int(m) for m in val)
-            curves[key] = (np.array(mids, np.float64), np.array([float(val[m]) for m in mids], np.float64))
-        return cls(float(raw["base"]), curves)
+        return cls(float(raw["base"]), {key: curve_arrays((int(m), float(ms)) for m, ms in val.items())
+                                        for key, val in raw.items() if key != "base"})
 
     def scaled(self, factor: float) -> "TfnasLut":
         """Every latency (base and curves) times `factor`: the table on a machine `factor` times slower."""
@@ -542,14 +527,3 @@ class TfnasLut:
         """base + Σ table[key(block)][mid(block)] of a parsed architecture (the original's get_lookup_latency)."""
         return self.base + sum(self.ms(b.key(op), mid) for b, op, mid in space.arch_blocks(arch))
 
-
-def interp_extrapolate(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
-    """Piecewise-linear through sorted (xs, ys), linear extrapolation outside; one point: constant."""
-    if len(xs) == 1:
-        return float(ys[0])
-    i = bisect.bisect_left(xs.tolist(), x)
-    if i < len(xs) and xs[i] == x:
-        return float(ys[i])
-    lo = min(max(i - 1, 0), len(xs) - 2)
-    x0, x1, y0, y1 = xs[lo], xs[lo + 1], ys[lo], ys[lo + 1]
-    return float(y0 + (y1 - y0) * (x - x0) / (x1 - x0))

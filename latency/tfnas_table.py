@@ -26,8 +26,6 @@ setup or for another space.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -37,35 +35,27 @@ import numpy as np
 
 from .table import ALONE_PREFIX, PROBE_PREFIX
 from .tfnas_space import (MID_SEP, NUM_OPS, OPS, REFERENCE_KEY, REFERENCE_OP, TFNAS_SPACES, BlockPos, TfnasArch,
-                          TfnasLut, TfnasSpace, get_tfnas_space, tfnas_block_key_and_mid, tfnas_spec_blocks)
+                          TfnasLut, TfnasSpace, curve_arrays, get_tfnas_space, tfnas_block_key_and_mid,
+                          tfnas_spec_blocks)
 from jaxnas.spec import ArchSpec, Block, Conv, Head
 from jaxnas.zoo import mbi_block
 
 from .backends import measure_paired
+from .batch_timing import ROUND_STATS as STATS
+from .builder import COMPAT_KEYS, CONTEXTS
+from .spaces import definition_hash
 from .stats import TimingStats, progress_line
-from .table import DEFAULT_COMPAT_KEYS, REBUILD_HINT, LatencyTable, TableError
+from .table import REBUILD_HINT, LatencyTable, TableError
 
-__all__ = ["is_tfnas_space", "as_tfnas_space", "resolve_tfnas_space", "grid_mids", "table_entries", "build_tfnas_table",
-           "predict_tfnas", "is_tfnas_table", "global_probes", "ALONE_PREFIX", "PROBE_PREFIX", "CONTEXTS",
-           "REFERENCE_OP"]
+__all__ = ["resolve_tfnas_space", "grid_mids", "table_entries", "build_tfnas_table", "predict_tfnas", "is_tfnas_table",
+           "global_probes", "ALONE_PREFIX", "PROBE_PREFIX", "CONTEXTS", "REFERENCE_OP"]
 
-CONTEXTS = ("alone", "network")
-COMPAT_KEYS = (*DEFAULT_COMPAT_KEYS, "provider")
 BASE_PARTS = ("first_stem", "second_stem", "head")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Spaces and keys
 # ----------------------------------------------------------------------------------------------------
-
-def is_tfnas_space(space: Any) -> bool:
-    return isinstance(space, TfnasSpace) or (isinstance(space, Mapping) and space.get("family") == "tfnas")
-
-
-def as_tfnas_space(space: Any) -> TfnasSpace:
-    """A TfnasSpace from itself, its dict (`TfnasSpace.to_dict()`) or a built-in name ('tfnas-224', ...)."""
-    return space if isinstance(space, TfnasSpace) else get_tfnas_space(space)
-
 
 def resolve_tfnas_space(space: Any) -> Optional[TfnasSpace]:
     """The TF-NAS space `space` names (a TfnasSpace, a dict with family 'tfnas', a built-in name, or a
@@ -84,11 +74,6 @@ def resolve_tfnas_space(space: Any) -> Optional[TfnasSpace]:
         if isinstance(d, Mapping) and d.get("family") == "tfnas":
             return get_tfnas_space({"name": p.stem, **d})
     return None
-
-
-def space_hash(space: TfnasSpace) -> str:
-    canon = json.dumps(space.to_dict(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
 def grid_mids(lo: int, hi: int, grid: int) -> list[int]:
@@ -138,7 +123,7 @@ def table_meta(space: TfnasSpace, grid: int, context: str) -> dict[str, Any]:
     if context not in CONTEXTS:
         raise TableError(f"context must be one of {CONTEXTS}, got {context!r}")
     return {"source": "jaxnas-tfnas", "space": space.name, "space_def": space.to_dict(),
-            "space_hash": space_hash(space), "grid": int(grid), "context": context}
+            "space_hash": definition_hash(space.to_dict()), "grid": int(grid), "context": context}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -198,12 +183,11 @@ def build_tfnas_table(space: Any, backend: Any, out: Union[str, Path], *, grid: 
 
     Every alone entry is timed `rounds` times in passes over the whole grid and keeps each statistic's
     best round; network probes are timed against the reference network in `rounds` alternating rounds."""
-    from .builder import _progress, resolve_backend
+    from .builder import _fingerprint, _progress, resolve_backend
 
-    space = as_tfnas_space(space)
+    space = get_tfnas_space(space)  # itself, its dict or a built-in name
     be = resolve_backend(backend, threads)
-    fp = be.fingerprint(batch_size)
-    fp = fp.to_dict() if hasattr(fp, "to_dict") else dict(fp)
+    fp = _fingerprint(be, batch_size)
     out = Path(out)
     log = _progress(progress)
     table = _open(out, space, fp, grid, context)
@@ -231,7 +215,6 @@ def build_tfnas_table(space: Any, backend: Any, out: Union[str, Path], *, grid: 
                     models[k] = export(todo[k])
                 stats[k].append(be.measure(models[k], export.shape(todo[k]), warmup=warmup, runs=runs))
                 if r == rounds - 1:
-                    spec = todo[k]
                     table.put(k, _stats_entry(stats[k]), meta={"kind": "alone", "rounds": rounds})
                     if time.perf_counter() - last_save > 10:
                         table.save(out)
@@ -357,9 +340,6 @@ def _measure_probes(space: TfnasSpace, be: Any, table: LatencyTable, save: Calla
             log("[latency] " + progress_line(n + 1, len(pending), time.perf_counter() - t0, "probes"))
 
 
-STATS = ("min", "p10", "median", "mean", "p90")
-
-
 def _alone(table: LatencyTable, stat: str) -> TfnasLut:
     """The alone grid as a TfnasLut (base = the sum of the alone base parts)."""
     curves: dict[str, list[tuple[int, float]]] = {}
@@ -367,9 +347,8 @@ def _alone(table: LatencyTable, stat: str) -> TfnasLut:
         if name.startswith(ALONE_PREFIX) and MID_SEP in name:
             key, _, mid = name[len(ALONE_PREFIX):].rpartition(MID_SEP)
             curves.setdefault(key, []).append((int(mid), table.ms(name, stat)))
-    out = {k: (np.array([m for m, _ in sorted(v)], float), np.array([y for _, y in sorted(v)], float))
-           for k, v in curves.items()}
-    return TfnasLut(sum(table.ms(f"{ALONE_PREFIX}{p}", stat) for p in BASE_PARTS), out)
+    return TfnasLut(sum(table.ms(f"{ALONE_PREFIX}{p}", stat) for p in BASE_PARTS),
+                    {k: curve_arrays(v) for k, v in curves.items()})
 
 
 def _network_rows(space: TfnasSpace, table: LatencyTable, stat: str) -> tuple[np.ndarray, np.ndarray]:

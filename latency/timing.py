@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -73,15 +74,14 @@ import numpy as np
 
 from jaxnas.errors import UserError
 
-from .stats import TimingStats
+from .stats import Measurement, TimingStats
 
 __all__ = [
-    "TimingProtocol", "DEFAULT_PROTOCOL", "TimingWarning", "TimingError", "Timer", "Verdict", "RoundResult",
-    "Comparison",
+    "TimingProtocol", "DEFAULT_PROTOCOL", "TimingWarning", "TimingError", "Timer", "RoundResult", "Comparison",
     "median_ci", "median_ci_ranks", "min_rounds_for", "relative_halfwidth", "mann_kendall", "theil_sen_slope",
     "find_modes", "clean_round", "burst_mask", "measure_interleaved", "drift_of", "timing_priority",
     "measure_adaptive", "compare_adaptive",
-    "pool", "warn_if_flagged", "flag_codes",
+    "pool", "warn_if_flagged",
 ]
 
 
@@ -159,28 +159,16 @@ DEFAULT_PROTOCOL = TimingProtocol()
 # Statistics (pure functions)
 # ----------------------------------------------------------------------------------------------------
 
-def _binom_half_cdf(k: int, n: int) -> float:
-    """P(Binomial(n, 1/2) <= k)."""
-    if k < 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2.0)
-            for i in range(k + 1)]
-    top = max(logs)
-    return float(min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs)))
-
-
 def median_ci_ranks(n: int, confidence: float = 0.95) -> Optional[tuple[int, int]]:
     """0-based ranks ``(k-1, n-k)`` of the order-statistic CI of the median, or None when even
     ``[min, max]`` covers the median with probability below ``confidence`` (n < 6 at 95 %)."""
     alpha = 1.0 - float(confidence)
-    best = None
+    best, below = None, 0  # below: the number of outcomes of n fair coins with fewer than k heads
     for k in range(1, n // 2 + 1):
-        if 2.0 * _binom_half_cdf(k - 1, n) <= alpha + 1e-12:
-            best = k
-        else:
+        below += math.comb(n, k - 1)
+        if 2 * below / 2 ** n > alpha + 1e-12:  # 2 P(Bin(n, 1/2) <= k-1), exact
             break
+        best = k
     return None if best is None else (best - 1, n - best)
 
 
@@ -258,18 +246,14 @@ class Modes:
     low_count: int
     n: int
 
-    def describe(self, majority_is_low: Optional[bool] = None) -> str:
-        low_major = self.low_count * 2 >= self.n if majority_is_low is None else majority_is_low
+    def describe(self) -> str:
+        low_major = self.low_count * 2 >= self.n
         minority = self.n - self.low_count if low_major else self.low_count
         if low_major:
             return (f"bimodal sessions: {minority} of {self.n} rounds {self.high / self.low - 1:.0%} slower "
                     f"({self.high:.4g} vs {self.low:.4g} ms)")
         return (f"bimodal sessions: {minority} of {self.n} rounds {1 - self.low / self.high:.0%} faster "
                 f"({self.low:.4g} vs {self.high:.4g} ms)")
-
-
-def _robust_range(v: np.ndarray) -> float:
-    return float(v.max() - v.min()) if len(v) else 0.0
 
 
 def find_modes(values: Sequence[float], *, gap_rel: float = 0.03, min_frac: float = 0.15,
@@ -283,16 +267,12 @@ def find_modes(values: Sequence[float], *, gap_rel: float = 0.03, min_frac: floa
     if n < 2 * m:
         return None
     med = float(np.median(v))
-    best: Optional[tuple[float, int]] = None
-    for i in range(m, n - m + 1):
-        gap = float(v[i] - v[i - 1])
-        if gap < gap_rel * med or gap <= _robust_range(v[:i]) or gap <= _robust_range(v[i:]):
-            continue
-        if best is None or gap > best[0]:
-            best = (gap, i)
-    if best is None:
+    gaps = {i: float(v[i] - v[i - 1]) for i in range(m, n - m + 1)}
+    # v is sorted, so the sides v[:i] and v[i:] span v[i-1] - v[0] and v[-1] - v[i]
+    fits = [i for i, gap in gaps.items() if gap >= gap_rel * med and gap > max(v[i - 1] - v[0], v[-1] - v[i])]
+    if not fits:
         return None
-    i = best[1]
+    i = max(fits, key=gaps.__getitem__)  # the first of the widest
     return Modes(low=float(np.median(v[:i])), high=float(np.median(v[i:])), low_count=i, n=n)
 
 
@@ -309,9 +289,6 @@ class RoundResult:
     @property
     def median(self) -> float:
         return float(np.median(self.runs)) if len(self.runs) else math.nan
-
-    def stats(self) -> TimingStats:
-        return TimingStats.from_samples(self.runs)
 
 
 def burst_mask(runs: Sequence[float], burst_rel: float = 0.2) -> np.ndarray:
@@ -434,10 +411,10 @@ class Timer(Protocol):
     def close(self) -> None: ...
 
 
-def _take_round(timer: Timer, p: TimingProtocol, now: Callable[[], float], fresh: bool,
+def _take_round(timer: Timer, p: TimingProtocol, now: Callable[[], float],
                 cached: dict[int, Callable[[], Any]]) -> RoundResult:
     key = id(timer)
-    if fresh or key not in cached:
+    if p.fresh_sessions or key not in cached:
         cached[key] = timer.session()
     run = cached[key]
     t0 = now()
@@ -454,8 +431,8 @@ def _take_round(timer: Timer, p: TimingProtocol, now: Callable[[], float], fresh
         if timer.self_timed:
             out = run()
             if isinstance(out, tuple):
-                wall, cpu = float(out[0]), float(out[1])
-                cpus.append(cpu)
+                wall = float(out[0])
+                cpus.append(float(out[1]))
             else:
                 wall = float(out)
         elif cpu_clock is not None:
@@ -476,14 +453,26 @@ def _take_round(timer: Timer, p: TimingProtocol, now: Callable[[], float], fresh
 
 @dataclass
 class _Attempt:
-    rounds: list[list[RoundResult]]   # accepted rounds, each [contender 0, contender 1, ...]
-    discarded: dict[str, int]
-    dropped_runs: int
-    burst_runs: int
-    total_runs: int
-    capped: bool
-    elapsed_s: float
     applied: dict[str, Any]
+    rounds: list[list[RoundResult]] = dataclasses.field(default_factory=list)  # each [contender 0, 1, ...]
+    discarded: dict[str, int] = dataclasses.field(default_factory=lambda: {"preempted": 0, "burst": 0})
+    dropped_runs: int = 0
+    burst_runs: int = 0
+    total_runs: int = 0
+    capped: bool = False
+    elapsed_s: float = 0.0
+
+    def add(self, results: Sequence[RoundResult]) -> bool:
+        """Count one round (one result per contender); keep it unless any contender's was disturbed."""
+        self.dropped_runs += sum(r.dropped for r in results)
+        self.burst_runs += sum(r.burst_runs for r in results)
+        self.total_runs += sum(r.total for r in results)
+        bad = [r.status for r in results if r.status != "ok"]
+        if bad:
+            self.discarded[bad[0]] += 1
+            return False
+        self.rounds.append(list(results))
+        return True
 
 
 def _values(rounds: list[list[RoundResult]], j: int) -> np.ndarray:
@@ -500,44 +489,39 @@ def _targets(rounds: list[list[RoundResult]]) -> list[np.ndarray]:
     return [_values(rounds, 0)] if k == 1 else [_ratios(rounds, j) for j in range(1, k)]
 
 
+def _precise(values: np.ndarray, p: TimingProtocol) -> bool:
+    """The stopping rule: enough values, and the interval of their median within ``rel_ci`` of it."""
+    return len(values) >= p.rounds_needed and \
+        relative_halfwidth(float(np.median(values)), median_ci(values, p.confidence)) <= p.rel_ci
+
+
 def _run_attempt(timers: Sequence[Timer], p: TimingProtocol, now: Callable[[], float]) -> _Attempt:
     start = now()
-    rounds: list[list[RoundResult]] = []
-    discarded = {"preempted": 0, "burst": 0}
-    dropped = total = bursts = 0
-    capped = False
     cached: dict[int, Callable[[], Any]] = {}
-    need = p.rounds_needed
+    n = len(timers)
     with timing_priority(p.priority, exclusive=all(t.exclusive for t in timers), pin=p.pin) as applied:
+        att = _Attempt(dict(applied))
         fifo = applied["priority"].startswith("SCHED_FIFO")
-        taken = 0
-        while True:
-            if len(rounds) >= p.max_rounds or now() - start >= p.max_time_s:
-                capped = True
+        for taken in itertools.count():
+            if len(att.rounds) >= p.max_rounds or now() - start >= p.max_time_s:
+                att.capped = True
                 break
             r0 = now()
-            order = list(range(len(timers)))
-            shift = taken % len(order)
-            order = order[shift:] + order[:shift]  # rotate who goes first: no position bias
-            res: list[Optional[RoundResult]] = [None] * len(timers)
-            for j in order:
-                res[j] = _take_round(timers[j], p, now, p.fresh_sessions, cached)
-            taken += 1
-            done = [r for r in res if r is not None]
-            dropped += sum(r.dropped for r in done)
-            bursts += sum(r.burst_runs for r in done)
-            total += sum(r.total for r in done)
+            shift = taken % n  # rotate who goes first: no position bias
+            res = {j: _take_round(timers[j], p, now, cached) for j in [*range(shift, n), *range(shift)]}
             if fifo:  # leave the core to others for a moment: RT throttling never cuts into a run
                 time.sleep(max(0.001, 0.1 * (now() - r0)))
-            bad = [r.status for r in done if r.status != "ok"]
-            if bad:
-                discarded[bad[0]] += 1
-                continue
-            rounds.append(done)
-            if len(rounds) >= need and all(relative_halfwidth(float(np.median(t)), median_ci(t, p.confidence))
-                                           <= p.rel_ci for t in _targets(rounds)):
+            if att.add([res[j] for j in range(n)]) and all(_precise(t, p) for t in _targets(att.rounds)):
                 break
-    return _Attempt(rounds, discarded, dropped, bursts, total, capped, now() - start, dict(applied))
+    att.elapsed_s = now() - start
+    return att
+
+
+def _drift(att: _Attempt, p: TimingProtocol) -> Optional[str]:
+    """The first drift (:func:`drift_of`) among the attempt's stopping-rule targets, or None."""
+    if not att.rounds:
+        return None
+    return next((d for d in (drift_of(t, rel=p.drift_rel) for t in _targets(att.rounds)) if d), None)
 
 
 def _run(timers: Sequence[Timer], p: TimingProtocol, now: Callable[[], float]) -> tuple[_Attempt, list[str], list[str]]:
@@ -545,12 +529,10 @@ def _run(timers: Sequence[Timer], p: TimingProtocol, now: Callable[[], float]) -
     notes: list[str] = []
     att = _run_attempt(timers, p, now)
     for _ in range(int(p.retries)):
-        if not att.rounds:
+        drift = _drift(att, p)
+        if drift is None:
             break
-        drifts = [d for d in (drift_of(t, rel=p.drift_rel) for t in _targets(att.rounds)) if d]
-        if not drifts:
-            break
-        notes.append(f"re-measured after {drifts[0]}")
+        notes.append(f"re-measured after {drift}")
         att = _run_attempt(timers, p, now)
     flags, more = _verdict(att, p, drift_flags=True)
     return att, flags, notes + more
@@ -561,12 +543,9 @@ def _verdict(att: _Attempt, p: TimingProtocol, *, drift_flags: bool) -> tuple[li
     flags: list[str] = []
     notes: list[str] = []
     n = len(att.rounds)
-    if att.rounds:
-        for t in _targets(att.rounds):
-            d = drift_of(t, rel=p.drift_rel)
-            if d:
-                (flags if drift_flags else notes).append(d)
-                break
+    drift = _drift(att, p)
+    if drift:
+        (flags if drift_flags else notes).append(drift)
     n_disc = sum(att.discarded.values())
     if n_disc >= 3 and n_disc * 2 > n:
         flags.append(f"bursts: {n_disc} of {n + n_disc} rounds discarded "
@@ -606,24 +585,18 @@ def measure_interleaved(timers: Sequence[Timer], protocol: Optional[TimingProtoc
     names = list(what) if what is not None else [f"model {j}" for j in range(k)]
     start = now()
     budget = p.max_time_s * k
-    rounds: list[list[list[RoundResult]]] = [[] for _ in range(k)]
-    disc = [{"preempted": 0, "burst": 0} for _ in range(k)]
-    dropped, bursts, totals = [0] * k, [0] * k, [0] * k
-    elapsed = [0.0] * k
     out: list[Optional[TimingStats]] = [None] * k
     active = list(range(k))
     cached: dict[int, Callable[[], Any]] = {}
-    need = p.rounds_needed
-    applied: dict[str, Any] = {}
 
     def finish(j: int, capped: bool) -> None:
-        att = _Attempt(rounds[j], disc[j], dropped[j], bursts[j], totals[j], capped, elapsed[j], applied)
-        out[j] = _single(att, p, *_verdict(att, p, drift_flags=False), names[j])
+        atts[j].capped = capped
+        out[j] = _single(atts[j], p, *_verdict(atts[j], p, drift_flags=False), names[j])
         if on_done is not None:
             on_done(j, out[j])
 
-    with timing_priority(p.priority, exclusive=all(t.exclusive for t in timers), pin=p.pin) as applied_now:
-        applied.update(applied_now)
+    with timing_priority(p.priority, exclusive=all(t.exclusive for t in timers), pin=p.pin) as applied:
+        atts = [_Attempt(dict(applied)) for _ in range(k)]
         fifo = applied["priority"].startswith("SCHED_FIFO")
         sweep = 0
         while active:
@@ -634,27 +607,19 @@ def measure_interleaved(timers: Sequence[Timer], protocol: Optional[TimingProtoc
             shift = sweep % len(active)
             for j in active[shift:] + active[:shift]:
                 r0 = now()
-                r = _take_round(timers[j], p, now, p.fresh_sessions, cached)
+                r = _take_round(timers[j], p, now, cached)
                 if p.fresh_sessions:  # no session outlives its round (dozens of models are in rotation)
                     cached.pop(id(timers[j]), None)
-                dropped[j] += r.dropped
-                bursts[j] += r.burst_runs
-                totals[j] += r.total
-                if r.status == "ok":
-                    rounds[j].append([r])
-                else:
-                    disc[j][r.status] += 1
+                atts[j].add([r])
                 if fifo:
                     time.sleep(max(0.001, 0.1 * (now() - r0)))
-                elapsed[j] = now() - start
+                atts[j].elapsed_s = now() - start
             sweep += 1
             for j in list(active):
-                vals = _values(rounds[j], 0) if rounds[j] else np.zeros(0)
-                if len(vals) >= need and relative_halfwidth(float(np.median(vals)), median_ci(vals, p.confidence)) \
-                        <= p.rel_ci:
+                if _precise(_values(atts[j].rounds, 0), p):
                     active.remove(j)
                     finish(j, False)
-                elif len(rounds[j]) + sum(disc[j].values()) >= p.max_rounds:
+                elif len(atts[j].rounds) + sum(atts[j].discarded.values()) >= p.max_rounds:
                     active.remove(j)
                     finish(j, True)
     return [s for s in out if s is not None]
@@ -678,13 +643,10 @@ def _imprecise(values: np.ndarray, p: TimingProtocol, n_rounds: int, elapsed: fl
 def _summarise(att: _Attempt, j: int, p: TimingProtocol, flags: Sequence[str], notes: Sequence[str]) -> TimingStats:
     vals = _values(att.rounds, j)
     runs = np.concatenate([r[j].runs for r in att.rounds])
-    base = TimingStats.from_samples(runs)
-    ci = median_ci(vals, p.confidence)
-    med = float(np.median(vals))
-    return dataclasses.replace(base, median=med, ci_low=None if ci is None else ci[0],
-                               ci_high=None if ci is None else ci[1], confidence=p.confidence,
-                               rounds=len(vals), capped=att.capped, flags=tuple(flags), notes=tuple(notes),
-                               round_medians=tuple(float(v) for v in vals))
+    lo, hi = median_ci(vals, p.confidence) or (None, None)
+    return dataclasses.replace(TimingStats.from_samples(runs), median=float(np.median(vals)), ci_low=lo, ci_high=hi,
+                               confidence=p.confidence, rounds=len(vals), capped=att.capped, flags=tuple(flags),
+                               notes=tuple(notes), round_medians=tuple(float(v) for v in vals))
 
 
 def measure_adaptive(timer: Timer, protocol: Optional[TimingProtocol] = None, *,
@@ -709,11 +671,25 @@ def _single(att: _Attempt, p: TimingProtocol, flags: Sequence[str], notes: Seque
     return _summarise(att, 0, p, [*([bad] if bad else []), *flags], notes)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Verdict:
-    """What a timed comparison says about itself: the interval's confidence, whether the cap ended it,
-    flags (reasons not to trust it; empty: trusted) and notes."""
+@dataclass(frozen=True)
+class Comparison:
+    """Models timed in alternating rounds in one session (:func:`compare_adaptive`, or fixed rounds by
+    :func:`latency.backends.measure_paired`); model 0 is the reference (``a``), model 1 ``b``.
 
+    ``rounds[j]`` holds model j's per-round statistics (round i of every model was taken back to back);
+    ``stats[j]`` its pooled statistics with the CI of its median.  Every figure against the reference is
+    per round, then its median and order-statistic CI: a slow spell that hits one round moves it less
+    than it moves either model's own time.  ``ratio`` = a's time / b's time (> 1: b is faster).
+    Keyword-only: the interval's ``confidence``, whether the cap ended it (``capped``), ``flags`` (reasons
+    not to trust it; empty: trusted) and ``notes``.
+    """
+
+    names: tuple[str, ...]
+    rounds: tuple[tuple[TimingStats, ...], ...]
+    stats: tuple[TimingStats, ...]
+    fingerprint: Any = None         # the runtime's (a mapping), where the caller knows it
+    batch_size: int = 1
+    _: dataclasses.KW_ONLY
     confidence: float = 0.95
     capped: bool = False
     flags: tuple[str, ...] = ()
@@ -722,24 +698,6 @@ class Verdict:
     @property
     def trusted(self) -> bool:
         return not self.flags
-
-
-@dataclass(frozen=True)
-class Comparison(Verdict):
-    """Models timed in alternating rounds in one session (:func:`compare_adaptive`, or fixed rounds by
-    :func:`latency.backends.measure_paired`); model 0 is the reference (``a``), model 1 ``b``.
-
-    ``rounds[j]`` holds model j's per-round statistics (round i of every model was taken back to back);
-    ``stats[j]`` its pooled statistics with the CI of its median.  Every figure against the reference is
-    per round, then its median and order-statistic CI: a slow spell that hits one round moves it less
-    than it moves either model's own time.  ``ratio`` = a's time / b's time (> 1: b is faster).
-    """
-
-    names: tuple[str, ...]
-    rounds: tuple[tuple[TimingStats, ...], ...]
-    stats: tuple[TimingStats, ...]
-    fingerprint: Any = None         # the runtime's (a mapping), where the caller knows it
-    batch_size: int = 1
 
     def _times(self, j: int) -> np.ndarray:
         return np.asarray([r.median for r in self.rounds[j]])
@@ -781,9 +739,7 @@ class Comparison(Verdict):
         """Model j's round with the lowest median."""
         return min(self.rounds[j], key=lambda s: s.median)
 
-    def measurement(self, j: int) -> Any:
-        from .stats import Measurement
-
+    def measurement(self, j: int) -> Measurement:
         return Measurement(self.stats[j], dict(self.fingerprint or {}), self.batch_size)
 
     @property
@@ -821,13 +777,10 @@ class Comparison(Verdict):
         """One line per model against the reference: speed-up with its interval."""
         lines = []
         for j in range(1, len(self.names)):
-            sp, sci = self.speedup(j), self.speedup_ci(j)
-            if sp >= 1:
-                word, val = "faster", sp
-                iv = f" ({self.confidence:.0%} CI {sci[0]:.3f}-{sci[1]:.3f})" if sci else " (no interval)"
-            else:  # say "1.19x slower", not "0.84x faster"
-                word, val = "slower", 1.0 / sp
-                iv = f" ({self.confidence:.0%} CI {1 / sci[1]:.3f}-{1 / sci[0]:.3f})" if sci else " (no interval)"
+            val, ci, word = self.speedup(j), self.speedup_ci(j), "faster"
+            if val < 1:  # say "1.19x slower", not "0.84x faster"
+                val, ci, word = 1.0 / val, ci and (1 / ci[1], 1 / ci[0]), "slower"
+            iv = f" ({self.confidence:.0%} CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else " (no interval)"
             lines.append(f"{self.names[j]} vs {self.names[0]}: {val:.3f}x {word}{iv}, "
                          f"{self.stats[j].median:.4g} vs {self.stats[0].median:.4g} ms, "
                          f"{len(self.rounds[0])} alternating rounds" + (", capped" if self.capped else ""))
@@ -855,7 +808,7 @@ def compare_adaptive(timers: Sequence[Timer], protocol: Optional[TimingProtocol]
                                   f"the ratio {names[j]}/{names[0]}") for j in range(1, len(timers))) if b]
     flags = [*bad, *flags]
     stats = tuple(_summarise(att, j, p, flags, notes) for j in range(len(timers)))
-    rounds = tuple(tuple(r[j].stats() for r in att.rounds) for j in range(len(timers)))
+    rounds = tuple(tuple(TimingStats.from_samples(r[j].runs) for r in att.rounds) for j in range(len(timers)))
     return Comparison(names, rounds, stats, confidence=p.confidence, capped=att.capped, flags=tuple(flags),
                       notes=tuple(notes))
 
@@ -876,25 +829,18 @@ def pool(stats: Sequence[TimingStats], confidence: Optional[float] = None) -> Ti
     if len(stats) == 1:
         return stats[0]
     conf = confidence or next((s.confidence for s in stats if s.confidence), 0.95)
-    med = {f: float(np.median([getattr(s, f) for s in stats])) for f in ("mean", "std", "p10", "p90", "min")}
-    flags = tuple(dict.fromkeys(f for s in stats for f in s.flags))
-    notes = tuple(dict.fromkeys(f for s in stats for f in s.notes))
-    count = int(sum(s.count for s in stats))
-    capped = any(s.capped for s in stats)
+    common: dict[str, Any] = {f: float(np.median([getattr(s, f) for s in stats]))
+                              for f in ("mean", "std", "p10", "p90", "min")}
+    common.update(count=int(sum(s.count for s in stats)), capped=any(s.capped for s in stats),
+                  flags=tuple(dict.fromkeys(f for s in stats for f in s.flags)),
+                  notes=tuple(dict.fromkeys(f for s in stats for f in s.notes)))
     if all(s.round_medians for s in stats):
         vals = [v for s in stats for v in s.round_medians]
-        ci = median_ci(vals, conf)
-        return TimingStats(median=float(np.median(vals)), **med, count=count,
-                           ci_low=None if ci is None else ci[0], ci_high=None if ci is None else ci[1],
-                           confidence=conf, rounds=len(vals), capped=capped, flags=flags, notes=notes,
-                           round_medians=tuple(vals))
-    return TimingStats(median=float(np.median([s.median for s in stats])), **med, count=count,
-                       rounds=int(sum(s.rounds for s in stats)), capped=capped, flags=flags, notes=notes)
-
-
-def flag_codes(flags: Sequence[str]) -> list[str]:
-    """``['drift', 'imprecise']`` from full flag lines."""
-    return [f.split(":", 1)[0] for f in flags]
+        lo, hi = median_ci(vals, conf) or (None, None)
+        return TimingStats(median=float(np.median(vals)), **common, ci_low=lo, ci_high=hi, confidence=conf,
+                           rounds=len(vals), round_medians=tuple(vals))
+    return TimingStats(median=float(np.median([s.median for s in stats])), **common,
+                       rounds=int(sum(s.rounds for s in stats)))
 
 
 def warn_if_flagged(stats: Any, what: str, stacklevel: int = 3) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from jaxnas.schema import Section
 
@@ -15,7 +15,6 @@ RESIZE_METHODS = ("auto", "pad", "bilinear")
 NORMALIZE_MODES = ("dataset", "unit", "none")
 
 Normalize = Union[str, tuple[tuple[float, ...], tuple[float, ...]]]
-PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class DataConfig(Section):
@@ -97,26 +96,16 @@ class DataConfig(Section):
             raise ValueError(f"must be a fraction in [0, 1) or a whole example count, got {h!r}")
         return int(h) if h >= 1 else h
 
-    @field_validator("test_fraction")
-    @classmethod
-    def _test_fraction(cls, v: float) -> float:
-        if not 0 < v < 1:
-            raise ValueError(f"must be in (0, 1), got {v!r}")
-        return v
-
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
-        errs = []
+        errs = self.out_of_range({"test_fraction": "in (0, 1)"})
         if self.source == "tfds" and not self.name:
             errs.append("name: the tfds source needs a dataset name, e.g. name: cifar10")
         if self.source == "npz" and not (self.path or self.data_dir):
             errs.append("path: the npz source needs path: /path/to/arrays.npz")
         if self.source == "image_folder" and not (self.path or self.data_dir):
             errs.append("path: the image_folder source needs path: /root/with/<class>/*.png")
-        errs += self._unused_keys()
-        if errs:
-            raise ValueError("\n".join(errs))
-        return self
+        return self.checked(errs + self._unused_keys())
 
     def _unused_keys(self) -> list[str]:
         """Keys the chosen source would silently ignore are refused (every accepted key does something)."""

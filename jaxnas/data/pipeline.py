@@ -11,7 +11,7 @@ from jaxnas.resources import check_fits_memory
 
 from .config import DataConfig
 from .errors import DataError, suggest
-from .sources import RawData, as_labels, as_uint8_images, load_raw
+from .sources import RawData, as_labels, as_uint8_images, load_raw, target_hw
 from .transforms import augment_batch, default_crop_padding, resize_images, to_gray
 
 SPLITS = ("train", "holdout", "test")
@@ -122,9 +122,8 @@ class Dataset:
             raise DataError(f"data.holdout={h!r} takes {n_hold} of {len(y_tr)} train examples; leave some for training")
         hold, tr = stratified_pick(y_tr, n_hold, cfg.seed, _TAG_HOLDOUT)
         splits = {"train": (x_tr[tr], y_tr[tr]), "holdout": (x_tr[hold], y_tr[hold]), "test": (x_te, y_te)}
-        target = None
-        if cfg.image_size is not None:
-            target = (cfg.image_size,) * 2 if isinstance(cfg.image_size, int) else tuple(cfg.image_size)
+        target = target_hw(cfg)
+        if target is not None:
             n, c = len(y_tr) + len(y_te), x_tr.shape[-1]
             # The resized splits alone (uint8): a lower bound, refused only when it cannot fit at all.
             check_fits_memory(n * target[0] * target[1] * c, f"data.image_size={cfg.image_size} ({n} images "
@@ -188,18 +187,6 @@ class Dataset:
         """The whole split, preprocessed and unaugmented: float32 (N, H, W, C) and int32 (N,)."""
         s = _split_name(split)
         return self._finish(self._x[s]), self._y[s].copy()
-
-    def preprocess(self, images: np.ndarray) -> np.ndarray:
-        """Apply this dataset's resizing, channel handling and normalisation to raw images (uint8 or 0..1 float)."""
-        x = as_uint8_images(images, "preprocess")
-        h, w, _ = self.image_shape
-        x = resize_images(x, (h, w), self.config.resize)
-        c_store = self._x["train"].shape[-1]
-        if x.shape[-1] == 3 and c_store == 1:
-            x = to_gray(x)
-        elif x.shape[-1] == 1 and c_store == 3:
-            x = np.repeat(x, 3, axis=-1)
-        return self._finish(x)
 
     # ------------------------------------------------------------------ batching
     def batches(self, split: str, batch_size: int | None = None, *, seed: int | None = None, epoch: int = 0,
@@ -275,16 +262,14 @@ class Dataset:
 def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean/std in 0..1 units, accumulated in float64 over chunks."""
     c = x.shape[-1]
-    s = np.zeros(c)
-    ss = np.zeros(c)
-    n = 0
+    n = max(x.size // c, 1)  # pixels per channel
+    s, ss = np.zeros(c), np.zeros(c)
     for i in range(0, len(x), 4096):
         chunk = x[i:i + 4096].reshape(-1, c).astype(np.float64) / 255.0
         s += chunk.sum(0)
         ss += np.square(chunk).sum(0)
-        n += chunk.shape[0]
-    mean = s / max(n, 1)
-    std = np.sqrt(np.maximum(ss / max(n, 1) - mean ** 2, 0.0))
+    mean = s / n
+    std = np.sqrt(np.maximum(ss / n - mean ** 2, 0.0))
     return mean, np.where(std < 1e-6, 1.0, std)
 
 

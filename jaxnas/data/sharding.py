@@ -45,10 +45,8 @@ def shard_batch(batch: Any, mesh_or_sharding: Mesh | jax.sharding.Sharding | Non
 
     The batch size must be divisible by the number of devices on the 'data' axis.
     """
-    if mesh_or_sharding is None or isinstance(mesh_or_sharding, Mesh):
-        sharding = data_sharding(mesh_or_sharding)
-    else:
-        sharding = mesh_or_sharding
+    sharding = (mesh_or_sharding if isinstance(mesh_or_sharding, jax.sharding.Sharding)
+                else data_sharding(mesh_or_sharding))
     leaves = jax.tree.leaves(batch)
     sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
     if None in sizes:
@@ -76,7 +74,4 @@ def pad_batch(batch: Any, multiple: int) -> tuple[Any, int]:
     target = -(-n // int(multiple)) * int(multiple)
     if target == n:
         return batch, n
-    def pad(a: Any) -> np.ndarray:
-        a = np.asarray(a)
-        return np.concatenate([a, np.zeros((target - n,) + a.shape[1:], a.dtype)])
-    return jax.tree.map(pad, batch), n
+    return jax.tree.map(lambda a: np.pad(np.asarray(a), [(0, target - n)] + [(0, 0)] * (np.ndim(a) - 1)), batch), n

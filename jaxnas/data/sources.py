@@ -134,17 +134,15 @@ def _load_npz_file(path: Path, where: str) -> RawData:
         raise DataError(f"{where}: {path} is not a readable .npz file ({type(e).__name__}: {e}); it is truncated "
                         "or corrupt: write it again with numpy.savez") from None
     keys = set(arrays)
+    x_te = y_te = None
     if {"x_train", "y_train"} <= keys:
         x_tr, y_tr = _check_pair(arrays["x_train"], arrays["y_train"], f"{where} x_train/y_train")
-        has_test = {"x_test", "y_test"} <= keys
         if ("x_test" in keys) != ("y_test" in keys):
             raise DataError(f"{where}: {path} has only one of x_test/y_test; store both or neither")
-        x_te = y_te = None
-        if has_test:
+        if "x_test" in keys:
             x_te, y_te = _check_pair(arrays["x_test"], arrays["y_test"], f"{where} x_test/y_test")
     elif {"x", "y"} <= keys:
         x_tr, y_tr = _check_pair(arrays["x"], arrays["y"], f"{where} x/y")
-        x_te = y_te = None
     else:
         raise DataError(f"{where}: {path} has keys {sorted(keys)}; expected x_train, y_train, x_test, y_test "
                         "(or x, y with the test split carved by data.test_fraction)")
@@ -212,7 +210,7 @@ def load_fashion_mnist_idx(cfg: DataConfig) -> RawData:
 
 # ----------------------------------------------------------------------------- shared helpers for variable-size images
 
-def _target_hw(cfg: DataConfig) -> tuple[int, int] | None:
+def target_hw(cfg: DataConfig) -> tuple[int, int] | None:
     s = cfg.image_size
     return None if s is None else (s, s) if isinstance(s, int) else tuple(s)
 
@@ -224,7 +222,7 @@ def stack_images(images: list[np.ndarray], cfg: DataConfig, where: str) -> np.nd
     if channels == 3:
         images = [np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im for im in images]
     sizes = {im.shape[:2] for im in images}
-    target = _target_hw(cfg)
+    target = target_hw(cfg)
     if len(sizes) > 1 and target is None:
         raise DataError(f"{where}: images have {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]}); set "
                         "data.image_size so they can be resized to one size")
@@ -366,7 +364,10 @@ def load_tfds(cfg: DataConfig) -> RawData:
         ds = ds.map(lambda ex: (ex[cfg.image_key], ex[cfg.label_key]))
         shape = info.features[cfg.image_key].shape
         if shape is not None and None not in shape:  # fixed size: one big batch is much faster
-            x, y = _concat(tfds.as_numpy(ds.batch(4096)))
+            pairs = list(tfds.as_numpy(ds.batch(4096)))
+            if not pairs:
+                raise DataError("tfds: the split is empty")
+            x, y = (np.concatenate(a) for a in zip(*pairs))
         else:
             pairs = list(tfds.as_numpy(ds))
             x = stack_images([p[0] for p in pairs], cfg, f"{where} {name}[{split}]")
@@ -414,16 +415,6 @@ def _download_and_prepare(builder) -> None:
         builder.download_and_prepare()
     finally:
         tfds.display_progress_bar(True)  # tfds's default
-
-
-def _concat(batches) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = [], []
-    for x, y in batches:
-        xs.append(x)
-        ys.append(y)
-    if not xs:
-        raise DataError("tfds: the split is empty")
-    return np.concatenate(xs), np.concatenate(ys)
 
 
 LOADERS: dict[str, Callable[[DataConfig], RawData]] = {

@@ -76,9 +76,7 @@ def random_crop(x: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray
 def random_flip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Flip each image horizontally with probability 1/2."""
     mask = rng.random(x.shape[0]) < 0.5
-    out = x.copy()
-    out[mask] = x[mask, :, ::-1]
-    return out
+    return np.where(mask[:, None, None, None], x[:, :, ::-1], x)
 
 
 def default_crop_padding(image_hw: tuple[int, int]) -> int:

@@ -16,8 +16,7 @@ import pkgutil
 
 from jaxnas.methods.base import Method, SearchContext, SearchError, SearchResult
 
-__all__ = ["Method", "SearchContext", "SearchError", "SearchResult", "names", "get", "all_methods",
-           "unknown_method_message"]
+__all__ = ["Method", "SearchContext", "SearchError", "SearchResult", "names", "get", "all_methods"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -26,17 +25,13 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg))
 
 
-def unknown_method_message(name: str) -> str:
-    close = difflib.get_close_matches(str(name), names(), n=1, cutoff=0.5)
-    hint = f" — did you mean {close[0]!r}?" if close else ""
-    return (f"search.method: unknown method {name!r}{hint} (registered: {', '.join(names())}; "
-            "`jaxnas methods` lists them)")
-
-
 def get(name: str) -> Method:
     """The `METHOD` of folder `name`; `SearchError` (one line, with a suggestion) for an unknown name."""
     if name not in names():
-        raise SearchError(unknown_method_message(name))
+        close = difflib.get_close_matches(str(name), names(), n=1, cutoff=0.5)
+        hint = f" — did you mean {close[0]!r}?" if close else ""
+        raise SearchError(f"search.method: unknown method {name!r}{hint} (registered: {', '.join(names())}; "
+                          "`jaxnas methods` lists them)")
     module = importlib.import_module(f"{__name__}.{name}")
     method = getattr(module, "METHOD", None)
     if not isinstance(method, Method) or method.name != name:

@@ -29,13 +29,7 @@ if TYPE_CHECKING:  # types only: the runner passes the objects in
     from jaxnas.spec import ArchSpec
     from jaxnas.trainer import Trainer
 
-__all__ = ["Method", "SearchContext", "SearchResult", "LatencyOracle", "SearchError", "TARGET_KINDS",
-           "CommandResult", "lazy_exports"]
-
-# Target kinds a method may accept; the config names them search.target_<kind>.
-TARGET_KINDS = ("macs", "latency_ms")
-
-CommandResult = tuple[dict, str]  # (machine-readable result for --json, one human line)
+__all__ = ["Method", "SearchContext", "SearchResult", "LatencyOracle", "SearchError", "lazy_exports"]
 
 
 class SearchError(UserError, ValueError):
@@ -122,7 +116,7 @@ class Method:
 
     name: str
     summary: str
-    targets: tuple[str, ...]
+    targets: tuple[str, ...]  # target kinds it accepts, of "macs" and "latency_ms" (the config's search.target_<kind>)
     args: type | str       # the search.args Section, or "module:Class" (imported only when a search runs)
     search: Callable[[SearchContext, Any], SearchResult] | str  # or "module:function", imported when a search runs
     add_commands: Callable[[argparse._SubParsersAction], None] | None = None

@@ -32,13 +32,11 @@ _c_devptr = ctypes.c_uint64  # CUdeviceptr is unsigned long long on 64-bit hosts
 def _load_libcuda() -> ctypes.CDLL:
     names = (["nvcuda.dll"] if sys.platform == "win32"
              else ["libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda")])
-    for n in names:
-        if not n:
-            continue
+    for n in filter(None, names):
         try:
             return ctypes.CDLL(n)
         except OSError:
-            continue
+            pass
     raise BackendError("CUDA driver library (libcuda.so.1) not found: an NVIDIA GPU and driver are required")
 
 

@@ -107,16 +107,10 @@ def build_serialized_engine(onnx_model: Any, *, precision: str = "fp32", workspa
 
 
 def _network_has_half(trt, network) -> bool:
-    half = trt.DataType.HALF
-    for i in range(network.num_inputs):
-        if network.get_input(i).dtype == half:
-            return True
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        for j in range(layer.num_outputs):
-            if layer.get_output(j).dtype == half:
-                return True
-    return False
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    tensors = [network.get_input(i) for i in range(network.num_inputs)]
+    tensors += [layer.get_output(j) for layer in layers for j in range(layer.num_outputs)]
+    return any(t.dtype == trt.DataType.HALF for t in tensors)
 
 
 def build_engine(onnx_path: Any, engine_path: "str | os.PathLike[str]", precision: str = "fp32", *,

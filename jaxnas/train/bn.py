@@ -54,9 +54,8 @@ def recalibrate_bn(model: Any, variables: Mapping[str, Any], batches: Iterable[M
     reset = reset_batch_stats(variables["batch_stats"])
     v = {"params": variables["params"], "batch_stats": reset}
     acc, n = reset, 0
-    for batch in batches:
-        acc = combine_batch_stats(acc, batch_stats(v, batch["image"], choices), n, momentum)
-        n += 1
+    for n, batch in enumerate(batches, 1):
+        acc = combine_batch_stats(acc, batch_stats(v, batch["image"], choices), n - 1, momentum)
     if n == 0:
         raise ValueError("BN recalibration needs at least one batch")
     return {"params": variables["params"], "batch_stats": jax.tree.map(np.asarray, jax.device_get(acc))}

@@ -58,22 +58,6 @@ def write_error(path: Path | str, err: BaseException) -> CheckpointError:
                            f"{Path(path).parent} writable, then rerun the same command to resume")
 
 
-class _DropRecords(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
-
-
-class _DropReported(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" record for a write failure already reported."""
-
-    def __init__(self, cause: str):
-        super().__init__()
-        self.cause = cause
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not _carries(record.exc_info[1] if record.exc_info else None, self.cause)
-
-
 def _carries(exc: BaseException | None, cause: str) -> bool:
     """Whether `exc` or an exception it was raised from / while handling names `cause`."""
     seen = 0
@@ -88,9 +72,8 @@ def _thread_hook(cause: str | None, previous: Any) -> Any:
     """A `threading.excepthook` that drops a worker thread's exception carrying `cause` (None: any), and
     hands every other one to `previous`."""
     def hook(args: Any) -> None:
-        if cause is None or _carries(args.exc_value, cause):
-            return
-        previous(args)
+        if cause is not None and not _carries(args.exc_value, cause):
+            previous(args)
     return hook
 
 
@@ -109,7 +92,7 @@ def _quiet_failures() -> Iterator[None]:
     if os.environ.get("JAXNAS_VERBOSE"):
         yield
         return
-    drop = _DropRecords()
+    drop = lambda record: False  # noqa: E731 - a logging filter (any callable will do) that drops everything
     loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio", "jax")]
     for lg in loggers:
         lg.addFilter(drop)
@@ -120,7 +103,9 @@ def _quiet_failures() -> Iterator[None]:
     except Exception as e:
         gc.collect()
         cause = _write_failure(e)
-        logging.getLogger("asyncio").addFilter(_DropReported(cause))
+        # Drops asyncio's "Task exception was never retrieved" records of the failure reported here.
+        logging.getLogger("asyncio").addFilter(
+            lambda record: not _carries(record.exc_info[1] if record.exc_info else None, cause))
         after = _thread_hook(cause, previous)
         raise
     finally:  # also on KeyboardInterrupt: the drop-everything hook never outlives the block

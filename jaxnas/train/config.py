@@ -6,16 +6,11 @@ takes them as they are.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-from jaxnas.schema import Section
-
-Positive = Annotated[float, Field(gt=0)]
-NonNegative = Annotated[float, Field(ge=0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-Fraction = Annotated[float, Field(ge=0, lt=1)]
+from jaxnas.schema import Fraction, Section
 
 
 class OptimConfig(Section):
@@ -24,24 +19,21 @@ class OptimConfig(Section):
     section = "optim"
 
     name: Literal["sgd", "adamw"] = "sgd"
-    learning_rate: NonNegative = 0.1
+    learning_rate: NonNegativeFloat = 0.1
     momentum: Fraction = 0.9
     nesterov: bool = True
-    weight_decay: NonNegative = 4e-5
+    weight_decay: NonNegativeFloat = 4e-5
     decay_bn_and_bias: bool = False  # False: decay only ndim>1 'kernel' params
     b1: Fraction = 0.9
     b2: Fraction = 0.999
-    grad_clip: Positive | None = None  # global-norm clip
+    grad_clip: PositiveFloat | None = None  # global-norm clip
 
     @model_validator(mode="after")
     def _no_ignored_keys(self) -> "OptimConfig":
-        errs = (self.ignored(("b1", "b2"), "sgd has no Adam moments", "remove it or set name: adamw")
-                if self.name == "sgd" else
-                self.ignored(("momentum", "nesterov"), "adamw has no SGD momentum (its moments are b1, b2)",
-                             "remove it or set name: sgd"))
-        if errs:
-            raise ValueError("\n".join(errs))
-        return self
+        return self.checked(self.ignored(("b1", "b2"), "sgd has no Adam moments", "remove it or set name: adamw")
+                            if self.name == "sgd" else
+                            self.ignored(("momentum", "nesterov"), "adamw has no SGD momentum (its moments are b1, b2)",
+                                         "remove it or set name: sgd"))
 
 
 class ScheduleConfig(Section):
@@ -50,9 +42,9 @@ class ScheduleConfig(Section):
     section = "schedule"
 
     name: Literal["cosine", "constant", "linear"] = "cosine"
-    warmup_epochs: NonNegative = 0.0
-    warmup_start: NonNegative = 0.0  # warm-up starts at this fraction of the peak lr
-    end_value: NonNegative = 0.0  # final lr as a fraction of the peak lr
+    warmup_epochs: NonNegativeFloat = 0.0
+    warmup_start: NonNegativeFloat = 0.0  # warm-up starts at this fraction of the peak lr
+    end_value: NonNegativeFloat = 0.0  # final lr as a fraction of the peak lr
 
     @model_validator(mode="after")
     def _no_ignored_keys(self) -> "ScheduleConfig":
@@ -62,9 +54,7 @@ class ScheduleConfig(Section):
         if self.name == "constant":
             errs += self.ignored(("end_value",), "a constant schedule does not decay",
                                  "remove it or set name: cosine or linear")
-        if errs:
-            raise ValueError("\n".join(errs))
-        return self
+        return self.checked(errs)
 
 
 class DistillConfig(Section):
@@ -73,8 +63,8 @@ class DistillConfig(Section):
     section = "train.distill"
 
     teacher: str | None = None
-    weight: NonNegative = 0.0  # loss = (1 - w) CE + w T^2 KL(teacher || student)
-    temperature: Positive = 1.0
+    weight: NonNegativeFloat = 0.0  # loss = (1 - w) CE + w T^2 KL(teacher || student)
+    temperature: PositiveFloat = 1.0
 
     @model_validator(mode="after")
     def _teacher_for_weight(self) -> "DistillConfig":
@@ -86,9 +76,7 @@ class DistillConfig(Section):
         elif self.weight == 0:
             errs = [f"teacher: is set but weight is 0, so the teacher would be ignored; set weight > 0 "
                     "(e.g. 0.5) or remove teacher"]
-        if errs:
-            raise ValueError("\n".join(errs))
-        return self
+        return self.checked(errs)
 
 
 class TrainConfig(Section):
@@ -96,13 +84,13 @@ class TrainConfig(Section):
 
     section = "train"
 
-    epochs: Positive = 10.0
+    epochs: PositiveFloat = 10.0
     seed: int = 0
     label_smoothing: Fraction = 0.0
     log_every: PositiveInt = 50  # steps
     checkpoint_every: PositiveInt = 500  # steps
     keep_checkpoints: PositiveInt = 2
-    eval_every_epochs: NonNegative = 1.0  # 0 disables periodic and final evaluation
+    eval_every_epochs: NonNegativeFloat = 1.0  # 0 disables periodic and final evaluation
     distill: DistillConfig = DistillConfig()
     progress: bool = True
     max_steps: PositiveInt | None = None  # stop early; the schedule still spans `epochs`

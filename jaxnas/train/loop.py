@@ -28,6 +28,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxnas.data.errors import DataError
+from jaxnas.data.sharding import pad_batch
 from jaxnas.train.checkpoint import CHECKPOINT_DIR, CheckpointStore, checkpoint_error, save_final
 from jaxnas.train.config import OptimConfig, ScheduleConfig, TrainConfig
 from jaxnas.train.metrics import MetricsWriter
@@ -100,13 +101,15 @@ def _prefetch(batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, size: int
         queue.append(shard_batch({"image": batch["image"], "label": batch["label"]}, mesh))
         if len(queue) >= size:
             yield queue.popleft()
-    while queue:
-        yield queue.popleft()
+    yield from queue
 
 
-def _batch_too_big(dataset: Dataset, batch_size: int) -> DataError:
-    return DataError(f"batch size {batch_size} exceeds the {dataset.num_examples('train')} examples of the train "
-                     "split; lower data.batch_size (or the method's batch size)")
+def _steps_per_epoch(dataset: Dataset, batch_size: int) -> int:
+    steps = int(dataset.steps_per_epoch("train", batch_size))
+    if steps < 1:
+        raise DataError(f"batch size {batch_size} exceeds the {dataset.num_examples('train')} examples of the "
+                        "train split; lower data.batch_size (or the method's batch size)")
+    return steps
 
 
 def balanced_batch_size(n: int, batch_size: int, multiple: int = 1) -> int:
@@ -125,25 +128,16 @@ def eval_batch_size_for(dataset: Dataset, split: str, batch_size: int, devices: 
     return balanced_batch_size(int(dataset.num_examples(split)), batch_size, devices)
 
 
-def _padded(batch: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-    """The batch padded to `batch_size` rows, with a 'mask' that is False on the padding."""
-    image, label = np.asarray(batch["image"]), np.asarray(batch["label"])
-    n = len(label)
-    if n > batch_size:
-        raise ValueError(f"dataset returned a batch of {n} > batch_size {batch_size}")
-    mask = np.arange(batch_size) < n
-    if n < batch_size:
-        image = np.concatenate([image, np.zeros((batch_size - n, *image.shape[1:]), image.dtype)])
-        label = np.concatenate([label, np.zeros((batch_size - n,), label.dtype)])
-    return {"image": image, "label": label, "mask": mask}
-
-
 def _run_eval(eval_step: Callable[..., Metrics], variables: Any, dataset: Dataset, split: str, batch_size: int,
               choices: Any, mesh: Mesh, seed: int) -> dict[str, float]:
     batch_size = eval_batch_size_for(dataset, split, batch_size, mesh.devices.size)
     sums = None
     for batch in dataset.batches(split, batch_size, seed=seed, drop_remainder=False):
-        out = eval_step(variables, shard_batch(_padded(batch, batch_size), mesh), choices)
+        padded, n = pad_batch({"image": batch["image"], "label": batch["label"]}, batch_size)
+        if n > batch_size:
+            raise ValueError(f"dataset returned a batch of {n} > batch_size {batch_size}")
+        padded["mask"] = np.arange(batch_size) < n  # False on the padding rows
+        out = eval_step(variables, shard_batch(padded, mesh), choices)
         sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
     if sums is None:
         return {"loss": float("nan"), "accuracy": float("nan"), "count": 0}
@@ -202,9 +196,7 @@ def run_loop(
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    steps_per_epoch = int(dataset.steps_per_epoch("train", batch_size))
-    if steps_per_epoch < 1:
-        raise _batch_too_big(dataset, batch_size)
+    steps_per_epoch = _steps_per_epoch(dataset, batch_size)
     stop = total_steps if stop_step is None else min(total_steps, stop_step)
     mesh = mesh if mesh is not None else make_mesh()
     meta_now = {"batch_size": batch_size, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
@@ -279,10 +271,9 @@ def run_loop(
             wanted = min(steps_per_epoch - skip, stop - step)
             batches = _train_batches(dataset, batch_size, seed=seed, epoch=epoch, skip=skip, augment=augment)
             consumed = 0
-            for batch in _prefetch(itertools.islice(batches, wanted), mesh):
+            for consumed, batch in enumerate(_prefetch(itertools.islice(batches, wanted), mesh), 1):
                 state, metrics = update_fn(state, batch, step)
                 step += 1
-                consumed += 1
                 pending.append(metrics)
                 bar.update(step)
                 train_row = eval_row = None
@@ -377,9 +368,7 @@ def fit(
     train = train if train is not None else TrainConfig()
     workdir = Path(workdir)
     eval_batch_size = eval_batch_size or batch_size
-    steps_per_epoch = int(dataset.steps_per_epoch("train", batch_size))
-    if steps_per_epoch < 1:
-        raise _batch_too_big(dataset, batch_size)
+    steps_per_epoch = _steps_per_epoch(dataset, batch_size)
     total_steps = max(1, int(round(train.epochs * steps_per_epoch)))
     eval_every = max(1, int(round(train.eval_every_epochs * steps_per_epoch))) if train.eval_every_epochs else 0
 

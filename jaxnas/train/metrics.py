@@ -8,14 +8,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+from jaxnas.io_utils import json_safe
+
 CSV_FIELDS = ("step", "epoch", "split", "loss", "accuracy", "lr", "images_per_sec", "elapsed_s")
 JSONL_NAME, CSV_NAME = "metrics.jsonl", "metrics.csv"
 
 
 def _json_line(row: dict[str, Any]) -> str:
     """Strict JSON (a diverged loss, NaN, is written as null: JSON has no NaN and strict readers refuse it)."""
-    from jaxnas.io_utils import json_safe
-
     return json.dumps(json_safe(row), allow_nan=False)
 
 
@@ -40,19 +40,17 @@ class MetricsWriter:
         self.jsonl_path = self.workdir / JSONL_NAME
         self.csv_path = self.workdir / CSV_NAME
         self._rows = [r for r in read_metrics(self.workdir) if int(r.get("step", 0)) <= resume_step]
-        self._rewrite()
-        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
-        self._csv_file = open(self.csv_path, "a", encoding="utf-8", newline="")
+        # Line-buffered: every row is on disk as soon as it is written (a crash loses no logged row).
+        self._jsonl = open(self.jsonl_path, "w", encoding="utf-8", buffering=1)
+        self._csv_file = open(self.csv_path, "w", encoding="utf-8", newline="", buffering=1)
         self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        self._csv.writeheader()
+        for row in self._rows:  # the kept rows of earlier sessions, rewritten
+            self._append(row)
 
-    def _rewrite(self) -> None:
-        with open(self.jsonl_path, "w", encoding="utf-8") as f:
-            for row in self._rows:
-                f.write(_json_line(row) + "\n")
-        with open(self.csv_path, "w", encoding="utf-8", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self._rows)
+    def _append(self, row: dict[str, Any]) -> None:
+        self._jsonl.write(_json_line(row) + "\n")
+        self._csv.writerow(row)
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -62,10 +60,7 @@ class MetricsWriter:
     def write(self, row: dict[str, Any]) -> dict[str, Any]:
         row = {k: _plain(v) for k, v in row.items()}
         self._rows.append(row)
-        self._jsonl.write(_json_line(row) + "\n")
-        self._jsonl.flush()
-        self._csv.writerow(row)
-        self._csv_file.flush()
+        self._append(row)
         return row
 
     def close(self) -> None:

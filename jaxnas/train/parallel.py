@@ -7,30 +7,18 @@ of the global batch, exactly as on one device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxnas.data.errors import DataError
-
-DATA_AXIS = "data"
-
-
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh over `devices` (default: all of `jax.devices()`)."""
-    return Mesh(np.asarray(list(devices if devices is not None else jax.devices())), (DATA_AXIS,))
+from jaxnas.data.sharding import data_sharding, make_data_mesh as make_mesh
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
-
-
-def data_sharded(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(DATA_AXIS))
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
@@ -51,4 +39,4 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Splits every array of `batch` along its leading (batch) axis over the mesh."""
-    return jax.device_put(batch, data_sharded(mesh))
+    return jax.device_put(batch, data_sharding(mesh))

@@ -19,7 +19,7 @@ class Progress:
     """Tracks steps `initial..total`; the ETA rate excludes the session's first step (compilation)."""
 
     def __init__(self, total: int, initial: int = 0, *, enabled: bool = True, desc: str = "train"):
-        self.total, self.initial = total, initial
+        self.total = total
         self._t_first: float | None = None  # wall time when the first step of this session finished
         self._n_first = initial
         self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False,

@@ -8,6 +8,8 @@ jaxnas net back to PyTorch).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from typing import Any, Mapping
 
 import numpy as np
@@ -156,13 +158,6 @@ def to_state_dict(spec: ArchSpec, variables: Mapping[str, Any], model: str,
                   width: float | None = None) -> dict[str, np.ndarray]:
     """The `model` (torchvision / timm name) state dict of a zoo net's variables (inverse of the import)."""
     src, _ = resolve_model(model, width)
-    out: dict[str, np.ndarray] = {}
-    for e in tensor_map(spec, src):
-        if e.path is None:
-            out[e.key] = np.zeros((), np.int64)
-            continue
-        node: Any = variables
-        for p in e.path:
-            node = node[p]
-        out[e.key] = to_torch(np.asarray(node), e.kind)
-    return out
+    return {e.key: np.zeros((), np.int64) if e.path is None  # num_batches_tracked
+            else to_torch(np.asarray(functools.reduce(operator.getitem, e.path, variables)), e.kind)
+            for e in tensor_map(spec, src)}

@@ -48,12 +48,9 @@ SOURCE_MODELS: dict[str, SourceModel] = {
        for k, w in TIMM_MBV2_WIDTHS.items()},
 }
 
-NOT_SUPPORTED = {
-    "mobilenetv2_110d": "timm's 110d/120d change the depth and fix the stem/head widths, which the zoo's "
-                        "mobilenet_v2 does not express",
-    "mobilenetv2_120d": "timm's 110d/120d change the depth and fix the stem/head widths, which the zoo's "
-                        "mobilenet_v2 does not express",
-}
+NOT_SUPPORTED = dict.fromkeys(("mobilenetv2_110d", "mobilenetv2_120d"),
+                              "timm's 110d/120d change the depth and fix the stem/head widths, which the zoo's "
+                              "mobilenet_v2 does not express")
 
 
 def resolve_model(name: str, width: float | None = None) -> tuple[SourceModel, float]:

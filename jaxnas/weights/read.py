@@ -91,11 +91,9 @@ def _read_torch(path: Path) -> tuple[Any, str]:
     try:
         import torch
     except ImportError:
-        torch = None
-    if torch is None:
         if not zipfile.is_zipfile(path):
             raise WeightsError(f"{path} is in torch's legacy (pre-1.6) format, which needs torch to read: "
-                               "pip install torch, or re-save it as .safetensors")
+                               "pip install torch, or re-save it as .safetensors") from None
         return read_torch_zip(path), "zip (numpy)"
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -132,12 +130,10 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
         what = type(obj).__name__ if not isinstance(obj, dict) else (
             "an empty dict" if not obj else f"a dict with non-tensor entries ({', '.join(map(str, list(obj)[:4]))})")
         raise WeightsError(f"{path} holds {what}, not a state dict of tensors; save model.state_dict()")
-    names = list(obj)
     for prefix in ("module.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in names):
+        if all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}
             notes.append(f"stripped prefix {prefix!r}")
-            names = list(obj)
     return {str(k): np.asarray(v) for k, v in obj.items()}, notes
 
 
@@ -157,12 +153,6 @@ _STORAGE_DTYPES = {
     "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
     "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class _Storage:
-    dtype: Any
-    key: str
 
 
 def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *_unused) -> np.ndarray:

@@ -61,13 +61,11 @@ def check_out(out: str | Path) -> None:
     if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not _is_import_dir(out):
         raise WeightsError(f"--out {out} already holds files that are not an earlier import; "
                            "give a new or empty directory")
-    for parent in out.absolute().parents:  # the work dir is assembled beside it, in its parent
-        if parent.exists():
-            if not parent.is_dir():
-                raise WeightsError(f"--out {out}: {parent} is a file, not a directory; choose another --out")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise WeightsError(f"--out {out}: cannot write in {parent}; choose a writable --out")
-            break
+    parent = next(p for p in out.absolute().parents if p.exists())  # the work dir is assembled beside it
+    if not parent.is_dir():
+        raise WeightsError(f"--out {out}: {parent} is a file, not a directory; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise WeightsError(f"--out {out}: cannot write in {parent}; choose a writable --out")
 
 
 def check_replace(out: Path, cfg: Any, summary: dict[str, Any]) -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
@@ -20,7 +19,6 @@ from ..timing import (DEFAULT_PROTOCOL, Comparison, TimingProtocol, compare_adap
 __all__ = [
     "BackendError",
     "LatencyBackend",
-    "ModelLike",
     "collect_samples",
     "measure_paired",
     "resolve_shape",
@@ -32,6 +30,7 @@ __all__ = [
     "LEGACY_WARMUP",
     "LEGACY_RUNS",
     "TimerBase",
+    "PreparedBackend",
     "supports_protocol",
     "timed",
     "measure_with",
@@ -45,8 +44,6 @@ DEFAULT_MAX_RUNS = 100_000
 # The fixed timing of backends that only offer measure(warmup, runs) (the defaults before the protocol).
 LEGACY_WARMUP = 20
 LEGACY_RUNS = 100
-
-ModelLike = Union[str, "os.PathLike[str]", bytes, Callable[..., Any]]
 
 
 @runtime_checkable
@@ -133,6 +130,7 @@ class TimerBase:
     self_timed: bool = False
     cpu_clock: Optional[Callable[[], int]] = None
     exclusive: bool = False
+    what: str = "the model"  # how warnings name the model
 
     def session(self) -> Callable[[], Any]:  # pragma: no cover - every backend overrides it
         raise NotImplementedError
@@ -145,6 +143,22 @@ class TimerBase:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PreparedBackend:
+    """``measure`` of the built-in backends: ``self.prepare(model, ...)`` (a :class:`TimerBase`), then
+    :func:`timed`."""
+
+    prepare: Callable[..., TimerBase]
+
+    def measure(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
+                warmup: Optional[int] = None, runs: Optional[int] = None,
+                batch_size: Optional[int] = None, min_time_s: float = 0.0,
+                protocol: Optional[TimingProtocol] = None) -> TimingStats:
+        """Latency of one run on a fixed random input (ms per batch): by the adaptive protocol (a fresh session
+        every round, where the runtime has sessions), or the fixed loop in one session when ``runs`` is given."""
+        with self.prepare(model, input_shape, batch_size=batch_size) as t:
+            return timed(t, warmup=warmup, runs=runs, min_time_s=min_time_s, protocol=protocol, what=t.what)
 
 
 def supports_protocol(backend: Any) -> bool:

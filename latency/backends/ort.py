@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from ..fingerprint import Fingerprint, cpu_model_name
-from ..stats import TimingStats
-from ..timing import TimingProtocol
-from .base import BackendError, TimerBase, random_input, read_model_bytes, resolve_shape, timed
+from .base import BackendError, PreparedBackend, TimerBase, random_input, read_model_bytes, resolve_shape
 
 __all__ = ["OnnxRuntimeBackend"]
 
@@ -57,7 +56,7 @@ def _probe_model_bytes() -> Optional[bytes]:
     return m.SerializeToString()
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(PreparedBackend):
     """Times ONNX models with onnxruntime.
 
     Session setup for reproducible single-stream latency: ``intra_op_num_threads
@@ -102,8 +101,6 @@ class OnnxRuntimeBackend:
         ort = _import_ort()
         data, desc = read_model_bytes(model, kind="ONNX model")
         providers = [p if isinstance(p, str) else (p[0], dict(p[1])) for p in self.providers]
-        import warnings
-
         with warnings.catch_warnings():
             # ORT warns "Specified provider ... is not in available provider names"; we raise instead.
             warnings.simplefilter("ignore", UserWarning)
@@ -146,10 +143,7 @@ class OnnxRuntimeBackend:
         ort = _import_ort()
         active = self.active_providers()
         main = active[0] if active else "CPUExecutionProvider"
-        if main in _GPU_PROVIDERS:
-            device = _gpu_name(self._device_id())
-        else:
-            device = cpu_model_name()
+        device = _gpu_name(self._device_id()) if main in _GPU_PROVIDERS else cpu_model_name()
         return Fingerprint(backend=self.name, runtime=f"onnxruntime {ort.__version__}",
                            device=device, provider=main,
                            threads=self.threads if main in _CPU_PROVIDERS else None,
@@ -180,15 +174,6 @@ class OnnxRuntimeBackend:
         on_cpu = self.active_providers()[0] in _CPU_PROVIDERS
         return _OrtTimer(self, data, sess, feeds, out_names, exclusive=on_cpu and self.threads == 1, what=desc)
 
-    def measure(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
-                warmup: Optional[int] = None, runs: Optional[int] = None,
-                batch_size: Optional[int] = None, min_time_s: float = 0.0,
-                protocol: Optional[TimingProtocol] = None) -> TimingStats:
-        """Latency of one ``session.run`` on a fixed random input (ms per batch): by the adaptive protocol
-        (a fresh session every round), or the fixed loop in one session when ``runs`` is given."""
-        with self.prepare(model, input_shape, batch_size=batch_size) as t:
-            return timed(t, warmup=warmup, runs=runs, min_time_s=min_time_s, protocol=protocol, what=t.what)
-
     # -------------------------------------------------------------- helpers
     def _device_id(self) -> int:
         for p in self.providers:
@@ -202,8 +187,6 @@ class OnnxRuntimeBackend:
 
 class _OrtTimer(TimerBase):
     """Fresh ``InferenceSession``s of one model (sessions of one net can settle in different speed modes)."""
-
-    self_timed = False
 
     def __init__(self, backend: OnnxRuntimeBackend, data: bytes, first, feeds, out_names, *, exclusive: bool,
                  what: str):

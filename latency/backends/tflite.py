@@ -6,9 +6,7 @@ import time
 from typing import Any, Optional, Sequence
 
 from ..fingerprint import Fingerprint, cpu_model_name
-from ..stats import TimingStats
-from ..timing import TimingProtocol
-from .base import BackendError, TimerBase, random_input, read_model_bytes, resolve_shape, timed
+from .base import BackendError, PreparedBackend, TimerBase, random_input, read_model_bytes, resolve_shape
 
 __all__ = ["TFLiteBackend"]
 
@@ -39,7 +37,7 @@ def _import_interpreter():
     raise BackendError("no TFLite runtime is installed: pip install ai-edge-litert")
 
 
-class TFLiteBackend:
+class TFLiteBackend(PreparedBackend):
     """Times ``.tflite`` models with the LiteRT interpreter.
 
     ``use_xnnpack=True`` uses the default op resolver, which applies the
@@ -119,22 +117,11 @@ class TFLiteBackend:
         interp, x = self._ready(model, input_shape, batch_size)
         return _TFLiteTimer(self, model, input_shape, batch_size, interp, x, what=desc)
 
-    def measure(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
-                warmup: Optional[int] = None, runs: Optional[int] = None,
-                batch_size: Optional[int] = None, min_time_s: float = 0.0,
-                protocol: Optional[TimingProtocol] = None) -> TimingStats:
-        """Latency of one ``invoke`` (ms per batch): by the adaptive protocol (a fresh interpreter every
-        round), or the fixed loop in one interpreter when ``runs`` is given."""
-        with self.prepare(model, input_shape, batch_size=batch_size) as t:
-            return timed(t, warmup=warmup, runs=runs, min_time_s=min_time_s, protocol=protocol, what=t.what)
-
     def __repr__(self) -> str:
         return f"TFLiteBackend(threads={self.threads}, use_xnnpack={self.use_xnnpack})"
 
 
 class _TFLiteTimer(TimerBase):
-    self_timed = False
-
     def __init__(self, backend: TFLiteBackend, model: Any, input_shape, batch_size, first, x, *, what: str):
         self.backend, self.model, self.input_shape, self.batch_size, self.x = backend, model, input_shape, batch_size, x
         self._first = first

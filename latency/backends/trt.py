@@ -29,9 +29,8 @@ from jaxnas.runtime.tensorrt import (TENSORRT_MISSING, build_engine, build_seria
                                      import_tensorrt, trt_logger)
 
 from ..fingerprint import Fingerprint
-from ..stats import TimingStats
-from ..timing import TimingProtocol
-from .base import BackendError, TimerBase, check_thread_count, random_input, read_model_bytes, resolve_shape, timed
+from .base import (BackendError, PreparedBackend, TimerBase, check_thread_count, random_input, read_model_bytes,
+                   resolve_shape)
 
 __all__ = ["TensorRTBackend", "build_engine", "build_serialized_engine", "TENSORRT_MISSING",
            "ENGINE_SUFFIXES"]
@@ -44,7 +43,7 @@ def _is_engine_file(model: Any) -> bool:
     return isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith(ENGINE_SUFFIXES)
 
 
-class TensorRTBackend:
+class TensorRTBackend(PreparedBackend):
     """Times ONNX models (built into an engine on the fly) or prebuilt ``.engine``/``.plan`` files."""
 
     name = "tensorrt"
@@ -92,20 +91,13 @@ class TensorRTBackend:
         if not _is_engine_file(model):  # surface a bad path before touching the GPU
             read_model_bytes(model, kind="ONNX model")
         t = _TrtTimer(CudaDriver(self.device))  # primary context made current before TensorRT touches CUDA
+        t.what = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the engine"
         try:
             t.open(self, model, input_shape, batch_size)
         except BaseException:
             t.close()
             raise
         return t
-
-    def measure(self, model: Any, input_shape: Optional[Sequence[int]] = None, *,
-                warmup: Optional[int] = None, runs: Optional[int] = None,
-                batch_size: Optional[int] = None, min_time_s: float = 0.0,
-                protocol: Optional[TimingProtocol] = None) -> TimingStats:
-        with self.prepare(model, input_shape, batch_size=batch_size) as t:
-            what = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the engine"
-            return timed(t, warmup=warmup, runs=runs, min_time_s=min_time_s, protocol=protocol, what=what)
 
     def __repr__(self) -> str:
         return (f"TensorRTBackend(precision={self.precision!r}, workspace_mb={self.workspace_mb}, "
@@ -114,9 +106,6 @@ class TensorRTBackend:
 
 class _TrtTimer(TimerBase):
     """One execution context on its own stream; runs timed by CUDA events (``self_timed``) or wall clock."""
-
-    exclusive = False
-    cpu_clock = None
 
     def __init__(self, drv):
         self.drv = drv

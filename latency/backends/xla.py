@@ -7,16 +7,14 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..fingerprint import Fingerprint, cpu_model_name
-from ..stats import TimingStats
-from ..timing import TimingProtocol
-from .base import BackendError, TimerBase, check_thread_count, random_input, resolve_shape, timed
+from .base import BackendError, PreparedBackend, TimerBase, check_thread_count, random_input, resolve_shape
 
 __all__ = ["XlaBackend"]
 
 _PRECISION_DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": "bfloat16"}
 
 
-class XlaBackend:
+class XlaBackend(PreparedBackend):
     """Times ``fn(x)`` under ``jax.jit`` on ``device`` (default: JAX's default device).
 
     ``device`` may be a ``jax.Device``, a platform name ('cpu', 'gpu', 'tpu')
@@ -93,14 +91,7 @@ class XlaBackend:
             jax.block_until_ready(jitted(x))  # compile + first run: never timed
         except Exception as e:
             raise BackendError(f"the callable failed under jax.jit on input {shape}: {e}") from e
-        return _XlaTimer(lambda: jax.block_until_ready(jitted(x)), on_cpu=str(dev.platform) == "cpu")
-
-    def measure(self, model: Callable[[Any], Any], input_shape: Optional[Sequence[int]] = None, *,
-                warmup: Optional[int] = None, runs: Optional[int] = None,
-                batch_size: Optional[int] = None, min_time_s: float = 0.0,
-                protocol: Optional[TimingProtocol] = None) -> TimingStats:
-        with self.prepare(model, input_shape, batch_size=batch_size) as t:
-            return timed(t, warmup=warmup, runs=runs, min_time_s=min_time_s, protocol=protocol,
+        return _XlaTimer(lambda: jax.block_until_ready(jitted(x)), on_cpu=str(dev.platform) == "cpu",
                          what=getattr(model, "__name__", "the callable"))
 
     def __repr__(self) -> str:
@@ -108,11 +99,9 @@ class XlaBackend:
 
 
 class _XlaTimer(TimerBase):
-    self_timed = False
-    exclusive = False
-
-    def __init__(self, run: Callable[[], Any], *, on_cpu: bool):
+    def __init__(self, run: Callable[[], Any], *, on_cpu: bool, what: str):
         self._run = run
+        self.what = what
         self.cpu_clock = time.process_time_ns if on_cpu else None
 
     def session(self):

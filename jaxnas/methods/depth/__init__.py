@@ -8,13 +8,7 @@ networks, merging, importance, time tables, the search `run_search`), so `import
 (the registry, `jaxnas --help`) stays light.
 """
 from jaxnas.methods.base import Method, lazy_exports
-
-
-def add_commands(sub):
-    from jaxnas.methods.depth.commands import add_commands as add
-
-    add(sub)
-
+from jaxnas.methods.depth.commands import add_commands  # light: the numerics load when a command runs
 
 
 METHOD = Method(
@@ -41,7 +35,7 @@ _LAZY = {  # module -> names loaded from it on first access
     "mergeable": ("Body", "PatternError", "body_of", "fix_act", "freeze_tx", "merge_boundaries",
                   "merge_segments", "mergeable_spec", "pattern_of", "reinit_conv", "skip_bumps",
                   "transfer_variables"),
-    "merge": ("forward", "merge_network", "max_abs_diff"),
+    "merge": ("forward", "merge_network"),
     "importance": ("GatedNet", "ImportanceConfig", "collect_importance", "ext_segments_of", "measure_importance",
                    "optimal_importance", "segment_acts"),
     "pipeline": ("measure_time_table", "run_search"),

@@ -45,21 +45,6 @@ class DepthArgs(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "DepthArgs":
-        errs = []
-        if not self.time_fraction > 0:
-            errs.append(f"time_fraction: must be > 0, got {self.time_fraction}")
-        if self.prec is not None and not self.prec > 0:
-            errs.append(f"prec: must be > 0, got {self.prec}")
-        if self.importance_steps < 0:
-            errs.append(f"importance_steps: must be >= 0, got {self.importance_steps}")
-        if self.finetune_epochs < 0:
-            errs.append(f"finetune_epochs: must be >= 0, got {self.finetune_epochs}")
-        if not 0 <= self.distill < 1:
-            errs.append(f"distill: must be in [0, 1), got {self.distill}")
-        for k in ("importance_batch_size", "importance_eval_examples"):
-            v = getattr(self, k)
-            if v is not None and v < 1:
-                errs.append(f"{k}: must be >= 1 or null, got {v}")
-        if errs:
-            raise ValueError("\n".join(errs))
-        return self
+        return self.checked(self.out_of_range({
+            "time_fraction prec": "> 0", "importance_steps finetune_epochs": ">= 0", "distill": "in [0, 1)",
+            "importance_batch_size importance_eval_examples": ">= 1 or null"}))

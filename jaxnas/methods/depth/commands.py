@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from jaxnas.schema import argument_type
 
 __all__ = ["add_commands", "t_opt_cli", "solve_cli"]
 
@@ -47,14 +48,8 @@ def solve_cli(opt_csv: str | Path, imp_csv: str | Path, time_limit: float, prec:
             "prec": res.prec, "solve_seconds": res.solve_seconds, "merge_check": res.merge_check}
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return v
+_positive_float = argument_type(float, (lambda v: math.isfinite(v) and v > 0,
+                                        "must be a finite number > 0, got {text}"))
 
 
 def _cmd_topt(args: argparse.Namespace) -> tuple[dict, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time as _time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
@@ -83,21 +83,9 @@ def extended_segments(segments: Iterable[Segment], block_ends: Iterable[int], *,
     blk = set(block_ends)
     out: list[ExtSegment] = []
     for st, end in segments:
-        if not zero_acts:
-            st_acts, end_acts = [1], [1]
-        elif exclude_zeros:
-            if st == 0:
-                st_acts, end_acts = [1], [1]
-            elif st in blk:
-                st_acts, end_acts = [1, 0], [1]
-            elif end in blk:
-                st_acts, end_acts = [1], [1, 0]
-            else:
-                st_acts, end_acts = [1], [1]
-        else:
-            st_acts = [1, 0] if st in blk else [1]
-            end_acts = [1, 0] if end in blk else [1]
-        out.extend((st, end, a, b) for a in st_acts for b in end_acts)
+        st_zero = zero_acts and st in blk and not (exclude_zeros and st == 0)
+        end_zero = zero_acts and end in blk and not (exclude_zeros and (st == 0 or st in blk))
+        out.extend((st, end, a, b) for a in ((1, 0) if st_zero else (1,)) for b in ((1, 0) if end_zero else (1,)))
     return out
 
 
@@ -199,9 +187,7 @@ class SolveResult:
     merge_check: bool | None = None
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("act_pos", "merge_pos", "imp_sum", "int_time_sum",
-                                              "flt_time_sum", "solve_seconds", "time_limit", "prec",
-                                              "budget", "nodes", "merge_check")}
+        return asdict(self)
 
 
 def _round7(x: np.ndarray) -> np.ndarray:
@@ -408,8 +394,6 @@ def optimal_merge_pattern(time_table: TimeTable, act_pos: Iterable[int], L: int)
     while m > 0:
         merge.add(m)
         m = arg[m]
-    stdev, st = 0.0, 0
-    for pos in sorted(merge):
-        stdev += time_table.entries[(st, pos)].stdev
-        st = pos
-    return MergePattern(sorted(merge), dp[L], stdev)
+    S = sorted(merge)
+    stdev = sum(time_table.entries[seg].stdev for seg in zip([0, *S], S))
+    return MergePattern(S, dp[L], stdev)

@@ -34,7 +34,7 @@ from jaxnas.methods.depth.dp import extended_importance, extended_segments, norm
 from jaxnas.methods.depth.mergeable import (META_ACT, Body, _is_body_block, body_of, fix_act, freeze_tx,
                                             mergeable_spec, reinit_conv, transfer_variables)
 from jaxnas.methods.depth.segments import valid_segments
-from jaxnas.methods.depth.tables import (IMP_SCORE_COLUMNS, ExtImportanceTable, ImportanceTable,
+from jaxnas.methods.depth.tables import (IMP_SCORE_COLUMNS, ExtImportanceTable, ImportanceTable, TableError,
                                          write_importance_table)
 from jaxnas.models import BlockModule, ConvLayer, HeadModule
 from jaxnas.spec import ArchSpec, Block
@@ -186,8 +186,7 @@ def _key(seg: ExtSegment) -> str:
 def _take_batches(dataset, split: str, batch_size: int, n: int, seed: int, limit: int | None = None,
                   drop_remainder: bool = True) -> list[dict[str, np.ndarray]]:
     out, count = [], 0
-    kw = dict(seed=seed, epoch=0, drop_remainder=drop_remainder)
-    for batch in dataset.batches(split, batch_size, **kw):
+    for batch in dataset.batches(split, batch_size, seed=seed, epoch=0, drop_remainder=drop_remainder):
         img, lab = np.asarray(batch["image"]), np.asarray(batch["label"])
         if limit is not None and count + len(lab) > limit:
             img, lab = img[:limit - count], lab[:limit - count]
@@ -241,12 +240,6 @@ class _Compiled:
         return {"loss": float(sums["loss_sum"]) / n, "acc": 100.0 * float(sums["correct"]) / n, "count": n}
 
 
-def _settings(cfg: ImportanceConfig, spec: ArchSpec, n_ext: int) -> dict[str, Any]:
-    d = dataclasses.asdict(cfg)
-    d.update(spec=spec.name, input_size=list(spec.input_size), segments=n_ext)
-    return d
-
-
 # ------------------------------------------------------------------------------------ measurement
 
 def measure_importance(spec: ArchSpec, variables: Mapping[str, Any], dataset: Any, out_dir: str | Path,
@@ -267,7 +260,8 @@ def measure_importance(spec: ArchSpec, variables: Mapping[str, Any], dataset: An
     base = spec if META_ACT in spec.metadata else mergeable_spec(spec)
     body = body_of(base)
     ext = list(segments) if segments is not None else ext_segments_of(body, cfg.exclude_zeros, cfg.zero_acts)
-    settings = _settings(cfg, base, len(ext))
+    settings = {**dataclasses.asdict(cfg), "spec": base.name, "input_size": list(base.input_size),
+                "segments": len(ext)}
     sfile = out_dir / SETTINGS_FILE
     if sfile.exists():
         old = json.loads(sfile.read_text())
@@ -368,7 +362,6 @@ def collect_importance(out_dir: str | Path, ext: Sequence[ExtSegment]) -> Import
     scores = {}
     missing = [s for s in ext if not (out_dir / _key(s)).exists()]
     if missing:
-        from jaxnas.methods.depth.tables import TableError
         raise TableError(f"{out_dir}: {len(missing)} of {len(ext)} segments have no importance result "
                          f"(first: {missing[0]})")
     for s in ext:

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxnas.methods.depth.mergeable import (META_ACT, META_ACTS, META_MERGE, Body, PatternError, body_of,
+from jaxnas.methods.depth.mergeable import (META_ACT, META_ACTS, META_MERGE, Body, PatternError, _np_tree, body_of,
                                             fused_residuals, merge_segments, pattern_of)
 from jaxnas.spec import ArchSpec, Block, Conv
 
@@ -75,31 +75,17 @@ def compose(a: Kernel | None, b: Kernel) -> Kernel:
         raise PatternError("a strided conv can only be merged with following 1x1 convs")
     ka, kb = a.k, b.k
     k = ka + kb - 1
-    if a.dw and b.dw:
-        m = np.zeros((k, k, a.w.shape[-1]))
-        for s in range(kb):
-            for t in range(kb):
+    # depthwise b scales each channel of a (k, k, C) or (k, k, I, C); dense b maps them to (k, k, I, O)
+    m = np.zeros((k, k, *a.w.shape[2:]) if b.dw else (k, k, a.w.shape[2], b.w.shape[-1]))
+    for s in range(kb):
+        for t in range(kb):
+            if b.dw:
                 m[s:s + ka, t:t + ka] += a.w * b.w[s, t]
-        bias = b.w.sum((0, 1)) * a.b + b.b
-    elif b.dw:
-        m = np.zeros((k, k, *a.w.shape[2:]))
-        for s in range(kb):
-            for t in range(kb):
-                m[s:s + ka, t:t + ka] += a.w * b.w[s, t]
-        bias = b.w.sum((0, 1)) * a.b + b.b
-    else:
-        aw = a.w
-        if a.dw:
-            m = np.zeros((k, k, aw.shape[-1], b.w.shape[-1]))
-            for s in range(kb):
-                for t in range(kb):
-                    m[s:s + ka, t:t + ka] += aw[:, :, :, None] * b.w[s, t][None, None]
-        else:
-            m = np.zeros((k, k, aw.shape[2], b.w.shape[-1]))
-            for s in range(kb):
-                for t in range(kb):
-                    m[s:s + ka, t:t + ka] += np.einsum("uvio,op->uvip", aw, b.w[s, t], optimize=True)
-        bias = np.einsum("stop,o->p", b.w, a.b) + b.b
+            elif a.dw:
+                m[s:s + ka, t:t + ka] += a.w[:, :, :, None] * b.w[s, t][None, None]
+            else:
+                m[s:s + ka, t:t + ka] += np.einsum("uvio,op->uvip", a.w, b.w[s, t], optimize=True)
+    bias = b.w.sum((0, 1)) * a.b + b.b if b.dw else np.einsum("stop,o->p", b.w, a.b) + b.b
     return Kernel(m, bias, a.dw and b.dw, a.stride * b.stride, a.pad + b.pad)
 
 
@@ -218,7 +204,9 @@ def merge_network(spec: ArchSpec, variables: Mapping[str, Any], act_pos: Sequenc
             emit(Block("merged", (conv,), name=f"m{st}_{end}"), {"conv0": v})
             k += 1
         if end in pools:
-            j = _pool_block_after(spec, body, end)
+            j = body.positions[end - 1][0] + 1
+            if j >= len(spec.blocks) or spec.blocks[j].kind != "maxpool":
+                raise PatternError(f"no max-pool block after body position {end}")
             emit(spec.blocks[j])
     for i in range(last + 1, len(spec.blocks)):
         b = spec.blocks[i]
@@ -232,22 +220,8 @@ def merge_network(spec: ArchSpec, variables: Mapping[str, Any], act_pos: Sequenc
                  META_ACT: act})
     merged_spec = dataclasses.replace(spec, name=f"{spec.name}_merged", blocks=tuple(out_blocks), stages=(),
                                       meta=tuple(sorted(meta.items())))
-    out = {"params": _to_np(out_params), "batch_stats": _to_np(out_stats)}
+    out = {"params": _np_tree(out_params, np.float32), "batch_stats": _np_tree(out_stats, np.float32)}
     return merged_spec, out
-
-
-def _pool_block_after(spec: ArchSpec, body: Body, position: int) -> int:
-    i, _ = body.positions[position - 1]
-    j = i + 1
-    if j >= len(spec.blocks) or spec.blocks[j].kind != "maxpool":
-        raise PatternError(f"no max-pool block after body position {position}")
-    return j
-
-
-def _to_np(tree: Any) -> Any:
-    if isinstance(tree, Mapping):
-        return {k: _to_np(v) for k, v in tree.items()}
-    return np.asarray(tree, np.float32)
 
 
 def _check_paddings(spec: ArchSpec, body: Body, segs: Sequence[tuple[int, int]]) -> None:
@@ -273,9 +247,3 @@ def forward(spec: ArchSpec, variables: Mapping[str, Any], x: np.ndarray) -> np.n
 
     model = build_model(spec)
     return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(dict(variables), x))
-
-
-def max_abs_diff(spec_a: ArchSpec, vars_a: Mapping[str, Any], spec_b: ArchSpec, vars_b: Mapping[str, Any],
-                 x: np.ndarray) -> float:
-    """max |f_a(x) - f_b(x)| of two specs in eval mode (equivalence checks)."""
-    return float(np.max(np.abs(forward(spec_a, vars_a, x) - forward(spec_b, vars_b, x))))

@@ -58,23 +58,9 @@ class Body:
     def L(self) -> int:
         return self.chain.L
 
-    def residual_of(self, block: int) -> tuple[int, int] | None:
-        return dict(self.residual_blocks).get(block)
-
-    def block_span(self, block: int) -> tuple[int, int]:
-        """(first position - 1, last position) of a body block."""
-        ps = [p for p, (i, _) in enumerate(self.positions, start=1) if i == block]
-        return ps[0] - 1, ps[-1]
-
 
 def _is_body_block(b: Block) -> bool:
     return bool(b.layers) and b.kind in BODY_KINDS and (b.name not in NON_BODY_NAMES)
-
-
-def _square(k: tuple[int, int], where: str) -> int:
-    if k[0] != k[1] or k[0] % 2 == 0:
-        raise PatternError(f"{where}: depth compression needs square odd kernels, got {k}")
-    return int(k[0])
 
 
 def body_of(spec: ArchSpec) -> Body:
@@ -86,7 +72,7 @@ def body_of(spec: ArchSpec) -> Body:
     cost = analyze(spec)
     positions: list[tuple[int, int]] = []
     kern, strd, pad, dw, cin_l, cout_l = [], [], [], [], [], []
-    residuals, block_ends, default_acts, pools, body_blocks, res_blocks = [], [], [], [], [], []
+    block_ends, default_acts, pools, body_blocks, res_blocks = [], [], [], [], []
     input_hw = None
     acts = set()
     for i, b in enumerate(spec.blocks):
@@ -95,7 +81,7 @@ def body_of(spec: ArchSpec) -> Body:
                 pools.append(len(positions))
             continue
         if not _is_body_block(b):
-            if positions and _is_body_block_after(spec, i):
+            if positions and any(_is_body_block(c) for c in spec.blocks[i + 1:]):
                 raise PatternError(f"blocks[{i}] ({b.name or b.kind}) interrupts the body")
             continue
         if b.se is not None:
@@ -106,7 +92,10 @@ def body_of(spec: ArchSpec) -> Body:
         src = len(positions)
         ch = cost.blocks[i].in_shape[2]
         for j, c in enumerate(b.layers):
-            k = _square(c.kernel, f"blocks[{i}].layers[{j}]")
+            k = c.kernel[0]
+            if c.kernel[1] != k or k % 2 == 0:
+                raise PatternError(f"blocks[{i}].layers[{j}]: depth compression needs square odd kernels, "
+                                   f"got {c.kernel}")
             positions.append((i, j))
             kern.append(k), strd.append(c.stride), pad.append(k // 2), dw.append(c.depthwise)
             cin_l.append(ch), cout_l.append(c.out)
@@ -120,7 +109,6 @@ def body_of(spec: ArchSpec) -> Body:
         if b.shortcut is not None:
             if isinstance(b.shortcut, Conv) and not _is_skip_conv(b.shortcut):
                 raise PatternError(f"blocks[{i}]: projection shortcuts cannot be merged")
-            residuals.append((src, len(positions)))
             res_blocks.append((i, (src, len(positions))))
     if not positions:
         raise PatternError(f"spec {spec.name!r} has no mergeable body convs")
@@ -131,15 +119,11 @@ def body_of(spec: ArchSpec) -> Body:
     if len(acts) > 1:
         raise PatternError(f"body mixes activations {sorted(acts)}; depth compression needs one")
     act = acts.pop() if acts else "relu6"
-    chain = ConvChain(kern, strd, pad, dw, cin_l, cout_l, residuals=tuple(residuals),
+    chain = ConvChain(kern, strd, pad, dw, cin_l, cout_l, residuals=tuple(rt for _, rt in res_blocks),
                       block_ends=tuple(block_ends), stride_breaks=tuple(pools),
                       default_acts=tuple(default_acts), pools=tuple(pools), input_hw=tuple(input_hw),
                       name=spec.name)
     return Body(tuple(positions), chain, act, tuple(res_blocks), tuple(body_blocks))
-
-
-def _is_body_block_after(spec: ArchSpec, i: int) -> bool:
-    return any(_is_body_block(b) for b in spec.blocks[i + 1:])
 
 
 def _is_skip_conv(c: Conv) -> bool:
@@ -179,9 +163,7 @@ def _set_acts(spec: ArchSpec, body: Body, acts: set[int], act: str,
 
 
 def _meta(spec: ArchSpec, **kw) -> tuple:
-    m = dict(spec.meta)
-    for k in (META_ACTS, META_MERGE):
-        m.pop(k, None)
+    m = {k: v for k, v in dict(spec.meta).items() if k not in (META_ACTS, META_MERGE)}
     m.update({k: v for k, v in kw.items() if v is not None})
     return tuple(sorted(m.items()))
 
@@ -327,43 +309,28 @@ def frozen_paths(spec: ArchSpec) -> list[tuple[str, str]]:
             if isinstance(spec.blocks[i].shortcut, Conv)]
 
 
-def frozen_labels(spec: ArchSpec, params: Mapping[str, Any]) -> Any:
-    """A pytree of 'train' / 'frozen' labels for `optax.multi_transform` (frozen: skip convs)."""
-    frozen = set(frozen_paths(spec))
-
-    def label(path, _leaf):
-        names = tuple(getattr(k, "key", str(k)) for k in path)
-        return "frozen" if names[:2] in frozen else "train"
-
-    return jax.tree_util.tree_map_with_path(label, dict(params))
-
-
 def freeze_tx(spec: ArchSpec, tx):
     """`tx` with the frozen skip convs of `spec` excluded from updates (and weight decay)."""
     import optax
 
-    if not frozen_paths(spec):
+    frozen = set(frozen_paths(spec))
+    if not frozen:
         return tx
+
+    def label(path, _leaf):
+        return "frozen" if tuple(getattr(k, "key", str(k)) for k in path)[:2] in frozen else "train"
+
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                                 lambda params: frozen_labels(spec, params))
+                                 lambda params: jax.tree_util.tree_map_with_path(label, dict(params)))
 
 
 # ----------------------------------------------------------------------------------------- weights
 
-def _np_tree(tree: Any) -> Any:
+def _np_tree(tree: Any, dtype: Any = None) -> Any:
+    """Nested mappings as plain dicts of numpy arrays (of `dtype`, if given)."""
     if isinstance(tree, Mapping):
-        return {k: _np_tree(v) for k, v in tree.items()}
-    return np.asarray(tree)
-
-
-def variable_shapes(spec: ArchSpec) -> dict[str, Any]:
-    """{'params', 'batch_stats'} ShapeDtypeStructs of `Net(spec)` (no compile)."""
-    from jaxnas.models import build_model
-
-    model = build_model(spec)
-    x = jax.ShapeDtypeStruct((1, *spec.input_size, spec.in_channels), jnp.float32)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-    return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+        return {k: _np_tree(v, dtype) for k, v in tree.items()}
+    return np.asarray(tree, dtype)
 
 
 def transfer_variables(variables: Mapping[str, Any], dst: ArchSpec) -> dict[str, Any]:
@@ -372,7 +339,12 @@ def transfer_variables(variables: Mapping[str, Any], dst: ArchSpec) -> dict[str,
     Entries are matched by path and must agree in shape; the frozen skip convs `fix_act` adds get an
     identity kernel.  Anything else missing is an error.
     """
-    shapes = variable_shapes(dst)
+    from jaxnas.models import build_model
+
+    model = build_model(dst)
+    x = jax.ShapeDtypeStruct((1, *dst.input_size, dst.in_channels), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)  # no compile
+    shapes = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
     src = {k: _np_tree(variables.get(k, {})) for k in ("params", "batch_stats")}
     skip = set(frozen_paths(dst))
 
@@ -394,8 +366,7 @@ def transfer_variables(variables: Mapping[str, Any], dst: ArchSpec) -> dict[str,
                                f"{dst.name!r} needs {tuple(leaf.shape)}")
         return np.asarray(node, np.float32)
 
-    out = jax.tree_util.tree_map_with_path(fill, shapes)
-    return {"params": out["params"], "batch_stats": out.get("batch_stats", {})}
+    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def reinit_conv(variables: Mapping[str, Any], spec: ArchSpec, position: int, seed: int = 0) -> dict[str, Any]:

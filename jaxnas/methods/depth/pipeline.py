@@ -47,17 +47,6 @@ AUTO_BUDGET_UNITS = 4000  # `prec: null` discretises the budget T0 into this man
 
 # --------------------------------------------------------------------------------------- helpers
 
-def _has_weights(d: Path) -> bool:
-    return (d / "final").exists() or (d / "checkpoints").exists()
-
-
-def _sum_single(T, L: int) -> float:
-    missing = [i for i in range(L) if (i, i + 1) not in T.entries]
-    if missing:
-        raise TableError(f"time table lacks the single-conv segments {[(i, i + 1) for i in missing[:5]]}")
-    return float(sum(T.entries[(i, i + 1)].time for i in range(L)))
-
-
 def measure_time_table(ctx: SearchContext, args: DepthArgs, base: ArchSpec, out_csv: Path) -> Path:
     """T(st, end) on the configured runtime through the oracle (``time_table_context``: network / alone)."""
     from jaxnas.methods.depth.time_table import build_network_time_table, build_time_table
@@ -96,7 +85,7 @@ def run_search(ctx: SearchContext, args: DepthArgs) -> SearchResult:
     t0 = time.perf_counter()
     if args.baseline:
         bdir = Path(args.baseline)
-        if not _has_weights(bdir):
+        if not ((bdir / "final").exists() or (bdir / "checkpoints").exists()):
             raise TableError(f"search.args.baseline: no trained weights in {bdir} (final/ or checkpoints/)")
         variables = load_variables(bdir)
     else:
@@ -122,7 +111,7 @@ def run_search(ctx: SearchContext, args: DepthArgs) -> SearchResult:
     T = read_time_table(t_path, segments=segs)
     T_opt = optimal_time_table(T, segs)
     atomic_write_text(workdir / "opt_time_table.csv", write_opt_table(T_opt))
-    base_time = _sum_single(T, L)
+    base_time = float(sum(T.entries[(i, i + 1)].time for i in range(L)))  # every (i, i + 1) is a valid segment
     T0 = target[1] if target is not None else args.time_fraction * base_time
     prec = args.prec if args.prec is not None else AUTO_BUDGET_UNITS / T0
     check_dp_memory(T0, prec, L)  # before the importance phase, the long one

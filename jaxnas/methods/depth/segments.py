@@ -6,6 +6,7 @@ single conv obtained by merging convs st+1..end.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
@@ -21,10 +22,6 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
     if new < 0.9 * value:
         new += divisor
     return new
-
-
-def _tuple(x: Sequence, cast) -> tuple:
-    return tuple(cast(v) for v in x)
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ class ConvChain:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         for f, cast in (("kernel", int), ("stride", int), ("padding", int), ("depthwise", bool),
                         ("in_ch", int), ("out_ch", int)):
-            set_(f, _tuple(getattr(self, f), cast))
+            set_(f, tuple(cast(v) for v in getattr(self, f)))
         set_("residuals", tuple(sorted((int(s), int(t)) for s, t in self.residuals)))
         for f in ("block_ends", "stride_breaks", "default_acts", "pools"):
             set_(f, tuple(sorted({int(p) for p in getattr(self, f)})))
@@ -113,10 +110,8 @@ def stride_breaks(chain: ConvChain) -> tuple[int, ...]:
     """
     L = chain.L
     out = set(chain.stride_breaks) | set(chain.pools)
-    for k in range(1, L + 1):
+    for k in range(1, L):  # a strided last conv breaks nothing
         if chain.stride[k - 1] > 1:
-            if k == L:
-                continue
             out.add(k + 1 if chain.kernel[k] == 1 else k)
     return tuple(sorted(p for p in out if 0 < p <= L))
 
@@ -172,10 +167,7 @@ def merged_conv_shape(chain: ConvChain, st: int, end: int) -> MergedConv:
         raise ValueError(f"segment {(st, end)} out of range for L = {chain.L}")
     idx = range(st, end)
     kernel = 1 + sum(chain.kernel[i] - 1 for i in idx)
-    stride = 1
-    for i in idx:
-        stride *= chain.stride[i]
-    return MergedConv(chain.in_ch[st], chain.out_ch[end - 1], kernel, stride,
+    return MergedConv(chain.in_ch[st], chain.out_ch[end - 1], kernel, math.prod(chain.stride[st:end]),
                       sum(chain.padding[i] for i in idx), all(chain.depthwise[i] for i in idx))
 
 
@@ -195,13 +187,9 @@ def feature_shapes(chain: ConvChain, pre_pool: bool = False) -> list[tuple[int, 
         w = (w + 2 * p - k) // s + 1
         if h < 1 or w < 1:
             raise ValueError(f"feature map vanishes after conv {i + 1} (input {chain.input_hw})")
-        if (i + 1) in pools and not pre_pool:
-            shapes.append((h // 2, w // 2, chain.out_ch[i]))
-            h, w = h // 2, w // 2
-        else:
-            shapes.append((h, w, chain.out_ch[i]))
-            if (i + 1) in pools:
-                h, w = h // 2, w // 2
+        hp, wp = (h // 2, w // 2) if (i + 1) in pools else (h, w)
+        shapes.append((h, w, chain.out_ch[i]) if pre_pool else (hp, wp, chain.out_ch[i]))
+        h, w = hp, wp
     return shapes
 
 
@@ -221,9 +209,7 @@ def mbv2_chain(width_mult: float = 1.0, input_size: int = 224, small_input: bool
     (total downsampling 16).  `block_strides` / `stem_stride` override per block.
     Residual iff stride 1 and in == out; hidden width is round(in * t) like torchvision.
     """
-    if block_strides is None:
-        block_strides = list(MBV2_STRIDES)
-    block_strides = [int(s) for s in block_strides]
+    block_strides = [int(s) for s in (MBV2_STRIDES if block_strides is None else block_strides)]
     if len(block_strides) != 17:
         raise ValueError(f"MobileNetV2 has 17 blocks, got {len(block_strides)} strides")
     if stem_stride is None:

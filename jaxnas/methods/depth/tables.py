@@ -55,10 +55,6 @@ class TimeTable:
     def segments(self) -> list[Segment]:
         return list(self.entries)
 
-    def time(self, st: int, end: int) -> float | None:
-        e = self.entries.get((st, end))
-        return None if e is None else e.time
-
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -92,10 +88,6 @@ class ExtImportanceTable:
     breaks: dict[ExtSegment, tuple[int, ...]] = field(default_factory=dict)
     ids: tuple[int, ...] | None = None
 
-    @property
-    def segments(self) -> list[ExtSegment]:
-        return list(self.imp)
-
     def __len__(self) -> int:
         return len(self.imp)
 
@@ -125,8 +117,10 @@ def _split_comments(text: str, name: str, units: str) -> tuple[str, str | None, 
     return "".join(lines[n:]), declared, n
 
 
-def _rows(text: str, name: str, required: Sequence[str],
-          skip: int) -> tuple[list[str], list[tuple[int, dict]]]:
+def _rows(source, required: Sequence[str], units: str = UNITS) -> tuple[str, list[str], list[tuple[int, dict]]]:
+    """(name, header, [(line number, row)]) of a CSV table, after its leading '#' lines."""
+    text, name = _read_text(source)
+    text, _, skip = _split_comments(text, name, units)
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader)
@@ -144,7 +138,7 @@ def _rows(text: str, name: str, required: Sequence[str],
         if len(rec) != len(header):
             raise TableError(f"{name}:{lineno}: {len(rec)} fields, header has {len(header)}")
         rows.append((lineno, dict(zip(header, rec))))
-    return header, rows
+    return name, header, rows
 
 
 def _int(v: str, col: str, name: str, lineno: int) -> int:
@@ -235,10 +229,11 @@ def check_tables_agree(opt: TimeTable, ext: "ExtImportanceTable", opt_name: str,
     return L
 
 
-def _read_time(source, optimal: bool, segments: Sequence[Segment] | None, units: str) -> TimeTable:
-    text, name = _read_text(source)
-    text, _, skip = _split_comments(text, name, units)
-    _, rows = _rows(text, name, OPT_COLUMNS if optimal else TIME_COLUMNS, skip)
+def read_time_table(source, segments: Sequence[Segment] | None = None, units: str = UNITS, *,
+                    optimal: bool = False) -> TimeTable:
+    """Read ``id,st,end,time,stdev`` (`optimal`: T_opt, with breaks); with `segments`, require exactly those
+    segments."""
+    name, _, rows = _rows(source, OPT_COLUMNS if optimal else TIME_COLUMNS, units)
     entries: dict[Segment, TimeEntry] = {}
     ids = []
     for lineno, row in rows:
@@ -261,14 +256,9 @@ def _read_time(source, optimal: bool, segments: Sequence[Segment] | None, units:
     return TimeTable(entries, tuple(ids), optimal, units)
 
 
-def read_time_table(source, segments: Sequence[Segment] | None = None, units: str = UNITS) -> TimeTable:
-    """Read ``id,st,end,time,stdev``; with `segments`, require exactly those segments."""
-    return _read_time(source, False, segments, units)
-
-
 def read_opt_table(source, segments: Sequence[Segment] | None = None, units: str = UNITS) -> TimeTable:
     """Read ``id,st,end,time,stdev,breaks`` (T_opt)."""
-    return _read_time(source, True, segments, units)
+    return read_time_table(source, segments, units, optimal=True)
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -287,8 +277,7 @@ def _write(dest, header: Sequence[str], rows: Iterable[Sequence], units_header: 
         buf.write(f"# units: {units_header}\n")
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
-    for r in rows:
-        w.writerow(r)
+    w.writerows(rows)
     text = buf.getvalue()
     if dest is not None:
         if hasattr(dest, "write"):
@@ -337,9 +326,7 @@ def read_importance_table(source, score_columns: Sequence[str] | None = None,
     `score_columns` default to every column that is not a key column; NaN scores are kept (the
     original's pandas mean skips them) but non-numeric text is refused.
     """
-    text, name = _read_text(source)
-    text, _, skip = _split_comments(text, name, "ms")
-    header, rows = _rows(text, name, IMP_KEY_COLUMNS, skip)
+    name, header, rows = _rows(source, IMP_KEY_COLUMNS)
     index_column = header[0] == ""
     cols = tuple(score_columns) if score_columns is not None else tuple(
         h for h in header if h not in IMP_KEY_COLUMNS and h != "")
@@ -377,9 +364,7 @@ def write_importance_table(table: ImportanceTable, dest=None) -> str:
 
 def read_ext_importance(source, ext_segments: Sequence[ExtSegment] | None = None) -> ExtImportanceTable:
     """Read ``id,st,end,st_act,end_act,imp,breaks`` (I_ext)."""
-    text, name = _read_text(source)
-    text, _, skip = _split_comments(text, name, "ms")
-    _, rows = _rows(text, name, EXT_COLUMNS, skip)
+    name, _, rows = _rows(source, EXT_COLUMNS)
     imp: dict[ExtSegment, float] = {}
     brk: dict[ExtSegment, tuple[int, ...]] = {}
     ids = []

@@ -38,7 +38,6 @@ Port decisions (see docs of each module):
 from jaxnas.methods.base import Method, SearchError, lazy_exports
 
 
-
 METHOD = Method(
     name="dmcp",
     summary="Differentiable Markov channel pruning (CVPR'20): per-layer widths under a MACs or latency target",

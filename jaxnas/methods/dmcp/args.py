@@ -69,36 +69,11 @@ class DMCPArgs(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "DMCPArgs":
-        errors = []
-        if not 0 < self.min_width:
-            errors.append(f"min_width: must be > 0, got {self.min_width}")
-        if self.channel_multiple < 1:
-            errors.append(f"channel_multiple: must be >= 1, got {self.channel_multiple}")
-        if not 0 < self.width_offset:
-            errors.append(f"width_offset: must be > 0, got {self.width_offset}")
-        if self.epochs <= 0:
-            errors.append(f"epochs: must be > 0, got {self.epochs}")
-        if not 0 <= self.warmup_fraction < 1:
-            errors.append(f"warmup_fraction: must be in [0, 1), got {self.warmup_fraction}")
-        for k in ("lr", "arch_lr"):
-            if getattr(self, k) <= 0:
-                errors.append(f"{k}: must be > 0, got {getattr(self, k)}")
-        for k in ("lr_start", "lr_end", "arch_lr_end", "cost_weight", "lr_warmup_epochs", "arch_weight_decay"):
-            if getattr(self, k) < 0:
-                errors.append(f"{k}: must be >= 0, got {getattr(self, k)}")
-        for k in ("sample_tolerance", "tolerance"):
-            if not 0 < getattr(self, k) < 1:
-                errors.append(f"{k}: must be in (0, 1), got {getattr(self, k)}")
-        for k in ("num_samples", "max_sample_tries", "calib_batches", "log_every", "checkpoint_every",
-                  "keep_checkpoints", "random_prob_every"):
-            if getattr(self, k) < 1:
-                errors.append(f"{k}: must be >= 1, got {getattr(self, k)}")
-        for k in ("batch_size", "max_steps"):
-            v = getattr(self, k)
-            if v is not None and v < 1:
-                errors.append(f"{k}: must be >= 1 or null, got {v}")
-        if not 0 < self.random_prob_decay <= 1:
-            errors.append(f"random_prob_decay: must be in (0, 1], got {self.random_prob_decay}")
-        if errors:
-            raise ValueError("\n".join(errors))
-        return self
+        return self.checked(self.out_of_range({
+            "min_width": "> 0", "channel_multiple": ">= 1", "width_offset epochs": "> 0",
+            "warmup_fraction": "in [0, 1)",
+            "lr arch_lr": "> 0", "lr_start lr_end arch_lr_end cost_weight lr_warmup_epochs arch_weight_decay": ">= 0",
+            "sample_tolerance tolerance": "in (0, 1)",
+            "num_samples max_sample_tries calib_batches log_every checkpoint_every keep_checkpoints random_prob_every":
+                ">= 1",
+            "batch_size max_steps": ">= 1 or null", "random_prob_decay": "in (0, 1]"}))

@@ -16,7 +16,6 @@ with MetaPruning).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Mapping
 
 import jax
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # The MACs and latency models are core (`jaxnas.costmodel`, shared with MetaPruning); re-exported here.
-from jaxnas.costmodel import LatencyModel, MacsModel, bilinear  # noqa: F401
+from jaxnas.costmodel import LatencyModel, MacsModel  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------
@@ -90,14 +89,6 @@ class CostModel:
     def loss(self, channels: Mapping[str, Any]) -> jax.Array:
         u = self.target.loss_units
         return log_l1(self.value(channels) / u, self.target.value / u, far=self.target.far_threshold())
-
-
-def relative_error(value: float, target: float) -> float:
-    return abs(value - target) / target if target else math.inf
-
-
-def as_numpy_channels(channels: Mapping[str, Any]) -> dict[str, float]:
-    return {g: float(np.asarray(v)) for g, v in channels.items()}
 
 
 def uniform_alpha_for(space: Any, cost: CostModel, value: float, lo: float = -12.0, hi: float = 12.0) -> float:

@@ -55,16 +55,6 @@ class GroupLayout:
             return np.zeros(self.channels, np.int32)
         return np.where(c < self.min_ch, 0, 1 + (c - self.min_ch) // self.offset).astype(np.int32)
 
-    def k_of(self, channels: int) -> int:
-        """The number of kept channel groups giving `channels` (which must lie on a group boundary)."""
-        if not self.prunable:
-            return 0
-        k, rem = divmod(int(channels) - self.min_ch, self.offset)
-        if rem or not 0 <= k <= self.n:
-            raise ValueError(f"{self.name}: {channels} channels is not min_ch + k*offset "
-                             f"({self.min_ch} + k*{self.offset}, k=0..{self.n})")
-        return k
-
 
 def layout(name: str, channels: int, min_width: float, max_width: float, width_offset: float,
            multiple: int = 1) -> GroupLayout:
@@ -123,13 +113,8 @@ class DMCPSpace:
     def expected_channels(self, alphas: Alphas) -> dict[str, jax.Array]:
         """{group: E[c]} for every width group (fixed groups: their channel count)."""
         marg = self.marginals(alphas)
-        out = {}
-        for g, lay in self.layouts.items():
-            if lay.prunable:
-                out[g] = lay.min_ch + lay.offset * jnp.sum(marg[g])
-            else:
-                out[g] = jnp.asarray(float(lay.channels))
-        return out
+        return {g: lay.min_ch + lay.offset * jnp.sum(marg[g]) if lay.prunable else jnp.asarray(float(lay.channels))
+                for g, lay in self.layouts.items()}
 
     # ---------------------------------------------------------------------------------- masks
     def soft_masks(self, alphas: Alphas) -> dict[str, jax.Array]:
@@ -171,29 +156,13 @@ class DMCPSpace:
     def markov_k(self, alphas: Alphas, key: jax.Array) -> dict[str, jax.Array]:
         """Direct sampling from the Markov chain: keep adding groups while U <= sigmoid(alpha_k)."""
         keys = jax.random.split(key, len(self.prunable))
-        out = {}
-        for g, k in zip(self.prunable, keys):
-            u = jax.random.uniform(k, (self.layouts[g].n,))
-            out[g] = jnp.sum(jnp.cumprod(u <= jax.nn.sigmoid(alphas[g])))
-        return out
+        return {g: jnp.sum(jnp.cumprod(jax.random.uniform(k, (self.layouts[g].n,)) <= jax.nn.sigmoid(alphas[g])))
+                for g, k in zip(self.prunable, keys)}
 
     def markov_k_numpy(self, alphas: Alphas, rng: np.random.Generator, num: int) -> dict[str, np.ndarray]:
         """`num` direct samples at once: {group: (num,) kept channel groups}."""
-        out = {}
-        for g in self.prunable:
-            p = 1.0 / (1.0 + np.exp(-np.asarray(alphas[g], np.float64)))
-            u = rng.random((num, p.size))
-            out[g] = np.cumprod(u <= p, axis=1).sum(axis=1)
-        return out
-
-    def snap_expected(self, alphas: Alphas) -> dict[str, int]:
-        """Kept channel groups of the expected-channel architecture, snapped to the nearest group boundary."""
-        e = self.expected_channels(alphas)
-        out = {}
-        for g in self.prunable:
-            lay = self.layouts[g]
-            out[g] = int(np.clip(np.round((float(e[g]) - lay.min_ch) / lay.offset), 0, lay.n))
-        return out
+        ps = {g: 1.0 / (1.0 + np.exp(-np.asarray(alphas[g], np.float64))) for g in self.prunable}
+        return {g: np.cumprod(rng.random((num, p.size)) <= p, axis=1).sum(axis=1) for g, p in ps.items()}
 
     def describe(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(lay) for lay in self.layouts.values()]

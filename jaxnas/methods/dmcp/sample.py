@@ -34,7 +34,9 @@ def cost_of(space: DMCPSpace, cost: CostModel, ks: Mapping[str, int]) -> float:
 
 def expected_architecture(space: DMCPSpace, alphas: Mapping[str, Any]) -> Ks:
     """Kept channel groups of the expected-channel architecture (E[c] snapped to the nearest group)."""
-    return space.snap_expected(alphas)
+    e = space.expected_channels(alphas)
+    return {g: int(np.clip(np.round((float(e[g]) - lay.min_ch) / lay.offset), 0, lay.n))
+            for g, lay in space.layouts.items() if lay.prunable}
 
 
 def direct_samples(space: DMCPSpace, cost: CostModel, alphas: Mapping[str, Any], target: float, *,

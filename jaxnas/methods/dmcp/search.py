@@ -90,11 +90,8 @@ class SearchResult:
 def arch_optimizer(cfg: SearchConfig, arch_steps: int) -> optax.GradientTransformation:
     """SGD on alpha: cosine from arch_lr to arch_lr_end over the architecture-training steps."""
     sched = optax.cosine_decay_schedule(cfg.arch_lr, max(arch_steps, 1), alpha=cfg.arch_lr_end / cfg.arch_lr)
-    parts = []
-    if cfg.arch_weight_decay:
-        parts.append(optax.add_decayed_weights(cfg.arch_weight_decay))
-    parts.append(optax.sgd(sched, momentum=cfg.arch_momentum or None, nesterov=cfg.arch_nesterov))
-    return optax.chain(*parts)
+    decay = [optax.add_decayed_weights(cfg.arch_weight_decay)] if cfg.arch_weight_decay else []
+    return optax.chain(*decay, optax.sgd(sched, momentum=cfg.arch_momentum or None, nesterov=cfg.arch_nesterov))
 
 
 def sandwich_widths(space: DMCPSpace, cfg: SearchConfig, start: int, state: TrainState

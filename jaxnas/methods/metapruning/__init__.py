@@ -31,7 +31,6 @@ Port decisions (details in each module):
 from jaxnas.methods.base import Method, lazy_exports
 
 
-
 def _add_commands(sub):
     from jaxnas.methods.metapruning.commands import add_commands
 

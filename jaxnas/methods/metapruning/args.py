@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from jaxnas.methods.metapruning.space import FAMILIES, NUM_SCALES, RESIDUAL_RULES
+from jaxnas.methods.metapruning.space import NUM_SCALES
 from jaxnas.schema import Section
 
 SCHEDULES = ("linear_epoch", "multistep_epoch", "linear")
@@ -81,55 +81,25 @@ class MetaPruningArgs(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "MetaPruningArgs":
-        e = []
-        if self.space is not None and self.space not in FAMILIES:
-            e.append(f"space: must be one of {', '.join(FAMILIES)}, got {self.space!r}")
-        if not 0 < self.width_mult <= 4:
-            e.append(f"width_mult: must be in (0, 4], got {self.width_mult}")
-        if self.residual_rule not in RESIDUAL_RULES:
-            e.append(f"residual_rule: must be one of {RESIDUAL_RULES}, got {self.residual_rule!r}")
-        if self.schedule not in SCHEDULES:
-            e.append(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
-        for k in ("epochs", "lr"):
-            if not getattr(self, k) > 0:
-                e.append(f"{k}: must be > 0, got {getattr(self, k)}")
-        for k in ("weight_decay", "label_smoothing", "momentum", "eval_every_epochs"):
-            if getattr(self, k) < 0:
-                e.append(f"{k}: must be >= 0, got {getattr(self, k)}")
-        if not 1 <= self.channel_multiple <= 64:
-            e.append(f"channel_multiple: must be in [1, 64], got {self.channel_multiple}")
-        for k in ("population", "select_num", "top_k", "max_iters", "mutation_rounds", "crossover_tries",
-                  "random_tries", "calib_batches", "candidates_per_call", "eval_batch", "log_every",
-                  "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, k) < 1:
-                e.append(f"{k}: must be >= 1, got {getattr(self, k)}")
-        for k in ("mutation_num", "crossover_num", "verify_latency"):
-            if getattr(self, k) < 0:
-                e.append(f"{k}: must be >= 0, got {getattr(self, k)}")
-        for k in ("batch_size", "max_steps", "calib_batch_size", "eval_batch_size"):
-            v = getattr(self, k)
-            if v is not None and v < 1:
-                e.append(f"{k}: must be >= 1 or null, got {v}")
+        # (space, residual_rule, schedule: their Literal types already refuse other values)
+        e = self.out_of_range({
+            "width_mult": "in (0, 4]", "epochs lr": "> 0",
+            "weight_decay label_smoothing momentum eval_every_epochs": ">= 0", "channel_multiple": "in [1, 64]",
+            "population select_num top_k max_iters mutation_rounds crossover_tries random_tries calib_batches "
+            "candidates_per_call eval_batch log_every checkpoint_every keep_checkpoints": ">= 1",
+            "mutation_num crossover_num verify_latency": ">= 0",
+            "batch_size max_steps calib_batch_size eval_batch_size": ">= 1 or null"})
         if self.mutation_num + self.crossover_num > self.population:
             e.append(f"mutation_num + crossover_num ({self.mutation_num + self.crossover_num}) must not exceed "
                      f"population ({self.population})")
-        if not 0 <= self.mutation_prob <= 1:
-            e.append(f"mutation_prob: must be in [0, 1], got {self.mutation_prob}")
+        e += self.out_of_range({"mutation_prob": "in [0, 1]"})
         if self.random_range is not None:
             lo, hi = self.random_range
             if not 0 <= lo < hi <= NUM_SCALES:
                 e.append(f"random_range: must be [low, high) within [0, {NUM_SCALES}], got {list(self.random_range)}")
-        if self.recalib_momentum is not None and not 0 < self.recalib_momentum <= 1:
-            e.append(f"recalib_momentum: must be in (0, 1] or null, got {self.recalib_momentum}")
-        if not 0 <= self.latency_tolerance < 1:
-            e.append(f"latency_tolerance: must be in [0, 1), got {self.latency_tolerance}")
-        for k in ("min_macs", "min_latency_ms"):
-            v = getattr(self, k)
-            if v is not None and v < 0:
-                e.append(f"{k}: must be >= 0 or null, got {v}")
-        if e:
-            raise ValueError("\n".join(e))
-        return self
+        return self.checked(e + self.out_of_range({"recalib_momentum": "in (0, 1] or null",
+                                                   "latency_tolerance": "in [0, 1)",
+                                                   "min_macs min_latency_ms": ">= 0 or null"}))
 
 
 __all__ = ["MetaPruningArgs", "SCHEDULES"]

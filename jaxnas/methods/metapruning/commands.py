@@ -34,7 +34,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--residual-rule", choices=RESIDUAL_RULES, default="base",
                    help="base: the PruningNet's shortcuts (default); pruned: the original's final nets'")
     d.add_argument("--out", required=True, help="where to write the arch spec JSON")
-    d.add_argument("--json", action="store_true", help="print the result as JSON")
     d.set_defaults(handler=decode_command)
 
 

@@ -56,10 +56,9 @@ class Budget:
         return f"{value / 1e6:.3f} M {'MACs' if self.kind == 'macs' else 'FLOPs (original counter)'}"
 
     def as_dict(self) -> dict[str, float]:
-        key = "latency_ms" if self.kind == "latency_ms" else self.kind
-        out = {key: self.max}
+        out = {self.kind: self.max}
         if self.min is not None:
-            out[f"min_{key}"] = self.min
+            out[f"min_{self.kind}"] = self.min
         return out
 
 

@@ -45,6 +45,8 @@ class EvolutionError(SearchError):
 
 @dataclasses.dataclass(frozen=True)
 class EvolutionConfig:
+    """The search's numbers (validated where the user gives them: `MetaPruningArgs`)."""
+
     population: int = 50
     select_num: int = 50         # the running top list ("keep_top_50")
     top_k: int = 10              # parents
@@ -59,25 +61,6 @@ class EvolutionConfig:
     random_tries: int = 100_000  # the original loops forever
     eval_batch: int = 10         # candidates evaluated (and cached) per evaluator call
     seed: int = 0
-
-    def __post_init__(self):
-        errors = []
-        for k in ("population", "select_num", "top_k", "max_iters", "mutation_rounds", "crossover_tries",
-                  "random_tries", "eval_batch"):
-            if getattr(self, k) < 1:
-                errors.append(f"{k}: must be >= 1, got {getattr(self, k)}")
-        for k in ("mutation_num", "crossover_num"):
-            if getattr(self, k) < 0:
-                errors.append(f"{k}: must be >= 0, got {getattr(self, k)}")
-        if self.mutation_num + self.crossover_num > self.population:
-            errors.append(f"mutation_num + crossover_num ({self.mutation_num + self.crossover_num}) exceeds "
-                          f"population ({self.population})")
-        if not 0 <= self.mutation_prob <= 1:
-            errors.append(f"mutation_prob: must be in [0, 1], got {self.mutation_prob}")
-        if not 0 <= self.random_low < self.random_high <= NUM_SCALES:
-            errors.append(f"random range [{self.random_low}, {self.random_high}) must lie in [0, {NUM_SCALES}]")
-        if errors:
-            raise ValueError("\n".join(errors))
 
 
 @dataclasses.dataclass
@@ -183,11 +166,6 @@ def _restore_rng(state: dict) -> np.random.Generator:
     return np.random.Generator(bg)
 
 
-def initial_state(cfg: EvolutionConfig, proposer: Proposer, rng: np.random.Generator) -> EvolutionState:
-    population = proposer.random(cfg.population, {}, {})
-    return EvolutionState(0, population, [], {}, _bitgen_state(rng))
-
-
 def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list[Genes]], Sequence[float]],
                   cost: Callable[[Genes], float], allowed: Callable[[float], bool], workdir: str | Path | None = None,
                   *, log: Callable[[str], None] | None = None,
@@ -214,7 +192,7 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
     else:
         rng = np.random.default_rng(cfg.seed)
         proposer = Proposer(cfg, num_genes, rng, cost, allowed)
-        state = initial_state(cfg, proposer, rng)
+        state = EvolutionState(0, proposer.random(cfg.population, {}, {}), [], {}, _bitgen_state(rng))
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
     evaluated = 0
@@ -255,4 +233,4 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
     return state
 
 
-__all__ = ["EvolutionConfig", "EvolutionError", "EvolutionState", "Proposer", "initial_state", "run_evolution"]
+__all__ = ["EvolutionConfig", "EvolutionError", "EvolutionState", "Proposer", "run_evolution"]

@@ -99,10 +99,7 @@ class FitnessEvaluator:
             correct, _ = jax.lax.scan(eval_step, jnp.zeros((), jnp.int32), holdout)
             return correct
 
-        def many(params, reset, calib, holdout, ids):  # ids: (K, num_genes)
-            return jax.vmap(one, in_axes=(None, None, None, None, 0))(params, reset, calib, holdout, ids)
-
-        return many
+        return jax.vmap(one, in_axes=(None, None, None, None, 0))  # ids: (K, num_genes)
 
     def correct(self, genes: Sequence[Sequence[int]]) -> np.ndarray:
         """Top-1 hits of each candidate (the last call padded to K candidates)."""

@@ -115,25 +115,22 @@ def prepare(cfg: Any, dataset: Any, args: MetaPruningArgs, *, table_fn: Callable
     return Setup(args, space, budget, cost, reachable, seed, batch_size)
 
 
+def _from_args(cls: type, args: MetaPruningArgs, **overrides: Any) -> Any:
+    """The dataclass `cls` with every field `search.args` has too, then `overrides`."""
+    same = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name in MetaPruningArgs.model_fields}
+    return cls(**{**same, **overrides})
+
+
 def evolution_config(setup: Setup) -> EvolutionConfig:
-    a = setup.args
-    return EvolutionConfig(population=a.population, select_num=a.select_num, top_k=a.top_k,
-                           mutation_num=a.mutation_num, mutation_prob=a.mutation_prob, crossover_num=a.crossover_num,
-                           max_iters=a.max_iters, mutation_rounds=a.mutation_rounds, crossover_tries=a.crossover_tries,
-                           random_low=setup.space.random_low, random_high=setup.space.random_high,
-                           random_tries=a.random_tries, eval_batch=a.eval_batch, seed=setup.seed)
+    return _from_args(EvolutionConfig, setup.args, random_low=setup.space.random_low,
+                      random_high=setup.space.random_high, seed=setup.seed)
 
 
 def training_config(cfg: Any, setup: Setup):
     from jaxnas.methods.metapruning.training import PruningNetTraining
-    a = setup.args
-    return PruningNetTraining(
-        epochs=a.epochs, batch_size=setup.batch_size, lr=a.lr, momentum=a.momentum, nesterov=a.nesterov,
-        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, schedule=a.schedule, gamma=a.gamma,
-        seed=setup.seed, max_steps=a.max_steps, log_every=a.log_every, checkpoint_every=a.checkpoint_every,
-        keep_checkpoints=a.keep_checkpoints, eval_every_epochs=a.eval_every_epochs,
-        eval_batch_size=a.eval_batch_size or cfg.data.eval_batch_size, augment=cfg.data.augment,
-        progress=cfg.train.progress)
+    return _from_args(PruningNetTraining, setup.args, batch_size=setup.batch_size, seed=setup.seed,
+                      eval_batch_size=setup.args.eval_batch_size or cfg.data.eval_batch_size,
+                      augment=cfg.data.augment, progress=cfg.train.progress)
 
 
 @dataclasses.dataclass

@@ -179,11 +179,7 @@ class GenBlockModule(nn.Module):
 
     def setup(self):
         kw = dict(depthwise_impl=self.depthwise_impl, bn_momentum=self.bn_momentum, bn_eps=self.bn_eps)
-        self.layers = {c.name: GenConvLayer(c, **kw) for c in self._convs()}
-
-    def _convs(self) -> list[GenConv]:
-        b = self.block
-        return list(b.convs) + ([b.shortcut] if isinstance(b.shortcut, GenConv) else [])
+        self.layers = {c.name: GenConvLayer(c, **kw) for c in self.block.all_convs}
 
     def kernels(self, enc: Encoding) -> dict[str, jax.Array]:
         return {name: layer.kernel(enc) for name, layer in self.layers.items()}
@@ -313,8 +309,7 @@ def materialize(model: PruningNet, variables: Mapping[str, Any], genes: Sequence
     for i, b in enumerate(space.blocks):
         bp, bs = {}, {}
         block_in = cin
-        convs = list(b.convs) + ([b.shortcut] if isinstance(b.shortcut, GenConv) else [])
-        for c in convs:
+        for c in b.all_convs:
             cout = space.width(genes, c)
             src_in = block_in if c.name == "shortcut" else cin
             w = kernels[i][c.name]
@@ -323,9 +318,8 @@ def materialize(model: PruningNet, variables: Mapping[str, Any], genes: Sequence
             lp, ls = params[f"blocks_{i}"][f"layers_{c.name}"], stats[f"blocks_{i}"][f"layers_{c.name}"]
             bn_p = ({"scale": np.asarray(lp["bn"]["scale"])[sid, :cout], "bias": np.asarray(lp["bn"]["bias"])[sid, :cout]}
                     if c.bn_affine else {"scale": np.ones((cout,), np.float32), "bias": np.zeros((cout,), np.float32)})
-            name = "shortcut" if c.name == "shortcut" else c.name
-            bp[name] = {"kernel": w, "bn": bn_p}
-            bs[name] = {"bn": {"mean": np.asarray(ls["bn"]["mean"])[sid, :cout],
+            bp[c.name] = {"kernel": w, "bn": bn_p}
+            bs[c.name] = {"bn": {"mean": np.asarray(ls["bn"]["mean"])[sid, :cout],
                                "var": np.asarray(ls["bn"]["var"])[sid, :cout]}}
             if c.name != "shortcut":
                 cin = cout

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from jaxnas.errors import UserError
-from jaxnas.spec import ArchSpec, Block, Conv, Head, Pool, Stage
+from jaxnas.spec import ArchSpec, Block, Conv, Head, Pool
 
 SCALES: tuple[float, ...] = tuple((10 + 3 * i) / 100 for i in range(31))
 NUM_SCALES = len(SCALES)
@@ -123,6 +123,11 @@ class GenBlock:
     post_act: str = "identity"
     pool_after: Pool | None = None      # ResNet stem max-pool
 
+    @property
+    def all_convs(self) -> tuple[GenConv, ...]:
+        """Its convs, then its projection shortcut if it has one."""
+        return self.convs + ((self.shortcut,) if isinstance(self.shortcut, GenConv) else ())
+
 
 @dataclasses.dataclass(frozen=True)
 class MetaSpace:
@@ -150,10 +155,8 @@ class MetaSpace:
 
     def convs(self) -> Iterable[tuple[int, GenBlock, GenConv]]:
         for i, b in enumerate(self.blocks):
-            for c in b.convs:
+            for c in b.all_convs:
                 yield i, b, c
-            if isinstance(b.shortcut, GenConv):
-                yield i, b, b.shortcut
 
     def check(self, genes: Sequence[int]) -> tuple[int, ...]:
         """`genes` as a tuple of ints after checking length and range (compact form)."""
@@ -245,7 +248,6 @@ class MetaSpace:
             raise GeneError(f"residual_rule must be one of {RESIDUAL_RULES}, got {residual_rule!r}")
         genes = self.check(genes)
         blocks: list[Block] = []
-        stages: list[Stage] = []
         cin = self.in_channels
         for b in self.blocks:
             convs = []
@@ -254,19 +256,13 @@ class MetaSpace:
                 convs.append(Conv(self.width(genes, c), (c.kernel, c.kernel), c.stride, depthwise=c.depthwise,
                                   act=c.act, width=group))
             cout = convs[-1].out
-            shortcut: Any = None
+            shortcut: Any = b.shortcut
             if isinstance(b.shortcut, GenConv):
                 s = b.shortcut
                 shortcut = Conv(self.width(genes, s), (1, 1), s.stride, padding=0, act="identity",
                                 width=None if s.out_gene is None else self.genes[s.out_gene].name)
-            elif b.kind == "mbconv":
-                stride = max(c.stride for c in b.convs)
-                if residual_rule == "pruned":
-                    shortcut = "identity" if cin == cout and stride == 1 else None
-                else:
-                    shortcut = b.shortcut
-            else:
-                shortcut = b.shortcut
+            elif b.kind == "mbconv" and residual_rule == "pruned":
+                shortcut = "identity" if cin == cout and max(c.stride for c in b.convs) == 1 else None
             blocks.append(Block(b.kind, tuple(convs), shortcut, post_act=b.post_act, name=b.name))
             if b.pool_after is not None:
                 blocks.append(Block("maxpool", pool=b.pool_after, name=f"{b.name}_pool"))
@@ -278,17 +274,12 @@ class MetaSpace:
             meta["width_mult"] = self.width_mult
         if self.channel_multiple != 1:
             meta["channel_multiple"] = self.channel_multiple
-        spec = ArchSpec(name or f"metapruning_{self.family}", tuple(blocks), head,
-                        (self.resolution, self.resolution), self.in_channels, tuple(stages), meta=meta)
-        return spec
+        return ArchSpec(name or f"metapruning_{self.family}", tuple(blocks), head,
+                        (self.resolution, self.resolution), self.in_channels, (), meta=meta)
 
     def max_spec(self, **kw) -> ArchSpec:
         """The widest network (every gene at scale 1.0): the PruningNet's shape, the latency grid's supernet."""
         return self.to_spec(self.uniform(FULL_ID), name=f"metapruning_{self.family}_max", **kw)
-
-    def group_channels(self, genes: Sequence[int]) -> dict[str, int]:
-        """{width group: channels} of `to_spec(genes)` (= `gene_channels`)."""
-        return self.gene_channels(genes)
 
     def describe(self) -> dict[str, Any]:
         return {"family": self.family, "genes": [dataclasses.asdict(g) for g in self.genes],

@@ -47,29 +47,14 @@ class PopArgs(Section):
         if self.max_trainings < 1:
             e.append(f"max_trainings: must be >= 1 (a budget of zero trainings evaluates nothing), "
                      f"got {self.max_trainings}")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            e.append(f"time_budget_s: must be > 0 or null, got {self.time_budget_s}")
-        if self.candidate_epochs <= 0:
-            e.append(f"candidate_epochs: must be > 0, got {self.candidate_epochs}")
+        e += self.out_of_range({"time_budget_s": "> 0 or null", "candidate_epochs": "> 0"})
         w = self.latency_window_ms
         if w is not None and not 0 < w[0] < w[1]:
             e.append(f"latency_window_ms: [low, high] with 0 < low < high, got {list(w)}")
-        for k in ("candidates_per_round", "latency_bins", "max_enumerate", "pool_size"):
-            if getattr(self, k) < 1:
-                e.append(f"{k}: must be >= 1, got {getattr(self, k)}")
-        if not 0 <= self.boundary_bias <= 1:
-            e.append(f"boundary_bias: must be in [0, 1], got {self.boundary_bias}")
-        if self.neighbour_scale <= 0:
-            e.append(f"neighbour_scale: must be > 0, got {self.neighbour_scale}")
-        if self.prescreen_seed_size is not None and self.prescreen_seed_size < 2:
-            e.append(f"prescreen_seed_size: must be >= 2 or null, got {self.prescreen_seed_size}")
-        if not 0 <= self.prescreen_min_margin < 1:
-            e.append(f"prescreen_min_margin: must be in [0, 1), got {self.prescreen_min_margin}")
-        if self.prescreen_safety < 1:
-            e.append(f"prescreen_safety: must be >= 1, got {self.prescreen_safety}")
-        if e:
-            raise ValueError("\n".join(e))
-        return self
+        return self.checked(e + self.out_of_range({
+            "candidates_per_round latency_bins max_enumerate pool_size": ">= 1", "boundary_bias": "in [0, 1]",
+            "neighbour_scale": "> 0", "prescreen_seed_size": ">= 2 or null", "prescreen_min_margin": "in [0, 1)",
+            "prescreen_safety": ">= 1"}))
 
 
 __all__ = ["PopArgs"]

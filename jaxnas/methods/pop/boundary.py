@@ -16,7 +16,7 @@ evaluated A' ⪰ A.  Thresholds only fall as D grows, so a pruned architecture s
 from __future__ import annotations
 
 import bisect
-from typing import Hashable, Mapping, Sequence
+from typing import Hashable, Sequence
 
 Point = tuple[Hashable, float, float]   # (key, latency_ms, accuracy)
 
@@ -41,9 +41,8 @@ class Boundary:
     and the pruning thresholds L*."""
 
     def __init__(self, points: Sequence[Point]):
-        self.points = list(points)
-        keys = set(pareto_boundary(self.points))
-        self.members = sorted((p for p in self.points if p[0] in keys), key=lambda p: (p[1], str(p[0])))
+        keys = set(pareto_boundary(points))
+        self.members = sorted((p for p in points if p[0] in keys), key=lambda p: (p[1], str(p[0])))
         self._lats = [p[1] for p in self.members]
         # Boundary accuracies rise with latency (strictly, between distinct latencies).
         self._accs = [p[2] for p in self.members]
@@ -59,13 +58,7 @@ class Boundary:
 
     def threshold(self, accuracy: float) -> float:
         """L*(acc): the fastest boundary latency whose accuracy is >= acc (inf when none)."""
-        for lat, acc in zip(self._lats, self._accs):
-            if acc >= accuracy:
-                return lat
-        return float("inf")
-
-    def thresholds(self, accuracies: Mapping[Hashable, float]) -> dict[Hashable, float]:
-        return {k: self.threshold(a) for k, a in accuracies.items()}
+        return next((lat for lat, acc in zip(self._lats, self._accs) if acc >= accuracy), float("inf"))
 
 
 def dominated_at(latency_ms: float, super_accuracy: float, boundary: Boundary) -> bool:

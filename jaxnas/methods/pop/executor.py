@@ -6,7 +6,7 @@ The search records a result as soon as it arrives (so a killed search keeps it) 
 boundary after the whole round, in the round's own order — so the result does not depend on the
 order jobs finish in, and a cluster executor gives the same boundary as the local one.
 
-A job is plain data (the spec as JSON, a work dir, the epochs), so it can be shipped to a worker
+A job is plain data (the spec, a work dir, the epochs), so it can be shipped to a worker
 process; the worker trains with the same resumable trainer, so a preempted job restarts from its
 checkpoint.  `LocalExecutor` runs them here, one after another.
 """
@@ -27,14 +27,6 @@ class TrainJob:
     spec: ArchSpec
     workdir: Path
     epochs: float | None = None  # None: the trainer's default
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "spec": self.spec.to_json(indent=None), "workdir": str(self.workdir),
-                "epochs": self.epochs}
-
-    @staticmethod
-    def from_dict(d: Mapping[str, Any]) -> "TrainJob":
-        return TrainJob(d["key"], ArchSpec.from_json(d["spec"]), Path(d["workdir"]), d.get("epochs"))
 
 
 TrainFn = Callable[[TrainJob], Mapping[str, Any]]   # -> metrics with at least 'accuracy' (held out)

@@ -11,6 +11,7 @@ Work dir::
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Mapping
 
@@ -22,16 +23,10 @@ from jaxnas.methods.pop.space import Space, load_space
 
 
 def settings_from_args(args: PopArgs, *, target_latency_ms: float | None, seed: int) -> PopSettings:
+    same = {f.name: getattr(args, f.name) for f in dataclasses.fields(PopSettings) if f.name in PopArgs.model_fields}
     w = args.latency_window_ms
-    return PopSettings(
-        window_ms=(None, None) if w is None else (float(w[0]), float(w[1])), max_trainings=args.max_trainings,
-        time_budget_s=args.time_budget_s, candidates_per_round=args.candidates_per_round,
-        boundary_bias=args.boundary_bias, neighbour_scale=args.neighbour_scale, latency_bins=args.latency_bins,
-        seed=seed if args.seed is None else args.seed, prescreen=args.prescreen,
-        prescreen_seed_size=args.prescreen_seed_size, prescreen_min_margin=args.prescreen_min_margin,
-        prescreen_safety=args.prescreen_safety, prescreen_audit=args.prescreen_audit,
-        max_enumerate=args.max_enumerate, pool_size=args.pool_size, candidate_epochs=args.candidate_epochs,
-        target_latency_ms=target_latency_ms)
+    return PopSettings(**{**same, "window_ms": (None, None) if w is None else (float(w[0]), float(w[1])),
+                          "seed": seed if args.seed is None else args.seed, "target_latency_ms": target_latency_ms})
 
 
 def space_for(args: PopArgs, dataset: Any) -> Space:
@@ -74,7 +69,7 @@ def search(ctx: Any, args: PopArgs) -> Any:
     target = cfg.search.target_latency_ms
     space = space_for(args, ctx.dataset)
     settings = settings_from_args(args, target_latency_ms=target, seed=cfg.train.seed)
-    pop = PopSearch(space, settings, measure=lambda spec: ctx.oracle.measure(spec), fingerprint=ctx.oracle.fingerprint(),
+    pop = PopSearch(space, settings, measure=ctx.oracle.measure, fingerprint=ctx.oracle.fingerprint(),
                     executor=LocalExecutor(candidate_trainer(ctx.trainer)), workdir=ctx.workdir / "pop", log=log)
     outcome = pop.run()
     chosen = choose(outcome, target)

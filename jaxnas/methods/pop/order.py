@@ -41,10 +41,6 @@ class OrderKey:
     fixed: tuple[BlockKey, ...]                     # blocks outside stages, in order
     stages: tuple[tuple[BlockKey, ...], ...]        # blocks of each stage, in order
 
-    @property
-    def depth(self) -> int:
-        return sum(len(s) for s in self.stages)
-
 
 def _conv_structure(c: Conv) -> tuple:
     return (c.stride, c.depthwise, c.act, c.norm, c.bias, c.padding is None)

@@ -23,6 +23,11 @@ def _ci(e: Mapping[str, Any]) -> tuple[Any, Any]:
     return lat.get("p10_ms"), lat.get("p90_ms")
 
 
+def _xy(evaluated: Sequence[Mapping[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """(latencies, accuracies) of evaluated candidates, to plot."""
+    return [e["latency_ms"] for e in evaluated], [e["accuracy"] for e in evaluated]
+
+
 def write_boundary(workdir: str | Path, outcome: PopOutcome, header: Mapping[str, Any]) -> dict[str, str]:
     """boundary.json ({**header, counts, prescreen, stop_reason, boundary, evaluated, history}) and
     boundary.csv (one row per evaluated candidate), atomically."""
@@ -56,19 +61,10 @@ def plot_pareto(path: str | Path, outcome: PopOutcome, *, title: str,
     on = [e for e in ev if e["on_boundary"]]
     off = [e for e in ev if not e["on_boundary"]]
     fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
-    ax.scatter([e["latency_ms"] for e in off], [e["accuracy"] for e in off], s=18, c="0.6",
-               label=f"trained, dominated ({len(off)})")
+    ax.scatter(*_xy(off), s=18, c="0.6", label=f"trained, dominated ({len(off)})")
     if on:
-        xs, ys = [], []
-        for e in on:
-            if xs:
-                xs.append(e["latency_ms"])
-                ys.append(ys[-1])
-            xs.append(e["latency_ms"])
-            ys.append(e["accuracy"])
-        ax.plot(xs, ys, "-", c="tab:red", lw=1.2)
-        ax.scatter([e["latency_ms"] for e in on], [e["accuracy"] for e in on], s=26, c="tab:red",
-                   label=f"boundary B(D) ({len(on)})", zorder=3)
+        ax.step(*_xy(on), where="post", c="tab:red", lw=1.2)
+        ax.scatter(*_xy(on), s=26, c="tab:red", label=f"boundary B(D) ({len(on)})", zorder=3)
     c = outcome.counts
     ax.plot([], [], " ", label=f"pruned without training: {c['pruned_without_training']}")
     ax.plot([], [], " ", label=f"space {c['space_size']}, in window {c['in_window']}, trained {c['trained']}")
@@ -83,8 +79,7 @@ def plot_pareto(path: str | Path, outcome: PopOutcome, *, title: str,
     keys = [] if chosen_key is None else [chosen_key] if isinstance(chosen_key, str) else list(chosen_key)
     ch = [e for e in ev if e["key"] in set(keys)]
     if ch:
-        ax.scatter([e["latency_ms"] for e in ch], [e["accuracy"] for e in ch], s=140, marker="*", c="tab:blue",
-                   zorder=4, label="chosen")
+        ax.scatter(*_xy(ch), s=140, marker="*", c="tab:blue", zorder=4, label="chosen")
     ax.set_xlabel("measured latency (ms)")
     ax.set_ylabel(accuracy_label)
     ax.set_title(title, fontsize=10)

@@ -44,12 +44,12 @@ import numpy as np
 
 from jaxnas.io_utils import atomic_write_json
 from jaxnas.methods.base import SearchError
-from jaxnas.spec import ArchSpec, SpecError, analyze
+from jaxnas.spec import ArchSpec, analyze
 
 from jaxnas.methods.pop.boundary import Boundary
 from jaxnas.methods.pop.executor import Executor, TrainJob
 from jaxnas.methods.pop.order import OrderKey, key_leq, order_key
-from jaxnas.methods.pop.space import Space, SpaceError
+from jaxnas.methods.pop.space import Space
 from jaxnas.methods.pop.timing import AdditiveLatencyModel, LatencyCache, Measurer, part_keys, seed_design
 
 STATE_FILE = "pop_state.json"
@@ -120,8 +120,9 @@ class PopSearch:
         self.space, self.s, self.executor, self.log = space, settings, executor, log
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.workdir / STATE_FILE
         self.cache = LatencyCache(self.workdir / CACHE_FILE, fingerprint)
-        self.measurer = Measurer(self.cache, measure, log)
+        self.measurer = Measurer(self.cache, measure)
         self._specs: dict[int, ArchSpec] = {}
         self.model: AdditiveLatencyModel | None = None
         self._leq: dict[tuple[int, int], bool] = {}
@@ -240,8 +241,7 @@ class PopSearch:
 
     def _check_window(self) -> None:
         n = len(self.archs)
-        lows = np.array([self.lat_bounds(i)[0] for i in range(n)])
-        highs = np.array([self.lat_bounds(i)[1] for i in range(n)])
+        lows, highs = np.array([self.lat_bounds(i)[:2] for i in range(n)], dtype=float).T
         span = f"[{lows.min():.4g}, {highs[np.isfinite(highs)].max(initial=lows.max()):.4g}] ms"
         lo, hi = self.s.window_ms
         if (lo is not None and highs.max() < lo) or (hi is not None and lows.min() > hi):
@@ -264,12 +264,8 @@ class PopSearch:
         if t is not None and lo is not None and t < lo:
             raise PopError(f"search.target_latency_ms {t} is below the latency window's low end {lo} ms: "
                            "no evaluated net can meet it; lower the window")
-        self.latency_span = (float(lows.min()), float(highs[np.isfinite(highs)].max(initial=lows.max())))
 
     # ------------------------------------------------------------------ state
-    def _state_path(self) -> Path:
-        return self.workdir / STATE_FILE
-
     def _fresh_state(self) -> dict[str, Any]:
         rng = np.random.default_rng([self.s.seed, 3])
         return {"version": STATE_VERSION, "space": {"name": self.space.name, "hash": self.space.hash},
@@ -278,7 +274,7 @@ class PopSearch:
                 "trained": {}, "pending": None, "elapsed_s": 0.0, "history": []}
 
     def _load_state(self) -> dict[str, Any]:
-        p = self._state_path()
+        p = self.state_path
         if not p.is_file():
             return self._fresh_state()
         st = json.loads(p.read_text())
@@ -292,7 +288,7 @@ class PopSearch:
     def _save_state(self) -> None:
         self.cache.flush()  # the state never refers to a latency that is not on disk
         self.state["elapsed_s"] = self._elapsed()
-        atomic_write_json(self._state_path(), self.state)
+        atomic_write_json(self.state_path, self.state)
 
     def _elapsed(self) -> float:
         return self._elapsed_before + time.time() - self._t_start
@@ -334,25 +330,23 @@ class PopSearch:
                 return True
         return False
 
-    def classify(self, i: int, boundary: Boundary, supers: Sequence[tuple[float, int]]) -> tuple[str, bool]:
+    def _status(self, i: int, low: float, high: float, supers: Sequence[tuple[float, int]]) -> str:
+        """'excluded' | 'pruned' | 'open' of untrained architecture i with latency in [low, high]."""
+        if self._in_window(low, high) == "out":
+            return "excluded"
+        return "pruned" if self._pruned(i, low, supers) else "open"
+
+    def classify(self, i: int, supers: Sequence[tuple[float, int]]) -> tuple[str, bool]:
         """('trained' | 'excluded' | 'pruned' | 'open', decided from a measured latency)."""
         if self.keys[i] in self.state["trained"]:
             return "trained", True
         low, high, measured = self.lat_bounds(i)
-        if self._in_window(low, high) == "out":
-            return "excluded", measured
-        if self._pruned(i, low, supers):
-            return "pruned", measured
-        return "open", measured
+        return self._status(i, low, high, supers), measured
 
     def _classify_all(self, boundary: Boundary) -> tuple[list[str], list[bool]]:
         supers = self._supers(boundary)
-        st, by = [], []
-        for i in range(len(self.keys)):
-            a, b = self.classify(i, boundary, supers)
-            st.append(a)
-            by.append(b)
-        return st, by
+        pairs = [self.classify(i, supers) for i in range(len(self.keys))]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
 
     # ------------------------------------------------------------------ sampling
     def _draw(self, rng: np.random.Generator, open_idx: list[int], boundary: Boundary, first: bool) -> int:
@@ -412,7 +406,6 @@ class PopSearch:
         self._elapsed_before, self._t_start = float(self.state.get("elapsed_s", 0.0)), time.time()
         if self.state["trained"] or self.state["pending"]:
             self.log(f"pop: resuming at round {self.state['round']} with {len(self.state['trained'])} trained")
-        stop = "exhausted"
         while True:
             boundary = self._boundary()
             pending = self.state["pending"]
@@ -512,7 +505,7 @@ class PopSearch:
         follows the same trajectory with or without an audit in between."""
         unmeasured = [i for i, k in enumerate(self.keys) if k not in self.cache]
         audit = LatencyCache(self.workdir / AUDIT_FILE, self.cache.fingerprint)
-        measure = Measurer(audit, self.measurer.measure_fn, self.log)
+        measure = Measurer(audit, self.measurer.measure_fn)
         todo = sum(1 for i in unmeasured if self.keys[i] not in audit)
         self.log(f"pop: audit: {len(unmeasured)} architectures the pre-screen left unmeasured ({todo} to measure)")
         supers = self._supers(boundary)
@@ -520,7 +513,7 @@ class PopSearch:
         for i in unmeasured:
             ms = measure(self.keys[i], self.spec(i))
             errs.append(abs(ms - self.pred[i]) / ms)
-            now = "excluded" if self._in_window(ms, ms) == "out" else "pruned" if self._pruned(i, ms, supers) else "open"
+            now = self._status(i, ms, ms, supers)
             if status[i] in ("excluded", "pruned") and now == "open":
                 wrong.append({"key": self.keys[i], "was": status[i], "predicted_ms": float(self.pred[i]),
                               "measured_ms": ms})

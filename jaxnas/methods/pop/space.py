@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any, Iterator, Mapping, Union
 
 import numpy as np
 
+from jaxnas.latency.spaces import BUILTIN_SPACES, SearchSpace, definition_hash
 from jaxnas.spec import ArchSpec, SpecError
 from jaxnas.zoo import dfnet
 
@@ -81,11 +81,6 @@ def _pos_ints(v: Any, where: str) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
-def _hash(definition: Mapping[str, Any]) -> str:
-    canon = json.dumps(definition, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canon.encode()).hexdigest()[:16]
-
-
 def _fmt_width(w: Width) -> str:
     return str(w) if isinstance(w, int) else f"{w[0]}x{w[1]}"
 
@@ -105,7 +100,26 @@ _RESNET_KEYS = {"name", "family", "description", "resolution", "in_channels", "n
 _STAGE_KEYS = {"name", "depths", "widths"}
 
 
-class ResNetSpace:
+class _SpaceBase:
+    """What both families share: the description POP writes and membership (`check` raises SpaceError)."""
+
+    @property
+    def hash(self) -> str:
+        return definition_hash(self.definition)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "hash": self.hash, "size": self.size(),
+                "definition": self.definition}
+
+    def contains(self, arch: Any) -> bool:
+        try:
+            self.check(arch)
+        except SpaceError:
+            return False
+        return True
+
+
+class ResNetSpace(_SpaceBase):
     """POP's ResNet-like backbone space (see the module docstring)."""
 
     family = "resnet"
@@ -143,15 +157,6 @@ class ResNetSpace:
             out.append(StageChoices(str(st.get("name") or f"res{i + 2}"), _pos_ints(st["depths"], f"stages[{i}].depths"),
                                     tuple(ws)))
         self.stages: tuple[StageChoices, ...] = tuple(out)
-
-    # ------------------------------------------------------------ identity
-    @property
-    def hash(self) -> str:
-        return _hash(self.definition)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "family": self.family, "hash": self.hash, "size": self.size(),
-                "definition": self.definition}
 
     # ------------------------------------------------------------ enumeration
     def _stage_seqs(self, si: int) -> list[tuple[Width, ...]]:
@@ -196,13 +201,6 @@ class ResNetSpace:
                         nxt[seq[-1]] = nxt.get(seq[-1], 0) + n
             counts = nxt
         return sum(counts.values())
-
-    def contains(self, arch: ResNetArch) -> bool:
-        try:
-            self.check(arch)
-        except SpaceError:
-            return False
-        return True
 
     def check(self, arch: ResNetArch) -> ResNetArch:
         arch = normalize_resnet_arch(arch)
@@ -285,11 +283,6 @@ class ResNetSpace:
     def arch_json(self, arch: ResNetArch) -> Any:
         return [[w if isinstance(w, int) else list(w) for w in seq] for seq in arch]
 
-    def uniform(self, width_index: Sequence[int] | int, depths: Sequence[int]) -> ResNetArch:
-        """Every block of stage s at its `width_index[s]`-th width, `depths[s]` blocks (uniform scaling)."""
-        idx = [width_index] * len(self.stages) if isinstance(width_index, int) else list(width_index)
-        return self.check(tuple(tuple([st.widths[i]] * d) for st, i, d in zip(self.stages, idx, depths)))
-
 
 def _pos_ints_ordered(v: Any, where: str, n: int) -> tuple[int, ...]:
     if not isinstance(v, (list, tuple)) or len(v) != n or any(
@@ -317,15 +310,13 @@ def _structure(spec: ArchSpec) -> tuple:
 # The MobileNetV2-block space (the format of latency.spaces)
 # ----------------------------------------------------------------------------------------------------
 
-class MBConvSpace:
+class MBConvSpace(_SpaceBase):
     """The MobileNetV2-block space of `jaxnas.latency.spaces` (that module builds the specs, so POP
     searches exactly the nets its block tables and the other methods see)."""
 
     family = "mbv2"
 
     def __init__(self, definition: Mapping[str, Any]):
-        from jaxnas.latency.spaces import SearchSpace
-
         try:
             self.inner = SearchSpace(definition)
         except SpecError as e:
@@ -337,14 +328,6 @@ class MBConvSpace:
             tuple(sorted((int(k), float(e), bool(se)) for k, e, se in itertools.product(st.kernels, st.expansions, st.se)))
             for st in self.inner.stages)
         self.depths = tuple(tuple(sorted(st.depths)) for st in self.inner.stages)
-
-    @property
-    def hash(self) -> str:
-        return self.inner.hash
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "family": self.family, "hash": self.hash, "size": self.size(),
-                "definition": self.definition}
 
     def size(self) -> int:
         return self.inner.size()
@@ -372,13 +355,6 @@ class MBConvSpace:
                 if c not in ch:
                     raise SpaceError(f"stage {i}: choice {c} is not in the space")
         return (w, stages)
-
-    def contains(self, arch: MBArch) -> bool:
-        try:
-            self.check(arch)
-        except SpaceError:
-            return False
-        return True
 
     def smallest(self) -> MBArch:
         return (self.widths[0], tuple(tuple([ch[0]] * ds[0]) for ch, ds in zip(self.stage_choices, self.depths)))
@@ -468,26 +444,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 Space = Union[ResNetSpace, MBConvSpace]
 
 
-def _mbconv_presets() -> dict[str, dict[str, Any]]:
-    """The MBConv spaces of `jaxnas.latency.spaces` ('mbv2-small': too large to enumerate (1.4e10), so
-    POP searches a seeded random pool of it, search.args.pool_size)."""
-    from jaxnas.latency.spaces import BUILTIN_SPACES
-
-    return BUILTIN_SPACES
-
-
 def load_space(spec: Union[str, Mapping[str, Any], Space], *, resolution: int | None = None,
                in_channels: int | None = None, num_classes: int | None = None) -> Space:
     """A preset name, a YAML/JSON file, a definition dict or a space; input/classes may be overridden
     (sized to the data)."""
-    if isinstance(spec, (ResNetSpace, MBConvSpace)):
+    # The MBConv presets are those of `jaxnas.latency.spaces` ('mbv2-small': too large to enumerate
+    # (1.4e10), so POP searches a seeded random pool of it, search.args.pool_size).
+    if isinstance(spec, _SpaceBase):
         d = spec.definition
     elif isinstance(spec, Mapping):
         d = dict(spec)
     elif isinstance(spec, str) and spec in PRESETS:
         d = PRESETS[spec]
-    elif isinstance(spec, str) and spec in _mbconv_presets():
-        d = {"family": "mbv2", **_mbconv_presets()[spec]}
+    elif isinstance(spec, str) and spec in BUILTIN_SPACES:
+        d = {"family": "mbv2", **BUILTIN_SPACES[spec]}
     elif isinstance(spec, str) and (spec.endswith((".yaml", ".yml", ".json")) or Path(spec).is_file()):
         p = Path(spec)
         if not p.is_file():
@@ -499,9 +469,9 @@ def load_space(spec: Union[str, Mapping[str, Any], Space], *, resolution: int | 
         d = {"name": p.stem, **d}
     else:
         import difflib
-        hint = difflib.get_close_matches(str(spec), [*PRESETS, *_mbconv_presets()], n=1)
+        hint = difflib.get_close_matches(str(spec), [*PRESETS, *BUILTIN_SPACES], n=1)
         raise SpaceError(f"unknown POP space {spec!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                         + f"; presets: {', '.join([*PRESETS, *_mbconv_presets()])}, or a definition dict / YAML path")
+                         + f"; presets: {', '.join([*PRESETS, *BUILTIN_SPACES])}, or a definition dict / YAML path")
     d = copy.deepcopy(dict(d))
     family = d.get("family", "resnet")
     if resolution is not None:

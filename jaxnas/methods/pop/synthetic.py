@@ -54,11 +54,7 @@ class SyntheticOracle:
         return total + cost.head.macs * self.ms_per_mac
 
     def capacity(self, spec: ArchSpec) -> float:
-        cap = 0.0
-        for b in spec.blocks:
-            for conv in b.layers:
-                cap += math.log1p(conv.out * conv.kernel[0] * conv.kernel[1])
-        return cap
+        return sum(math.log1p(conv.out * conv.kernel[0] * conv.kernel[1]) for b in spec.blocks for conv in b.layers)
 
     def accuracy(self, spec: ArchSpec) -> float:
         return 0.95 - 0.6 * math.exp(-self.capacity(spec) / 40.0)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -59,8 +59,6 @@ def measurement_record(m: Any) -> dict[str, Any]:
 def _jsonable(v: Any) -> Any:
     if isinstance(v, (np.floating, np.integer)):
         return v.item()
-    if isinstance(v, tuple):
-        return list(v)
     if hasattr(v, "to_dict"):
         return v.to_dict()
     return str(v)
@@ -120,16 +118,13 @@ def _fp_line(fp: Any) -> str:
 class Measurer:
     """measure(key, spec) -> ms: the cache first, else the oracle (then cached)."""
 
-    def __init__(self, cache: LatencyCache, measure_fn: Callable[[ArchSpec], Any],
-                 log: Callable[[str], None] = lambda s: None):
-        self.cache, self.measure_fn, self.log = cache, measure_fn, log
-        self.calls = 0
+    def __init__(self, cache: LatencyCache, measure_fn: Callable[[ArchSpec], Any]):
+        self.cache, self.measure_fn = cache, measure_fn
 
     def __call__(self, key: str, spec: ArchSpec) -> float:
         ms = self.cache.ms(key)
         if ms is None:
             rec = measurement_record(self.measure_fn(spec))
-            self.calls += 1
             self.cache.put(key, rec)
             ms = rec["median_ms"]
         return ms
@@ -188,20 +183,16 @@ class AdditiveLatencyModel:
         self.loo_errors: list[float] = []
         self.margin = float("inf")
 
-    def _matrix(self, parts: Sequence[Sequence[str]]) -> np.ndarray:
-        x = np.zeros((len(parts), len(self.index)))
-        for i, ps in enumerate(parts):
-            for p in ps:
-                x[i, self.index[p]] += 1.0
-        return x
-
     def fit(self, parts: Sequence[Sequence[str]], ms: Sequence[float]) -> "AdditiveLatencyModel":
         """Fit on measured networks given as their part lists; sets `margin` from leave-one-out errors."""
         self.index = {}
         for ps in parts:
             for p in ps:
                 self.index.setdefault(p, len(self.index))
-        x, y = self._matrix(parts), np.asarray(ms, dtype=float)
+        x, y = np.zeros((len(parts), len(self.index))), np.asarray(ms, dtype=float)
+        for i, ps in enumerate(parts):
+            for p in ps:
+                x[i, self.index[p]] += 1.0
         self.values = nnls(x, y)
         errs = []
         counts = (x > 0).sum(axis=0)
@@ -216,11 +207,8 @@ class AdditiveLatencyModel:
         self.margin = max(self.min_margin, self.safety * worst)
         return self
 
-    def covers(self, parts: Iterable[str]) -> bool:
-        return all(p in self.index for p in parts)
-
     def predict_parts(self, parts: Sequence[str]) -> float | None:
-        if not self.index or not self.covers(parts):
+        if not self.index or not all(p in self.index for p in parts):
             return None
         return float(sum(self.values[self.index[p]] for p in parts))
 

@@ -34,7 +34,6 @@ from jaxnas.methods.base import Method, SearchError, lazy_exports
 from jaxnas.methods.tfnas.commands import add_commands
 
 
-
 METHOD = Method(
     name="tfnas",
     summary="TF-NAS (ECCV'20): op, depth and width search under a lookup-table latency target, precise to ±1 %",

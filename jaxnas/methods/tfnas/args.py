@@ -79,36 +79,14 @@ class TfnasArgs(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "TfnasArgs":
-        errors = []
-        for k in ("epochs", "rebase_rounds", "arch_every", "log_every", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, k) < 1:
-                errors.append(f"{k}: must be >= 1, got {getattr(self, k)}")
+        errors = self.out_of_range({"epochs rebase_rounds arch_every log_every checkpoint_every keep_checkpoints":
+                                    ">= 1"})
         if not 0 <= self.warmup_epochs < self.epochs:
             errors.append(f"warmup_epochs: must be in [0, epochs={self.epochs}), got {self.warmup_epochs} "
                           "(the architecture is trained after the warm-up)")
-        for k in ("w_lr", "a_lr", "tau", "grad_clip"):
-            if getattr(self, k) <= 0:
-                errors.append(f"{k}: must be > 0, got {getattr(self, k)}")
-        for k in ("lambda_lat", "w_weight_decay", "a_weight_decay", "w_momentum"):
-            if getattr(self, k) < 0:
-                errors.append(f"{k}: must be >= 0, got {getattr(self, k)}")
-        for k in ("a_beta1", "a_beta2", "dropout", "drop_connect"):
-            if not 0 <= getattr(self, k) < 1:
-                errors.append(f"{k}: must be in [0, 1), got {getattr(self, k)}")
-        if not 1 <= self.channel_multiple <= 64:
-            errors.append(f"channel_multiple: must be in [1, 64], got {self.channel_multiple}")
-        if self.rebase_window_s < 0:
-            errors.append(f"rebase_window_s: must be >= 0, got {self.rebase_window_s}")
-        if not 0 < self.tau_decay <= 1:
-            errors.append(f"tau_decay: must be in (0, 1], got {self.tau_decay}")
-        for k in ("batch_size", "max_steps", "last_channels", "lookup_batch_size"):
-            v = getattr(self, k)
-            if v is not None and v < 1:
-                errors.append(f"{k}: must be >= 1 or null, got {v}")
-        if self.target_fraction is not None and not 0 < self.target_fraction < 1:
-            errors.append(f"target_fraction: must be in (0, 1), got {self.target_fraction}")
-        if self.width is not None and self.width <= 0:
-            errors.append(f"width: must be > 0, got {self.width}")
-        if errors:
-            raise ValueError("\n".join(errors))
-        return self
+        return self.checked(errors + self.out_of_range({
+            "w_lr a_lr tau grad_clip": "> 0", "lambda_lat w_weight_decay a_weight_decay w_momentum": ">= 0",
+            "a_beta1 a_beta2 dropout drop_connect": "in [0, 1)", "channel_multiple": "in [1, 64]",
+            "rebase_window_s": ">= 0", "tau_decay": "in (0, 1]",
+            "batch_size max_steps last_channels lookup_batch_size": ">= 1 or null", "target_fraction": "in (0, 1)",
+            "width": "> 0"}))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jaxnas.schema import argument_type
 
 __all__ = ["add_commands", "import_config", "export_config"]
 
@@ -45,24 +46,9 @@ def export_config(spec_path: str | Path, out: str | Path) -> dict[str, Any]:
     return {"out": str(out), "name": spec.name, "stages": {s.name: len(config[s.name]) for s in spec.stages}}
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _rate(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return v
+_POSITIVE_INT, _RATE = "expected a positive integer, got {text!r}", "expected a number in [0, 1), got {text!r}"
+_positive_int = argument_type(int, (lambda v: v >= 1, _POSITIVE_INT), unparsed=_POSITIVE_INT)
+_rate = argument_type(float, (lambda v: 0.0 <= v < 1.0, _RATE), unparsed=_RATE)
 
 
 def _cmd_import(args: argparse.Namespace) -> tuple[dict, str]:

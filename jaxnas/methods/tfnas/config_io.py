@@ -73,7 +73,7 @@ def to_model_config(spec: ArchSpec) -> dict[str, Any]:
     if spec.head.hidden or spec.head.pool != "global" or spec.head.num_classes < 1:
         raise TfnasError(f"{spec.name}: the head must be global pooling and one classifier layer")
     cin = [c.in_shape[2] for c in cost.blocks]
-    if blocks[0].kind != "conv" or len(blocks[0].layers) != 1 or blocks[-1].kind != "conv" or len(blocks[-1].layers) != 1:
+    if any(b.kind != "conv" or len(b.layers) != 1 for b in (blocks[0], blocks[-1])):
         raise TfnasError(f"{spec.name}: the first stem and the feature mix must be single convs")
     out: dict[str, Any] = {"first_stem": _conv_layer(blocks[0].layers[0], cin[0], "first_stem"),
                            "second_stem": _mbi(blocks[1], cin[1], "second_stem")}
@@ -90,11 +90,12 @@ def to_model_config(spec: ArchSpec) -> dict[str, Any]:
 # model.config -> spec
 # ----------------------------------------------------------------------------------------------------
 
-def _field(layer: Mapping[str, Any], key: str, where: str, kind: type = int) -> Any:
+def _field(layer: Mapping[str, Any], key: str, where: str) -> int:
+    """A positive integer field of a layer config."""
     if key not in layer:
         raise TfnasError(f"{where}: missing '{key}'")
     v = layer[key]
-    if kind is int and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise TfnasError(f"{where}.{key}: expected a positive integer, got {v!r}")
     return v
 

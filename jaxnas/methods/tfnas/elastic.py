@@ -108,11 +108,9 @@ def elastic_scaling(lut: TfnasLut, space: TfnasSpace, parsed: Parsed, mids: np.n
     before = lookup_latency(lut, space, parsed, mids)
     n = len(parsed)
     after = before
-    if before > target:
-        mids, after = fit_mc_num_by_latency(lut, space, parsed, mids, target, range(n), -1, multiple)
-    elif before < target:
-        mids, after = fit_mc_num_by_latency(lut, space, parsed, mids, target, range(n), 1, multiple)
-    if before != target:
+    if before != target:  # shrink over every stage when above the target, else expand; then the expand passes
+        sign = -1 if before > target else 1
+        mids, after = fit_mc_num_by_latency(lut, space, parsed, mids, target, range(n), sign, multiple)
         for start in range(1, n):
             mids, after = fit_mc_num_by_latency(lut, space, parsed, mids, target, range(start, n), 1, multiple)
     return mids, before, after

@@ -46,10 +46,10 @@ def load_lut(ctx: SearchContext, args: TfnasArgs, space: TfnasSpace) -> tuple[Tf
     want = ctx.oracle.fingerprint()
     if args.lookup_table:
         path = str(args.lookup_table)
-        if Path(path).suffix.lower() in (".pkl", ".pickle") and args.lookup_batch_size is None:
-            raise SearchError(f"search.args.lookup_batch_size: say which batch size {path} was measured at (the "
-                              "original's latency_gpu.pkl: 32, latency_cpu.pkl: 1)")
         if Path(path).suffix.lower() in (".pkl", ".pickle"):
+            if args.lookup_batch_size is None:
+                raise SearchError(f"search.args.lookup_batch_size: say which batch size {path} was measured at "
+                                  "(the original's latency_gpu.pkl: 32, latency_cpu.pkl: 1)")
             lut = TfnasLut.load(path, args.table_stat, device=args.lookup_device, batch_size=args.lookup_batch_size)
             reference_ms = None
         else:

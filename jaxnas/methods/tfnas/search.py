@@ -91,18 +91,13 @@ def gumbel_ops(log_alphas: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Ar
     return a, ((a + 1 + r) % NUM_OPS).astype(jnp.int32)
 
 
-def renormalise(arch: dict) -> dict:
-    """log_softmax over every architecture parameter (keeps log_alphas log-probabilities)."""
-    return jax.tree.map(lambda a: jax.nn.log_softmax(a, axis=-1), arch)
-
-
 def arch_update(adam: optax.GradientTransformation, arch: dict, grads: dict, adam_state: Any, lr: float,
                 clip: float) -> tuple[dict, Any]:
     """PyTorch's clip_grad_norm_(clip) + Adam(lr, L2 decay) step on the arch parameters, then log_softmax
     renormalisation (the original's `log_alphas.data = F.log_softmax(...)` over every arch parameter)."""
     grads, _ = _global_clip(grads, clip)
     updates, adam_state = adam.update(grads, adam_state, arch)
-    return renormalise(jax.tree.map(lambda p, u: p - lr * u, arch, updates)), adam_state
+    return jax.tree.map(lambda p, u: jax.nn.log_softmax(p - lr * u, axis=-1), arch, updates), adam_state
 
 
 def init_arch(space: TfnasSpace) -> dict:

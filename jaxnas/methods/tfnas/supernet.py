@@ -66,10 +66,6 @@ def group_mid(b: BlockPos, g: int) -> int:
     return (4, 8)[g] * b.cin
 
 
-def group_se(b: BlockPos, g: int) -> int:
-    return (1, 2)[g] * b.cin
-
-
 def op_member(op: int) -> tuple[int, int]:
     """(group, member) of op `op`."""
     return op % 2, op // 2
@@ -116,7 +112,7 @@ class Supernet:
         for b in self.blocks:
             block = {}
             for g, name in enumerate(GROUPS):
-                mid, se = group_mid(b, g), group_se(b, g)
+                mid, se = group_mid(b, g), (1, 2)[g] * b.cin  # SE width: in for e3, 2*in for e6
                 q = {"expand": np.zeros((4, 1, 1, b.cin, mid), np.float32),
                      "dw": np.zeros((4, KMAX, KMAX, 1, mid), np.float32),
                      "proj": np.zeros((4, 1, 1, mid, b.cout), np.float32),
@@ -303,10 +299,6 @@ def materialize(space: TfnasSpace, params: Params, masks: Any, arch: Any) -> dic
     pr = jax.tree.map(np.asarray, jax.device_get(params))
     masks = np.asarray(masks)
     net = out["params"]
-
-    def bn_identity(layer: dict) -> None:
-        layer["bn"] = {"scale": np.ones_like(layer["bn"]["scale"]), "bias": np.zeros_like(layer["bn"]["bias"])}
-
     net["block0"]["conv0"]["kernel"] = pr["first_stem"]["kernel"]
     q, b1 = pr["second_stem"], net["block1"]
     b1["conv0"]["kernel"], b1["conv1"]["kernel"] = q["dw"], q["proj"]
@@ -330,10 +322,11 @@ def materialize(space: TfnasSpace, params: Params, masks: Any, arch: Any) -> dic
     n = len(spec.blocks) - 1
     net[f"block{n}"]["conv0"]["kernel"] = pr["feature_mix"]["kernel"]
     net["head"]["classifier"] = dict(pr["classifier"])
-    for name, blk in net.items():
+    for blk in net.values():
         for layer in blk.values():
             if isinstance(layer, dict) and "bn" in layer:
-                bn_identity(layer)
+                layer["bn"] = {"scale": np.ones_like(layer["bn"]["scale"]),
+                               "bias": np.zeros_like(layer["bn"]["bias"])}
     return out
 
 
