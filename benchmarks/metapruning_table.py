@@ -113,8 +113,9 @@ def main(argv=None) -> int:
     p.add_argument("--widths", type=float, nargs="+",
                    default=[0.35, 0.5, 0.6, 0.75, 0.85, 1.0, 1.1, 1.25, 1.4],
                    help="MobileNetV2 width multipliers considered as baselines")
-    p.add_argument("--ids", type=int, nargs="+", default=list(range(0, 31, 2)),
-                   help="scale ids of the space's uniform networks considered as baselines")
+    p.add_argument("--ids", type=int, nargs="+", default=list(range(31)),
+                   help="scale ids of the space's uniform networks considered as baselines (every one: the "
+                        "baseline is then the closest in latency above the MetaPruning net)")
     p.add_argument("--families", nargs="+", default=["space", "mbv2"], choices=("space", "mbv2"),
                    help="uniform families whose baselines are retrained (both are measured)")
     p.add_argument("--set", action="append", default=[], help="config override a.b=c")

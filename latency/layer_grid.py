@@ -33,7 +33,16 @@ from .table import LatencyTable, TableError
 
 STATS = ("median", "mean", "p10", "min")
 
-__all__ = ["STATS", "build_layer_grid", "grid_points", "grid_layers", "layer_spec", "min_network_spec", "calibrate"]
+__all__ = ["STATS", "build_layer_grid", "entry_protocol", "grid_entries", "grid_points", "grid_layers", "layer_spec",
+           "min_network_spec", "calibrate"]
+
+# A grid entry is one 5-100 us conv timed alone; the grid's sum is calibrated against the two networks
+# timed end to end (`calibrate`), and the methods check their picks end to end.  The table protocol's
+# +-1 % per entry took its 3 s cap on nearly every entry (~23 min for MetaPruning's 451-entry MobileNetV2
+# grid at 28 px) and buys nothing over +-3 % in short rounds (benchmarks/layer_grid_protocol.py).
+ENTRY_REL_CI = 0.03
+ENTRY_MAX_TIME_S = 1.0
+ENTRY_ROUND_S = 0.02
 
 
 def grid_points(channels: int, *, step: float = 0.25, min_fraction: float = 0.1, multiple: int = 1) -> list[int]:
@@ -78,6 +87,30 @@ def grid_layers(spec, *, step: float = 0.25, min_fraction: float = 0.1, multiple
             rec["cin_grid"] = rec["cout_grid"]
         out.append(rec)
     return out
+
+
+def grid_entries(spec, *, step: float = 0.25, min_fraction: float = 0.1, multiple: int = 1,
+                 layers: list[dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any], int, int]]:
+    """Every distinct layer entry of `spec`'s grid as (key, layer record, cin, cout), in layer order
+    (identical layers share their entries; depthwise layers have cin == cout)."""
+    if layers is None:
+        layers = grid_layers(spec, step=step, min_fraction=min_fraction, multiple=multiple)
+    out: dict[str, tuple[str, dict[str, Any], int, int]] = {}
+    for rec in layers:
+        pairs = ([(c, c) for c in rec["cout_grid"]] if rec["depthwise"]
+                 else [(a, b) for a in rec["cin_grid"] for b in rec["cout_grid"]])
+        for cin, cout in pairs:
+            key = f"{rec['key']}:{cin}x{cout}"
+            out.setdefault(key, (key, rec, cin, cout))
+    return list(out.values())
+
+
+def entry_protocol(protocol: Any) -> Any:
+    """The protocol a layer entry is timed by: `protocol` with at least +-3 % (`ENTRY_REL_CI`), at most 1 s
+    per entry and 20 ms rounds (warm-up at most as long); the two networks keep `protocol` itself."""
+    return protocol.replace(rel_ci=max(protocol.rel_ci, ENTRY_REL_CI),
+                            max_time_s=min(protocol.max_time_s, ENTRY_MAX_TIME_S),
+                            round_s=min(protocol.round_s, ENTRY_ROUND_S), warmup_s=min(protocol.warmup_s, ENTRY_ROUND_S))
 
 
 def layer_spec(spec, rec: dict[str, Any], cin: int, cout: int):
@@ -136,7 +169,8 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
     parity check).  Batch size 1.  `channel_multiple`: grid channel counts are multiples of it (use the
     search space's alignment: unaligned counts can fall off a runtime's fast kernels).  Timing: the
     adaptive `protocol` (default `latency.builder.TABLE_PROTOCOL`; every entry with its interval, the
-    entries' rounds interleaved, flagged ones timed again and reported) unless fixed `runs` are given
+    entries' rounds interleaved, flagged ones timed again and reported; layer entries by
+    `entry_protocol(protocol)`, the two networks by `protocol`) unless fixed `runs` are given
     (`network_runs` for the two whole networks).
     """
     if not 0 < grid_fraction_step <= 1 or not 0 < min_fraction < 1:
@@ -159,14 +193,7 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
             **({"channel_multiple": channel_multiple} if channel_multiple > 1 else {})}
     out_path = Path(out_path)
     table = LatencyTable.open_or_create(out_path, backend.fingerprint(batch_size=1), meta=meta)
-    todo: dict[str, tuple[dict[str, Any], int, int]] = {}
-    for rec in layers:
-        pairs = ([(c, c) for c in rec["cout_grid"]] if rec["depthwise"]
-                 else [(a, b) for a in rec["cin_grid"] for b in rec["cout_grid"]])
-        for cin, cout in pairs:
-            key = f"{rec['key']}:{cin}x{cout}"
-            if key not in table and key not in todo:
-                todo[key] = (rec, cin, cout)
+    todo = {key: (rec, cin, cout) for key, rec, cin, cout in grid_entries(spec, layers=layers) if key not in table}
     nets = [k for k in ("network:full", "network:min") if k not in table]
     say = log or (lambda _m: None)
     if todo or nets:
@@ -206,8 +233,8 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
                 say(f"  {done}/{len(keys)} entries ({time.perf_counter() - t0:.0f} s)")
 
         n_layers = len(todo)
-        measure_models(backend, items[:n_layers], protocol=protocol, warmup=warmup, runs=runs, on_done=store,
-                       names=keys[:n_layers])
+        measure_models(backend, items[:n_layers], protocol=protocol and entry_protocol(protocol), warmup=warmup,
+                       runs=runs, on_done=store, names=keys[:n_layers])
         measure_models(backend, items[n_layers:], protocol=protocol, warmup=warmup, runs=network_runs or runs,
                        on_done=lambda j, st: store(n_layers + j, st), names=keys[n_layers:])
     bad = untrusted_line(table, str(out_path))

@@ -174,3 +174,30 @@ def test_latency_target_sampling_and_gradient(tmp_path):
     a = space.init_alphas(2.0)
     g = jax.grad(lambda al: low.loss(space.expected_channels(al)))(a)
     assert all(np.all(np.asarray(v) >= 0) for v in g.values()) and any(np.any(np.asarray(v) > 0) for v in g.values())
+
+
+def test_layer_entries_use_the_entry_protocol_and_networks_the_given_one(tmp_path, monkeypatch):
+    """Layer entries are timed by `entry_protocol` (at least +-3 %, at most 1 s, 20 ms rounds): the table
+    protocol's +-1 % took its 3 s cap on nearly every entry; the two networks keep the given protocol."""
+    from jaxnas.latency import builder
+    from jaxnas.latency.layer_grid import entry_protocol
+    from jaxnas.latency.timing import DEFAULT_PROTOCOL
+
+    given = DEFAULT_PROTOCOL.replace(rel_ci=0.01, max_time_s=3.0)
+    real, seen = builder.measure_models, []
+
+    def recording(backend, items, *, protocol, warmup, runs, **kw):
+        seen.append((len(items), protocol))
+        return real(backend, items, protocol=None, warmup=warmup, runs=1, **kw)
+
+    monkeypatch.setattr(builder, "measure_models", recording)
+    table = build_layer_grid(tiny_spec(), FakeBackend(), out_path=tmp_path / "g.json", exporter=fake_exporter,
+                             protocol=given, log=None)
+    (n_layers, layer_p), (n_nets, net_p) = seen
+    assert n_layers == len(table) - 2 and n_nets == 2
+    assert net_p == given
+    assert layer_p == entry_protocol(given)
+    assert (layer_p.rel_ci, layer_p.max_time_s, layer_p.round_s, layer_p.warmup_s) == (0.03, 1.0, 0.02, 0.02)
+    # a looser or shorter protocol is never tightened
+    loose = given.replace(rel_ci=0.05, max_time_s=0.5, round_s=0.01, warmup_s=0.01)
+    assert entry_protocol(loose) == loose
