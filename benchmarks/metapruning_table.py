@@ -113,8 +113,8 @@ def main(argv=None) -> int:
                    help="retrain every compared net with train.seed 0..seeds-1 and compare the means")
     p.add_argument("--widths", type=float, nargs="+", default=[round(0.35 + 0.05 * i, 2) for i in range(22)],
                    help="MobileNetV2 width multipliers considered as baselines (default 0.35, 0.40, ..., 1.40: "
-                        "the usual 0.35/0.5/0.75/1.0/1.4 alone left the baseline up to 16 %% slower than the "
-                        "MetaPruning net)")
+                        "the nine widths 0.35, 0.5, 0.6, 0.75, 0.85, 1.0, 1.1, 1.25, 1.4 left the baseline up to "
+                        "16 %% slower than the MetaPruning net)")
     p.add_argument("--ids", type=int, nargs="+", default=list(range(31)),
                    help="scale ids of the space's uniform networks considered as baselines (every one: the "
                         "baseline is then the closest in latency above the MetaPruning net)")

@@ -38,8 +38,9 @@ __all__ = ["STATS", "build_layer_grid", "entry_protocol", "grid_entries", "grid_
 
 # A grid entry is one 5-100 us conv timed alone; the grid's sum is calibrated against the two networks
 # timed end to end (`calibrate`), and the methods check their picks end to end.  The table protocol's
-# +-1 % per entry took its 3 s cap on nearly every entry (~23 min for MetaPruning's 451-entry MobileNetV2
-# grid at 28 px) and buys nothing over +-3 % in short rounds (benchmarks/layer_grid_protocol.py).
+# +-1 % per entry took its 3 s cap on nearly every entry (21.9 min projected for the 449 layer entries of
+# MetaPruning's quick MobileNetV2 grid) and buys nothing over +-3 % in short rounds (1.9 min; per-entry
+# medians within 0.7 %, median: benchmarks/layer_grid_protocol.py).
 ENTRY_REL_CI = 0.03
 ENTRY_MAX_TIME_S = 1.0
 ENTRY_ROUND_S = 0.02

@@ -317,7 +317,7 @@ def run_search(ctx: SearchContext, args: MetaPruningArgs) -> SearchResult:
     setup_s = round(time.time() - t0, 1)  # the checks and, for a latency budget, the per-layer grid
     searched = train_and_evolve(cfg, dataset, setup, workdir, log=log,
                                 measure_fn=lambda spec: float(ctx.oracle.measure(spec).to_dict()[f"{args.latency_stat}_ms"]))
-    searched.seconds = {"setup": setup_s, **searched.seconds}
+    searched.seconds["setup"] = setup_s
     space = setup.space
     spec = space.to_spec(searched.genes, residual_rule=args.residual_rule, name=f"metapruning_{space.family}")
     chosen_path = workdir / "chosen_arch.json"
