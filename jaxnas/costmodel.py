@@ -5,7 +5,9 @@ MACs as a sum of ``coef * prod(channels[g])`` terms, exact (= `jaxnas.spec.macs`
 integer channel counts and differentiable at expected ones.  `LatencyModel`: the sum over every conv of a
 bilinear interpolation in (c_in, c_out) of that layer's measured latency grid (a `LatencyTable` built by
 `jaxnas.latency.layer_grid`; only read here, duck-typed: ``table.meta``, ``table.ms(key, stat)``), then
-the table's end-to-end calibration ``constant_ms + scale * sum``.
+the table's end-to-end calibration: piecewise linear in the sum through the networks the grid timed end
+to end (`CALIBRATION_NETWORKS`), or ``constant_ms + scale * sum`` for a table with only the full and the
+minimal network.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import numpy as np
 from jaxnas.spec import ArchSpec, SpecError
 from jaxnas.supernet import Expr, conv_sites
 
-__all__ = ["LatencyModel", "MacsModel", "bilinear"]
+__all__ = ["CALIBRATION_NETWORKS", "LatencyModel", "MacsModel", "bilinear", "calibration_knots", "fraction_point",
+           "piecewise_linear"]
 
 
 class MacsModel:
@@ -110,13 +113,60 @@ def _bilinear_fit(xs: np.ndarray, ys: np.ndarray, vals: np.ndarray) -> np.ndarra
     return (a @ coef).reshape(vals.shape)
 
 
+# The end-to-end networks a layer grid is calibrated against: every width group at its grid minimum (None),
+# at the grid point nearest 1/4, 1/2 and 3/4 of its width, and the full network.  Two were not enough on
+# onnxruntime: a layer timed alone pays per-call costs the network does not, so network latency is not a
+# line in the layers' sum, and the line through the minimal and the full network of MetaPruning's quick
+# space predicted its uniform nets with a median |error| of 7.6 % (up to 13 %) and mixed-width nets with
+# 9.1 %; through the five networks 1.4 % and 2.9 % (benchmarks/layer_grid_calibration.py).
+CALIBRATION_NETWORKS: dict[str, float | None] = {"network:min": None, "network:f0.25": 0.25,
+                                                 "network:f0.5": 0.5, "network:f0.75": 0.75, "network:full": 1.0}
+
+
+def fraction_point(grid: Any, fraction: float | None) -> int:
+    """Index of the grid point nearest `fraction` of the grid's largest (None: the smallest; ties: lower)."""
+    pts = [float(c) for c in grid]
+    if fraction is None:
+        return 0
+    return min(range(len(pts)), key=lambda i: (abs(pts[i] - fraction * pts[-1]), i))
+
+
+def calibration_knots(points: list[tuple[float, float]]) -> list[list[float]]:
+    """Knots [[layer sum, network ms], ...] of a monotone piecewise-linear calibration: `points` sorted by
+    sum, keeping the smallest and the largest and every interior point strictly between its kept
+    neighbours in both sum and ms (a noisy point that would give a segment a negative slope is dropped,
+    so that a gradient never says a wider net is faster)."""
+    pts = sorted((float(s), float(t)) for s, t in points)
+    if len(pts) < 2:
+        return [list(p) for p in pts]
+    first, last = pts[0], pts[-1]
+    kept = [first]
+    for s, t in pts[1:-1]:
+        if kept[-1][0] < s < last[0] and kept[-1][1] < t < last[1]:
+            kept.append((s, t))
+    kept.append(last)
+    return [list(p) for p in kept]
+
+
+def piecewise_linear(x: Any, knots: Any, xp: Any = jnp) -> Any:
+    """The piecewise-linear function through `knots` at x (linear extrapolation beyond the end knots)."""
+    xs = [float(k[0]) for k in knots]
+    ys = [float(k[1]) for k in knots]
+    slopes = [(ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i]) for i in range(len(xs) - 1)]
+    out = ys[0] + slopes[0] * (x - xs[0])
+    for i in range(1, len(slopes)):
+        out = out + (slopes[i] - slopes[i - 1]) * xp.maximum(x - xs[i], 0.0)
+    return out
+
+
 class LatencyModel:
     """Expected latency (ms) of a supernet from a layer-grid `LatencyTable` (see `latency.layer_grid`).
 
     The table's ``meta['layers']`` lists every conv of the supernet in `conv_sites` order with its
     entry key, input shape, output channels and channel grids; entries are ``f"{key}:{cin}x{cout}"``.
-    ``meta['calibration'][stat]`` = {'constant_ms', 'scale'} maps the summed layer latencies to end-to-end
-    ms; `stat` picks the entry statistic (median, mean, p10 or min).
+    ``meta['calibration'][stat]`` maps the summed layer latencies to end-to-end ms: piecewise linear
+    through its ``knots`` when the grid timed more than two networks, else ``constant_ms + scale * sum``;
+    `stat` picks the entry statistic (median, mean, p10 or min).
     """
 
     def __init__(self, spec: ArchSpec, prunable: Any, table: Any, *, stat: str = "median", smooth: bool = False):
@@ -124,7 +174,7 @@ class LatencyModel:
         ``a + b*cin + c*cout + d*cin*cout`` (``a + b*c`` for depthwise) before interpolating: tiny layers
         are timed at the resolution of the runtime's per-call overhead, and a noisy grid has
         non-monotone cells whose gradients point the wrong way.  The end-to-end calibration is then
-        refitted on the smoothed sums (from the table's ``network:full``/``network:min`` entries)."""
+        refitted on the smoothed sums (from the table's end-to-end ``CALIBRATION_NETWORKS`` entries)."""
         meta = getattr(table, "meta", {}) or {}
         layers = meta.get("layers")
         if not isinstance(layers, list):
@@ -161,12 +211,14 @@ class LatencyModel:
         cal = (meta.get("calibration") or {}).get(stat, {})
         self.constant_ms = float(cal.get("constant_ms", 0.0))
         self.scale = float(cal.get("scale", 1.0))
+        knots = cal.get("knots") or []
+        self.knots = [list(map(float, k)) for k in knots] if len(knots) >= 3 else None
         if smooth and "network:full" in table:
             self._recalibrate(table, stat)
 
     def _recalibrate(self, table: Any, stat: str) -> None:
         # As latency.layer_grid.calibrate, on the smoothed grids: the full and the minimal network are
-        # the grids' last and first corners.
+        # the grids' last and first corners, the interior networks their points nearest each fraction.
         s_full = sum(float(v[-1, -1]) for *_, v in self._np_layers)
         s_min = sum(float(v[0, 0]) for *_, v in self._np_layers)
         t_full = table.ms("network:full", stat)
@@ -176,6 +228,14 @@ class LatencyModel:
             if 0.2 <= scale <= 5.0:
                 self.scale = scale
         self.constant_ms = t_full - self.scale * s_full
+        if self.knots is not None:
+            points = []
+            for key, fraction in CALIBRATION_NETWORKS.items():
+                if key in table:
+                    points.append((sum(float(v[fraction_point(xs, fraction), fraction_point(ys, fraction)])
+                                       for _, _, xs, ys, v in self._np_layers), table.ms(key, stat)))
+            knots = calibration_knots(points)
+            self.knots = knots if len(knots) >= 3 else None
 
     def _predict(self, channels: Mapping[str, Any], xp: Any, dtype: Any, layers: list) -> Any:
         def value(e: Expr):
@@ -185,6 +245,8 @@ class LatencyModel:
         for s, depthwise, xs, ys, vals in layers:
             x, y = (value(s.cout), xp.zeros((), dtype)) if depthwise else (value(s.cin), value(s.cout))
             total = total + bilinear(xs, ys, vals, x, y, xp)
+        if self.knots is not None:
+            return piecewise_linear(total, self.knots, xp)
         return self.constant_ms + self.scale * total
 
     def expected(self, channels: Mapping[str, Any]) -> jax.Array:

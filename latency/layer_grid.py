@@ -6,15 +6,20 @@ feature shape (conv + BN + activation as in the network, head-less), exports it 
 for every (c_in, c_out) on a grid of channel counts.  Identical layers (same kernel, stride, padding,
 activation, feature size and channel counts) share entries.  The result is a `LatencyTable`:
 
-* entries ``f"{layer_key}:{cin}x{cout}"`` (depthwise layers: ``cin == cout``), plus end-to-end
-  ``network:full`` (the supernet) and ``network:min`` (every width group at its grid minimum);
+* entries ``f"{layer_key}:{cin}x{cout}"`` (depthwise layers: ``cin == cout``), plus the end-to-end
+  networks of `jaxnas.costmodel.CALIBRATION_NETWORKS`: ``network:full`` (the supernet), ``network:min``
+  (every width group at its grid minimum) and ``network:f0.25``/``f0.5``/``f0.75`` (every width group at
+  its grid point nearest that fraction of its width);
 * ``meta['layers']``: one record per conv layer in order — ``block``, ``layer``, ``key``, ``in_shape``
   [H, W, C_in], ``out``, ``depthwise``, ``cin_grid``, ``cout_grid`` (a dimension without a width group
   has a one-point grid);
-* ``meta['calibration'][stat]`` for stat in median/mean/p10/min: ``{'constant_ms', 'scale', ...}`` with
-  ``network = constant_ms + scale * sum of layer latencies`` fitted exactly at the full and the minimal
-  network (it absorbs per-session overheads of the isolated layers, the head, pooling and residual
-  adds).  On a contended machine the p10/min statistics are the more repeatable ones.
+* ``meta['calibration'][stat]`` for stat in median/mean/p10/min: ``knots`` [[sum of layer latencies,
+  network ms], ...], one per end-to-end network (`jaxnas.costmodel.calibration_knots`), through which
+  the cost model maps a sum piecewise linearly, and ``{'constant_ms', 'scale'}``: the line through the
+  full and the minimal network (what a grid built before the interior networks has).  The map absorbs the
+  per-call costs of the isolated layers, the head, pooling and residual adds; it is not a line on
+  onnxruntime (benchmarks/layer_grid_calibration.py).  On a contended machine the p10/min statistics are
+  the more repeatable ones.
 
 The table is saved after every entry, so an interrupted build resumes; an existing file measured on
 another setup (fingerprint) or for another supernet/grid (meta) is refused.  Consumers (e.g.
@@ -29,14 +34,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from jaxnas.costmodel import CALIBRATION_NETWORKS, calibration_knots, fraction_point
+
 from .table import LatencyTable, TableError
 
 STATS = ("median", "mean", "p10", "min")
 
 __all__ = ["STATS", "build_layer_grid", "entry_protocol", "grid_entries", "grid_points", "grid_layers", "layer_spec",
-           "min_network_spec", "calibrate"]
+           "min_network_spec", "calibration_network_spec", "calibrate"]
 
-# A grid entry is one 5-100 us conv timed alone; the grid's sum is calibrated against the two networks
+# A grid entry is one 5-100 us conv timed alone; the grid's sum is calibrated against the networks
 # timed end to end (`calibrate`), and the methods check their picks end to end.  The table protocol's
 # +-1 % per entry took its 3 s cap on nearly every entry (21.9 min projected for the 449 layer entries of
 # MetaPruning's quick MobileNetV2 grid) and buys nothing over +-3 % in short rounds (1.9 min; per-entry
@@ -108,7 +115,7 @@ def grid_entries(spec, *, step: float = 0.25, min_fraction: float = 0.1, multipl
 
 def entry_protocol(protocol: Any) -> Any:
     """The protocol a layer entry is timed by: `protocol` with at least +-3 % (`ENTRY_REL_CI`), at most 1 s
-    per entry and 20 ms rounds (warm-up at most as long); the two networks keep `protocol` itself."""
+    per entry and 20 ms rounds (warm-up at most as long); the calibration networks keep `protocol` itself."""
     return protocol.replace(rel_ci=max(protocol.rel_ci, ENTRY_REL_CI),
                             max_time_s=min(protocol.max_time_s, ENTRY_MAX_TIME_S),
                             round_s=min(protocol.round_s, ENTRY_ROUND_S), warmup_s=min(protocol.warmup_s, ENTRY_ROUND_S))
@@ -126,22 +133,36 @@ def layer_spec(spec, rec: dict[str, Any], cin: int, cout: int):
     return ArchSpec(f"layer_{rec['key']}_{cin}x{cout}", (Block("conv", (conv,)),), Head(num_classes=0), (h, w), cin)
 
 
-def min_network_spec(spec, variables, *, step: float = 0.25, min_fraction: float = 0.1, multiple: int = 1):
-    """(spec, variables) of the supernet with every width group at its grid minimum."""
+def calibration_network_spec(spec, variables, fraction: float | None, *, step: float = 0.25,
+                             min_fraction: float = 0.1, multiple: int = 1):
+    """(spec, variables) of the supernet with every width group at its grid point nearest `fraction` of
+    its width (`jaxnas.costmodel.fraction_point`; None: the grid minimum)."""
     from jaxnas.supernet import materialize, prefix_mask, width_groups
-    masks = {g: prefix_mask(c, grid_points(c, step=step, min_fraction=min_fraction, multiple=multiple)[0])
-             for g, c in width_groups(spec).items()}
+    masks = {}
+    for g, c in width_groups(spec).items():
+        pts = grid_points(c, step=step, min_fraction=min_fraction, multiple=multiple)
+        masks[g] = prefix_mask(c, pts[fraction_point(pts, fraction)])
     return materialize(spec, variables, {"masks": masks})
 
 
-def calibrate(table: LatencyTable, stat: str = "median") -> dict[str, float]:
-    """Fit ``network = constant_ms + scale * sum(layers)`` at the full and minimal networks."""
-    layers = table.meta["layers"]
-    s_full = s_min = 0.0
-    for rec in layers:
+def min_network_spec(spec, variables, *, step: float = 0.25, min_fraction: float = 0.1, multiple: int = 1):
+    """(spec, variables) of the supernet with every width group at its grid minimum."""
+    return calibration_network_spec(spec, variables, None, step=step, min_fraction=min_fraction, multiple=multiple)
+
+
+def layer_sum(table: LatencyTable, fraction: float | None, stat: str = "median") -> float:
+    """Sum of the layer entries of the calibration network at `fraction` (None: the minimal network)."""
+    total = 0.0
+    for rec in table.meta["layers"]:
         ci, co = rec["cin_grid"], rec["cout_grid"]
-        s_full += table.ms(f"{rec['key']}:{ci[-1]}x{co[-1]}", stat)
-        s_min += table.ms(f"{rec['key']}:{ci[0]}x{co[0]}", stat)
+        total += table.ms(f"{rec['key']}:{ci[fraction_point(ci, fraction)]}x{co[fraction_point(co, fraction)]}", stat)
+    return total
+
+
+def calibrate(table: LatencyTable, stat: str = "median") -> dict[str, Any]:
+    """The map from summed layer latencies to end-to-end ms: ``knots`` through every calibration network
+    the table holds, and the line ``constant_ms + scale * sum`` through the full and the minimal one."""
+    s_full, s_min = layer_sum(table, 1.0, stat), layer_sum(table, None, stat)
     t_full = table.ms("network:full", stat)
     t_min = table.ms("network:min", stat) if "network:min" in table else None
     scale = 1.0
@@ -149,8 +170,10 @@ def calibrate(table: LatencyTable, stat: str = "median") -> dict[str, float]:
         scale = (t_full - t_min) / (s_full - s_min)
     if not 0.2 <= scale <= 5.0:  # noise or a degenerate grid: keep the plain sum plus an offset
         scale = 1.0
+    knots = calibration_knots([(layer_sum(table, f, stat), table.ms(key, stat))
+                               for key, f in CALIBRATION_NETWORKS.items() if key in table])
     return {"constant_ms": t_full - scale * s_full, "scale": scale, "full_ms": t_full, "min_ms": t_min,
-            "layer_sum_full_ms": s_full, "layer_sum_min_ms": s_min}
+            "layer_sum_full_ms": s_full, "layer_sum_min_ms": s_min, "knots": knots}
 
 
 def _spec_digest(spec) -> str:
@@ -171,8 +194,8 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
     search space's alignment: unaligned counts can fall off a runtime's fast kernels).  Timing: the
     adaptive `protocol` (default `latency.builder.TABLE_PROTOCOL`; every entry with its interval, the
     entries' rounds interleaved, flagged ones timed again and reported; layer entries by
-    `entry_protocol(protocol)`, the two networks by `protocol`) unless fixed `runs` are given
-    (`network_runs` for the two whole networks).
+    `entry_protocol(protocol)`, the calibration networks by `protocol`) unless fixed `runs` are given
+    (`network_runs` for the calibration networks).
     """
     if not 0 < grid_fraction_step <= 1 or not 0 < min_fraction < 1:
         raise ValueError("grid_fraction_step must be in (0, 1] and min_fraction in (0, 1)")
@@ -195,7 +218,7 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
     out_path = Path(out_path)
     table = LatencyTable.open_or_create(out_path, backend.fingerprint(batch_size=1), meta=meta)
     todo = {key: (rec, cin, cout) for key, rec, cin, cout in grid_entries(spec, layers=layers) if key not in table}
-    nets = [k for k in ("network:full", "network:min") if k not in table]
+    nets = [k for k in CALIBRATION_NETWORKS if k not in table]
     say = log or (lambda _m: None)
     if todo or nets:
         say(f"layer grid {out_path}: {len(table)} entries present, measuring {len(todo)} layer entries "
@@ -220,8 +243,9 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
         if nets:
             full_vars = init_variables(build_model(spec), seed)
             for key in nets:
-                s, v = (spec, full_vars) if key == "network:full" else min_network_spec(
-                    spec, full_vars, step=grid_fraction_step, min_fraction=min_fraction, multiple=channel_multiple)
+                s, v = (spec, full_vars) if key == "network:full" else calibration_network_spec(
+                    spec, full_vars, CALIBRATION_NETWORKS[key], step=grid_fraction_step, min_fraction=min_fraction,
+                    multiple=channel_multiple)
                 add(key, s, v, (1, *s.input_size, s.in_channels), None)
         done = 0
 

@@ -93,7 +93,7 @@ def test_build_resume_refuse_and_predict(tmp_path):
     table = build_layer_grid(spec, be, out_path=path, exporter=fake_exporter, log=None)
     n_layers = sum(len(r["cout_grid"]) if r["depthwise"] else len(r["cin_grid"]) * len(r["cout_grid"])
                    for r in grid_layers(spec))
-    assert len(table) <= n_layers + 2 and "network:full" in table and "network:min" in table
+    assert len(table) <= n_layers + 5 and "network:full" in table and "network:min" in table
     assert be.calls == len(table)
     assert LatencyTable.load(path).to_dict() == table.to_dict()
     # resume: nothing is measured again
@@ -194,10 +194,62 @@ def test_layer_entries_use_the_entry_protocol_and_networks_the_given_one(tmp_pat
     table = build_layer_grid(tiny_spec(), FakeBackend(), out_path=tmp_path / "g.json", exporter=fake_exporter,
                              protocol=given, log=None)
     (n_layers, layer_p), (n_nets, net_p) = seen
-    assert n_layers == len(table) - 2 and n_nets == 2
+    assert n_layers == len(table) - 5 and n_nets == 5
     assert net_p == given
     assert layer_p == entry_protocol(given)
     assert (layer_p.rel_ci, layer_p.max_time_s, layer_p.round_s, layer_p.warmup_s) == (0.03, 1.0, 0.02, 0.02)
     # a looser or shorter protocol is never tightened
     loose = given.replace(rel_ci=0.05, max_time_s=0.5, round_s=0.01, warmup_s=0.01)
     assert entry_protocol(loose) == loose
+
+
+def convex_exporter(spec: ArchSpec, variables, path) -> None:
+    """As `fake_exporter`, but a whole network's latency is a convex function of its layers' sum (as on
+    onnxruntime, where small layers timed alone pay per-call costs the network does not)."""
+    fake_exporter(spec, variables, path)
+    desc = json.loads(open(path).read())
+    if not (len(spec.blocks) == 1 and spec.head.num_classes == 0):
+        desc["ms"] = 0.02 + 4.0 * desc["ms"] ** 2
+    with open(path, "w") as f:
+        json.dump(desc, f)
+
+
+def test_calibration_networks_make_the_map_piecewise_linear_through_them(tmp_path):
+    from jaxnas.costmodel import CALIBRATION_NETWORKS, LatencyModel, fraction_point
+    from jaxnas.latency.layer_grid import calibration_network_spec
+    from jaxnas.models import build_model, init_variables
+    from jaxnas.supernet import width_groups
+    spec = tiny_spec()
+    table = build_layer_grid(spec, FakeBackend(), out_path=tmp_path / "g.json", exporter=convex_exporter, log=None)
+    assert all(k in table for k in CALIBRATION_NETWORKS)
+    cal = table.meta["calibration"]["median"]
+    assert len(cal["knots"]) == 5 and [k[0] for k in cal["knots"]] == sorted(k[0] for k in cal["knots"])
+    prunable = frozenset(width_groups(spec))
+    lm = LatencyModel(spec, prunable, table)
+    smooth = LatencyModel(spec, prunable, table, smooth=True)
+    variables = init_variables(build_model(spec), 0)
+    for key, fraction in CALIBRATION_NETWORKS.items():
+        sub, v = calibration_network_spec(spec, variables, fraction)
+        groups = width_groups(spec)
+        ch = {g: grid_points(c)[fraction_point(grid_points(c), fraction)] for g, c in groups.items()}
+        assert width_groups(sub) == ch
+        # exact at every calibration network (the bilinear grid is its own smooth fit)
+        assert lm.exact(ch) == pytest.approx(table.ms(key), rel=1e-6)
+        assert smooth.exact(ch) == pytest.approx(table.ms(key), rel=1e-6)
+        assert float(lm.expected({g: float(c) for g, c in ch.items()})) == pytest.approx(table.ms(key), rel=1e-5)
+    # the line through the full and the minimal network misses the middle of a convex map
+    s_half = sum(table.ms(f"{r['key']}:{r['cin_grid'][fraction_point(r['cin_grid'], 0.5)]}x"
+                          f"{r['cout_grid'][fraction_point(r['cout_grid'], 0.5)]}") for r in table.meta["layers"])
+    assert cal["constant_ms"] + cal["scale"] * s_half > 1.1 * table.ms("network:f0.5")
+
+
+def test_calibration_knots_stay_monotone_and_extrapolate_linearly():
+    import jax
+    from jaxnas.costmodel import calibration_knots, piecewise_linear
+    knots = calibration_knots([(3.0, 2.0), (1.0, 1.0), (2.0, 1.2), (2.5, 1.1), (4.0, 4.0)])
+    assert knots == [[1.0, 1.0], [2.0, 1.2], [3.0, 2.0], [4.0, 4.0]]  # (2.5, 1.1) would slope down
+    xs = np.array([0.0, 1.0, 1.5, 2.0, 3.0, 3.5, 5.0])
+    want = np.array([0.8, 1.0, 1.1, 1.2, 2.0, 3.0, 6.0])
+    np.testing.assert_allclose(piecewise_linear(xs, knots, np), want, rtol=1e-12)
+    grad = jax.grad(lambda x: piecewise_linear(x, knots))
+    assert float(grad(1.5)) == pytest.approx(0.2) and float(grad(3.5)) == pytest.approx(2.0)
