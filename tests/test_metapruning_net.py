@@ -271,6 +271,30 @@ def test_holdout_batches_are_balanced_not_padded_to_the_eval_batch_size():
     assert x.shape == (1, 3, 1, 1, 1) and m.all()
 
 
+def test_pruningnet_evaluation_recalibrates_bn_as_the_fitness_does(tmp_path):
+    """The training's eval rows score the validation encoding as the search's fitness would (BN recomputed
+    over the same calibration batches), not with the per-width running statistics, which lag (chance)."""
+    from jaxnas.methods.metapruning.training import validation_encoding
+    space = _space("mobilenet_v2")
+    ds = _dataset()
+    model = build_pruningnet(space)
+    cfg = PruningNetTraining(epochs=1, batch_size=16, lr=1e-4, log_every=2, checkpoint_every=100, eval_every_epochs=1,
+                             eval_batch_size=8, calib_batches=3, calib_batch_size=16, recalib_momentum=0.1,
+                             progress=False)
+    init = init_pruningnet(model, 0)
+    cls = init["params"]["classifier"]  # as below: the features, not the bias, decide the predictions
+    cls["bias"], cls["kernel"] = np.zeros_like(cls["bias"]), cls["kernel"] * 10
+    variables, rows = train_pruningnet(model, init, ds, cfg, tmp_path / "pn")
+    acc = [r["accuracy"] for r in rows if r.get("split") == "holdout"]
+    assert len(acc) == 1
+    val = tuple(int(v) for v in validation_encoding(space, cfg.seed))
+    fitness = FitnessEvaluator(model, variables, calibration_images(ds, 3, 16, seed=cfg.seed), ds.arrays("holdout"),
+                               eval_batch_size=8, momentum=0.1)
+    assert acc[0] == pytest.approx(1 - fitness([val])[0] / 100, abs=1e-6)
+    running = evaluate(model, variables, ds, "holdout", 8, {"ids": np.asarray(val, np.int32)})["accuracy"]
+    assert running != pytest.approx(acc[0], abs=1e-6)  # what the rows showed before: this check can tell
+
+
 def test_fitness_single_vectorised_and_plain_network_agree():
     space = _space("mobilenet_v2")
     ds = _dataset()

@@ -17,7 +17,7 @@ MetaPruning's per-width BN banks) come out reset.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -40,9 +40,10 @@ def combine_batch_stats(acc: Any, batch: Any, index: Any, momentum: float | None
     return jax.tree.map(lambda a, b: (1 - momentum) * a + momentum * b, acc, batch)
 
 
-def recalibrate_bn(model: Any, variables: Mapping[str, Any], batches: Iterable[Mapping[str, Any]],
-                   choices: Any = None, *, momentum: float | None = None) -> dict[str, Any]:
-    """Variables whose BN running statistics are recomputed from `batches` (see the module docstring)."""
+def batch_stats_fn(model: Any) -> Callable[[Any, Any, Any], Any]:
+    """Jitted ``(variables, images, choices) -> the BN statistics of that batch`` (train mode, exactly the
+    batch's): build it once and pass it to every `recalibrate_bn` of the same model, so that repeated
+    recalibrations (one per evaluation) compile once."""
     exact = model.clone(bn_momentum=0.0)  # running <- batch statistics exactly
 
     @jax.jit
@@ -51,6 +52,15 @@ def recalibrate_bn(model: Any, variables: Mapping[str, Any], batches: Iterable[M
         _, mutated = exact.apply(v, x, train=True, mutable=["batch_stats"], **kw)
         return mutated["batch_stats"]
 
+    return batch_stats
+
+
+def recalibrate_bn(model: Any, variables: Mapping[str, Any], batches: Iterable[Mapping[str, Any]],
+                   choices: Any = None, *, momentum: float | None = None,
+                   stats_fn: Callable[[Any, Any, Any], Any] | None = None) -> dict[str, Any]:
+    """Variables whose BN running statistics are recomputed from `batches` (see the module docstring).
+    `stats_fn`: `batch_stats_fn(model)` built once by a caller that recalibrates many times."""
+    batch_stats = stats_fn or batch_stats_fn(model)
     reset = reset_batch_stats(variables["batch_stats"])
     v = {"params": variables["params"], "batch_stats": reset}
     acc, n = reset, 0
@@ -61,4 +71,4 @@ def recalibrate_bn(model: Any, variables: Mapping[str, Any], batches: Iterable[M
     return {"params": variables["params"], "batch_stats": jax.tree.map(np.asarray, jax.device_get(acc))}
 
 
-__all__ = ["combine_batch_stats", "recalibrate_bn", "reset_batch_stats"]
+__all__ = ["batch_stats_fn", "combine_batch_stats", "recalibrate_bn", "reset_batch_stats"]

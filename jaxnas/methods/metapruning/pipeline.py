@@ -167,11 +167,6 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
         if not start.is_dir():
             raise MetaPruningError(f"search.args.pruningnet_from: {start} does not exist; point it at the work dir "
                                    "of an earlier MetaPruning search")
-    if tcfg.eval_every_epochs > 0:
-        # Each of a layer's 31 BatchNorms is updated only when its width is sampled: after a short training
-        # their running statistics are near their initial values and this accuracy near chance.
-        log("metapruning: PruningNet eval rows use one random encoding with its running BN statistics (the "
-            "original's validation; they lag in short trainings); candidates are scored after BN recalibration")
     variables, _ = train_pruningnet(model, init_pruningnet(model, setup.seed), dataset, tcfg, workdir / "pruningnet",
                                     log=log, mesh=mesh, start_from=start)
     seconds["pruningnet"] = round(time.perf_counter() - t0, 1)
