@@ -21,6 +21,9 @@ Port decisions (details in each module):
   permutation of the original's OIHW view).  BN running statistics store the biased variance.
 * Fitness calibration batches are drawn once per search (the same for every candidate) instead of a fresh
   shuffle per candidate; the recalibration itself is the original's (reset, PyTorch EMA 0.1) by default.
+* The PruningNet's validation during training (one random encoding, as the original) recalibrates BN as
+  the fitness does: the per-width running statistics lag (each is updated only when its width is
+  sampled), and with them the accuracy was chance.
 * The decoded (retrained) network keeps the PruningNet's residual rule (base widths) by default; the
   original's final nets' rule (pruned widths) is `residual_rule: pruned`.
 * Constraints: jaxnas MACs (default), the original counter, or predicted latency from a per-layer latency
