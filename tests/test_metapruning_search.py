@@ -88,6 +88,16 @@ def test_random_candidates_use_the_spaces_id_range_and_fail_clearly_when_impossi
         never.random(5, {}, {})
 
 
+def test_random_candidates_reach_a_budget_near_the_narrow_end_of_the_space():
+    """Uniform ids put the sum of 25 genes near 375 +- 45: a cap of 60 is out of reach of 200 such draws,
+    not of draws under a random upper id."""
+    cfg = EvolutionConfig(random_tries=200)
+    prop = Proposer(cfg, 25, np.random.default_rng(0), lambda g: float(sum(g)), lambda c: c <= 60)
+    got = prop.random(5, {}, {})
+    assert len(got) == 5 and all(c == sum(g) <= 60 for g, c in got)
+    assert len({g for g, _ in got}) == 5
+
+
 def test_evolution_improves_and_keeps_a_sorted_top_list(tmp_path):
     cfg = EvolutionConfig(population=20, select_num=20, top_k=5, mutation_num=8, crossover_num=8, max_iters=6, seed=0)
     state = run_evolution(cfg, 25, _evaluate, cost=lambda g: float(sum(g)), allowed=lambda c: c <= 500,

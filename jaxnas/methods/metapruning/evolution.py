@@ -143,16 +143,24 @@ class Proposer:
         return out
 
     def random(self, num: int, tested: dict, proposed: dict) -> list[tuple[Genes, float]]:
+        """`num` new candidates within the constraint, every gene uniform in [random_low, random_high) as the
+        original.  When `random_tries` such draws admit too few (a budget near the narrow end of the space:
+        the quick config's 0.4 ms on a machine where the widest net measured 1.54 ms admitted 2 of 20 in
+        100,000 draws), up to `random_tries` more draws each first draw their own upper id, uniform in
+        (random_low, random_high]: networks of every size the space has, the narrow ones included."""
         cfg, out = self.cfg, []
-        tries = 0
-        while len(out) < num:
-            if tries >= cfg.random_tries:
-                raise EvolutionError(
-                    f"only {len(out)} of {num} random candidates satisfy the constraint after {tries} draws; "
-                    "the budget admits too few networks of the space (relax it, or widen the random id range)")
-            tries += 1
-            genes = tuple(int(v) for v in self.rng.integers(cfg.random_low, cfg.random_high, self.n))
-            self._accept(genes, tested, proposed, out)
+        for capped in (False, True):
+            for _ in range(cfg.random_tries):
+                if len(out) >= num:
+                    return out
+                high = int(self.rng.integers(cfg.random_low + 1, cfg.random_high + 1)) if capped else cfg.random_high
+                self._accept(tuple(int(v) for v in self.rng.integers(cfg.random_low, high, self.n)), tested,
+                             proposed, out)
+        if len(out) < num:
+            raise EvolutionError(
+                f"only {len(out)} of {num} random candidates satisfy the constraint after {2 * cfg.random_tries} "
+                "draws (half of them with a random upper id); the budget admits too few networks of the space: "
+                "relax it")
         return out
 
 
