@@ -14,6 +14,8 @@
    width-scaled networks: MobileNetV2 at width multipliers 0.35, 0.40, ..., 1.40 (`zoo.mobilenet_v2(width=w,
    small_input=True)`, make_divisible(8)) and the space's own uniform networks (every gene at one of the 31
    scale ids), fine steps so that the baseline is the closest net above the MetaPruning net's latency.
+   The block is saved in the work dir (`measured.json`) and reused while the nets and protocol are the
+   same (`--remeasure` times them again).
 4. Per target and family, retrain with the same budget the narrowest uniform network whose measured
    latency is at least the MetaPruning net's, and compare test accuracy: with `--seeds N`, both nets are
    retrained with train.seed 0..N-1 and compared by their mean (the table also counts the seeds won).
@@ -132,6 +134,8 @@ def main(argv=None) -> int:
                    help="timing statistic of the table, the targets, the search's check and the measurements")
     p.add_argument("--lock-wait", type=float, default=1800,
                    help="seconds to wait for the timing lock before a timing phase runs without it")
+    p.add_argument("--remeasure", action="store_true",
+                   help="time the nets again even if the work dir holds this block's measurements")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     t0 = time.time()
@@ -186,9 +190,20 @@ def main(argv=None) -> int:
     same = {k: space.to_spec(space.uniform(k), name=f"metapruning_uniform_{k}") for k in a.ids}
     specs = {"widest": widest, **{f"mp {f:g}": S.ArchSpec.load(s["arch_path"]) for f, s in summaries.items()},
              **{f"mbv2 {w:g}": s for w, s in mbv2.items()}, **{f"uniform id {k}": s for k, s in same.items()}}
-    with timing_lock(a.lock_wait) as held:
-        locks["measure"] = held
-        measured = measure_block(specs, a)
+    # Kept in the work dir like every other stage: a rerun with more --seeds retrains against the same
+    # measurements (a new block could reorder nets that measured within noise of each other).
+    block = work / "measured.json"
+    protocol = {"stat": a.stat, "rounds": a.rounds, "runs": a.runs, "warmup": a.warmup,
+                "specs": {n: s.to_json(indent=None) for n, s in specs.items()}}
+    saved = json.loads(block.read_text()) if block.is_file() and not a.remeasure else None
+    if saved is not None and saved["protocol"] == protocol:
+        measured, locks["measure"] = saved["measured"], saved["lock_held"]
+        print(f"measurements from {block} (--remeasure to time again)", flush=True)
+    else:
+        with timing_lock(a.lock_wait) as held:
+            locks["measure"] = held
+            measured = measure_block(specs, a)
+        atomic_write_json(block, {"protocol": protocol, "measured": measured, "lock_held": held})
     loads.append(os.getloadavg())
 
     # --- 4. Uniform baselines of at least the MetaPruning nets' latency, same budget and seeds. -------
