@@ -91,7 +91,7 @@ def test_random_candidates_use_the_spaces_id_range_and_fail_clearly_when_impossi
 def test_random_candidates_reach_a_budget_near_the_narrow_end_of_the_space():
     """Uniform ids put the sum of 25 genes near 375 +- 45: a cap of 60 is out of reach of 200 such draws,
     not of draws under a random upper id."""
-    cfg = EvolutionConfig(random_tries=200)
+    cfg = EvolutionConfig(random_tries=400, random_uniform_tries=200)
     prop = Proposer(cfg, 25, np.random.default_rng(0), lambda g: float(sum(g)), lambda c: c <= 60)
     got = prop.random(5, {}, {})
     assert len(got) == 5 and all(c == sum(g) <= 60 for g, c in got)

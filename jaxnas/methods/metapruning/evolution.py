@@ -59,6 +59,7 @@ class EvolutionConfig:
     random_low: int = 0
     random_high: int = NUM_SCALES
     random_tries: int = 100_000  # the original loops forever
+    random_uniform_tries: int = 2_000  # of those, the original's uniform draws before the random upper id
     eval_batch: int = 10         # candidates evaluated (and cached) per evaluator call
     seed: int = 0
 
@@ -144,13 +145,15 @@ class Proposer:
 
     def random(self, num: int, tested: dict, proposed: dict) -> list[tuple[Genes, float]]:
         """`num` new candidates within the constraint, every gene uniform in [random_low, random_high) as the
-        original.  When `random_tries` such draws admit too few (a budget near the narrow end of the space:
-        the quick config's 0.4 ms on a machine where the widest net measured 1.54 ms admitted 2 of 20 in
-        100,000 draws), up to `random_tries` more draws each first draw their own upper id, uniform in
-        (random_low, random_high]: networks of every size the space has, the narrow ones included."""
+        original.  When `random_uniform_tries` such draws admit too few (a budget near the narrow end of the
+        space: the quick config's 0.4 ms on a machine where the widest net measured 1.54 ms admitted 2 of 20
+        in 100,000 draws, and each draw's cost prediction took ~1 ms), the rest of the `random_tries` draws
+        each first draw their own upper id, uniform in (random_low, random_high]: networks of every size the
+        space has, the narrow ones included."""
         cfg, out = self.cfg, []
-        for capped in (False, True):
-            for _ in range(cfg.random_tries):
+        uniform = min(cfg.random_uniform_tries, cfg.random_tries)
+        for capped, tries in ((False, uniform), (True, cfg.random_tries - uniform)):
+            for _ in range(tries):
                 if len(out) >= num:
                     return out
                 high = int(self.rng.integers(cfg.random_low + 1, cfg.random_high + 1)) if capped else cfg.random_high
@@ -158,9 +161,8 @@ class Proposer:
                              proposed, out)
         if len(out) < num:
             raise EvolutionError(
-                f"only {len(out)} of {num} random candidates satisfy the constraint after {2 * cfg.random_tries} "
-                "draws (half of them with a random upper id); the budget admits too few networks of the space: "
-                "relax it")
+                f"only {len(out)} of {num} random candidates satisfy the constraint after {cfg.random_tries} "
+                "draws (most with a random upper id); the budget admits too few networks of the space: relax it")
         return out
 
 
