@@ -219,8 +219,9 @@ class LatencyModel:
     def _recalibrate(self, table: Any, stat: str) -> None:
         # As latency.layer_grid.calibrate, on the smoothed grids: the full and the minimal network are
         # the grids' last and first corners, the interior networks their points nearest each fraction.
-        s_full = sum(float(v[-1, -1]) for *_, v in self._np_layers)
-        s_min = sum(float(v[0, 0]) for *_, v in self._np_layers)
+        sums = {key: sum(float(v[fraction_point(xs, f), fraction_point(ys, f)]) for _, _, xs, ys, v in self._np_layers)
+                for key, f in CALIBRATION_NETWORKS.items()}
+        s_full, s_min = sums["network:full"], sums["network:min"]
         t_full = table.ms("network:full", stat)
         self.scale = 1.0
         if "network:min" in table and s_full - s_min > 1e-9:
@@ -229,12 +230,8 @@ class LatencyModel:
                 self.scale = scale
         self.constant_ms = t_full - self.scale * s_full
         if self.knots is not None:
-            points = []
-            for key, fraction in CALIBRATION_NETWORKS.items():
-                if key in table:
-                    points.append((sum(float(v[fraction_point(xs, fraction), fraction_point(ys, fraction)])
-                                       for _, _, xs, ys, v in self._np_layers), table.ms(key, stat)))
-            knots = calibration_knots(points)
+            knots = calibration_knots([(sums[key], table.ms(key, stat))
+                                       for key in CALIBRATION_NETWORKS if key in table])
             self.knots = knots if len(knots) >= 3 else None
 
     def _predict(self, channels: Mapping[str, Any], xp: Any, dtype: Any, layers: list) -> Any:

@@ -159,9 +159,9 @@ def train_pruningnet(model: Any, variables: dict, dataset: Any, cfg: PruningNetT
         stats_fn = batch_stats_fn(model)
 
     def evaluate_fn(step, state):
-        v = jax.device_get(state.variables())
-        v = recalibrate_bn(model, v, ({"image": x} for x in calib), val_choices, momentum=cfg.recalib_momentum,
-                           stats_fn=stats_fn)
+        # No host copy: recalibrate_bn takes device arrays (the quick space's generators are ~1 GB).
+        v = recalibrate_bn(model, state.variables(), ({"image": x} for x in calib), val_choices,
+                           momentum=cfg.recalib_momentum, stats_fn=stats_fn)
         out = evaluate(model, v, dataset, eval_split, cfg.eval_batch_size, val_choices, mesh=mesh, seed=cfg.seed)
         return {"split": eval_split, **out}
 
