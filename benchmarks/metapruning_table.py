@@ -138,6 +138,9 @@ def main(argv=None) -> int:
                    help="time the nets again even if the work dir holds this block's measurements")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    from jaxnas import allocator
+
+    allocator.reexec_with_tcmalloc()  # trains and times on the allocator the jaxnas command uses
     t0 = time.time()
     work = Path(a.workdir).absolute()
     work.mkdir(parents=True, exist_ok=True)
