@@ -188,3 +188,69 @@ def test_latency_check_searches_again_under_the_corrected_budget_before_settling
     # Resumed from verify.json and verify_corrected.json: the same pick, nothing measured again.
     again = pick_within_latency(setup, first, search_again, measure, tmp_path, lambda m: None)
     assert again[0] == u[18] and len(measured_calls) == 3
+
+
+def test_random_candidates_reach_a_window_near_the_wide_end_of_the_space():
+    """A window of sums in [600, 650] (uniform ids: 375 +- 45, at most 750) is out of reach of uniform draws
+    and of draws under a random upper id; draws over a random lower id reach it."""
+    cfg = EvolutionConfig(random_tries=2000, random_uniform_tries=200)
+    prop = Proposer(cfg, 25, np.random.default_rng(0), lambda g: float(sum(g)), lambda c: 600 <= c <= 650)
+    got = prop.random(5, {}, {})
+    assert len(got) == 5 and all(c == sum(g) and 600 <= c <= 650 for g, c in got)
+    assert len({g for g, _ in got}) == 5
+
+
+class _SumCost:
+    """A cost with a vectorised `batch`, counting the candidates it was asked for one at a time."""
+
+    def __init__(self):
+        self.one_by_one = 0
+
+    def __call__(self, genes):
+        self.one_by_one += 1
+        return float(sum(genes))
+
+    def batch(self, ids):
+        return np.asarray(ids, np.float64).sum(axis=1)
+
+
+def test_random_fill_with_a_batched_cost_takes_the_same_candidates_without_one_by_one_calls():
+    cfg = EvolutionConfig(random_tries=3000, random_uniform_tries=500)
+    allowed = lambda c: c <= 120 or 560 <= c <= 600   # both tails: uniform and bounded draws
+    batched = _SumCost()
+    a = Proposer(cfg, 25, np.random.default_rng(7), batched, allowed).random(8, {}, {})
+    b = Proposer(cfg, 25, np.random.default_rng(7), lambda g: float(sum(g)), allowed).random(8, {}, {})
+    assert a == b and len(a) == 8
+    assert batched.one_by_one == 0
+
+
+class _GridTable:
+    """A duck-typed per-layer grid: every entry's latency a smooth function of its channels."""
+
+    def __init__(self, spec):
+        from latency.layer_grid import grid_entries, grid_layers
+        self.meta = {"layers": grid_layers(spec, multiple=8)}
+        self.values = {key: 1e-3 + 2e-6 * cin * cout + 1e-4 * cout ** 0.5
+                       for key, _, cin, cout in grid_entries(spec, multiple=8, layers=self.meta["layers"])}
+
+    def __contains__(self, key):
+        return key in self.values
+
+    def ms(self, key, stat="median"):
+        return self.values[key]
+
+
+@pytest.mark.parametrize("kind", ["macs", "flops_original", "latency_ms"])
+def test_cost_batch_equals_the_one_by_one_cost(kind):
+    from jaxnas.methods.metapruning.space import get_space
+    space = get_space("mobilenet_v2", resolution=28, num_classes=10, in_channels=1, small_input=True,
+                      channel_multiple=8)
+    table = _GridTable(space.max_spec()) if kind == "latency_ms" else None
+    cost = CostFunction(space, kind, table=table)
+    ids = np.random.default_rng(0).integers(0, 31, (40, space.num_genes))
+    ids[0], ids[1] = 0, 30
+    one = np.asarray([CostFunction(space, kind, table=table)(tuple(int(v) for v in r)) for r in ids])
+    np.testing.assert_array_equal(cost.batch(ids), one)
+    assert len(set(one.tolist())) > 30                  # the rows are different networks
+    with pytest.raises(Exception, match="batch wants"):
+        cost.batch(ids[:, :5])
