@@ -21,8 +21,8 @@ import numpy as np
 from jaxnas.spec import ArchSpec, SpecError
 from jaxnas.supernet import Expr, conv_sites
 
-__all__ = ["CALIBRATION_NETWORKS", "LatencyModel", "MacsModel", "bilinear", "calibration_knots", "fraction_point",
-           "piecewise_linear"]
+__all__ = ["CALIBRATION_NETWORKS", "LatencyModel", "MacsModel", "bilinear", "calibration_knots", "fit_calibration",
+           "fraction_point", "piecewise_linear"]
 
 
 class MacsModel:
@@ -148,6 +148,23 @@ def calibration_knots(points: list[tuple[float, float]]) -> list[list[float]]:
     return [list(p) for p in kept]
 
 
+def fit_calibration(sums: Mapping[str, float], table: Any, stat: str = "median") -> dict[str, Any]:
+    """The map from summed layer latencies to end-to-end ms, given the layer sum of every
+    `CALIBRATION_NETWORKS` key: ``knots`` through every calibration network `table` timed end to end, and
+    the line ``constant_ms + scale * sum`` through the full and the minimal one."""
+    s_full, s_min = sums["network:full"], sums["network:min"]
+    t_full = table.ms("network:full", stat)
+    t_min = table.ms("network:min", stat) if "network:min" in table else None
+    scale = 1.0
+    if t_min is not None and s_full - s_min > 1e-9:
+        scale = (t_full - t_min) / (s_full - s_min)
+    if not 0.2 <= scale <= 5.0:  # noise or a degenerate grid: keep the plain sum plus an offset
+        scale = 1.0
+    knots = calibration_knots([(sums[key], table.ms(key, stat)) for key in CALIBRATION_NETWORKS if key in table])
+    return {"constant_ms": t_full - scale * s_full, "scale": scale, "full_ms": t_full, "min_ms": t_min,
+            "layer_sum_full_ms": s_full, "layer_sum_min_ms": s_min, "knots": knots}
+
+
 def piecewise_linear(x: Any, knots: Any, xp: Any = jnp) -> Any:
     """The piecewise-linear function through `knots` at x (linear extrapolation beyond the end knots)."""
     xs = [float(k[0]) for k in knots]
@@ -221,18 +238,10 @@ class LatencyModel:
         # the grids' last and first corners, the interior networks their points nearest each fraction.
         sums = {key: sum(float(v[fraction_point(xs, f), fraction_point(ys, f)]) for _, _, xs, ys, v in self._np_layers)
                 for key, f in CALIBRATION_NETWORKS.items()}
-        s_full, s_min = sums["network:full"], sums["network:min"]
-        t_full = table.ms("network:full", stat)
-        self.scale = 1.0
-        if "network:min" in table and s_full - s_min > 1e-9:
-            scale = (t_full - table.ms("network:min", stat)) / (s_full - s_min)
-            if 0.2 <= scale <= 5.0:
-                self.scale = scale
-        self.constant_ms = t_full - self.scale * s_full
+        cal = fit_calibration(sums, table, stat)
+        self.scale, self.constant_ms = cal["scale"], cal["constant_ms"]
         if self.knots is not None:
-            knots = calibration_knots([(sums[key], table.ms(key, stat))
-                                       for key in CALIBRATION_NETWORKS if key in table])
-            self.knots = knots if len(knots) >= 3 else None
+            self.knots = cal["knots"] if len(cal["knots"]) >= 3 else None
 
     def _predict(self, channels: Mapping[str, Any], xp: Any, dtype: Any, layers: list) -> Any:
         def value(e: Expr):

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from jaxnas.costmodel import CALIBRATION_NETWORKS, calibration_knots, fraction_point
+from jaxnas.costmodel import CALIBRATION_NETWORKS, fit_calibration, fraction_point
 
 from .table import LatencyTable, TableError
 
@@ -160,20 +160,8 @@ def layer_sum(table: LatencyTable, fraction: float | None, stat: str = "median")
 
 
 def calibrate(table: LatencyTable, stat: str = "median") -> dict[str, Any]:
-    """The map from summed layer latencies to end-to-end ms: ``knots`` through every calibration network
-    the table holds, and the line ``constant_ms + scale * sum`` through the full and the minimal one."""
-    sums = {key: layer_sum(table, f, stat) for key, f in CALIBRATION_NETWORKS.items()}
-    s_full, s_min = sums["network:full"], sums["network:min"]
-    t_full = table.ms("network:full", stat)
-    t_min = table.ms("network:min", stat) if "network:min" in table else None
-    scale = 1.0
-    if t_min is not None and s_full - s_min > 1e-9:
-        scale = (t_full - t_min) / (s_full - s_min)
-    if not 0.2 <= scale <= 5.0:  # noise or a degenerate grid: keep the plain sum plus an offset
-        scale = 1.0
-    knots = calibration_knots([(sums[key], table.ms(key, stat)) for key in CALIBRATION_NETWORKS if key in table])
-    return {"constant_ms": t_full - scale * s_full, "scale": scale, "full_ms": t_full, "min_ms": t_min,
-            "layer_sum_full_ms": s_full, "layer_sum_min_ms": s_min, "knots": knots}
+    """The map from summed layer latencies to end-to-end ms (`fit_calibration` on this table's layer sums)."""
+    return fit_calibration({key: layer_sum(table, f, stat) for key, f in CALIBRATION_NETWORKS.items()}, table, stat)
 
 
 def _spec_digest(spec) -> str:
