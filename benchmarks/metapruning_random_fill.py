@@ -70,10 +70,12 @@ def main(argv=None) -> int:
     table = LatencyTable.load(a.grid)
     cost = CostFunction(space, "latency_ms", table=table, stat=a.stat)
     widest = table.ms("network:full", a.stat)
-    rng = np.random.default_rng(0)
     n = space.num_genes
+    # The search's own draws (Proposer.draw), uniform then bounded, from one generator
+    sampler = Proposer(EvolutionConfig(random_low=space.random_low, random_high=space.random_high), n,
+                       np.random.default_rng(0), cost, lambda c: True)
 
-    uniform = rng.integers(space.random_low, space.random_high, (a.draws, n))
+    uniform = sampler.draw(a.draws, bounded=False)
     few = uniform[:2000]
     fresh = CostFunction(space, "latency_ms", table=table, stat=a.stat)  # its memo empty: every call prices
     t = time.perf_counter()
@@ -84,12 +86,7 @@ def main(argv=None) -> int:
     batch_ms = (time.perf_counter() - t) / len(uniform) * 1e3
     if not np.array_equal(lat_uniform[:len(few)], one):
         raise SystemExit("batched and one-at-a-time predictions differ")
-
-    bound = rng.integers(space.random_low + 1, space.random_high + 1, a.draws)
-    upper = rng.random(a.draws) < 0.5
-    lows = np.where(upper, space.random_low, bound - 1)
-    highs = np.where(upper, bound, space.random_high)
-    lat_bounded = cost.batch(rng.integers(lows[:, None], highs[:, None], (a.draws, n)))
+    lat_bounded = cost.batch(sampler.draw(a.draws, bounded=True))
 
     rows = []
     for f in a.fractions:

@@ -146,6 +146,17 @@ class Proposer:
             self._accept(tuple(int(v) for v in np.where(bits, p[i], p[j])), tested, proposed, out)
         return out
 
+    def draw(self, k: int, bounded: bool) -> np.ndarray:
+        """(k, num_genes) random ids: uniform in [random_low, random_high) as the original, or `bounded`:
+        each row first draws a bound and a side, then its ids uniform under the bound or over it."""
+        lo_id, hi_id = self.cfg.random_low, self.cfg.random_high
+        if not bounded:
+            return self.rng.integers(lo_id, hi_id, (k, self.n))
+        bound = self.rng.integers(lo_id + 1, hi_id + 1, k)
+        upper = self.rng.random(k) < 0.5
+        lows, highs = np.where(upper, lo_id, bound - 1), np.where(upper, bound, hi_id)
+        return self.rng.integers(lows[:, None], highs[:, None], (k, self.n))
+
     def random(self, num: int, tested: dict, proposed: dict) -> list[tuple[Genes, float]]:
         """`num` new candidates within the constraint, every gene uniform in [random_low, random_high) as the
         original.  When `random_uniform_tries` such draws admit too few, the rest of the `random_tries` draws
@@ -162,17 +173,10 @@ class Proposer:
         cfg, out = self.cfg, []
         batch = getattr(self._cost, "batch", None)
         uniform = min(cfg.random_uniform_tries, cfg.random_tries)
-        lo_id, hi_id = cfg.random_low, cfg.random_high
         drawn, chunk = 0, 64
         while drawn < cfg.random_tries and len(out) < num:
             k = min(chunk, (uniform if drawn < uniform else cfg.random_tries) - drawn)
-            if drawn < uniform:
-                ids = self.rng.integers(lo_id, hi_id, (k, self.n))
-            else:
-                bound = self.rng.integers(lo_id + 1, hi_id + 1, k)
-                upper = self.rng.random(k) < 0.5
-                lows, highs = np.where(upper, lo_id, bound - 1), np.where(upper, bound, hi_id)
-                ids = self.rng.integers(lows[:, None], highs[:, None], (k, self.n))
+            ids = self.draw(k, bounded=drawn >= uniform)
             drawn += k
             chunk = min(2 * chunk, 4096)
             costs = np.asarray(batch(ids), np.float64) if batch is not None else None
