@@ -74,6 +74,9 @@ class MetaPruningArgs(Section):
                                         # under the budget corrected by their measured / predicted ratio
                                         # (0: trust the table)
     latency_tolerance: float = 0.05     # ... measured <= target * (1 + tolerance)
+    verify_against_grid: bool = True    # time each in alternating rounds with the grid's calibration network
+                                        # nearest the target and judge it in the grid's conditions (load
+                                        # drift since the grid cancels: latency_check.py); false: alone
     # Pipeline.
     pruningnet_from: str | None = None  # a MetaPruning work dir whose trained PruningNet this search starts
                                         # from (it does not depend on the budget: train once, search many)

@@ -72,7 +72,7 @@ class CostFunction:
         from jaxnas.costmodel import LatencyModel, MacsModel
         if kind not in KINDS:
             raise BudgetError(f"budget kind must be one of {KINDS}, got {kind!r}")
-        self.space, self.kind = space, kind
+        self.space, self.kind, self.table = space, kind, table
         self.supernet = space.max_spec()
         prunable = frozenset(g.name for g in space.genes)
         self.macs_model = MacsModel(self.supernet, prunable)

@@ -5,7 +5,8 @@ Work dir layout (everything resumes after a kill)::
     latency_grid.json   per-layer latency grid of the widest network (latency targets only)
     pruningnet/         PruningNet training (orbax checkpoints, metrics.jsonl/csv)
     evolution/          state.json (population, top list, tested candidates, RNG, trace), tested.json
-    verify.json         end-to-end latencies of the best candidates (latency targets)
+    verify.json         end-to-end latencies of the best candidates (latency targets), each timed against
+                        the grid's calibration network nearest the target (latency_check.py)
     evolution_corrected/, verify_corrected.json
                         the second search under the corrected budget, when none of them fits
     chosen_arch.json    the picked network (the runner writes it to arch.json too)
@@ -22,7 +23,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from jaxnas import spec as S
 from jaxnas.io_utils import atomic_write_json
@@ -30,6 +31,7 @@ from jaxnas.methods.base import SearchContext, SearchError, SearchResult
 from jaxnas.methods.metapruning.args import MetaPruningArgs
 from jaxnas.methods.metapruning.constraint import Budget, BudgetError, CostFunction, check_reachable
 from jaxnas.methods.metapruning.evolution import EvolutionConfig
+from jaxnas.methods.metapruning.latency_check import grid_reference, measure_against, row_ms
 from jaxnas.methods.metapruning.space import FAMILIES, GeneError, MetaSpace, get_space
 
 
@@ -147,7 +149,7 @@ class Searched:
 
 
 def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
-                     measure_fn: Callable[[S.ArchSpec], float] | None = None,
+                     measure_fn: Callable[[S.ArchSpec], Any] | None = None,
                      log: Callable[[str], None] = print, mesh: Any = None,
                      on_evaluated: Callable[[int], None] | None = None) -> Searched:
     """PruningNet training, evolution and the pick (all resumable)."""
@@ -204,10 +206,12 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
     return Searched(tuple(genes), float(error), record, trace, verify, seconds, evaluated)
 
 
-def _verify_latency(setup: Setup, top: list, measure_fn: Callable[[S.ArchSpec], float], path: Path,
+def _verify_latency(setup: Setup, top: list, measure_fn: Callable[[S.ArchSpec], Any], path: Path,
                     log: Callable[[str], None]) -> tuple[list[dict], int | None]:
     """Measure the best candidates end to end (in error order) until one is within the target.
 
+    `measure_fn(spec)`: the ms, or a mapping of row fields with ``measured_ms`` (and ``grid_ms``, the
+    latency in the grid's conditions, which the check then goes by: `latency_check.measure_against`).
     Returns the measured rows and the index of the first within the target (None: none is).  Rows are
     written as they are measured, so a resumed search measures nothing twice."""
     a, budget = setup.args, setup.budget
@@ -217,13 +221,16 @@ def _verify_latency(setup: Setup, top: list, measure_fn: Callable[[S.ArchSpec], 
         if i < len(rows):
             row = rows[i]
         else:
-            ms = float(measure_fn(setup.space.to_spec(g, residual_rule=a.residual_rule)))
-            row = {"genes": list(g), "holdout_error": err, "predicted_ms": setup.cost(g), "measured_ms": ms}
+            got = measure_fn(setup.space.to_spec(g, residual_rule=a.residual_rule))
+            fields = dict(got) if isinstance(got, Mapping) else {"measured_ms": float(got)}
+            row = {"genes": list(g), "holdout_error": err, "predicted_ms": setup.cost(g), **fields}
             rows.append(row)
             atomic_write_json(path, {"target_ms": budget.max, "limit_ms": limit, "rows": rows})
+        against = (f" = {row['grid_ms']:.4f} ms in the grid's conditions (against {row['reference']}, drift "
+                   f"{row['drift']:.3f})" if "grid_ms" in row else "")
         log(f"metapruning: candidate {i + 1}: error {err:.2f} %, predicted {row['predicted_ms']:.4f} ms, "
-            f"measured {row['measured_ms']:.4f} ms (limit {limit:.4f} ms)")
-        if row["measured_ms"] <= limit:
+            f"measured {row['measured_ms']:.4f} ms{against} (limit {limit:.4f} ms)")
+        if row_ms(row) <= limit:
             return rows, i
     return rows, None
 
@@ -233,14 +240,14 @@ def corrected_budget(setup: Setup, rows: list[dict]) -> tuple[Budget | None, flo
     divided by their median measured / predicted ratio (None when the grid does not under-predict, or the
     corrected cap is below the narrowest network)."""
     budget = setup.budget
-    ratio = float(statistics.median(r["measured_ms"] / r["predicted_ms"] for r in rows))
+    ratio = float(statistics.median(row_ms(r) / r["predicted_ms"] for r in rows))
     if ratio <= 1 or budget.max / ratio < setup.reachable[0]:
         return None, ratio
     return Budget(budget.kind, budget.max / ratio, None if budget.min is None else budget.min / ratio), ratio
 
 
 def pick_within_latency(setup: Setup, state: Any, search_again: Callable[[Budget], Any],
-                        measure_fn: Callable[[S.ArchSpec], float], workdir: Path,
+                        measure_fn: Callable[[S.ArchSpec], Any], workdir: Path,
                         log: Callable[[str], None]) -> tuple[tuple[int, ...], float, list[dict], Any]:
     """The pick, confirmed on the runtime: the first of the best candidates measured within the target.
 
@@ -269,9 +276,9 @@ def pick_within_latency(setup: Setup, state: Any, search_again: Callable[[Budget
             r["corrected_search"] = True
         if hit is not None:
             return tuple(more[hit]["genes"]), float(more[hit]["holdout_error"]), rows + more, again
-    best = min(rows + more, key=lambda r: r["measured_ms"])
+    best = min(rows + more, key=row_ms)
     log(f"metapruning: none of the {len(rows + more)} measured candidates is within the target; keeping the "
-        f"fastest ({best['measured_ms']:.4f} ms): the latency table over-predicts the savings on this runtime")
+        f"fastest ({row_ms(best):.4f} ms): the latency table over-predicts the savings on this runtime")
     return tuple(best["genes"]), float(best["holdout_error"]), rows + more, again
 
 
@@ -284,6 +291,8 @@ def result_metrics(setup: Setup, searched: Searched, spec: S.ArchSpec) -> dict[s
         chosen = [r for r in searched.verify if tuple(r["genes"]) == searched.genes]
         if chosen:
             achieved["verified_latency_ms"] = chosen[0]["measured_ms"]
+            if "grid_ms" in chosen[0]:  # what the check judged: in the grid's conditions
+                achieved["verified_grid_ms"] = chosen[0]["grid_ms"]
     return {
         "method": "metapruning",
         "target": budget.as_dict(),
@@ -301,6 +310,18 @@ def result_metrics(setup: Setup, searched: Searched, spec: S.ArchSpec) -> dict[s
     }
 
 
+def latency_check_fn(ctx: SearchContext, setup: Setup) -> Callable[[S.ArchSpec], Any] | None:
+    """How the best candidates are measured end to end: against the grid's calibration network nearest
+    the target (`latency_check`; `verify_against_grid`), else alone."""
+    a, table = setup.args, setup.cost.table
+    if setup.budget.kind != "latency_ms" or not a.verify_latency:
+        return None
+    if a.verify_against_grid and table is not None:
+        ref = grid_reference(table, setup.space.max_spec(), setup.budget.max, a.latency_stat)
+        return measure_against(ctx.oracle.compare, ref, a.latency_stat)
+    return lambda spec: float(ctx.oracle.measure(spec).to_dict()[f"{a.latency_stat}_ms"])
+
+
 def run_search(ctx: SearchContext, args: MetaPruningArgs) -> SearchResult:
     """MetaPruning on the method contract: the picked, retrained network as a `SearchResult`."""
     cfg, workdir, dataset, log = ctx.cfg, Path(ctx.workdir), ctx.dataset, ctx.log
@@ -310,8 +331,7 @@ def run_search(ctx: SearchContext, args: MetaPruningArgs) -> SearchResult:
                     table_fn=lambda widest: ctx.oracle.layer_table(widest, channel_multiple=args.channel_multiple,
                                                                   out=workdir / "latency_grid.json"))
     setup_s = round(time.time() - t0, 1)  # the checks and, for a latency budget, the per-layer grid
-    searched = train_and_evolve(cfg, dataset, setup, workdir, log=log,
-                                measure_fn=lambda spec: float(ctx.oracle.measure(spec).to_dict()[f"{args.latency_stat}_ms"]))
+    searched = train_and_evolve(cfg, dataset, setup, workdir, log=log, measure_fn=latency_check_fn(ctx, setup))
     searched.seconds["setup"] = setup_s
     space = setup.space
     spec = space.to_spec(searched.genes, residual_rule=args.residual_rule, name=f"metapruning_{space.family}")
@@ -337,5 +357,6 @@ def run_search(ctx: SearchContext, args: MetaPruningArgs) -> SearchResult:
     return SearchResult(spec, variables, metrics)
 
 
-__all__ = ["MetaPruningError", "run_search", "Searched", "Setup", "corrected_budget", "evolution_config", "make_budget",
-           "pick_within_latency", "prepare", "result_metrics", "space_for", "train_and_evolve", "training_config"]
+__all__ = ["MetaPruningError", "run_search", "Searched", "Setup", "corrected_budget", "evolution_config",
+           "latency_check_fn", "make_budget", "pick_within_latency", "prepare", "result_metrics", "space_for",
+           "train_and_evolve", "training_config"]
