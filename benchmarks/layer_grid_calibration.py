@@ -1,11 +1,12 @@
 """Per-layer latency grid: how well its calibration predicts whole networks of a MetaPruning space.
 
     python benchmarks/layer_grid_calibration.py --grid runs/calib/layer_grid.json [--config configs/metapruning/quick.yaml]
-        [--ids 0 3 6 ...] [--random 12] [--seed 0] [--rounds 3] [--stat p10] [--json]
+        [--ids 0 3 6 ...] [--random 12] [--seed 0] [--rounds 3] [--stat p10] [--entry-cap S] [--json]
 
 1. Builds, or finishes, the layer grid of the widest network of the config's MetaPruning space at
    `--grid` (`latency.layer_grid.build_layer_grid`, onnxruntime, 1 thread, batch 1, the search's
-   channel_multiple).  A grid built before the interior calibration networks gets only those measured.
+   channel_multiple): fixed runs per entry, or with `--entry-cap S` the adaptive protocol a search's grid is
+   timed by, at most S seconds per layer entry (prints how long it took).  A grid built before the interior calibration networks gets only those measured.
 2. Times end to end, in `--rounds` interleaved rounds (the `--stat` of each round, min over rounds), the
    space's uniform networks at `--ids` and `--random` networks with every gene drawn uniformly from the
    31 scale ids (numpy seed `--seed`): the kind of mixed-width nets an evolutionary search proposes.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--stat", default="p10", choices=("median", "mean", "p10", "min"))
+    ap.add_argument("--entry-cap", type=float, default=None,
+                    help="build the grid by the adaptive protocol the searches use (`layer_grid.entry_protocol`) with "
+                         "this cap in seconds per layer entry, instead of fixed runs (5 warm-up, 30 timed)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     from jaxnas import allocator
@@ -59,8 +64,10 @@ def main() -> None:
     args = validate(cfg.search.args, MetaPruningArgs, "search.args")
     space = space_for(cfg, prepare(cfg, search=True).dataset, args)
     widest = space.max_spec()
-    table = build_layer_grid(widest, "onnxruntime", out_path=a.grid, channel_multiple=args.channel_multiple,
-                             warmup=5, runs=30, network_runs=a.runs)
+    timing = (dict(entry_max_time_s=a.entry_cap) if a.entry_cap else dict(warmup=5, runs=30, network_runs=a.runs))
+    t0 = time.perf_counter()
+    table = build_layer_grid(widest, "onnxruntime", out_path=a.grid, channel_multiple=args.channel_multiple, **timing)
+    grid_s = time.perf_counter() - t0
     prunable = frozenset(g.name for g in space.genes)
     knots = LatencyModel(widest, prunable, table, stat=a.stat)
     line = copy.copy(knots)
@@ -94,10 +101,13 @@ def main() -> None:
                                 "mean": float(np.mean(err)), "within_5pct": float(np.mean(np.abs(err) <= 0.05)),
                                 "n": len(sel)}
     cal = table.meta["calibration"][a.stat]
-    out = {"grid": str(a.grid), "stat": a.stat, "knots": cal.get("knots"), "rows": rows, "summary": summary}
+    out = {"grid": str(a.grid), "grid_seconds": round(grid_s, 1), "entry_cap_s": a.entry_cap, "stat": a.stat,
+           "knots": cal.get("knots"), "rows": rows, "summary": summary}
     if a.json:
         print(json.dumps(out, indent=1))
         return
+    print(f"grid {a.grid}: {'adaptive, %g s per entry at most' % a.entry_cap if a.entry_cap else 'fixed runs'}; "
+          f"{grid_s:.0f} s here (0 when it was built before)")
     print(f"calibration knots ({a.stat}: layer sum ms -> network ms): "
           + ", ".join(f"{s:.3f}->{t:.3f}" for s, t in cal.get("knots") or []))
     print(f"{'net':>14} {'measured':>9} {'knots':>7} {'err':>6} {'line':>7} {'err':>6}")

@@ -15,7 +15,7 @@ class LatencyConfig(Section):
     """backend: the runtime (onnxruntime, tflite, xla, tensorrt); threads, batch_size: how it runs;
     rel_ci, max_time_s, priority: the adaptive timing protocol (time until the 95 % interval of the
     median is within ±rel_ci, at most max_time_s per measurement: default 10 s for a network, 3 s for a
-    table entry; an entry of a per-layer grid at least ±3 % within 1 s, `latency.layer_grid.entry_protocol`;
+    table entry; an entry of a per-layer grid at least ±3 % within 0.2 s, `latency.layer_grid.entry_protocol`;
     `jaxnas.latency.timing`); warmup:
     warm-up runs per session (default: the protocol's 10; 20 with runs); runs: a fixed number of runs in
     one session instead of the protocol (no interval); table: a lookup table file to use where a method

@@ -177,7 +177,7 @@ def test_latency_target_sampling_and_gradient(tmp_path):
 
 
 def test_layer_entries_use_the_entry_protocol_and_networks_the_given_one(tmp_path, monkeypatch):
-    """Layer entries are timed by `entry_protocol` (at least +-3 %, at most 1 s, 20 ms rounds): the table
+    """Layer entries are timed by `entry_protocol` (at least +-3 %, at most 0.2 s, 20 ms rounds): the table
     protocol's +-1 % took its 3 s cap on nearly every entry; the two networks keep the given protocol."""
     from jaxnas.latency import builder
     from jaxnas.latency.layer_grid import entry_protocol
@@ -197,10 +197,15 @@ def test_layer_entries_use_the_entry_protocol_and_networks_the_given_one(tmp_pat
     assert n_layers == len(table) - 5 and n_nets == 5
     assert net_p == given
     assert layer_p == entry_protocol(given)
-    assert (layer_p.rel_ci, layer_p.max_time_s, layer_p.round_s, layer_p.warmup_s) == (0.03, 1.0, 0.02, 0.02)
-    # a looser or shorter protocol is never tightened
-    loose = given.replace(rel_ci=0.05, max_time_s=0.5, round_s=0.01, warmup_s=0.01)
+    assert (layer_p.rel_ci, layer_p.max_time_s, layer_p.round_s, layer_p.warmup_s) == (0.03, 0.2, 0.02, 0.02)
+    # a looser or shorter protocol is never tightened; the cap is a parameter (build_layer_grid's too)
+    loose = given.replace(rel_ci=0.05, max_time_s=0.1, round_s=0.01, warmup_s=0.01)
     assert entry_protocol(loose) == loose
+    assert entry_protocol(given, 1.0).max_time_s == 1.0
+    seen.clear()
+    build_layer_grid(tiny_spec(), FakeBackend(), out_path=tmp_path / "g1.json", exporter=fake_exporter,
+                     protocol=given, entry_max_time_s=0.5, log=None)
+    assert seen[0][1].max_time_s == 0.5 and seen[1][1] == given
 
 
 def convex_exporter(spec: ArchSpec, variables, path) -> None:
