@@ -21,8 +21,8 @@ import numpy as np
 from jaxnas.spec import ArchSpec, SpecError
 from jaxnas.supernet import Expr, conv_sites
 
-__all__ = ["CALIBRATION_NETWORKS", "LatencyModel", "MacsModel", "bilinear", "calibration_knots", "fit_calibration",
-           "fraction_point", "piecewise_linear"]
+__all__ = ["CALIBRATION_NETWORKS", "LatencyModel", "MacsModel", "bilinear", "calibration_knots",
+           "calibration_network_spec", "fit_calibration", "fraction_point", "grid_points", "piecewise_linear"]
 
 
 class MacsModel:
@@ -129,6 +129,34 @@ def fraction_point(grid: Any, fraction: float | None) -> int:
     if fraction is None:
         return 0
     return min(range(len(pts)), key=lambda i: (abs(pts[i] - fraction * pts[-1]), i))
+
+
+def grid_points(channels: int, *, step: float = 0.25, min_fraction: float = 0.1, multiple: int = 1) -> list[int]:
+    """Channel counts timed for a dimension of at most `channels`: floor(min_fraction*C), then every
+    `step`*C up to C; with `multiple` > 1 (dividing C) all rounded to multiples of it, the low end down."""
+    m = multiple if multiple > 1 and channels % multiple == 0 else 1
+    lo = max(m, int(math.floor(min_fraction * channels / m)) * m)
+    pts = {lo, channels}
+    k = 1
+    while k * step < 1 - 1e-9:
+        c = int(round(k * step * channels / m)) * m
+        if lo < c < channels:
+            pts.add(c)
+        k += 1
+    return sorted(pts)
+
+
+def calibration_network_spec(spec, variables, fraction: float | None, *, step: float = 0.25,
+                             min_fraction: float = 0.1, multiple: int = 1):
+    """(spec, variables) of the supernet with every width group at its grid point nearest `fraction` of
+    its width (`fraction_point`; None: the grid minimum): the networks `latency.layer_grid` times end to end
+    to calibrate a grid."""
+    from jaxnas.supernet import materialize, prefix_mask, width_groups
+    masks = {}
+    for g, c in width_groups(spec).items():
+        pts = grid_points(c, step=step, min_fraction=min_fraction, multiple=multiple)
+        masks[g] = prefix_mask(c, pts[fraction_point(pts, fraction)])
+    return materialize(spec, variables, {"masks": masks})
 
 
 def calibration_knots(points: list[tuple[float, float]]) -> list[list[float]]:

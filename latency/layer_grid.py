@@ -28,13 +28,12 @@ another setup (fingerprint) or for another supernet/grid (meta) is refused.  Con
 from __future__ import annotations
 
 import hashlib
-import math
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from jaxnas.costmodel import CALIBRATION_NETWORKS, fit_calibration, fraction_point
+from jaxnas.costmodel import CALIBRATION_NETWORKS, calibration_network_spec, fit_calibration, fraction_point, grid_points
 
 from .table import LatencyTable, TableError
 
@@ -56,21 +55,6 @@ __all__ = ["STATS", "build_layer_grid", "entry_protocol", "grid_entries", "grid_
 ENTRY_REL_CI = 0.03
 ENTRY_MAX_TIME_S = 0.2
 ENTRY_ROUND_S = 0.02
-
-
-def grid_points(channels: int, *, step: float = 0.25, min_fraction: float = 0.1, multiple: int = 1) -> list[int]:
-    """Channel counts timed for a dimension of at most `channels`: floor(min_fraction*C), then every
-    `step`*C up to C; with `multiple` > 1 (dividing C) all rounded to multiples of it, the low end down."""
-    m = multiple if multiple > 1 and channels % multiple == 0 else 1
-    lo = max(m, int(math.floor(min_fraction * channels / m)) * m)
-    pts = {lo, channels}
-    k = 1
-    while k * step < 1 - 1e-9:
-        c = int(round(k * step * channels / m)) * m
-        if lo < c < channels:
-            pts.add(c)
-        k += 1
-    return sorted(pts)
 
 
 def _layer_key(conv, in_hw: tuple[int, int]) -> str:
@@ -137,18 +121,6 @@ def layer_spec(spec, rec: dict[str, Any], cin: int, cout: int):
     conv = dataclasses.replace(conv, out=cout, width=None, act_slot=None)
     h, w, _ = rec["in_shape"]
     return ArchSpec(f"layer_{rec['key']}_{cin}x{cout}", (Block("conv", (conv,)),), Head(num_classes=0), (h, w), cin)
-
-
-def calibration_network_spec(spec, variables, fraction: float | None, *, step: float = 0.25,
-                             min_fraction: float = 0.1, multiple: int = 1):
-    """(spec, variables) of the supernet with every width group at its grid point nearest `fraction` of
-    its width (`jaxnas.costmodel.fraction_point`; None: the grid minimum)."""
-    from jaxnas.supernet import materialize, prefix_mask, width_groups
-    masks = {}
-    for g, c in width_groups(spec).items():
-        pts = grid_points(c, step=step, min_fraction=min_fraction, multiple=multiple)
-        masks[g] = prefix_mask(c, pts[fraction_point(pts, fraction)])
-    return materialize(spec, variables, {"masks": masks})
 
 
 def min_network_spec(spec, variables, *, step: float = 0.25, min_fraction: float = 0.1, multiple: int = 1):

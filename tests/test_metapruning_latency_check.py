@@ -30,7 +30,7 @@ def _space():
 
 
 def test_grid_reference_is_the_calibration_network_nearest_the_target_as_the_grid_built_it():
-    from jaxnas.latency.layer_grid import calibration_network_spec
+    from jaxnas.costmodel import calibration_network_spec
     from jaxnas.models import build_model, init_variables
 
     widest = _space().max_spec()

@@ -38,8 +38,7 @@ class GridReference:
 def grid_reference(table: Any, widest: S.ArchSpec, near_ms: float, stat: str = "median") -> GridReference:
     """The calibration network of layer grid `table` (of supernet `widest`) whose grid latency (`stat`) is
     nearest `near_ms`, rebuilt as the grid built it."""
-    from jaxnas.costmodel import CALIBRATION_NETWORKS
-    from jaxnas.latency.layer_grid import calibration_network_spec
+    from jaxnas.costmodel import CALIBRATION_NETWORKS, calibration_network_spec
     from jaxnas.models import build_model, init_variables
 
     keys = [k for k in CALIBRATION_NETWORKS if k in table]
