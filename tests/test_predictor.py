@@ -202,24 +202,33 @@ def test_validate_cli_with_a_network_table(tmp_path, capsys):
 
     space_file = tmp_path / "tiny.yaml"
     space_file.write_text(yaml.safe_dump(TINY))
-    table = tmp_path / "t.json"
-    assert main(["latency", "validate", str(space_file), "--backend", "onnxruntime", "--samples", "2",
-                 "--table", str(table), "--context", "network", "--warmup", "5", "--runs", "30", "--json"]) == 0
-    r = json.loads(capsys.readouterr().out)
-    assert r["context"] == "network" and r["n"] == 2
-    t = LatencyTable.load(table)
-    assert t.meta["context"] == "network" and any(k.startswith("net:") for k in t)
     space = load_space(TINY)
-    pr = LatencyPredictor(t)
     ref = space.build(reference_arch(space, 1.0))
-    # Every part of the reference is priced by a probe-derived entry (alone times as the prior), and their sum is the reference's
-    # own time up to noise: the probe system is solved by least squares and noisy in-network times
-    # (a 4x4 block costs about a microsecond) are clipped at 0, so a real runtime is only near-exact
-    # (19 % off once in CI with 3 runs); exactness is tested with an additive runtime in
-    # test_network_table.py.
-    assert {t.get(p.key)["meta"]["derived"] for p in pr.parts(ref)} == {"network probes, calibrated alone prior"}
-    assert all(f"alone:{p.key}" in t for p in pr.parts(ref))  # the prior: every part timed alone too
-    assert pr.predict(ref) - pr.overhead_ms(pr.parts(ref)) == pytest.approx(t.ms("net:w1:reference", "median"), rel=0.25)
+    # Every part of the reference is priced by a probe-derived entry (alone times as the prior), and their sum
+    # is the reference's own time up to noise: the probe system is solved by least squares and noisy
+    # in-network times (a 4x4 block costs about a microsecond) are clipped at 0, so a real runtime is only
+    # near-exact; exactness is tested with an additive runtime in test_network_table.py.  The whole net takes
+    # ~15 us, so load from other jobs during one measurement moves it by 20-80 % (CI: 19 % with 3 runs, 77 %
+    # once with 30): a fresh table is measured once more before the sum is judged off.  Priced by the alone
+    # entries instead, the sum is ~2.2x the reference, outside the tolerance on every attempt.
+    errors = []
+    for attempt in range(2):
+        table = tmp_path / f"t{attempt}.json"
+        assert main(["latency", "validate", str(space_file), "--backend", "onnxruntime", "--samples", "2",
+                     "--table", str(table), "--context", "network", "--warmup", "5", "--runs", "30",
+                     "--json"]) == 0
+        r = json.loads(capsys.readouterr().out)
+        assert r["context"] == "network" and r["n"] == 2
+        t = LatencyTable.load(table)
+        assert t.meta["context"] == "network" and any(k.startswith("net:") for k in t)
+        pr = LatencyPredictor(t)
+        assert {t.get(p.key)["meta"]["derived"] for p in pr.parts(ref)} == {"network probes, calibrated alone prior"}
+        assert all(f"alone:{p.key}" in t for p in pr.parts(ref))  # the prior: every part timed alone too
+        summed, own = pr.predict(ref) - pr.overhead_ms(pr.parts(ref)), t.ms("net:w1:reference", "median")
+        errors.append(summed / own - 1)
+        if abs(errors[-1]) <= 0.25:
+            break
+    assert abs(errors[-1]) <= 0.25, f"sum of the reference's parts off its own time by {errors} (two tables)"
     # The other context on the same file is refused with a one-line reason.
     assert main(["latency", "validate", str(space_file), "--backend", "onnxruntime", "--samples", "1",
                  "--table", str(table), "--context", "alone"]) == 2
