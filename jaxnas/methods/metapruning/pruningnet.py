@@ -50,12 +50,27 @@ class Encoding:
     def scales(self, refs: Sequence[Ref]) -> jax.Array:
         return jnp.asarray(_SCALES)[self.ids[np.asarray([self.none if r is None else r for r in refs])]]
 
+    def onehot(self, ref: Ref) -> jax.Array:
+        """(31,) one-hot of the scale id of `ref`."""
+        return jax.nn.one_hot(self.sid(ref), NUM_SCALES, dtype=jnp.float32)
+
     def mask(self, conv: GenConv) -> jax.Array | None:
         """(max_out,) prefix mask of the conv's sampled width, None for fixed-width (scale 1.0) layers."""
         if conv.out_gene is None:
             return None
-        counts = jnp.asarray(np.asarray([conv.width(k) for k in range(NUM_SCALES)], np.int32))
-        return (jnp.arange(conv.max_out) < counts[self.sid(conv.out_gene)]).astype(jnp.float32)
+        table = np.arange(conv.max_out)[None, :] < np.asarray([conv.width(k) for k in range(NUM_SCALES)])[:, None]
+        return select_row(self.onehot(conv.out_gene), table.astype(np.float32))
+
+
+def select_row(onehot: jax.Array, bank: Any) -> jax.Array:
+    """Row `argmax(onehot)` of a (31, C) bank as a one-hot product, not an indexed read.
+
+    An indexed read (`bank[sid]`) of a traced id is fused by XLA into every consumer loop, so each element
+    of a conv's output recomputes the index lookups of its kernel mask and BN row (per tap of a depthwise
+    conv; XLA's compiled forward had the plain network's dots and elementwise work and ran 1.3x its time).
+    A dot is not fused into its consumers: the row is computed once per layer and read
+    (`benchmarks/metapruning_eval.py --forward`)."""
+    return jnp.dot(onehot, jnp.asarray(bank), precision=jax.lax.Precision.HIGHEST)
 
 
 def torch_linear_init(fan_in: int):
@@ -114,6 +129,7 @@ class WidthBatchNorm(nn.Module):
         shape = (NUM_SCALES, self.channels)
         mean_bank = self.variable("batch_stats", "mean", jnp.zeros, shape)
         var_bank = self.variable("batch_stats", "var", jnp.ones, shape)
+        onehot = jax.nn.one_hot(sid, NUM_SCALES, dtype=jnp.float32)
         if train:
             mean = jnp.mean(y, axis=(0, 1, 2))
             var = jnp.mean(jnp.square(y - mean), axis=(0, 1, 2))
@@ -128,12 +144,12 @@ class WidthBatchNorm(nn.Module):
                 mean_bank.value = banks[0].at[sid].set(new_m)
                 var_bank.value = banks[1].at[sid].set(new_v)
         else:
-            mean, var = mean_bank.value[sid], var_bank.value[sid]
+            mean, var = select_row(onehot, mean_bank.value), select_row(onehot, var_bank.value)
         mul = jax.lax.rsqrt(var + self.epsilon)
         if not self.affine:
             return (y - mean) * mul
-        scale = self.param("scale", nn.initializers.ones, shape)[sid]
-        bias = self.param("bias", nn.initializers.zeros, shape)[sid]
+        scale = select_row(onehot, self.param("scale", nn.initializers.ones, shape))
+        bias = select_row(onehot, self.param("bias", nn.initializers.zeros, shape))
         if mask is not None:
             scale, bias = scale * mask, bias * mask
         mul = scale * mul
