@@ -8,6 +8,11 @@ quick config 2 x 128 augmented training images and 600 held-out images at 28 px)
 call per K, which compiles).  Prints seconds per candidate and candidates per second per K, the median over
 rounds, and the speed-up of each K over K = 1 (median of per-round ratios).  Errors must agree across K
 (they are checked).
+
+``--forward`` instead times the PruningNet's inference forward (one random candidate's generated kernels,
+BN rows selected by its scale ids) against the plain widest network of the space (`MetaSpace.max_spec()`)
+on the same held-out batch, in alternating rounds: the cost of selecting widths inside one compiled
+forward, apart from recalibration.
 """
 from __future__ import annotations
 
@@ -17,15 +22,16 @@ import os
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from jaxnas import allocator
+from jaxnas import allocator, models
 from jaxnas.config import load_config
 from jaxnas.data import load_dataset
 from jaxnas.methods.metapruning.args import MetaPruningArgs
 from jaxnas.methods.metapruning.fitness import FitnessEvaluator, calibration_images
 from jaxnas.methods.metapruning.pipeline import space_for
-from jaxnas.methods.metapruning.pruningnet import build_pruningnet, init_pruningnet
+from jaxnas.methods.metapruning.pruningnet import PruningNet, build_pruningnet, init_pruningnet
 from jaxnas.schema import validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +43,7 @@ def main() -> None:
     ap.add_argument("--ks", default="1,2,4,8")
     ap.add_argument("--candidates", type=int, default=8, help="candidates per timed call set (a multiple of every K)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--forward", action="store_true", help="PruningNet inference forward vs the plain widest net")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     allocator.reexec_with_tcmalloc()
@@ -50,6 +57,13 @@ def main() -> None:
     holdout = dataset.arrays("holdout")
     rng = np.random.default_rng(0)
     cands = [tuple(int(v) for v in rng.integers(0, 31, space.num_genes)) for _ in range(a.candidates)]
+    if a.forward:
+        batch = np.asarray(holdout[0][:args.eval_batch_size or cfg.data.eval_batch_size])
+        out = forward_vs_plain(model, variables, space, batch, cands[0], a.rounds)
+        print(json.dumps(out, indent=1) if a.json else
+              f"inference forward, batch {len(batch)} at {space.resolution} px: PruningNet {out['pruningnet_ms']:.1f} ms, "
+              f"plain widest net {out['plain_ms']:.1f} ms (ratio {out['ratio']:.2f}; load {out['load_average']})")
+        return
     ks = [int(k) for k in a.ks.split(",")]
     evaluators = {}
     load = [round(os.getloadavg()[0], 2)]
@@ -88,6 +102,34 @@ def main() -> None:
     for r in rows:
         print(f"  K={r['k']}: {r['seconds_per_candidate']:.3f} s/candidate ({r['candidates_per_second']:.2f}/s), "
               f"{r['speedup_over_k1']:.2f}x vs K=1 (first call incl. compile {r['first_call_seconds']} s)")
+
+
+def forward_vs_plain(model, variables, space, images: np.ndarray, genes, rounds: int) -> dict:
+    """Median ms of the PruningNet's and the plain widest net's inference forward, alternating rounds."""
+    params = jax.device_put(variables["params"])
+    choices = {"ids": jax.numpy.asarray(np.asarray(genes, np.int32))}
+    kernels = jax.jit(lambda p, c: model.apply({"params": p}, c, method=PruningNet.generate))(params, choices)
+    pnet_vars = jax.device_put(variables)
+    plain = models.build_model(space.max_spec())
+    plain_vars = jax.device_put(models.init_variables(plain, 0))
+    x = jax.device_put(images)
+    pnet_fn = jax.jit(lambda v, x, k, c: model.apply(v, x, k, False, c, method=PruningNet.forward))
+    plain_fn = jax.jit(lambda v, x: plain.apply(v, x, train=False))
+    calls = {"pruningnet": lambda: pnet_fn(pnet_vars, x, kernels, choices), "plain": lambda: plain_fn(plain_vars, x)}
+    load = [round(os.getloadavg()[0], 2)]
+    times = {k: [] for k in calls}
+    for fn in calls.values():
+        jax.block_until_ready(fn())  # compiles
+    for _ in range(rounds):
+        for k, fn in calls.items():
+            t = time.perf_counter()
+            for _ in range(3):
+                jax.block_until_ready(fn())
+            times[k].append((time.perf_counter() - t) / 3 * 1e3)
+    load.append(round(os.getloadavg()[0], 2))
+    return {"pruningnet_ms": float(np.median(times["pruningnet"])), "plain_ms": float(np.median(times["plain"])),
+            "ratio": float(np.median(np.divide(times["pruningnet"], times["plain"]))), "batch": len(images),
+            "load_average": load}
 
 
 if __name__ == "__main__":
