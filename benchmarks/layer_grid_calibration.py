@@ -1,12 +1,14 @@
 """Per-layer latency grid: how well its calibration predicts whole networks of a MetaPruning space.
 
-    python benchmarks/layer_grid_calibration.py --grid runs/calib/layer_grid.json [--config configs/metapruning/quick.yaml]
-        [--ids 0 3 6 ...] [--random 12] [--seed 0] [--rounds 3] [--stat p10] [--entry-cap S] [--json]
+    python benchmarks/layer_grid_calibration.py --grid runs/calib/layer_grid.json \
+        [--config configs/metapruning/quick.yaml] [--ids 0 3 6 ...] [--random 12] [--seed 0] [--rounds 3]
+        [--stat p10] [--entry-cap S] [--json]
 
 1. Builds, or finishes, the layer grid of the widest network of the config's MetaPruning space at
    `--grid` (`latency.layer_grid.build_layer_grid`, onnxruntime, 1 thread, batch 1, the search's
    channel_multiple): fixed runs per entry, or with `--entry-cap S` the adaptive protocol a search's grid is
-   timed by, at most S seconds per layer entry (prints how long it took).  A grid built before the interior calibration networks gets only those measured.
+   timed by, at most S seconds per layer entry (prints how long it took).  A grid built before the
+   interior calibration networks gets only those measured.
 2. Times end to end, in `--rounds` interleaved rounds (the `--stat` of each round, min over rounds), the
    space's uniform networks at `--ids` and `--random` networks with every gene drawn uniformly from the
    31 scale ids (numpy seed `--seed`): the kind of mixed-width nets an evolutionary search proposes.
@@ -112,8 +114,9 @@ def main() -> None:
           + ", ".join(f"{s:.3f}->{t:.3f}" for s, t in cal.get("knots") or []))
     print(f"{'net':>14} {'measured':>9} {'knots':>7} {'err':>6} {'line':>7} {'err':>6}")
     for r in rows:
-        print(f"{r['net']:>14} {r['measured_ms']:9.3f} {r['knots_ms']:7.3f} {r['knots_ms'] / r['measured_ms'] - 1:+6.1%} "
-              f"{r['line_ms']:7.3f} {r['line_ms'] / r['measured_ms'] - 1:+6.1%}")
+        print(f"{r['net']:>14} {r['measured_ms']:9.3f} {r['knots_ms']:7.3f} "
+              f"{r['knots_ms'] / r['measured_ms'] - 1:+6.1%} {r['line_ms']:7.3f} "
+              f"{r['line_ms'] / r['measured_ms'] - 1:+6.1%}")
     for kind, s in summary.items():
         for m, v in s.items():
             print(f"{kind:>8} {m:>6}: |err| median {v['median_abs']:.1%}, max {v['max_abs']:.1%}, mean err "

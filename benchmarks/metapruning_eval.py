@@ -61,7 +61,8 @@ def main() -> None:
         batch = np.asarray(holdout[0][:args.eval_batch_size or cfg.data.eval_batch_size])
         out = forward_vs_plain(model, variables, space, batch, cands[0], a.rounds)
         print(json.dumps(out, indent=1) if a.json else
-              f"inference forward, batch {len(batch)} at {space.resolution} px: PruningNet {out['pruningnet_ms']:.1f} ms, "
+              f"inference forward, batch {len(batch)} at {space.resolution} px: "
+              f"PruningNet {out['pruningnet_ms']:.1f} ms, "
               f"plain widest net {out['plain_ms']:.1f} ms (ratio {out['ratio']:.2f}; load {out['load_average']})")
         return
     ks = [int(k) for k in a.ks.split(",")]

@@ -22,7 +22,8 @@ from jaxnas.spec import ArchSpec, SpecError
 from jaxnas.supernet import Expr, conv_sites
 
 __all__ = ["CALIBRATION_NETWORKS", "LatencyModel", "MacsModel", "bilinear", "calibration_knots",
-           "calibration_network_spec", "fit_calibration", "fraction_point", "grid_points", "piecewise_linear"]
+           "calibration_network", "calibration_network_spec", "fit_calibration", "fraction_point", "grid_points",
+           "piecewise_linear"]
 
 
 class MacsModel:
@@ -157,6 +158,16 @@ def calibration_network_spec(spec, variables, fraction: float | None, *, step: f
         pts = grid_points(c, step=step, min_fraction=min_fraction, multiple=multiple)
         masks[g] = prefix_mask(c, pts[fraction_point(pts, fraction)])
     return materialize(spec, variables, {"masks": masks})
+
+
+def calibration_network(key: str, spec, variables, *, step: float = 0.25, min_fraction: float = 0.1,
+                        multiple: int = 1):
+    """(spec, variables) of the calibration network `key` of `CALIBRATION_NETWORKS`: the supernet itself
+    for ``network:full`` (not re-materialized), else `calibration_network_spec`."""
+    if key == "network:full":
+        return spec, variables
+    return calibration_network_spec(spec, variables, CALIBRATION_NETWORKS[key], step=step,
+                                    min_fraction=min_fraction, multiple=multiple)
 
 
 def calibration_knots(points: list[tuple[float, float]]) -> list[list[float]]:

@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from jaxnas.costmodel import CALIBRATION_NETWORKS, calibration_network_spec, fit_calibration, fraction_point, grid_points
+from jaxnas.costmodel import (CALIBRATION_NETWORKS, calibration_network, calibration_network_spec, fit_calibration,
+                              fraction_point, grid_points)
 
 from .table import LatencyTable, TableError
 
@@ -210,9 +211,8 @@ def build_layer_grid(spec, backend: Any = "onnxruntime", *, out_path: str | Path
         if nets:
             full_vars = init_variables(build_model(spec), seed)
             for key in nets:
-                s, v = (spec, full_vars) if key == "network:full" else calibration_network_spec(
-                    spec, full_vars, CALIBRATION_NETWORKS[key], step=grid_fraction_step, min_fraction=min_fraction,
-                    multiple=channel_multiple)
+                s, v = calibration_network(key, spec, full_vars, step=grid_fraction_step, min_fraction=min_fraction,
+                                           multiple=channel_multiple)
                 add(key, s, v, (1, *s.input_size, s.in_channels), None)
         done = 0
 

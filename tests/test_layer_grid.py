@@ -220,7 +220,7 @@ def convex_exporter(spec: ArchSpec, variables, path) -> None:
 
 
 def test_calibration_networks_make_the_map_piecewise_linear_through_them(tmp_path):
-    from jaxnas.costmodel import CALIBRATION_NETWORKS, LatencyModel, fraction_point
+    from jaxnas.costmodel import CALIBRATION_NETWORKS, LatencyModel, calibration_network, fraction_point
     from jaxnas.latency.layer_grid import calibration_network_spec
     from jaxnas.models import build_model, init_variables
     from jaxnas.supernet import width_groups
@@ -235,6 +235,9 @@ def test_calibration_networks_make_the_map_piecewise_linear_through_them(tmp_pat
     variables = init_variables(build_model(spec), 0)
     for key, fraction in CALIBRATION_NETWORKS.items():
         sub, v = calibration_network_spec(spec, variables, fraction)
+        # by key, as the grid builds them and MetaPruning's check rebuilds them: the supernet itself for full
+        by_key, _ = calibration_network(key, spec, variables)
+        assert (by_key is spec) == (key == "network:full") and width_groups(by_key) == width_groups(sub)
         groups = width_groups(spec)
         ch = {g: grid_points(c)[fraction_point(grid_points(c), fraction)] for g, c in groups.items()}
         assert width_groups(sub) == ch

@@ -20,6 +20,12 @@ def test_scale_set_and_rounding():
     assert len(SCALES) == 31 and SCALES[0] == 0.10 and SCALES[-1] == 1.0
     assert SCALES[5] == pytest.approx(0.25)
     assert scaled(44, 14) == 22 and scaled(88, 7) == 27  # int(44 * 0.52), int(88 * 0.31): floor
+    space = get_space("mobilenet_v2", channel_multiple=8)
+    table = space.gene_width_table  # what batched costs index: row k is gene k's width at every id
+    assert table.shape == (space.num_genes, 31) and not table.flags.writeable
+    genes = [(3 * k) % 31 for k in range(space.num_genes)]
+    assert space.gene_channels(genes) == {g.name: scaled(g.base, v, 8) for g, v in zip(space.genes, genes)}
+    assert [int(table[k, v]) for k, v in enumerate(genes)] == list(space.gene_channels(genes).values())
 
 
 def test_fixture_gene_vector_gives_the_originals_channels_and_flops():

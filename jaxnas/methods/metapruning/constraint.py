@@ -24,7 +24,7 @@ import numpy as np
 from jaxnas import spec as S
 from jaxnas.methods.base import SearchError
 from jaxnas.methods.metapruning.flops import flops_original
-from jaxnas.methods.metapruning.space import FULL_ID, NUM_SCALES, MetaSpace, scaled
+from jaxnas.methods.metapruning.space import FULL_ID, MetaSpace, scaled
 from jaxnas.supernet import conv_sites
 
 KINDS = ("macs", "flops_original", "latency_ms")
@@ -87,8 +87,7 @@ class CostFunction:
             raise BudgetError("a latency budget needs a per-layer latency table of the widest network")
         self._memo: dict[tuple[int, ...], float] = {}
         # (num_genes, 31) channel counts: every gene's width at every scale id, for `batch`
-        self._widths = np.asarray([[scaled(g.base, v, space.channel_multiple) for v in range(NUM_SCALES)]
-                                   for g in space.genes], np.int64)
+        self._widths = space.gene_width_table
 
     def macs(self, genes: Sequence[int]) -> int:
         return int(self.macs_model.exact(self.space.gene_channels(genes)))

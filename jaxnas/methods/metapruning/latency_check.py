@@ -38,21 +38,17 @@ class GridReference:
 def grid_reference(table: Any, widest: S.ArchSpec, near_ms: float, stat: str = "median") -> GridReference:
     """The calibration network of layer grid `table` (of supernet `widest`) whose grid latency (`stat`) is
     nearest `near_ms`, rebuilt as the grid built it."""
-    from jaxnas.costmodel import CALIBRATION_NETWORKS, calibration_network_spec
+    from jaxnas.costmodel import CALIBRATION_NETWORKS, calibration_network
     from jaxnas.models import build_model, init_variables
 
     keys = [k for k in CALIBRATION_NETWORKS if k in table]
     if not keys:
         raise KeyError("the latency grid has none of its end-to-end calibration networks")
     key = min(keys, key=lambda k: abs(table.ms(k, stat) - near_ms))
-    variables = init_variables(build_model(widest), 0)
-    if key == "network:full":
-        spec = widest
-    else:
-        m = table.meta
-        spec, variables = calibration_network_spec(widest, variables, CALIBRATION_NETWORKS[key],
-                                                   step=m["grid_fraction_step"], min_fraction=m["min_fraction"],
-                                                   multiple=m.get("channel_multiple", 1))
+    m = table.meta
+    spec, variables = calibration_network(key, widest, init_variables(build_model(widest), 0),
+                                          step=m["grid_fraction_step"], min_fraction=m["min_fraction"],
+                                          multiple=m.get("channel_multiple", 1))
     return GridReference(key, spec, variables, float(table.ms(key, stat)))
 
 

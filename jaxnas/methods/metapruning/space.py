@@ -32,6 +32,7 @@ selects its per-width BatchNorm.  Gene ``None`` means "fixed at scale 1.0" (id 3
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any, Iterable, Sequence
 
@@ -219,10 +220,19 @@ class MetaSpace:
     def width(self, genes: Sequence[int], conv: GenConv) -> int:
         return conv.width(self.sid(genes, conv.out_gene))
 
+    @functools.cached_property
+    def gene_width_table(self) -> np.ndarray:
+        """(num_genes, 31) channels of every gene at every scale id (row k: gene k's layers' width), read-only."""
+        table = np.asarray([[scaled(g.base, v, self.channel_multiple) for v in range(NUM_SCALES)] for g in self.genes],
+                           np.int64)
+        table.flags.writeable = False
+        return table
+
     def gene_channels(self, genes: Sequence[int]) -> dict[str, int]:
         """{gene name: channels} (a gene's layers all share one base, so one count each)."""
         genes = self.check(genes)
-        return {g.name: scaled(g.base, v, self.channel_multiple) for g, v in zip(self.genes, genes)}
+        table = self.gene_width_table
+        return {g.name: int(table[k, v]) for k, (g, v) in enumerate(zip(self.genes, genes))}
 
     def channels(self, genes: Sequence[int]) -> dict[str, list[int]]:
         """The original's `adapt_channel` lists: 'overall' (output of every layer, fixed ones included)
