@@ -147,7 +147,9 @@ class WidthBatchNorm(nn.Module):
             mean, var = select_row(onehot, mean_bank.value), select_row(onehot, var_bank.value)
         mul = jax.lax.rsqrt(var + self.epsilon)
         if not self.affine:
-            return (y - mean) * mul
+            # y * mul - mean * mul, not (y - mean) * mul: with the centred tensor as a full-size intermediate
+            # XLA's train step (forward and backward of a depthwise + 1x1 pair) ran 1.3x longer.
+            return y * mul - mean * mul
         scale = select_row(onehot, self.param("scale", nn.initializers.ones, shape))
         bias = select_row(onehot, self.param("bias", nn.initializers.zeros, shape))
         if mask is not None:
