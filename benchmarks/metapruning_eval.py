@@ -19,20 +19,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from jaxnas import allocator, models
-from jaxnas.config import load_config
-from jaxnas.data import load_dataset
-from jaxnas.methods.metapruning.args import MetaPruningArgs
-from jaxnas.methods.metapruning.fitness import FitnessEvaluator, calibration_images
-from jaxnas.methods.metapruning.pipeline import space_for
-from jaxnas.methods.metapruning.pruningnet import PruningNet, build_pruningnet, init_pruningnet
-from jaxnas.schema import validate
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import paired_rounds, step_ms  # noqa: E402
+
+from jaxnas import allocator, models  # noqa: E402
+from jaxnas.config import load_config  # noqa: E402
+from jaxnas.data import load_dataset  # noqa: E402
+from jaxnas.methods.metapruning.args import MetaPruningArgs  # noqa: E402
+from jaxnas.methods.metapruning.fitness import FitnessEvaluator, calibration_images  # noqa: E402
+from jaxnas.methods.metapruning.pipeline import space_for  # noqa: E402
+from jaxnas.methods.metapruning.pruningnet import PruningNet, build_pruningnet, init_pruningnet  # noqa: E402
+from jaxnas.schema import validate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,15 +122,10 @@ def forward_vs_plain(model, variables, space, images: np.ndarray, genes, rounds:
     plain_fn = jax.jit(lambda v, x: plain.apply(v, x, train=False))
     calls = {"pruningnet": lambda: pnet_fn(pnet_vars, x, kernels, choices), "plain": lambda: plain_fn(plain_vars, x)}
     load = [round(os.getloadavg()[0], 2)]
-    times = {k: [] for k in calls}
     for fn in calls.values():
         jax.block_until_ready(fn())  # compiles
-    for _ in range(rounds):
-        for k, fn in calls.items():
-            t = time.perf_counter()
-            for _ in range(3):
-                jax.block_until_ready(fn())
-            times[k].append((time.perf_counter() - t) / 3 * 1e3)
+    timers = {k: (lambda steps, fn=fn: step_ms(lambda: jax.block_until_ready(fn()), steps)) for k, fn in calls.items()}
+    times = paired_rounds(timers, rounds, 3)
     load.append(round(os.getloadavg()[0], 2))
     return {"pruningnet_ms": float(np.median(times["pruningnet"])), "plain_ms": float(np.median(times["plain"])),
             "ratio": float(np.median(np.divide(times["pruningnet"], times["plain"]))), "batch": len(images),

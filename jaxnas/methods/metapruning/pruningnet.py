@@ -50,26 +50,23 @@ class Encoding:
     def scales(self, refs: Sequence[Ref]) -> jax.Array:
         return jnp.asarray(_SCALES)[self.ids[np.asarray([self.none if r is None else r for r in refs])]]
 
-    def onehot(self, ref: Ref) -> jax.Array:
-        """(31,) one-hot of the scale id of `ref`."""
-        return jax.nn.one_hot(self.sid(ref), NUM_SCALES, dtype=jnp.float32)
-
     def mask(self, conv: GenConv) -> jax.Array | None:
         """(max_out,) prefix mask of the conv's sampled width, None for fixed-width (scale 1.0) layers."""
         if conv.out_gene is None:
             return None
         table = np.arange(conv.max_out)[None, :] < np.asarray([conv.width(k) for k in range(NUM_SCALES)])[:, None]
-        return select_row(self.onehot(conv.out_gene), table.astype(np.float32))
+        return select_row(self.sid(conv.out_gene), table.astype(np.float32))
 
 
-def select_row(onehot: jax.Array, bank: Any) -> jax.Array:
-    """Row `argmax(onehot)` of a (31, C) bank as a one-hot product, not an indexed read.
+def select_row(sid: jax.Array, bank: Any) -> jax.Array:
+    """Row `sid` (a traced scale id) of a (31, C) bank as a one-hot product, not an indexed read.
 
     An indexed read (`bank[sid]`) of a traced id is fused by XLA into every consumer loop, so each element
     of a conv's output recomputes the index lookups of its kernel mask and BN row (per tap of a depthwise
-    conv; XLA's compiled forward had the plain network's dots and elementwise work and ran 1.3x its time).
+    conv; XLA's compiled forward had the plain network's dots and elementwise work and ran 1.47x its time).
     A dot is not fused into its consumers: the row is computed once per layer and read
     (`benchmarks/metapruning_eval.py --forward`)."""
+    onehot = jax.nn.one_hot(sid, NUM_SCALES, dtype=jnp.float32)
     return jnp.dot(onehot, jnp.asarray(bank), precision=jax.lax.Precision.HIGHEST)
 
 
@@ -129,7 +126,6 @@ class WidthBatchNorm(nn.Module):
         shape = (NUM_SCALES, self.channels)
         mean_bank = self.variable("batch_stats", "mean", jnp.zeros, shape)
         var_bank = self.variable("batch_stats", "var", jnp.ones, shape)
-        onehot = jax.nn.one_hot(sid, NUM_SCALES, dtype=jnp.float32)
         if train:
             mean = jnp.mean(y, axis=(0, 1, 2))
             var = jnp.mean(jnp.square(y - mean), axis=(0, 1, 2))
@@ -144,14 +140,15 @@ class WidthBatchNorm(nn.Module):
                 mean_bank.value = banks[0].at[sid].set(new_m)
                 var_bank.value = banks[1].at[sid].set(new_v)
         else:
-            mean, var = select_row(onehot, mean_bank.value), select_row(onehot, var_bank.value)
+            mean, var = select_row(sid, mean_bank.value), select_row(sid, var_bank.value)
         mul = jax.lax.rsqrt(var + self.epsilon)
         if not self.affine:
             # y * mul - mean * mul, not (y - mean) * mul: with the centred tensor as a full-size intermediate
-            # XLA's train step (forward and backward of a depthwise + 1x1 pair) ran 1.3x longer.
+            # XLA's backward is slower (the PruningNet step at 64 x 28 px: 648 -> 413 ms,
+            # benchmarks/metapruning_step.py).
             return y * mul - mean * mul
-        scale = select_row(onehot, self.param("scale", nn.initializers.ones, shape))
-        bias = select_row(onehot, self.param("bias", nn.initializers.zeros, shape))
+        scale = select_row(sid, self.param("scale", nn.initializers.ones, shape))
+        bias = select_row(sid, self.param("bias", nn.initializers.zeros, shape))
         if mask is not None:
             scale, bias = scale * mask, bias * mask
         mul = scale * mul
