@@ -1,0 +1,93 @@
+"""Does the PruningNet's fitness rank MetaPruning's candidates as retraining does?
+
+    python benchmarks/metapruning_rank.py --workdir runs/metapruning-bench --fraction 0.3 [--n 8] [--seeds 1]
+
+Reads a `benchmarks/metapruning_table.py` work dir: the search at `--fraction` (`mp_<fraction>/`) keeps the
+config it ran with (`config.yaml`) and every candidate it evaluated with its held-out error
+(`evolution/tested.json`; all of them passed the latency window).  Takes `--n` of them evenly spread over
+the ranks of that error (the best and the worst included), retrains each from scratch with the search's own
+retraining recipe (its `train` section: the table's budget) at train.seed 0..`--seeds`-1, and prints the
+Spearman rank correlation between the PruningNet's held-out error and the retrained test error (1: the
+fitness orders the candidates as retraining does; 0: no better than a random order), and between MACs and
+the retrained test error for comparison.  Every training resumes from `<workdir>/rank_<fraction>/`; the result
+is written there too (`rank.json`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from jaxnas import allocator
+from jaxnas import spec as S
+from jaxnas.config import load_config, override_config
+from jaxnas.data import load_dataset
+from jaxnas.io_utils import atomic_write_json
+from jaxnas.methods.metapruning.args import MetaPruningArgs
+from jaxnas.methods.metapruning.pipeline import space_for
+from jaxnas.schema import validate
+from jaxnas.trainer import Trainer
+
+
+def spread_by_rank(tested: list[tuple[tuple[int, ...], float]], n: int) -> list[tuple[tuple[int, ...], float]]:
+    """`n` candidates at evenly spaced ranks of their error (best first, worst last)."""
+    ranked = sorted(tested, key=lambda t: t[1])
+    picks = np.unique(np.round(np.linspace(0, len(ranked) - 1, min(n, len(ranked)))).astype(int))
+    return [ranked[i] for i in picks]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True, help="a benchmarks/metapruning_table.py work dir")
+    p.add_argument("--fraction", type=float, default=0.3, help="which target's search (mp_<fraction>/)")
+    p.add_argument("--n", type=int, default=8, help="candidates retrained")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], help="config override a.b=c (e.g. train.epochs=0.1)")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    allocator.reexec_with_tcmalloc()
+    search_dir = Path(a.workdir).absolute() / f"mp_{a.fraction:g}"
+    tested_path = search_dir / "evolution" / "tested.json"
+    if not tested_path.is_file():
+        p.error(f"{tested_path} not found: --workdir must be a metapruning_table.py work dir with a search at "
+                f"--fraction {a.fraction:g}")
+    cfg = load_config(search_dir / "config.yaml", a.set)
+    dataset = load_dataset(cfg.dataset_config())
+    args = validate(cfg.search.args, MetaPruningArgs, "search.args")
+    space = space_for(cfg, dataset, args)
+    tested = [(tuple(g), float(e)) for g, e in json.loads(tested_path.read_text())["tested"]]
+    chosen = spread_by_rank(tested, a.n)
+    out = search_dir.parent / f"rank_{a.fraction:g}"
+    seeds = [cfg.train.seed + i for i in range(a.seeds)]
+    trainers = {sd: Trainer(override_config(cfg, [f"train.seed={sd}"]), dataset) for sd in seeds}
+    rows = []
+    for i, (genes, fitness_error) in enumerate(chosen):
+        spec = space.to_spec(genes, residual_rule=args.residual_rule, name=f"rank_candidate_{i}")
+        accs = [float(trainers[sd].train(spec, out / f"cand{i}_seed{sd}").metrics["test"]["accuracy"]) for sd in seeds]
+        rows.append({"genes": list(genes), "fitness_error": fitness_error, "macs": S.macs(spec),
+                     "test_accuracy_seeds": accs, "test_error": 100 * (1 - float(np.mean(accs)))})
+        print(f"candidate {i}: held-out error {fitness_error:.2f} % (PruningNet), {S.macs(spec) / 1e6:.2f} M MACs, "
+              f"retrained test error {rows[-1]['test_error']:.2f} %", flush=True)
+    fit = [r["fitness_error"] for r in rows]
+    err = [r["test_error"] for r in rows]
+    macs = [r["macs"] for r in rows]
+    result = {"workdir": str(search_dir), "candidates_tested": len(tested), "seeds": seeds,
+              "train_epochs": cfg.train.epochs, "rows": rows,
+              "spearman_fitness_vs_retrained": float(spearmanr(fit, err).statistic),
+              "spearman_macs_vs_retrained": float(spearmanr([-m for m in macs], err).statistic)}
+    atomic_write_json(out / "rank.json", result)
+    if a.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"{len(rows)} of {len(tested)} candidates, retrained {cfg.train.epochs:g} epochs at seeds {seeds}: "
+              f"Spearman(PruningNet held-out error, retrained test error) = "
+              f"{result['spearman_fitness_vs_retrained']:.3f}; Spearman(-MACs, retrained test error) = "
+              f"{result['spearman_macs_vs_retrained']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
