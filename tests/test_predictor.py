@@ -209,10 +209,11 @@ def test_validate_cli_with_a_network_table(tmp_path, capsys):
     # in-network times (a 4x4 block costs about a microsecond) are clipped at 0, so a real runtime is only
     # near-exact; exactness is tested with an additive runtime in test_network_table.py.  The whole net takes
     # ~15 us, so load from other jobs during one measurement moves it by 20-80 % (CI: 19 % with 3 runs, 77 %
-    # once with 30): a fresh table is measured once more before the sum is judged off.  Priced by the alone
-    # entries instead, the sum is ~2.2x the reference, outside the tolerance on every attempt.
+    # once with 30, -39 % and -33 % on two tables in a row another time): up to three fresh tables are
+    # measured before the sum is judged off, at 50 %.  Priced by the alone entries instead (the error this
+    # test exists for), the sum is ~2.2x the reference (+118 %, +122 %), outside it on every attempt.
     errors = []
-    for attempt in range(2):
+    for attempt in range(3):
         table = tmp_path / f"t{attempt}.json"
         assert main(["latency", "validate", str(space_file), "--backend", "onnxruntime", "--samples", "2",
                      "--table", str(table), "--context", "network", "--warmup", "5", "--runs", "30",
@@ -226,9 +227,9 @@ def test_validate_cli_with_a_network_table(tmp_path, capsys):
         assert all(f"alone:{p.key}" in t for p in pr.parts(ref))  # the prior: every part timed alone too
         summed, own = pr.predict(ref) - pr.overhead_ms(pr.parts(ref)), t.ms("net:w1:reference", "median")
         errors.append(summed / own - 1)
-        if abs(errors[-1]) <= 0.25:
+        if abs(errors[-1]) <= 0.5:
             break
-    assert abs(errors[-1]) <= 0.25, f"sum of the reference's parts off its own time by {errors} (two tables)"
+    assert abs(errors[-1]) <= 0.5, f"sum of the reference's parts off its own time by {errors} ({len(errors)} tables)"
     # The other context on the same file is refused with a one-line reason.
     assert main(["latency", "validate", str(space_file), "--backend", "onnxruntime", "--samples", "1",
                  "--table", str(table), "--context", "alone"]) == 2
