@@ -67,17 +67,17 @@ def main(argv=None) -> int:
     for i, (genes, fitness_error) in enumerate(chosen):
         spec = space.to_spec(genes, residual_rule=args.residual_rule, name=f"rank_candidate_{i}")
         accs = [float(trainers[sd].train(spec, out / f"cand{i}_seed{sd}").metrics["test"]["accuracy"]) for sd in seeds]
-        rows.append({"genes": list(genes), "fitness_error": fitness_error, "macs": S.macs(spec),
+        macs = S.macs(spec)
+        rows.append({"genes": list(genes), "fitness_error": fitness_error, "macs": macs,
                      "test_accuracy_seeds": accs, "test_error": 100 * (1 - float(np.mean(accs)))})
-        print(f"candidate {i}: held-out error {fitness_error:.2f} % (PruningNet), {S.macs(spec) / 1e6:.2f} M MACs, "
+        print(f"candidate {i}: held-out error {fitness_error:.2f} % (PruningNet), {macs / 1e6:.2f} M MACs, "
               f"retrained test error {rows[-1]['test_error']:.2f} %", flush=True)
     fit = [r["fitness_error"] for r in rows]
     err = [r["test_error"] for r in rows]
-    macs = [r["macs"] for r in rows]
     result = {"workdir": str(search_dir), "candidates_tested": len(tested), "seeds": seeds,
               "train_epochs": cfg.train.epochs, "rows": rows,
               "spearman_fitness_vs_retrained": float(spearmanr(fit, err).statistic),
-              "spearman_macs_vs_retrained": float(spearmanr([-m for m in macs], err).statistic)}
+              "spearman_macs_vs_retrained": float(spearmanr([-r["macs"] for r in rows], err).statistic)}
     atomic_write_json(out / "rank.json", result)
     if a.json:
         print(json.dumps(result, indent=1))
