@@ -3,14 +3,17 @@
     python benchmarks/metapruning_rank.py --workdir runs/metapruning-bench --fraction 0.3 [--n 8] [--seeds 1]
 
 Reads a `benchmarks/metapruning_table.py` work dir: the search at `--fraction` (`mp_<fraction>/`) keeps the
-config it ran with (`config.yaml`) and every candidate it evaluated with its held-out error
+config it ran with (`config.yaml`) and every candidate it evaluated with its fitness
 (`evolution/tested.json`; all of them passed the latency window).  Takes `--n` of them evenly spread over
-the ranks of that error (the best and the worst included), retrains each from scratch with the search's own
+the ranks of that fitness (the best and the worst included), retrains each from scratch with the search's own
 retraining recipe (its `train` section: the table's budget) at train.seed 0..`--seeds`-1, and prints the
-Spearman rank correlation between the PruningNet's held-out error and the retrained test error (1: the
-fitness orders the candidates as retraining does; 0: no better than a random order), and between MACs and
-the retrained test error for comparison.  Every training resumes from `<workdir>/rank_<fraction>/`; the result
-is written there too (`rank.json`).
+Spearman rank correlation between the PruningNet's fitness and the retrained test error (1: the fitness
+orders the candidates as retraining does; 0: no better than a random order), and between MACs and the
+retrained test error for comparison.  The fitness is recomputed on the same candidates with the work dir's
+PruningNet (`shared/pruningnet`) in four variants: held-out top-1 error (the original) and held-out loss
+(`search.args.fitness`), each after BN recalibration over the search's `calib_batches` and over
+`--calib-more` batches.  Every training resumes from `<workdir>/rank_<fraction>/`; the result is written
+there too (`rank.json`).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from metapruning_table import pretrain_pruningnet
 from scipy.stats import spearmanr
 
 from jaxnas import allocator
@@ -27,16 +31,34 @@ from jaxnas.config import load_config, override_config
 from jaxnas.data import load_dataset
 from jaxnas.io_utils import atomic_write_json
 from jaxnas.methods.metapruning.args import MetaPruningArgs
+from jaxnas.methods.metapruning.fitness import FitnessEvaluator, calibration_images
 from jaxnas.methods.metapruning.pipeline import space_for
 from jaxnas.schema import validate
 from jaxnas.trainer import Trainer
 
 
 def spread_by_rank(tested: list[tuple[tuple[int, ...], float]], n: int) -> list[tuple[tuple[int, ...], float]]:
-    """`n` candidates at evenly spaced ranks of their error (best first, worst last)."""
+    """`n` candidates at evenly spaced ranks of their fitness (best first, worst last)."""
     ranked = sorted(tested, key=lambda t: t[1])
     picks = np.unique(np.round(np.linspace(0, len(ranked) - 1, min(n, len(ranked)))).astype(int))
     return [ranked[i] for i in picks]
+
+
+def fitness_variants(cfg, dataset, args: MetaPruningArgs, space, workdir: Path, genes: list[tuple[int, ...]],
+                     calib_more: int) -> dict[str, np.ndarray]:
+    """Held-out error and loss of `genes` after BN recalibration over the search's and `calib_more` batches."""
+    model, variables = pretrain_pruningnet(cfg, dataset, args, space, workdir / "shared" / "pruningnet")
+    seed = cfg.train.seed if args.seed is None else args.seed
+    holdout = dataset.arrays("holdout")
+    out = {}
+    for nb in (args.calib_batches, calib_more):
+        calib = calibration_images(dataset, nb, args.calib_batch_size or cfg.data.batch_size, seed)
+        ev = FitnessEvaluator(model, variables, calib, holdout, eval_batch_size=args.eval_batch_size or
+                              cfg.data.eval_batch_size, momentum=args.recalib_momentum)
+        hits, losses = ev.measure(genes)
+        out[f"error_calib{nb}"] = 100.0 - 100.0 * hits / ev.count
+        out[f"loss_calib{nb}"] = losses
+    return out
 
 
 def main(argv=None) -> int:
@@ -45,6 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--fraction", type=float, default=0.3, help="which target's search (mp_<fraction>/)")
     p.add_argument("--n", type=int, default=8, help="candidates retrained")
     p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--calib-more", type=int, default=16, help="BN calibration batches of the larger variants")
     p.add_argument("--set", action="append", default=[], help="config override a.b=c (e.g. train.epochs=0.1)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
@@ -64,28 +87,34 @@ def main(argv=None) -> int:
     seeds = [cfg.train.seed + i for i in range(a.seeds)]
     trainers = {sd: Trainer(override_config(cfg, [f"train.seed={sd}"]), dataset) for sd in seeds}
     rows = []
-    for i, (genes, fitness_error) in enumerate(chosen):
+    for i, (genes, fitness) in enumerate(chosen):
         spec = space.to_spec(genes, residual_rule=args.residual_rule, name=f"rank_candidate_{i}")
         accs = [float(trainers[sd].train(spec, out / f"cand{i}_seed{sd}").metrics["test"]["accuracy"]) for sd in seeds]
         macs = S.macs(spec)
-        rows.append({"genes": list(genes), "fitness_error": fitness_error, "macs": macs,
+        rows.append({"genes": list(genes), "search_fitness": fitness, "macs": macs,
                      "test_accuracy_seeds": accs, "test_error": 100 * (1 - float(np.mean(accs)))})
-        print(f"candidate {i}: held-out error {fitness_error:.2f} % (PruningNet), {macs / 1e6:.2f} M MACs, "
+        print(f"candidate {i}: {args.fitness} {fitness:.4g} (PruningNet), {macs / 1e6:.2f} M MACs, "
               f"retrained test error {rows[-1]['test_error']:.2f} %", flush=True)
-    fit = [r["fitness_error"] for r in rows]
+    variants = fitness_variants(cfg, dataset, args, space, search_dir.parent, [tuple(r["genes"]) for r in rows],
+                                a.calib_more)
+    for i, r in enumerate(rows):
+        r["fitness_variants"] = {k: float(v[i]) for k, v in variants.items()}
     err = [r["test_error"] for r in rows]
     result = {"workdir": str(search_dir), "candidates_tested": len(tested), "seeds": seeds,
-              "train_epochs": cfg.train.epochs, "rows": rows,
-              "spearman_fitness_vs_retrained": float(spearmanr(fit, err).statistic),
+              "train_epochs": cfg.train.epochs, "search_fitness": args.fitness, "rows": rows,
+              "spearman_fitness_vs_retrained": float(spearmanr([r["search_fitness"] for r in rows], err).statistic),
+              "spearman_variants_vs_retrained": {k: float(spearmanr(v, err).statistic) for k, v in variants.items()},
               "spearman_macs_vs_retrained": float(spearmanr([-r["macs"] for r in rows], err).statistic)}
     atomic_write_json(out / "rank.json", result)
     if a.json:
         print(json.dumps(result, indent=1))
     else:
         print(f"{len(rows)} of {len(tested)} candidates, retrained {cfg.train.epochs:g} epochs at seeds {seeds}: "
-              f"Spearman(PruningNet held-out error, retrained test error) = "
+              f"Spearman(PruningNet {args.fitness}, retrained test error) = "
               f"{result['spearman_fitness_vs_retrained']:.3f}; Spearman(-MACs, retrained test error) = "
               f"{result['spearman_macs_vs_retrained']:.3f}")
+        for k, v in result["spearman_variants_vs_retrained"].items():
+            print(f"  fitness {k}: Spearman {v:.3f}")
     return 0
 
 

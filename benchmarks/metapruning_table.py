@@ -89,8 +89,9 @@ def measure_block(specs: dict[str, S.ArchSpec], a) -> dict[str, float]:
     return best
 
 
-def pretrain_pruningnet(cfg, dataset, args: MetaPruningArgs, space, workdir: Path) -> None:
-    """Train the PruningNet exactly as the search's own first phase does (same model, config, seed)."""
+def pretrain_pruningnet(cfg, dataset, args: MetaPruningArgs, space, workdir: Path):
+    """Train (or load, when `workdir` holds its finished training) the PruningNet exactly as the search's own
+    first phase does (same model, config, seed); returns the model and its variables."""
     from types import SimpleNamespace
 
     from jaxnas.methods.metapruning.pipeline import training_config
@@ -100,7 +101,8 @@ def pretrain_pruningnet(cfg, dataset, args: MetaPruningArgs, space, workdir: Pat
     seed = cfg.train.seed if args.seed is None else args.seed
     setup = SimpleNamespace(args=args, seed=seed, batch_size=args.batch_size or cfg.data.batch_size)
     model = build_pruningnet(space, cfg.model.depthwise)
-    train_pruningnet(model, init_pruningnet(model, seed), dataset, training_config(cfg, setup), workdir)
+    variables, _ = train_pruningnet(model, init_pruningnet(model, seed), dataset, training_config(cfg, setup), workdir)
+    return model, variables
 
 
 def main(argv=None) -> int:

@@ -40,7 +40,7 @@ def test_quick_search_end_to_end_writes_a_complete_summary(tmp_path, capsys):
     assert 0 <= s["test_accuracy"] <= 1 and s["retrained"]
     assert len(s["genes"]) == 25 and len(s["genes_original"]) == 35
     assert [t["iteration"] for t in s["trace"]] == [0, 1, 2]
-    assert all(a >= b for a, b in zip([t["best_error"] for t in s["trace"]], [t["best_error"] for t in s["trace"]][1:]))
+    assert all(a >= b for a, b in zip([t["best_fitness"] for t in s["trace"]], [t["best_fitness"] for t in s["trace"]][1:]))
     spec = S.ArchSpec.load(work / "arch.json")
     assert S.macs(spec) == s["achieved"]["macs"] and Path(s["onnx_path"]).is_file()
     # The printed genes decode to the same network with `jaxnas metapruning decode`.
@@ -94,6 +94,6 @@ def test_search_killed_mid_evolution_resumes_to_the_same_result(tmp_path):
     assert _start(cut).wait() == 0
     a = json.loads((full / "evolution" / "state.json").read_text())
     b = json.loads((cut / "evolution" / "state.json").read_text())
-    assert a["top"] == b["top"] and a["tested"] == b["tested"] and a["trace"][-1]["best_error"] == \
-        b["trace"][-1]["best_error"] and a["rng"] == b["rng"]
+    assert a["top"] == b["top"] and a["tested"] == b["tested"] and a["trace"][-1]["best_fitness"] == \
+        b["trace"][-1]["best_fitness"] and a["rng"] == b["rng"]
     assert (full / "chosen_arch.json").read_text() == (cut / "chosen_arch.json").read_text()

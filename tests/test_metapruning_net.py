@@ -313,13 +313,21 @@ def test_fitness_single_vectorised_and_plain_network_agree():
     np.testing.assert_allclose(e1, e2)
     assert single.compiled_count() == 1 and vec.compiled_count() == 1
     assert len(set(e1.tolist())) > 1
+    # 24 held-out images at 5 a batch: 5 batches, one padding row that must not count in the loss either
+    by_loss = FitnessEvaluator(model, variables, calib, holdout, eval_batch_size=5, momentum=0.1, metric="loss")
+    losses = by_loss(cands)
+    np.testing.assert_allclose(by_loss.errors(cands), e1)
+    assert len(set(losses.tolist())) == len(cands)
     # The reference path: crop to a plain network, recalibrate with the core helper, evaluate.
-    for g, err in zip(cands[:1], e1):
+    for g, err, loss in zip(cands[:2], e1, losses):
         spec, pv = materialize(model, variables, g)
         plain = models.build_model(spec)
         pv = recalibrate_bn(plain, pv, [{"image": b} for b in calib], momentum=0.1)
-        acc = evaluate(plain, pv, ds, "holdout", batch_size=8)["accuracy"]
-        assert err == pytest.approx(100 - 100 * acc, abs=1e-4)
+        ref = evaluate(plain, pv, ds, "holdout", batch_size=8)
+        assert err == pytest.approx(100 - 100 * ref["accuracy"], abs=1e-4)
+        assert loss == pytest.approx(ref["loss"], rel=1e-4)  # plain CE, the mean over the held-out images
+    with pytest.raises(ValueError, match="metric"):
+        FitnessEvaluator(model, variables, calib, holdout, metric="top5")
 
 
 MULTIDEVICE = r"""

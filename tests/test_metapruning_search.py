@@ -1,4 +1,5 @@
 """MetaPruning evolutionary search: mutation/crossover/random rules, constraint rejection, exact resume."""
+import dataclasses
 import json
 
 import numpy as np
@@ -104,10 +105,22 @@ def test_evolution_improves_and_keeps_a_sorted_top_list(tmp_path):
                           workdir=tmp_path)
     errs = [e for _, e in state.top]
     assert errs == sorted(errs) and len(state.top) == 20
-    assert state.trace[-1]["best_error"] < state.trace[0]["best_error"]
+    assert state.trace[-1]["best_fitness"] < state.trace[0]["best_fitness"]
     assert [t["iteration"] for t in state.trace] == list(range(6))
     assert all(sum(g) <= 500 for g in state.tested)
     assert len(state.tested) == 6 * 20                    # every candidate distinct, evaluated once
+
+
+def test_a_resume_under_another_fitness_metric_is_refused(tmp_path):
+    """The cache holds fitness values of one metric: reusing top-1 errors (%) as losses would rank garbage."""
+    cfg = EvolutionConfig(population=6, select_num=6, top_k=2, mutation_num=2, crossover_num=2, max_iters=1, seed=0)
+    kw = dict(cost=lambda g: float(sum(g)), allowed=lambda c: c <= 500, workdir=tmp_path)
+    run_evolution(cfg, 25, _evaluate, **kw)
+    assert json.loads((tmp_path / "tested.json").read_text())["fitness"] == "error"
+    with pytest.raises(EvolutionError, match="holds error fitness values but this search ranks by loss"):
+        run_evolution(dataclasses.replace(cfg, fitness="loss", max_iters=2), 25, _evaluate, **kw)
+    state = run_evolution(dataclasses.replace(cfg, max_iters=2), 25, _evaluate, **kw)   # same metric: resumes
+    assert state.iteration == 2
 
 
 class _Interrupt(Exception):
@@ -136,7 +149,7 @@ def test_a_search_interrupted_mid_way_ends_exactly_like_an_uninterrupted_one(tmp
     resumed = run_evolution(cfg, 25, counting, workdir=tmp_path / "cut", **kw)
     assert resumed.top == full.top
     assert resumed.tested == full.tested
-    assert [t["best_error"] for t in resumed.trace] == [t["best_error"] for t in full.trace]
+    assert [t["best_fitness"] for t in resumed.trace] == [t["best_fitness"] for t in full.trace]
     assert resumed.rng == full.rng
     # Nothing was evaluated twice: the cache written after each batch survived the interruption.
     assert sum(calls) == len(full.tested) and first >= kill_after

@@ -56,7 +56,9 @@ class MetaPruningArgs(Section):
     crossover_tries: int = 10
     random_range: tuple[int, int] | None = None   # None: the space's ([12, 24) for ResNet-50, else [0, 31))
     random_tries: int = 100_000
-    # Fitness: BN recalibration over training batches with training augmentation, then held-out top-1.
+    # Fitness: BN recalibration over training batches with training augmentation, then held-out top-1 error
+    # (the original) or mean cross-entropy ("loss": a finer statistic on a small held-out split; fitness.py).
+    fitness: Literal["error", "loss"] = "error"
     calib_batches: int = 100
     calib_batch_size: int | None = None          # None: data.batch_size (the original: 1000)
     recalib_momentum: float | None = 0.1         # PyTorch EMA from (0, 1) as the original; null: exact average

@@ -1,7 +1,8 @@
 """The original's evolutionary search (seed spec §2.3), with a checkpointed state.
 
 Per iteration: evaluate the population's candidates -> merge them into the running top `select_num`
-(sorted by error; ties keep the order of arrival) -> parents = its first `top_k` -> next population =
+(sorted by fitness, lower is better: the held-out top-1 error as the original, or the held-out loss;
+ties keep the order of arrival) -> parents = its first `top_k` -> next population =
 `mutation_num` mutants + `crossover_num` crossovers + random candidates up to `population`.  The first
 population is random.
 
@@ -18,7 +19,7 @@ population is random.
   already proposed in this generation.
 
 State (`EvolutionState`, JSON): the iteration to run next, its population (with constraint values), the
-running top list, every evaluated candidate with its error, the numpy bit generator state and the trace.
+running top list, every evaluated candidate with its fitness, the numpy bit generator state and the trace.
 `run_evolution` saves it after every iteration, and the evaluation cache after every evaluated batch, so a
 search killed at any point and restarted ends with exactly the result of an uninterrupted one.  (The
 original's snapshot forgot which candidates were tested, so its resumed searches could differ.)
@@ -63,14 +64,16 @@ class EvolutionConfig:
     random_uniform_tries: int = 2_000  # of those, the original's uniform draws before the random bounds
     eval_batch: int = 10         # candidates evaluated (and cached) per evaluator call
     seed: int = 0
+    fitness: str = "error"       # what the evaluator returns ("error": top-1 %, "loss": mean CE): labels the
+                                 # log and the cache, which a resume with another metric must not reuse
 
 
 @dataclasses.dataclass
 class EvolutionState:
     iteration: int                                   # the next iteration to run
     population: list[tuple[Genes, float]]           # (genes, constraint value) to evaluate in `iteration`
-    top: list[tuple[Genes, float]]                   # (genes, error) sorted by error, at most select_num
-    tested: dict[Genes, float]                       # every candidate evaluated in this search -> error
+    top: list[tuple[Genes, float]]                   # (genes, fitness) sorted by fitness, at most select_num
+    tested: dict[Genes, float]                       # every candidate evaluated in this search -> fitness
     rng: dict                                        # numpy bit generator state
     trace: list[dict] = dataclasses.field(default_factory=list)
 
@@ -204,13 +207,18 @@ def _restore_rng(state: dict) -> np.random.Generator:
     return np.random.Generator(bg)
 
 
+def fitness_label(metric: str, value: float) -> str:
+    return f"top-1 error {value:.2f} %" if metric == "error" else f"held-out loss {value:.4f}"
+
+
 def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list[Genes]], Sequence[float]],
                   cost: Callable[[Genes], float], allowed: Callable[[float], bool], workdir: str | Path | None = None,
                   *, log: Callable[[str], None] | None = None,
                   on_evaluated: Callable[[int], None] | None = None) -> EvolutionState:
     """Run (or resume, from ``workdir/state.json`` and ``workdir/tested.json``) the search; returns the final state.
 
-    `evaluate(genes list) -> errors`; `cost(genes) -> constraint value`; `allowed(value) -> bool`.
+    `evaluate(genes list) -> fitness values` (lower is better; `cfg.fitness` names them); `cost(genes) ->
+    constraint value`; `allowed(value) -> bool`.
     `on_evaluated(n)` is called after each evaluated batch with the number of new evaluations so far in
     this session (tests use it to interrupt a search mid-iteration).
     """
@@ -220,7 +228,11 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
     cache_path = workdir / "tested.json" if workdir else None
     cache: dict[Genes, float] = {}
     if cache_path is not None and cache_path.is_file():
-        cache = {tuple(g): float(e) for g, e in json.loads(cache_path.read_text())["tested"]}
+        saved = json.loads(cache_path.read_text())
+        if saved.get("fitness", "error") != cfg.fitness:
+            raise EvolutionError(f"{cache_path} holds {saved.get('fitness', 'error')} fitness values but this search "
+                                 f"ranks by {cfg.fitness} (search.args.fitness); use a fresh work dir or the same fitness")
+        cache = {tuple(g): float(e) for g, e in saved["tested"]}
     if state_path is not None and state_path.is_file():
         state = EvolutionState.from_json(json.loads(state_path.read_text()))
         rng = _restore_rng(state.rng)
@@ -243,7 +255,7 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
                 cache[g] = float(e)
             evaluated += len(chunk)
             if cache_path is not None:
-                atomic_write_json(cache_path, {"tested": [[list(g), e] for g, e in cache.items()]})
+                atomic_write_json(cache_path, {"fitness": cfg.fitness, "tested": [[list(g), e] for g, e in cache.items()]})
             if on_evaluated is not None:
                 on_evaluated(evaluated)
         fresh = [(g, cache[g]) for g, _ in state.population]
@@ -252,13 +264,13 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
         state.top = sorted(state.top + fresh, key=lambda t: t[1])[:cfg.select_num]
         parents = [g for g, _ in state.top[:cfg.top_k]]
         best_g, best_e = state.top[0]
-        state.trace.append({"iteration": state.iteration, "best_error": best_e, "best_genes": list(best_g),
+        state.trace.append({"iteration": state.iteration, "best_fitness": best_e, "best_genes": list(best_g),
                             "best_cost": proposer.cost(best_g),
-                            "mean_top_k_error": float(np.mean([e for _, e in state.top[:cfg.top_k]])),
+                            "mean_top_k_fitness": float(np.mean([e for _, e in state.top[:cfg.top_k]])),
                             "evaluated": len(todo), "seconds": round(time.perf_counter() - t0, 3)})
-        say(f"evolution: iteration {state.iteration}: best top-1 error {best_e:.2f} % (cost {proposer.cost(best_g):.6g}), "
-            f"top-{cfg.top_k} mean {state.trace[-1]['mean_top_k_error']:.2f} %, {len(todo)} evaluated in "
-            f"{state.trace[-1]['seconds']:.1f} s")
+        say(f"evolution: iteration {state.iteration}: best {fitness_label(cfg.fitness, best_e)} (cost "
+            f"{proposer.cost(best_g):.6g}), top-{cfg.top_k} mean {fitness_label(cfg.fitness, state.trace[-1]['mean_top_k_fitness'])}, "
+            f"{len(todo)} evaluated in {state.trace[-1]['seconds']:.1f} s")
         proposed: dict[Genes, float] = {}
         mutation = proposer.mutation(parents, state.tested, proposed)
         crossover = proposer.crossover(parents, state.tested, proposed)
@@ -271,4 +283,4 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
     return state
 
 
-__all__ = ["EvolutionConfig", "EvolutionError", "EvolutionState", "Proposer", "run_evolution"]
+__all__ = ["EvolutionConfig", "EvolutionError", "EvolutionState", "Proposer", "fitness_label", "run_evolution"]

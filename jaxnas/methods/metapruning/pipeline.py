@@ -30,7 +30,7 @@ from jaxnas.io_utils import atomic_write_json
 from jaxnas.methods.base import SearchContext, SearchError, SearchResult
 from jaxnas.methods.metapruning.args import MetaPruningArgs
 from jaxnas.methods.metapruning.constraint import Budget, BudgetError, CostFunction, check_reachable
-from jaxnas.methods.metapruning.evolution import EvolutionConfig
+from jaxnas.methods.metapruning.evolution import EvolutionConfig, fitness_label
 from jaxnas.methods.metapruning.latency_check import grid_reference, measure_against, row_ms
 from jaxnas.methods.metapruning.space import FAMILIES, GeneError, MetaSpace, get_space
 
@@ -140,7 +140,8 @@ class Searched:
     """What the search found, before retraining."""
 
     genes: tuple[int, ...]
-    error: float
+    fitness: float                 # of `args.fitness` (lower is better)
+    error: float                   # held-out top-1 error (%), whatever the fitness
     record: dict[str, Any]
     trace: list[dict]
     verify: list[dict]
@@ -177,12 +178,13 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
     calib = calibration_images(dataset, a.calib_batches, a.calib_batch_size or setup.batch_size, setup.seed)
     evaluator = FitnessEvaluator(model, variables, calib, dataset.arrays("holdout"),
                                  eval_batch_size=a.eval_batch_size or cfg.data.eval_batch_size,
-                                 momentum=a.recalib_momentum, candidates_per_call=a.candidates_per_call)
+                                 momentum=a.recalib_momentum, candidates_per_call=a.candidates_per_call,
+                                 metric=a.fitness)
     state = run_evolution(evolution_config(setup), space.num_genes, evaluator, setup.cost, budget.allows,
                           workdir / "evolution", log=log, on_evaluated=on_evaluated)
     seconds["evolution"] = round(time.perf_counter() - t1, 1)
 
-    genes, error = state.top[0]
+    genes, fitness = state.top[0]
     verify: list[dict] = []
     evaluated = len(state.tested)
     if budget.kind == "latency_ms" and a.verify_latency and measure_fn is not None:
@@ -196,19 +198,20 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
             return run_evolution(evolution_config(setup), space.num_genes, evaluator, setup.cost, corrected.allows,
                                  workdir / "evolution_corrected", log=log, on_evaluated=on_evaluated)
 
-        genes, error, verify, again = pick_within_latency(setup, state, search_again, measure_fn, workdir, log)
+        genes, fitness, verify, again = pick_within_latency(setup, state, search_again, measure_fn, workdir, log)
         if again is not None:
             evaluated = len(set(state.tested) | set(again.tested))
         seconds["verify"] = round(time.perf_counter() - t2, 1)
     record = setup.cost.record(genes)
-    trace = [{"iteration": t["iteration"], "best_error": t["best_error"], "mean_top_k_error": t["mean_top_k_error"]}
+    trace = [{"iteration": t["iteration"], "best_fitness": t["best_fitness"], "mean_top_k_fitness": t["mean_top_k_fitness"]}
              for t in state.trace]
-    return Searched(tuple(genes), float(error), record, trace, verify, seconds, evaluated)
+    error = fitness if a.fitness == "error" else float(evaluator.errors([tuple(genes)])[0])
+    return Searched(tuple(genes), float(fitness), float(error), record, trace, verify, seconds, evaluated)
 
 
 def _verify_latency(setup: Setup, top: list, measure_fn: Callable[[S.ArchSpec], Any], path: Path,
                     log: Callable[[str], None]) -> tuple[list[dict], int | None]:
-    """Measure the best candidates end to end (in error order) until one is within the target.
+    """Measure the best candidates end to end (in fitness order) until one is within the target.
 
     `measure_fn(spec)`: the ms, or a mapping of row fields with ``measured_ms`` (and ``grid_ms``, the
     latency in the grid's conditions, which the check then goes by: `latency_check.measure_against`).
@@ -217,18 +220,20 @@ def _verify_latency(setup: Setup, top: list, measure_fn: Callable[[S.ArchSpec], 
     a, budget = setup.args, setup.budget
     limit = budget.max * (1 + a.latency_tolerance)
     rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+    for r in rows:  # written before the fitness was configurable: the top-1 error
+        r.setdefault("fitness", r.pop("holdout_error", None))
     for i, (g, err) in enumerate(top[:a.verify_latency]):
         if i < len(rows):
             row = rows[i]
         else:
             got = measure_fn(setup.space.to_spec(g, residual_rule=a.residual_rule))
             fields = dict(got) if isinstance(got, Mapping) else {"measured_ms": float(got)}
-            row = {"genes": list(g), "holdout_error": err, "predicted_ms": setup.cost(g), **fields}
+            row = {"genes": list(g), "fitness": err, "predicted_ms": setup.cost(g), **fields}
             rows.append(row)
             atomic_write_json(path, {"target_ms": budget.max, "limit_ms": limit, "rows": rows})
         against = (f" = {row['grid_ms']:.4f} ms in the grid's conditions (against {row['reference']}, drift "
                    f"{row['drift']:.3f})" if "grid_ms" in row else "")
-        log(f"metapruning: candidate {i + 1}: error {err:.2f} %, predicted {row['predicted_ms']:.4f} ms, "
+        log(f"metapruning: candidate {i + 1}: {fitness_label(a.fitness, err)}, predicted {row['predicted_ms']:.4f} ms, "
             f"measured {row['measured_ms']:.4f} ms{against} (limit {limit:.4f} ms)")
         if row_ms(row) <= limit:
             return rows, i
@@ -256,11 +261,11 @@ def pick_within_latency(setup: Setup, state: Any, search_again: Callable[[Budget
     part of the space: the search runs once more (`search_again`, resumable, the fitness cache carried
     over) under the budget corrected by the measured / predicted ratio of those candidates, and its best are
     measured the same way.  Only when none of them fits either is the fastest measured candidate kept (the
-    log says so).  Returns genes, held-out error, every measured row, and the second search's state (None
+    log says so).  Returns genes, fitness, every measured row, and the second search's state (None
     when it did not run)."""
     rows, hit = _verify_latency(setup, state.top, measure_fn, workdir / "verify.json", log)
     if hit is not None:
-        return tuple(rows[hit]["genes"]), float(rows[hit]["holdout_error"]), rows, None
+        return tuple(rows[hit]["genes"]), float(rows[hit]["fitness"]), rows, None
     corrected, ratio = corrected_budget(setup, rows)
     if corrected is None:
         again, more = None, []
@@ -275,11 +280,11 @@ def pick_within_latency(setup: Setup, state: Any, search_again: Callable[[Budget
         for r in more:
             r["corrected_search"] = True
         if hit is not None:
-            return tuple(more[hit]["genes"]), float(more[hit]["holdout_error"]), rows + more, again
+            return tuple(more[hit]["genes"]), float(more[hit]["fitness"]), rows + more, again
     best = min(rows + more, key=row_ms)
     log(f"metapruning: none of the {len(rows + more)} measured candidates is within the target; keeping the "
         f"fastest ({row_ms(best):.4f} ms): the latency table over-predicts the savings on this runtime")
-    return tuple(best["genes"]), float(best["holdout_error"]), rows + more, again
+    return tuple(best["genes"]), float(best["fitness"]), rows + more, again
 
 
 def result_metrics(setup: Setup, searched: Searched, spec: S.ArchSpec) -> dict[str, Any]:
@@ -301,6 +306,7 @@ def result_metrics(setup: Setup, searched: Searched, spec: S.ArchSpec) -> dict[s
         "genes_original": list(space.to_printed(searched.genes)),
         "channels": space.channels(searched.genes),
         "holdout_error": searched.error,
+        "fitness": {"metric": setup.args.fitness, "value": searched.fitness},
         "trace": searched.trace,
         "reachable": {"min": setup.reachable[0], "max": setup.reachable[1]},
         "space": space.describe(),
@@ -341,7 +347,8 @@ def run_search(ctx: SearchContext, args: MetaPruningArgs) -> SearchResult:
         raise MetaPruningError(f"{chosen_path} differs from the network this search picks and {retrain_dir} holds "
                                "a retraining of it; use a fresh work dir")
     spec.save(chosen_path)
-    log(f"metapruning: picked genes {list(space.to_printed(searched.genes))} (held-out error {searched.error:.2f} %), "
+    log(f"metapruning: picked genes {list(space.to_printed(searched.genes))} (held-out error {searched.error:.2f} %"
+        + (f", loss {searched.fitness:.4f}" if args.fitness == "loss" else "") + "), "
         f"{S.macs(spec) / 1e6:.3f} M MACs" + (f", predicted {searched.record['predicted_latency_ms']:.4f} ms"
                                               if "predicted_latency_ms" in searched.record else ""))
     variables, test_acc = None, None
