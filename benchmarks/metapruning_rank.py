@@ -31,8 +31,7 @@ from jaxnas.config import load_config, override_config
 from jaxnas.data import load_dataset
 from jaxnas.io_utils import atomic_write_json
 from jaxnas.methods.metapruning.args import MetaPruningArgs
-from jaxnas.methods.metapruning.fitness import FitnessEvaluator, calibration_images
-from jaxnas.methods.metapruning.pipeline import space_for
+from jaxnas.methods.metapruning.pipeline import fitness_evaluator, space_for
 from jaxnas.schema import validate
 from jaxnas.trainer import Trainer
 
@@ -48,16 +47,10 @@ def fitness_variants(cfg, dataset, args: MetaPruningArgs, space, workdir: Path, 
                      calib_more: int) -> dict[str, np.ndarray]:
     """Held-out error and loss of `genes` after BN recalibration over the search's and `calib_more` batches."""
     model, variables = pretrain_pruningnet(cfg, dataset, args, space, workdir / "shared" / "pruningnet")
-    seed = cfg.train.seed if args.seed is None else args.seed
-    holdout = dataset.arrays("holdout")
     out = {}
     for nb in (args.calib_batches, calib_more):
-        calib = calibration_images(dataset, nb, args.calib_batch_size or cfg.data.batch_size, seed)
-        ev = FitnessEvaluator(model, variables, calib, holdout, eval_batch_size=args.eval_batch_size or
-                              cfg.data.eval_batch_size, momentum=args.recalib_momentum)
-        hits, losses = ev.measure(genes)
-        out[f"error_calib{nb}"] = 100.0 - 100.0 * hits / ev.count
-        out[f"loss_calib{nb}"] = losses
+        errors, losses = fitness_evaluator(cfg, dataset, args, model, variables, calib_batches=nb).measure(genes)
+        out[f"error_calib{nb}"], out[f"loss_calib{nb}"] = errors, losses
     return out
 
 

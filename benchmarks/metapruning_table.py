@@ -94,12 +94,12 @@ def pretrain_pruningnet(cfg, dataset, args: MetaPruningArgs, space, workdir: Pat
     first phase does (same model, config, seed); returns the model and its variables."""
     from types import SimpleNamespace
 
-    from jaxnas.methods.metapruning.pipeline import training_config
+    from jaxnas.methods.metapruning.pipeline import pruningnet_batch_size, search_seed, training_config
     from jaxnas.methods.metapruning.pruningnet import build_pruningnet, init_pruningnet
     from jaxnas.methods.metapruning.training import train_pruningnet
 
-    seed = cfg.train.seed if args.seed is None else args.seed
-    setup = SimpleNamespace(args=args, seed=seed, batch_size=args.batch_size or cfg.data.batch_size)
+    seed = search_seed(cfg, args)
+    setup = SimpleNamespace(args=args, seed=seed, batch_size=pruningnet_batch_size(cfg, args))
     model = build_pruningnet(space, cfg.model.depthwise)
     variables, _ = train_pruningnet(model, init_pruningnet(model, seed), dataset, training_config(cfg, setup), workdir)
     return model, variables

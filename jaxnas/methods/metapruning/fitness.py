@@ -116,7 +116,7 @@ class FitnessEvaluator:
         return jax.vmap(one, in_axes=(None, None, None, None, 0))  # ids: (K, num_genes)
 
     def measure(self, genes: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """Top-1 hits and mean cross-entropy of each candidate (the last call padded to K candidates)."""
+        """Top-1 error (%) and mean cross-entropy of each candidate (the last call padded to K candidates)."""
         hits, losses = [], []
         for start in range(0, len(genes), self.k):
             chunk = [tuple(g) for g in genes[start:start + self.k]]
@@ -125,20 +125,15 @@ class FitnessEvaluator:
             hits.extend(int(v) for v in h[:len(chunk)])
             losses.extend(float(v) / self.count for v in l[:len(chunk)])
             self.calls += 1
-        return np.asarray(hits, np.int64), np.asarray(losses, np.float64)
-
-    def correct(self, genes: Sequence[Sequence[int]]) -> np.ndarray:
-        """Top-1 hits of each candidate."""
-        return self.measure(genes)[0]
+        return 100.0 - 100.0 * np.asarray(hits, np.int64) / self.count, np.asarray(losses, np.float64)
 
     def errors(self, genes: Sequence[Sequence[int]]) -> np.ndarray:
         """Top-1 error (%) of each candidate."""
-        return 100.0 - 100.0 * self.correct(genes) / self.count
+        return self.measure(genes)[0]
 
     def __call__(self, genes: Sequence[Sequence[int]]) -> np.ndarray:
         """The fitness (`metric`) of each candidate."""
-        hits, losses = self.measure(genes)
-        return 100.0 - 100.0 * hits / self.count if self.metric == "error" else losses
+        return self.measure(genes)[METRICS.index(self.metric)]
 
     def compiled_count(self) -> int:
         return self._fn._cache_size()

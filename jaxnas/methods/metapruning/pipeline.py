@@ -87,6 +87,29 @@ def make_budget(cfg: Any, args: MetaPruningArgs) -> Budget:
                            "picks jaxnas MACs or the original's FLOPs counter) or search.target_latency_ms")
 
 
+def search_seed(cfg: Any, args: MetaPruningArgs) -> int:
+    """The seed of the PruningNet's training, the calibration batches and the evolution."""
+    return cfg.train.seed if args.seed is None else args.seed
+
+
+def pruningnet_batch_size(cfg: Any, args: MetaPruningArgs) -> int:
+    return args.batch_size or cfg.data.batch_size
+
+
+def fitness_evaluator(cfg: Any, dataset: Any, args: MetaPruningArgs, model: Any, variables: dict, *,
+                      calib_batches: int | None = None, metric: str | None = None):
+    """The search's `FitnessEvaluator`: its calibration batches (drawn as the search draws them), held-out
+    split and settings; `calib_batches` and `metric` replace the args' (benchmarks compare variants)."""
+    from jaxnas.methods.metapruning.fitness import FitnessEvaluator, calibration_images
+
+    calib = calibration_images(dataset, calib_batches or args.calib_batches,
+                               args.calib_batch_size or pruningnet_batch_size(cfg, args), search_seed(cfg, args))
+    return FitnessEvaluator(model, variables, calib, dataset.arrays("holdout"),
+                            eval_batch_size=args.eval_batch_size or cfg.data.eval_batch_size,
+                            momentum=args.recalib_momentum, candidates_per_call=args.candidates_per_call,
+                            metric=metric or args.fitness)
+
+
 def prepare(cfg: Any, dataset: Any, args: MetaPruningArgs, *, table_fn: Callable[[S.ArchSpec], Any] | None = None,
             log: Callable[[str], None] = print) -> Setup:
     """Every check before training; `table_fn(widest spec)` returns the per-layer latency grid (latency
@@ -96,7 +119,7 @@ def prepare(cfg: Any, dataset: Any, args: MetaPruningArgs, *, table_fn: Callable
     if dataset.num_examples("holdout") == 0:
         raise MetaPruningError("MetaPruning measures fitness on the held-out split, which is empty: set "
                                "data.holdout (e.g. 0.1)")
-    batch_size = args.batch_size or cfg.data.batch_size
+    batch_size = pruningnet_batch_size(cfg, args)
     if dataset.num_examples("train") < batch_size:
         raise MetaPruningError(f"the train split has {dataset.num_examples('train')} examples, fewer than the "
                                f"PruningNet batch size {batch_size}")
@@ -110,7 +133,7 @@ def prepare(cfg: Any, dataset: Any, args: MetaPruningArgs, *, table_fn: Callable
         reachable = check_reachable(space, budget, cost)
     except BudgetError as e:
         raise MetaPruningError(str(e)) from None
-    seed = cfg.train.seed if args.seed is None else args.seed
+    seed = search_seed(cfg, args)
     log(f"metapruning: {space.family} space ({space.num_genes} genes, {space.resolution} px"
         f"{', small input' if space.small_input else ''}), budget {budget.describe(budget.max)} in reachable "
         f"[{budget.describe(reachable[0])}, {budget.describe(reachable[1])}]")
@@ -155,7 +178,6 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
                      on_evaluated: Callable[[int], None] | None = None) -> Searched:
     """PruningNet training, evolution and the pick (all resumable)."""
     from jaxnas.methods.metapruning.evolution import run_evolution
-    from jaxnas.methods.metapruning.fitness import FitnessEvaluator, calibration_images
     from jaxnas.methods.metapruning.pruningnet import build_pruningnet, init_pruningnet
     from jaxnas.methods.metapruning.training import train_pruningnet
 
@@ -175,11 +197,7 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
     seconds["pruningnet"] = round(time.perf_counter() - t0, 1)
 
     t1 = time.perf_counter()
-    calib = calibration_images(dataset, a.calib_batches, a.calib_batch_size or setup.batch_size, setup.seed)
-    evaluator = FitnessEvaluator(model, variables, calib, dataset.arrays("holdout"),
-                                 eval_batch_size=a.eval_batch_size or cfg.data.eval_batch_size,
-                                 momentum=a.recalib_momentum, candidates_per_call=a.candidates_per_call,
-                                 metric=a.fitness)
+    evaluator = fitness_evaluator(cfg, dataset, a, model, variables)
     state = run_evolution(evolution_config(setup), space.num_genes, evaluator, setup.cost, budget.allows,
                           workdir / "evolution", log=log, on_evaluated=on_evaluated)
     seconds["evolution"] = round(time.perf_counter() - t1, 1)
@@ -365,5 +383,6 @@ def run_search(ctx: SearchContext, args: MetaPruningArgs) -> SearchResult:
 
 
 __all__ = ["MetaPruningError", "run_search", "Searched", "Setup", "corrected_budget", "evolution_config",
-           "latency_check_fn", "make_budget", "pick_within_latency", "prepare", "result_metrics", "space_for",
-           "train_and_evolve", "training_config"]
+           "fitness_evaluator", "latency_check_fn", "make_budget", "pick_within_latency", "prepare",
+           "pruningnet_batch_size", "result_metrics", "search_seed", "space_for", "train_and_evolve",
+           "training_config"]
