@@ -40,10 +40,12 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from jaxnas import models, zoo
 from jaxnas import spec as S
 from jaxnas.config import load_config, override_config
-from jaxnas.costmodel import calibration_network
+from jaxnas.costmodel import calibration_knots, calibration_network, piecewise_linear
 from jaxnas.data import load_dataset
 from jaxnas.io_utils import atomic_write_json
 from jaxnas.latency.layer_grid import build_layer_grid
@@ -59,19 +61,10 @@ GRID_CHECK = ("network:min", "network:f0.25", "network:f0.5", "network:f0.75", "
 
 
 def grid_terms(grid_ms: dict[str, float], now_ms: dict[str, float]):
-    """ms as the final block times a net -> ms in the grid's terms, piecewise linear through the networks
-    timed both ways (`now_ms` sorted; beyond them, the nearest end's ratio)."""
-    pts = sorted((now_ms[k], grid_ms[k]) for k in now_ms)
-
-    def to_grid(ms: float) -> float:
-        if ms <= pts[0][0]:
-            return ms * pts[0][1] / pts[0][0]
-        if ms >= pts[-1][0]:
-            return ms * pts[-1][1] / pts[-1][0]
-        i = next(i for i in range(1, len(pts)) if ms <= pts[i][0])
-        (x0, y0), (x1, y1) = pts[i - 1], pts[i]
-        return y0 + (y1 - y0) * (ms - x0) / (x1 - x0)
-    return to_grid
+    """ms as the final block times a net -> ms in the grid's terms: the cost model's monotone piecewise-linear
+    map (`costmodel.calibration_knots`, `piecewise_linear`) through the networks timed both ways."""
+    knots = calibration_knots([(now_ms[k], grid_ms[k]) for k in now_ms])
+    return lambda ms: float(piecewise_linear(ms, knots, np))
 
 
 @contextlib.contextmanager
