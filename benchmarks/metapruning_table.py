@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -65,6 +66,10 @@ def grid_terms(grid_ms: dict[str, float], now_ms: dict[str, float]):
     map (`costmodel.calibration_knots`, `piecewise_linear`) through the networks timed both ways."""
     knots = calibration_knots([(now_ms[k], grid_ms[k]) for k in now_ms])
     return lambda ms: float(piecewise_linear(ms, knots, np))
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @contextlib.contextmanager
@@ -195,22 +200,36 @@ def main(argv=None) -> int:
     # widest net so timed, and are handed to the search (which predicts and checks in the grid's terms)
     # mapped into the grid's terms through the calibration networks' two timings (`grid_terms`).
     grid = work / "layer_grid.json"
-    grid_checks = []
-    for attempt in range(a.grid_tries):
-        with timing_lock(0 if grid.is_file() and not grid_checks else a.lock_wait) as held:
-            locks["grid"] = held
-            table = build_layer_grid(widest, "onnxruntime", out_path=grid, channel_multiple=args.channel_multiple,
-                                     warmup=5, runs=30, network_runs=a.runs)
-            wide_vars = models.init_variables(models.build_model(widest), 0)
-            nets = {k: calibration_network(k, widest, wide_vars, multiple=args.channel_multiple)[0] for k in GRID_CHECK}
-            now = measure_block(nets, a)
-        ratios = {k: round(now[k] / table.ms(k, a.stat), 3) for k in nets}
-        grid_checks.append(ratios)
-        print(f"grid check {attempt + 1}: now / grid {ratios}", flush=True)
-        if all(abs(ratios[k] - 1) <= a.grid_tolerance for k in ("network:f0.25", "network:f0.5")) \
-                or attempt == a.grid_tries - 1:
-            break
-        grid.replace(work / f"layer_grid.stale{attempt}.json")  # kept for the record; a fresh grid is built
+    check_file = work / "grid_check.json"  # kept, so that a resumed run keeps its targets (the searches' configs)
+    wide_vars = models.init_variables(models.build_model(widest), 0)
+    nets = {k: calibration_network(k, widest, wide_vars, multiple=args.channel_multiple)[0] for k in GRID_CHECK}
+    check_key = {"stat": a.stat, "rounds": a.rounds, "runs": a.runs, "warmup": a.warmup}
+
+    def open_grid():
+        return build_layer_grid(widest, "onnxruntime", out_path=grid, channel_multiple=args.channel_multiple,
+                                warmup=5, runs=30, network_runs=a.runs)
+
+    saved = json.loads(check_file.read_text()) if check_file.is_file() and grid.is_file() else None
+    if saved is not None and saved["key"] == check_key and saved["grid_sha"] == _sha(grid):
+        table = open_grid()
+        grid_checks, now, locks["grid"] = saved["grid_checks"], saved["now"], saved["lock_held"]
+        print(f"grid check from {check_file}: now / grid {grid_checks[-1]}", flush=True)
+    else:
+        grid_checks = []
+        for attempt in range(a.grid_tries):
+            with timing_lock(a.lock_wait) as held:  # the check times nets, even when the grid is resumed
+                locks["grid"] = held
+                table = open_grid()
+                now = measure_block(nets, a)
+            ratios = {k: round(now[k] / table.ms(k, a.stat), 3) for k in nets}
+            grid_checks.append(ratios)
+            print(f"grid check {attempt + 1}: now / grid {ratios}", flush=True)
+            if all(abs(ratios[k] - 1) <= a.grid_tolerance for k in ("network:f0.25", "network:f0.5")) \
+                    or attempt == a.grid_tries - 1:
+                break
+            grid.replace(work / f"layer_grid.stale{attempt}.json")  # kept for the record; a fresh grid is built
+        atomic_write_json(check_file, {"key": check_key, "grid_sha": _sha(grid), "grid_checks": grid_checks,
+                                       "now": now, "lock_held": held})
     full_ms = now["network:full"]
     in_grid = grid_terms({k: table.ms(k, a.stat) for k in nets}, now)
     print(f"widest {widest.name}: {S.macs(widest) / 1e6:.2f} M MACs, {full_ms:.3f} ms ({a.stat}) timed after the "
