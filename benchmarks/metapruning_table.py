@@ -164,6 +164,10 @@ def main(argv=None) -> int:
                    help="time the nets again even if the work dir holds this block's measurements")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    if not 0 <= a.window < 1 or a.seeds < 1:
+        p.error(f"--window must be in [0, 1) and --seeds >= 1, got {a.window} and {a.seeds}")
+    if a.grid_tries < 1 or a.grid_tolerance < 0:
+        p.error(f"--grid-tries must be >= 1 and --grid-tolerance >= 0, got {a.grid_tries} and {a.grid_tolerance}")
     from jaxnas import allocator
 
     allocator.reexec_with_tcmalloc()  # trains and times on the allocator the jaxnas command uses
@@ -177,8 +181,6 @@ def main(argv=None) -> int:
     cfg = load_config(a.config, overrides)
     dataset = load_dataset(cfg.dataset_config())
     args = validate(cfg.search.args, MetaPruningArgs, "search.args")
-    if not 0 <= a.window < 1 or a.seeds < 1:
-        p.error(f"--window must be in [0, 1) and --seeds >= 1, got {a.window} and {a.seeds}")
     space = space_for(cfg, dataset, args)
     widest = space.max_spec()
     shared = work / "shared"
