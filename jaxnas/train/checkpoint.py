@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -68,11 +69,32 @@ def _carries(exc: BaseException | None, cause: str) -> bool:
     return False
 
 
-def _thread_hook(cause: str | None, previous: Any) -> Any:
-    """A `threading.excepthook` that drops a worker thread's exception carrying `cause` (None: any), and
-    hands every other one to `previous`."""
+# After a failed write, orbax's `asyncio.run` has closed its event loop while tensorstore still holds
+# callbacks for it; when those complete, tensorstore's C++ threads get "Event loop is closed" from
+# `call_soon_threadsafe` and hand it to `sys.unraisablehook` (a bare traceback on stderr).
+_CLOSED_LOOP = "Event loop is closed"
+
+
+def _aftermath(exc: BaseException | None, cause: str) -> bool:
+    """Whether `exc` is a consequence of the failed write whose error names `cause`."""
+    return _carries(exc, cause) or (isinstance(exc, RuntimeError) and _carries(exc, _CLOSED_LOOP))
+
+
+def _record_carries(record: logging.LogRecord, cause: str) -> bool:
+    """Whether a log record's message or the exception it logs is the failed write's (see `_aftermath`)."""
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a record whose arguments do not format still gets judged on exc_info
+        message = str(record.msg)
+    return cause in message or _aftermath(record.exc_info[1] if record.exc_info else None, cause)
+
+
+def _dropping_hook(cause: str | None, previous: Any) -> Any:
+    """A `threading.excepthook` or `sys.unraisablehook` (both get an object with `exc_value`) that drops an
+    exception of the failed write naming `cause` (None: any exception), and hands every other one to
+    `previous`."""
     def hook(args: Any) -> None:
-        if cause is not None and not _carries(args.exc_value, cause):
+        if cause is not None and not _aftermath(args.exc_value, cause):
             previous(args)
     return hook
 
@@ -85,10 +107,12 @@ def _quiet_failures() -> Iterator[None]:
     Orbax also leaves asyncio tasks of the failed write whose exception nobody retrieves; asyncio logs them
     (traceback and all) when they are garbage-collected, which may be after this block or at interpreter
     exit.  So on failure the pending ones are collected here, while everything is still dropped, and a
-    filter stays on the asyncio logger for records carrying the same cause.  Orbax's worker threads can
+    filter stays on the asyncio, absl, orbax and jax loggers for records carrying the same cause (orbax's
+    worker threads log their failure, traceback and all, and may do so after the raise).  Those threads can
     also end with the same error after it was raised here; Python prints such a thread's traceback
-    (`threading.excepthook`) unless it is dropped, so a hook drops thread exceptions during the block, and
-    after a failure those carrying its cause."""
+    (`threading.excepthook`) unless it is dropped, and tensorstore's threads report the event loop orbax
+    closed through `sys.unraisablehook` (see `_CLOSED_LOOP`); so hooks on both drop every exception during
+    the block, and after a failure those of that failure."""
     if os.environ.get("JAXNAS_VERBOSE"):
         yield
         return
@@ -96,20 +120,26 @@ def _quiet_failures() -> Iterator[None]:
     loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio", "jax")]
     for lg in loggers:
         lg.addFilter(drop)
-    previous = after = threading.excepthook
-    threading.excepthook = _thread_hook(None, previous)
+    hooks = (threading, "excepthook"), (sys, "unraisablehook")
+    previous = [getattr(m, n) for m, n in hooks]
+    after = list(previous)
+    for (m, n), prev in zip(hooks, previous):
+        setattr(m, n, _dropping_hook(None, prev))
     try:
         yield
     except Exception as e:
         gc.collect()
         cause = _write_failure(e)
-        # Drops asyncio's "Task exception was never retrieved" records of the failure reported here.
-        logging.getLogger("asyncio").addFilter(
-            lambda record: not _carries(record.exc_info[1] if record.exc_info else None, cause))
-        after = _thread_hook(cause, previous)
+        # Drops later log records of the failure reported here: asyncio's "Task exception was never
+        # retrieved", and orbax's worker threads logging the same error (absl, with a traceback) once they
+        # fail too, which may be after the raise (CI once printed 125 lines of that after the one line).
+        for lg in loggers:
+            lg.addFilter(lambda record: not _record_carries(record, cause))
+        after = [_dropping_hook(cause, prev) for prev in previous]
         raise
-    finally:  # also on KeyboardInterrupt: the drop-everything hook never outlives the block
-        threading.excepthook = after
+    finally:  # also on KeyboardInterrupt: the drop-everything hooks never outlive the block
+        for (m, n), hook in zip(hooks, after):
+            setattr(m, n, hook)
         for lg in loggers:
             lg.removeFilter(drop)
 
