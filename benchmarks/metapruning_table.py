@@ -108,6 +108,18 @@ def measure_block(specs: dict[str, S.ArchSpec], a) -> dict[str, float]:
     return best
 
 
+def mbv2_baseline(width: float, cfg, dataset) -> S.ArchSpec:
+    """The MobileNetV2 family's net at `width` (small-input, make_divisible(8)) for the config's data."""
+    h, _, c = dataset.image_shape
+    return zoo.mobilenet_v2(width=width, small_input=True, resolution=h, num_classes=dataset.num_classes,
+                            in_channels=c, dropout=cfg.model.dropout)
+
+
+def space_baseline(space, scale_id: int) -> S.ArchSpec:
+    """The search space's own uniform net: every gene at `scale_id`."""
+    return space.to_spec(space.uniform(scale_id), name=f"metapruning_uniform_{scale_id}")
+
+
 def pretrain_pruningnet(cfg, dataset, args: MetaPruningArgs, space, workdir: Path):
     """Train (or load, when `workdir` holds its finished training) the PruningNet exactly as the search's own
     first phase does (same model, config, seed); returns the model and its variables."""
@@ -255,10 +267,8 @@ def main(argv=None) -> int:
     loads.append(os.getloadavg())
 
     # --- 3. Interleaved end-to-end measurements. -----------------------------------------------------
-    h, _, c = dataset.image_shape
-    mbv2 = {w: zoo.mobilenet_v2(width=w, small_input=True, resolution=h, num_classes=dataset.num_classes,
-                                in_channels=c, dropout=cfg.model.dropout) for w in a.widths}
-    same = {k: space.to_spec(space.uniform(k), name=f"metapruning_uniform_{k}") for k in a.ids}
+    mbv2 = {w: mbv2_baseline(w, cfg, dataset) for w in a.widths}
+    same = {k: space_baseline(space, k) for k in a.ids}
     specs = {"widest": widest, **{f"mp {f:g}": S.ArchSpec.load(s["arch_path"]) for f, s in summaries.items()},
              **{f"mbv2 {w:g}": s for w, s in mbv2.items()}, **{f"uniform id {k}": s for k, s in same.items()}}
     # Kept in the work dir like every other stage: a rerun with more --seeds retrains against the same
