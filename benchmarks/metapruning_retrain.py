@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from metapruning_table import mbv2_baseline, space_baseline
+from metapruning_table import baseline_spec
 
 from jaxnas import spec as S
 from jaxnas.config import load_config, override_config
@@ -30,22 +30,15 @@ from jaxnas.methods.metapruning.pipeline import space_for
 from jaxnas.schema import validate
 from jaxnas.trainer import Trainer
 
-FAMILIES = {"mobilenet_v2": "mbv2 ", "space_uniform": "uniform id "}  # row key -> name prefix in the table
-
-
 def row_nets(row: dict, table_dir: Path, cfg, dataset, space) -> dict[str, dict]:
     """{name: {spec, measured_ms}} of one table row: its MetaPruning net, then its baselines."""
     f = row["fraction"]
     nets = {f"mp {f:g}": {"spec": S.ArchSpec.load(table_dir / f"mp_{f:g}" / "arch.json"),
                           "measured_ms": row["measured_ms"]}}
-    for key, prefix in FAMILIES.items():
-        base = row.get(key)
-        if base is None:
-            continue
-        value = base["name"][len(prefix):]
-        spec = mbv2_baseline(float(value), cfg, dataset) if key == "mobilenet_v2" \
-            else space_baseline(space, int(value))
-        nets[base["name"]] = {"spec": spec, "measured_ms": base["measured_ms"]}
+    for base in (row.get("mobilenet_v2"), row.get("space_uniform")):
+        if base is not None:
+            nets[base["name"]] = {"spec": baseline_spec(base["name"], cfg, dataset, space),
+                                  "measured_ms": base["measured_ms"]}
     return nets
 
 

@@ -120,6 +120,12 @@ def space_baseline(space, scale_id: int) -> S.ArchSpec:
     return space.to_spec(space.uniform(scale_id), name=f"metapruning_uniform_{scale_id}")
 
 
+def baseline_spec(name: str, cfg, dataset, space) -> S.ArchSpec:
+    """The baseline net behind a name this script gives it in its tables ("mbv2 0.95", "uniform id 19")."""
+    family, value = name.rsplit(" ", 1)
+    return mbv2_baseline(float(value), cfg, dataset) if family == "mbv2" else space_baseline(space, int(value))
+
+
 def pretrain_pruningnet(cfg, dataset, args: MetaPruningArgs, space, workdir: Path):
     """Train (or load, when `workdir` holds its finished training) the PruningNet exactly as the search's own
     first phase does (same model, config, seed); returns the model and its variables."""
