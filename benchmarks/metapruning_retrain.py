@@ -55,13 +55,18 @@ def main(argv=None) -> int:
     if not (table_dir / "metapruning_table.json").is_file():
         p.error(f"{table_dir} holds no metapruning_table.json: pass the --workdir of a finished "
                 "benchmarks/metapruning_table.py run")
+    table = json.loads((table_dir / "metapruning_table.json").read_text())
+    missing = [f"mp_{r['fraction']:g}/{n}" for r in table["rows"] for n in ("config.yaml", "arch.json")
+               if not (table_dir / f"mp_{r['fraction']:g}" / n).is_file()]
+    if missing:
+        p.error(f"{table_dir} lacks {', '.join(missing)}: pass the --workdir of a finished "
+                "benchmarks/metapruning_table.py run, with its search dirs")
     if a.seeds < 1 or a.budget <= 0:
         p.error(f"--seeds must be >= 1 and --budget > 0, got {a.seeds} and {a.budget}")
     from jaxnas import allocator
 
     allocator.reexec_with_tcmalloc()  # trains on the allocator the jaxnas command uses
     t0 = time.time()
-    table = json.loads((table_dir / "metapruning_table.json").read_text())
     first = table["rows"][0]["fraction"]
     cfg = load_config(table_dir / f"mp_{first:g}" / "config.yaml",
                       [f"train.epochs={a.budget}", f"train.eval_every_epochs={a.budget}", *a.set])
