@@ -16,7 +16,11 @@ turn after one untimed step; each figure the median over rounds, ratios the medi
   step (random ids per batch, label-smoothed CE, ``SGD(momentum=0.9)``), in its own process with
   ``torch.set_num_threads`` = the JAX process's core count.  At 32 px the original's stem stride is set to 1
   and its ``AvgPool2d(7)`` replaced by a global average pool (the small-input variant; its own code does not
-  run below 224 px), and its classifier sized to 10 classes.
+  run below 224 px), and its classifier sized to 10 classes;
+* ``original_fixed_generators`` (with ``--original``): the same step with the generators' parameters
+  (``fc11`` ... ``fc32``) fixed (``requires_grad=False``): the forward still generates every kernel, but no
+  gradient reaches the generators and SGD skips them.  It is the original's step less its generator
+  update, to set beside jaxnas's plain step: which part of the original's step is its convolutions.
 
 ``--cost`` also prints XLA's cost analysis of each compiled jaxnas step (memory traffic, "bytes accessed",
 and FLOPs): on 2 CPU cores these steps are memory bound, and the traffic says where a step's time goes
@@ -31,6 +35,7 @@ import gc
 import json
 import multiprocessing
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -146,7 +151,8 @@ def generator_timer(res: int, classes: int) -> Timer:
 # The original PyTorch PruningNet, imported from the user's checkout, in its own process.
 # ------------------------------------------------------------------------------------------------------
 
-def _original_runner(original: str, batch: int, res: int, classes: int, threads: int) -> Callable[[], None]:
+def _original_runner(original: str, batch: int, res: int, classes: int, threads: int,
+                     fixed_generators: bool = False) -> Callable[[], None]:
     import importlib.util
 
     import torch
@@ -163,7 +169,12 @@ def _original_runner(original: str, batch: int, res: int, classes: int, threads:
         net.pool1 = nn.AdaptiveAvgPool2d(1)
     net.fc = nn.Linear(1280, classes)
     net.train()
-    opt = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9)  # the original: SGD(momentum=0.9)
+    if fixed_generators:  # the generators are fc11/fc12 ... fc31/fc32; the classifier is `fc`
+        for name, p in net.named_parameters():
+            if re.fullmatch(r"fc\d\d", name.split(".")[-2]):
+                p.requires_grad_(False)
+    # the original: SGD(momentum=0.9)
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], 0.1, momentum=0.9)
     crit = nn.CrossEntropyLoss(label_smoothing=0.1)  # = the original's CrossEntropyLabelSmooth(0.1)
     x, y = torch.randn(batch, 3, res, res), torch.randint(0, classes, (batch,))
     rng = np.random.default_rng(0)
@@ -180,9 +191,10 @@ def _original_runner(original: str, batch: int, res: int, classes: int, threads:
     return run
 
 
-def _original_worker(conn, original: str, batch: int, res: int, classes: int, threads: int) -> None:
+def _original_worker(conn, original: str, batch: int, res: int, classes: int, threads: int,
+                     fixed_generators: bool) -> None:
     try:
-        run = _original_runner(original, batch, res, classes, threads)
+        run = _original_runner(original, batch, res, classes, threads, fixed_generators)
     except Exception as e:  # noqa: BLE001 - reported to the parent
         conn.send(f"{type(e).__name__}: {e}")
         return
@@ -191,11 +203,11 @@ def _original_worker(conn, original: str, batch: int, res: int, classes: int, th
         conn.send(step_ms(run, steps))
 
 
-def original_timer(original: str, batch: int, res: int, classes: int) -> Timer:
+def original_timer(original: str, batch: int, res: int, classes: int, fixed_generators: bool = False) -> Timer:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_original_worker, args=(child, original, batch, res, classes, os.cpu_count() or 1),
-                       daemon=True)
+    proc = ctx.Process(target=_original_worker, daemon=True,
+                       args=(child, original, batch, res, classes, os.cpu_count() or 1, fixed_generators))
     proc.start()
     status = parent.recv()
     if status != "ok":
@@ -228,9 +240,11 @@ def main() -> None:
                   "generator": generator_timer(res, classes)}
         if a.original:
             timers["original"] = original_timer(a.original, batch, res, classes)
+            timers["original_fixed_generators"] = original_timer(a.original, batch, res, classes, True)
         per_round = paired_rounds(timers, a.rounds, a.steps)
         if a.original:
             timers["original"](0)
+            timers["original_fixed_generators"](0)
         row = {"batch": batch, "resolution": res, "classes": classes, "threads": os.cpu_count(),
                "allocator": allocator.loaded_allocator(), "rounds": a.rounds, "steps_per_round": a.steps,
                "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
@@ -247,6 +261,7 @@ def main() -> None:
                                                   / np.asarray(per_round["plain"])))
         if a.original:
             row["original_over_pruningnet"] = ratio("original", "pruningnet")
+            row["original_fixed_generators_over_plain"] = ratio("original_fixed_generators", "plain")
         if a.cost:
             row["xla_cost"] = {n: timers[n].cost() for n in ("pruningnet", "plain", "generator")}
         rows.append(row)
@@ -257,7 +272,9 @@ def main() -> None:
               f"{row['pruningnet_params'] / 1e6:.1f} M PruningNet parameters (nearly all in generators) vs "
               f"{row['plain_params'] / 1e6:.2f} M in the plain net: floor {row['floor_over_plain']:.2f} x plain)"
               + (f", original PyTorch {row['original_ms']:.0f} ms (original / jaxnas "
-                 f"{row['original_over_pruningnet']:.2f})" if a.original else "")
+                 f"{row['original_over_pruningnet']:.2f}); its step with the generators fixed "
+                 f"{row['original_fixed_generators_ms']:.0f} ms ({row['original_fixed_generators_over_plain']:.2f} x "
+                 "jaxnas's plain step)" if a.original else "")
               + f"; load average {row['load_average']}"
               + ("; XLA memory traffic per step " + ", ".join(f"{n} {c['gbytes']:.1f} GB ({c['gflops']:.1f} GFLOPs)"
                                                               for n, c in row["xla_cost"].items())
