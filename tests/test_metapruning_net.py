@@ -295,6 +295,20 @@ def test_pruningnet_evaluation_recalibrates_bn_as_the_fitness_does(tmp_path):
     assert running != pytest.approx(acc[0], abs=1e-6)  # what the rows showed before: this check can tell
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_calibration_images_are_augmented_as_the_pruningnet_was_trained(augment):
+    """BN recalibration uses the training transforms (data.augment), as the original: a PruningNet trained on
+    clean images was recalibrated on padded crops and flips and then evaluated on clean images."""
+    x = np.random.default_rng(0).integers(0, 255, (64, 16, 16, 3), dtype=np.uint8)
+    y = np.arange(64) % 4
+    ds = Dataset.from_arrays(x, y, x[:8], y[:8], config=DataConfig(image_size=None, holdout=0, batch_size=16,
+                                                                   augment=augment))
+    calib = calibration_images(ds, 3, 16, seed=0)
+    clean = np.stack([b["image"] for b, _ in zip(ds.batches("train", 16, seed=7919, augment=False), range(3))])
+    assert calib.shape == clean.shape
+    assert np.array_equal(calib, clean) is (not augment)
+
+
 def test_fitness_single_vectorised_and_plain_network_agree():
     space = _space("mobilenet_v2")
     ds = _dataset()
