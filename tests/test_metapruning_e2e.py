@@ -1,5 +1,6 @@
 """MetaPruning end to end through `jaxnas search` (slow): summary fields, and a search killed with SIGKILL
-mid-way that, rerun, ends with exactly the result of an uninterrupted one."""
+mid-way that, rerun, ends with exactly the result of an uninterrupted one; and (fast, training and fitness
+stubbed) the search's candidates keyed by their decoded network."""
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxnas import cli
@@ -97,3 +99,36 @@ def test_search_killed_mid_evolution_resumes_to_the_same_result(tmp_path):
     assert a["top"] == b["top"] and a["tested"] == b["tested"] and a["trace"][-1]["best_fitness"] == \
         b["trace"][-1]["best_fitness"] and a["rng"] == b["rng"]
     assert (full / "chosen_arch.json").read_text() == (cut / "chosen_arch.json").read_text()
+
+
+def test_the_search_evaluates_each_network_once_whatever_its_gene_aliases(tmp_path, monkeypatch):
+    """`train_and_evolve` keys candidates by their decoded network: the tiny space (quarter widths, channels in
+    multiples of 8) decodes most ids of most genes alike, and a fitness that differs per gene vector (as the
+    PruningNet's generator input does) would otherwise score one network many times and keep its luckiest
+    draw.  PruningNet training and fitness are stubbed: this checks the search's wiring, in seconds."""
+    from jaxnas.config import load_config
+    from jaxnas.data import load_dataset
+    from jaxnas.methods.metapruning import pipeline, training
+    from jaxnas.methods.metapruning.args import MetaPruningArgs
+    from jaxnas.schema import validate
+
+    cfg = load_config(QUICK, [*TINY, "search.args.population=16", "search.args.select_num=16",
+                              "search.args.mutation_num=6", "search.args.crossover_num=6", "search.args.max_iters=6",
+                              "search.args.verify_latency=0"])
+    dataset = load_dataset(cfg.dataset_config())
+    args = validate(cfg.search.args, MetaPruningArgs, "search.args")
+    setup = pipeline.prepare(cfg, dataset, args, log=lambda _m: None)
+
+    class PerGeneVectorFitness:
+        def __call__(self, genes):
+            return [float(np.random.default_rng(list(g)).normal()) for g in genes]
+
+        errors = __call__
+
+    monkeypatch.setattr(training, "train_pruningnet", lambda model, variables, *a, **k: (variables, []))
+    monkeypatch.setattr(pipeline, "fitness_evaluator", lambda *a, **k: PerGeneVectorFitness())
+    searched = pipeline.train_and_evolve(cfg, dataset, setup, tmp_path, log=lambda _m: None)
+    tested = [tuple(g) for g, _ in json.loads((tmp_path / "evolution" / "tested.json").read_text())["tested"]]
+    nets = [setup.space.network_key(g) for g in tested]
+    assert len(tested) == 6 * 16 == searched.evaluated
+    assert len(set(nets)) == len(nets)

@@ -123,6 +123,37 @@ def test_a_resume_under_another_fitness_metric_is_refused(tmp_path):
     assert state.iteration == 2
 
 
+def test_gene_vectors_that_decode_to_one_network_are_one_candidate(tmp_path):
+    """With channel_multiple 8 many ids of a gene round to one width.  Each alias got a fitness of its own,
+    so the top list filled with the luckiest draws of a few networks; keyed by the decoded widths
+    (`MetaSpace.network_key`, what the search passes), every evaluated candidate is a different network."""
+    space = get_space("mobilenet_v2", resolution=28, num_classes=10, small_input=True, channel_multiple=8)
+    a = space.uniform(0)
+    alias = (1,) + a[1:]   # gene 0 (the stem, 44 channels at most): ids 0 and 1 both round to 8 channels
+    assert alias != a and space.network_key(alias) == space.network_key(a)
+    cfg = EvolutionConfig(population=30, select_num=30, top_k=5, mutation_num=12, crossover_num=12, max_iters=6,
+                          seed=0)
+
+    def noisy(batch):   # the fitness of a gene vector, not of its network: aliases draw different values
+        return [float(np.random.default_rng(list(g)).normal()) for g in batch]
+
+    kw = dict(cost=lambda g: float(sum(g)), allowed=lambda c: c <= 450)
+    keyed = run_evolution(cfg, space.num_genes, noisy, key=space.network_key, **kw)
+    nets = [space.network_key(g) for g in keyed.tested]
+    assert len(nets) == 6 * 30 and len(set(nets)) == len(nets)
+    assert len({space.network_key(g) for g, _ in keyed.top}) == len(keyed.top)
+    by_genes = run_evolution(cfg, space.num_genes, noisy, **kw)     # the gene vector as the key: aliases
+    nets = [space.network_key(g) for g in by_genes.tested]
+    assert len(set(nets)) < len(nets)
+    # The proposer alone: a proposal whose network was tested (under other ids) is rejected.
+    prop = Proposer(cfg, space.num_genes, np.random.default_rng(0), lambda g: 0.0, lambda c: True, space.network_key)
+    tested = {space.network_key(a)}
+    assert not prop._accept(alias, tested, {}, [])
+    proposed: dict = {}
+    assert prop._accept(space.uniform(24), tested, proposed, [])
+    assert not prop._accept((29,) + space.uniform(24)[1:], tested, proposed, [])   # an alias of one just proposed
+
+
 class _Interrupt(Exception):
     pass
 

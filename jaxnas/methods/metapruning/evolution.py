@@ -16,7 +16,14 @@ population is random.
 * Random: ids uniform in [random_low, random_high) per gene (ResNet: [12, 24)); when a budget far from
   the space's middle admits too few such draws, under a random upper or over a random lower id.
 * A proposal is rejected when it violates the constraint, was evaluated before in this search, or is
-  already proposed in this generation.
+  already proposed in this generation.  "The same candidate" is decided by `key` (`run_evolution`'s
+  argument; the search passes the decoded widths): with ``channel_multiple`` > 1 several gene vectors
+  decode to one network (the quick space's first genes take 3-6 widths over 31 ids), and each alias got a
+  fitness of its own (a different generator input), so the running top list filled with the luckiest
+  draws of a few networks (one quick search: 9 networks in its top 50, 3 among the 10 parents) and the pick
+  favoured the networks with most aliases.  Keyed by widths, each network is evaluated once.  Where every id
+  decodes to its own network (the original's spaces, ``channel_multiple`` 1, up to a few rounding
+  coincidences) this is the original's rule.
 
 State (`EvolutionState`, JSON): the iteration to run next, its population (with constraint values), the
 running top list, every evaluated candidate with its fitness, the numpy bit generator state and the trace.
@@ -30,7 +37,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Container, Hashable, Sequence
 
 import numpy as np
 
@@ -98,9 +105,11 @@ class Proposer:
     """Mutation, crossover and random proposals under the constraint (the original's rules)."""
 
     def __init__(self, cfg: EvolutionConfig, num_genes: int, rng: np.random.Generator,
-                 cost: Callable[[Genes], float], allowed: Callable[[float], bool]):
+                 cost: Callable[[Genes], float], allowed: Callable[[float], bool],
+                 key: Callable[[Genes], Hashable] | None = None):
         self.cfg, self.n, self.rng = cfg, num_genes, rng
         self._cost, self.allowed = cost, allowed
+        self.key = key or (lambda genes: genes)   # what makes two gene vectors the same candidate
         self.costs: dict[Genes, float] = {}
 
     def cost(self, genes: Genes) -> float:
@@ -108,19 +117,23 @@ class Proposer:
             self.costs[genes] = float(self._cost(genes))
         return self.costs[genes]
 
-    def _accept(self, genes: Genes, tested: dict, proposed: dict, out: list, value: float | None = None) -> bool:
-        """Take `genes` (cost `value` when already known) unless seen before or outside the constraint."""
-        if genes in tested or genes in proposed:
+    def _accept(self, genes: Genes, tested: Container, proposed: dict, out: list, value: float | None = None) -> bool:
+        """Take `genes` (cost `value` when already known) unless seen before or outside the constraint.
+        `tested` and `proposed` are keyed by `self.key` (`run_evolution` passes the tested keys)."""
+        if value is not None and not self.allowed(value):
+            return False
+        k = self.key(genes)
+        if k in tested or k in proposed:
             return False
         c = self.cost(genes) if value is None else value
         if not self.allowed(c):
             return False
         self.costs[genes] = c
-        proposed[genes] = c
+        proposed[k] = c
         out.append((genes, c))
         return True
 
-    def mutation(self, parents: Sequence[Genes], tested: dict, proposed: dict) -> list[tuple[Genes, float]]:
+    def mutation(self, parents: Sequence[Genes], tested: Container, proposed: dict) -> list[tuple[Genes, float]]:
         cfg, out = self.cfg, []
         if not parents or cfg.mutation_num == 0:
             return out
@@ -136,7 +149,7 @@ class Proposer:
                     break
         return out
 
-    def crossover(self, parents: Sequence[Genes], tested: dict, proposed: dict) -> list[tuple[Genes, float]]:
+    def crossover(self, parents: Sequence[Genes], tested: Container, proposed: dict) -> list[tuple[Genes, float]]:
         cfg, out = self.cfg, []
         if len(parents) < 2 or cfg.crossover_num == 0:
             return out
@@ -160,7 +173,7 @@ class Proposer:
         lows, highs = np.where(upper, lo_id, bound - 1), np.where(upper, bound, hi_id)
         return self.rng.integers(lows[:, None], highs[:, None], (k, self.n))
 
-    def random(self, num: int, tested: dict, proposed: dict) -> list[tuple[Genes, float]]:
+    def random(self, num: int, tested: Container, proposed: dict) -> list[tuple[Genes, float]]:
         """`num` new candidates within the constraint, every gene uniform in [random_low, random_high) as the
         original.  When `random_uniform_tries` such draws admit too few, the rest of the `random_tries` draws
         each first draw a random bound and a side: ids uniform under a random upper id (narrow networks) or
@@ -186,7 +199,7 @@ class Proposer:
             for r, row in enumerate(ids):
                 value = None if costs is None else float(costs[r])
                 if value is not None and not self.allowed(value):
-                    continue  # rejected whatever else holds; skips building the tuple
+                    continue  # rejected whatever else holds; skips building the tuple and its key
                 if self._accept(tuple(int(v) for v in row), tested, proposed, out, value) and len(out) >= num:
                     return out
         if len(out) < num:
@@ -213,12 +226,13 @@ def fitness_label(metric: str, value: float) -> str:
 
 def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list[Genes]], Sequence[float]],
                   cost: Callable[[Genes], float], allowed: Callable[[float], bool], workdir: str | Path | None = None,
-                  *, log: Callable[[str], None] | None = None,
+                  *, key: Callable[[Genes], Hashable] | None = None, log: Callable[[str], None] | None = None,
                   on_evaluated: Callable[[int], None] | None = None) -> EvolutionState:
     """Run (or resume, from ``workdir/state.json`` and ``workdir/tested.json``) the search; returns the final state.
 
     `evaluate(genes list) -> fitness values` (lower is better; `cfg.fitness` names them); `cost(genes) ->
-    constraint value`; `allowed(value) -> bool`.
+    constraint value`; `allowed(value) -> bool`; `key(genes)`: what makes two gene vectors the same
+    candidate (default: the genes themselves; module docstring).
     `on_evaluated(n)` is called after each evaluated batch with the number of new evaluations so far in
     this session (tests use it to interrupt a search mid-iteration).
     """
@@ -236,12 +250,12 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
     if state_path is not None and state_path.is_file():
         state = EvolutionState.from_json(json.loads(state_path.read_text()))
         rng = _restore_rng(state.rng)
-        proposer = Proposer(cfg, num_genes, rng, cost, allowed)
+        proposer = Proposer(cfg, num_genes, rng, cost, allowed, key)
         say(f"evolution: resumed at iteration {state.iteration} ({len(state.tested)} candidates evaluated, "
             f"{len(cache)} cached)")
     else:
         rng = np.random.default_rng(cfg.seed)
-        proposer = Proposer(cfg, num_genes, rng, cost, allowed)
+        proposer = Proposer(cfg, num_genes, rng, cost, allowed, key)
         state = EvolutionState(0, proposer.random(cfg.population, {}, {}), [], {}, _bitgen_state(rng))
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -271,10 +285,11 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
         say(f"evolution: iteration {state.iteration}: best {fitness_label(cfg.fitness, best_e)} (cost "
             f"{proposer.cost(best_g):.6g}), top-{cfg.top_k} mean {fitness_label(cfg.fitness, state.trace[-1]['mean_top_k_fitness'])}, "
             f"{len(todo)} evaluated in {state.trace[-1]['seconds']:.1f} s")
-        proposed: dict[Genes, float] = {}
-        mutation = proposer.mutation(parents, state.tested, proposed)
-        crossover = proposer.crossover(parents, state.tested, proposed)
-        rand = proposer.random(cfg.population - len(mutation) - len(crossover), state.tested, proposed)
+        tested = {proposer.key(g) for g in state.tested}
+        proposed: dict[Hashable, float] = {}
+        mutation = proposer.mutation(parents, tested, proposed)
+        crossover = proposer.crossover(parents, tested, proposed)
+        rand = proposer.random(cfg.population - len(mutation) - len(crossover), tested, proposed)
         state.population = mutation + crossover + rand
         state.iteration += 1
         state.rng = _bitgen_state(rng)

@@ -199,7 +199,7 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
     t1 = time.perf_counter()
     evaluator = fitness_evaluator(cfg, dataset, a, model, variables)
     state = run_evolution(evolution_config(setup), space.num_genes, evaluator, setup.cost, budget.allows,
-                          workdir / "evolution", log=log, on_evaluated=on_evaluated)
+                          workdir / "evolution", key=space.network_key, log=log, on_evaluated=on_evaluated)
     seconds["evolution"] = round(time.perf_counter() - t1, 1)
 
     genes, fitness = state.top[0]
@@ -214,7 +214,8 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
             if not cache.is_file() and (workdir / "evolution" / "tested.json").is_file():
                 atomic_write_json(cache, json.loads((workdir / "evolution" / "tested.json").read_text()))
             return run_evolution(evolution_config(setup), space.num_genes, evaluator, setup.cost, corrected.allows,
-                                 workdir / "evolution_corrected", log=log, on_evaluated=on_evaluated)
+                                 workdir / "evolution_corrected", key=space.network_key, log=log,
+                                 on_evaluated=on_evaluated)
 
         genes, fitness, verify, again = pick_within_latency(setup, state, search_again, measure_fn, workdir, log)
         if again is not None:

@@ -234,6 +234,12 @@ class MetaSpace:
         table = self.gene_width_table
         return {g.name: int(table[k, v]) for k, (g, v) in enumerate(zip(self.genes, genes))}
 
+    def network_key(self, genes: Sequence[int]) -> tuple[int, ...]:
+        """Every gene's channels: equal for two gene vectors exactly when they decode to the same network
+        (with ``channel_multiple`` > 1 several ids of a gene round to one width).  Unchecked (the search's
+        own candidates): `gene_channels` checks."""
+        return tuple(int(w) for w in self.gene_width_table[np.arange(self.num_genes), np.asarray(genes)])
+
     def channels(self, genes: Sequence[int]) -> dict[str, list[int]]:
         """The original's `adapt_channel` lists: 'overall' (output of every layer, fixed ones included)
         and 'mid' (every block's inner width)."""
