@@ -154,6 +154,24 @@ def test_gene_vectors_that_decode_to_one_network_are_one_candidate(tmp_path):
     assert not prop._accept((29,) + space.uniform(24)[1:], tested, proposed, [])   # an alias of one just proposed
 
 
+def test_a_candidate_whose_fitness_is_nan_ranks_last_not_anywhere(tmp_path):
+    """A diverged candidate's held-out loss is NaN; sorted among numbers it could land at the top and be picked."""
+    cfg = EvolutionConfig(population=12, select_num=12, top_k=4, mutation_num=4, crossover_num=4, max_iters=3, seed=0)
+
+    def some_nan(batch):
+        return [float("nan") if sum(g) % 3 == 0 else _fake_error(g) for g in batch]
+
+    state = run_evolution(cfg, 25, some_nan, cost=lambda g: float(sum(g)), allowed=lambda c: c <= 500,
+                          workdir=tmp_path)
+    assert any(sum(g) % 3 == 0 for g in state.tested)
+    fit = [e for _, e in state.top]
+    assert fit == sorted(fit) and not np.isnan(fit).any()
+    assert sum(state.top[0][0]) % 3 != 0
+    resumed = run_evolution(cfg, 25, some_nan, cost=lambda g: float(sum(g)), allowed=lambda c: c <= 500,
+                            workdir=tmp_path)    # the cache (with its infinities) reads back
+    assert resumed.top == state.top
+
+
 class _Interrupt(Exception):
     pass
 

@@ -75,6 +75,11 @@ class EvolutionConfig:
                                  # log and the cache, which a resume with another metric must not reuse
 
 
+def _fitness(value: float | None) -> float:
+    """A saved fitness: the JSON files (strict JSON) hold a diverged candidate's infinity as null."""
+    return float("inf") if value is None else float(value)
+
+
 @dataclasses.dataclass
 class EvolutionState:
     iteration: int                                   # the next iteration to run
@@ -96,8 +101,8 @@ class EvolutionState:
         return EvolutionState(
             iteration=int(d["iteration"]),
             population=[(tuple(g), float(c)) for g, c in d["population"]],
-            top=[(tuple(g), float(e)) for g, e in d["top"]],
-            tested={tuple(g): float(e) for g, e in d["tested"]},
+            top=[(tuple(g), _fitness(e)) for g, e in d["top"]],
+            tested={tuple(g): _fitness(e) for g, e in d["tested"]},
             rng=d["rng"], trace=list(d.get("trace", [])))
 
 
@@ -246,7 +251,7 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
         if saved.get("fitness", "error") != cfg.fitness:
             raise EvolutionError(f"{cache_path} holds {saved.get('fitness', 'error')} fitness values but this search "
                                  f"ranks by {cfg.fitness} (search.args.fitness); use a fresh work dir or the same fitness")
-        cache = {tuple(g): float(e) for g, e in saved["tested"]}
+        cache = {tuple(g): _fitness(e) for g, e in saved["tested"]}
     if state_path is not None and state_path.is_file():
         state = EvolutionState.from_json(json.loads(state_path.read_text()))
         rng = _restore_rng(state.rng)
@@ -266,7 +271,8 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
         for start in range(0, len(todo), cfg.eval_batch):
             chunk = todo[start:start + cfg.eval_batch]
             for g, e in zip(chunk, evaluate(chunk)):
-                cache[g] = float(e)
+                # a diverged candidate's loss is NaN, which a sort puts anywhere (top[0] included): worst instead
+                cache[g] = float(e) if np.isfinite(e) else float("inf")
             evaluated += len(chunk)
             if cache_path is not None:
                 atomic_write_json(cache_path, {"fitness": cfg.fitness, "tested": [[list(g), e] for g, e in cache.items()]})
