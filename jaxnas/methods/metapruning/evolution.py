@@ -20,8 +20,8 @@ population is random.
   argument; the search passes the decoded widths): with ``channel_multiple`` > 1 several gene vectors
   decode to one network (the quick space's first genes take 3-6 widths over 31 ids), and each alias got a
   fitness of its own (a different generator input), so the running top list filled with the luckiest
-  draws of a few networks (one quick search: 9 networks in its top 50, 3 among the 10 parents) and the pick
-  favoured the networks with most aliases.  Keyed by widths, each network is evaluated once.  Where every id
+  draws of a few networks (two quick-config searches: 9 networks in a top list of 20, 2 and 3 among the 5
+  parents) and the pick favoured the networks with most aliases.  Keyed by widths, each network is evaluated once.  Where every id
   decodes to its own network (the original's spaces, ``channel_multiple`` 1, up to a few rounding
   coincidences) this is the original's rule.
 
