@@ -17,10 +17,14 @@ turn after one untimed step; each figure the median over rounds, ratios the medi
   ``torch.set_num_threads`` = the JAX process's core count.  At 32 px the original's stem stride is set to 1
   and its ``AvgPool2d(7)`` replaced by a global average pool (the small-input variant; its own code does not
   run below 224 px), and its classifier sized to 10 classes;
-* ``original_fixed_generators`` (with ``--original``): the same step with the generators' parameters
-  (``fc11`` ... ``fc32``) fixed (``requires_grad=False``): the forward still generates every kernel, but no
-  gradient reaches the generators and SGD skips them.  It is the original's step less its generator
-  update, to set beside jaxnas's plain step: which part of the original's step is its convolutions.
+* ``original_fixed_generators`` (with ``--original``): the same step with the generators cut off from
+  the backward pass: each generator's output kernel is made a leaf of the autograd graph (a forward hook
+  on its last layer, ``fc12``/``fc22``/``fc32``, returns it detached, with ``requires_grad``), so the forward
+  still generates every kernel and the backward still computes every kernel's gradient, but no gradient
+  reaches the generators' parameters and SGD skips them.  It is the original's step less its generator
+  backward and update, to set beside jaxnas's plain step: which part of the original's step is its
+  convolutions.  (Fixing the generators' parameters instead, ``requires_grad=False``, would also skip
+  every conv's weight gradient, the generated kernels then needing none.)
 
 ``--cost`` also prints XLA's cost analysis of each compiled jaxnas step (memory traffic, "bytes accessed",
 and FLOPs): on 2 CPU cores these steps are memory bound, and the traffic says where a step's time goes
@@ -169,10 +173,10 @@ def _original_runner(original: str, batch: int, res: int, classes: int, threads:
         net.pool1 = nn.AdaptiveAvgPool2d(1)
     net.fc = nn.Linear(1280, classes)
     net.train()
-    if fixed_generators:  # the generators are fc11/fc12 ... fc31/fc32; the classifier is `fc`
-        for name, p in net.named_parameters():
-            if re.fullmatch(r"fc\d\d", name.split(".")[-2]):
-                p.requires_grad_(False)
+    if fixed_generators:  # each generator ends in fc12 / fc22 / fc32 (fc11 ... feed them; the classifier is `fc`)
+        for name, module in net.named_modules():
+            if re.fullmatch(r"fc\d2", name.rsplit(".", 1)[-1]):
+                module.register_forward_hook(lambda _m, _inp, out: out.detach().requires_grad_())
     # the original: SGD(momentum=0.9)
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], 0.1, momentum=0.9)
     crit = nn.CrossEntropyLoss(label_smoothing=0.1)  # = the original's CrossEntropyLabelSmooth(0.1)
