@@ -307,6 +307,9 @@ def test_calibration_images_are_augmented_as_the_pruningnet_was_trained(augment)
     clean = np.stack([b["image"] for b, _ in zip(ds.batches("train", 16, seed=7919, augment=False), range(3))])
     assert calib.shape == clean.shape
     assert np.array_equal(calib, clean) is (not augment)
+    # the PruningNet's own setting (PruningNetTraining.augment) wins over the dataset's
+    overridden = calibration_images(ds, 3, 16, seed=0, augment=not augment)
+    assert np.array_equal(overridden, clean) is augment
 
 
 def test_fitness_single_vectorised_and_plain_network_agree():

@@ -29,15 +29,16 @@ from jaxnas.train.bn import combine_batch_stats, reset_batch_stats
 from jaxnas.train.loop import balanced_batch_size
 
 
-def calibration_images(dataset: Any, num_batches: int, batch_size: int, seed: int) -> np.ndarray:
-    """(num_batches, B, H, W, C) training images with training augmentation: the dataset's setting
-    (`data.augment`), which the PruningNet was trained with, as the original recalibrates with its training
-    transforms.  (Augmenting here always gave a PruningNet trained on clean images statistics of padded
-    crops and flips, for a held-out evaluation on clean images.)"""
+def calibration_images(dataset: Any, num_batches: int, batch_size: int, seed: int,
+                       augment: bool | None = None) -> np.ndarray:
+    """(num_batches, B, H, W, C) training images with training augmentation: `augment`, the setting the
+    PruningNet was trained with (None: the dataset's, `data.augment`), as the original recalibrates with its
+    training transforms.  (Augmenting here always gave a PruningNet trained on clean images statistics of
+    padded crops and flips, for a held-out evaluation on clean images.)"""
     out = []
     epoch = 0
     while len(out) < num_batches:
-        for batch in dataset.batches("train", batch_size, seed=seed + 7919, epoch=epoch):
+        for batch in dataset.batches("train", batch_size, seed=seed + 7919, epoch=epoch, augment=augment):
             out.append(np.asarray(batch["image"]))
             if len(out) == num_batches:
                 break

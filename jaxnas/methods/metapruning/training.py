@@ -155,7 +155,8 @@ def train_pruningnet(model: Any, variables: dict, dataset: Any, cfg: PruningNetT
     if has_eval:
         from jaxnas.methods.metapruning.fitness import calibration_images
         from jaxnas.train.bn import batch_stats_fn, recalibrate_bn
-        calib = calibration_images(dataset, cfg.calib_batches, cfg.calib_batch_size or cfg.batch_size, cfg.seed)
+        calib = calibration_images(dataset, cfg.calib_batches, cfg.calib_batch_size or cfg.batch_size, cfg.seed,
+                                   cfg.augment)
         stats_fn = batch_stats_fn(model)
 
     def evaluate_fn(step, state):
