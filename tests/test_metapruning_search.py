@@ -1,5 +1,6 @@
 """MetaPruning evolutionary search: mutation/crossover/random rules, constraint rejection, exact resume."""
 import dataclasses
+from types import SimpleNamespace
 import json
 
 import numpy as np
@@ -85,8 +86,75 @@ def test_random_candidates_use_the_spaces_id_range_and_fail_clearly_when_impossi
     ids = np.asarray([g for g, _ in prop.random(20, {}, {})])
     assert ids.min() >= 12 and ids.max() <= 23
     never = Proposer(cfg, space.num_genes, np.random.default_rng(3), lambda g: 1.0, lambda c: c < 0.5)
-    with pytest.raises(EvolutionError, match="satisfy the constraint"):
-        never.random(5, {}, {})
+    assert never.random(5, {}, {}) == []    # the draws ran out: run_evolution decides what that means
+    with pytest.raises(EvolutionError, match="no candidate satisfies the constraint in 200 random draws"):
+        run_evolution(cfg, space.num_genes, _evaluate, lambda g: 1.0, lambda c: c < 0.5)
+
+
+def _few_networks(genes):
+    """Seven 'networks': the gene vectors' sums modulo 7 (as aliases of a width decode to one network)."""
+    return sum(genes) % 7
+_few_networks.__name__ = "few_networks"
+
+
+def test_a_budget_that_admits_few_networks_ends_the_search_when_all_are_evaluated(tmp_path):
+    """Keyed by network, a generation can run out of new candidates (every admitted network evaluated): the
+    search ends there with its best instead of failing after the PruningNet's training, and a resume
+    returns that end.  (It raised 'only 0 of 8 random candidates satisfy the constraint'.)"""
+    cfg = EvolutionConfig(population=4, select_num=4, top_k=2, mutation_num=1, crossover_num=1, max_iters=10,
+                          random_tries=300, random_uniform_tries=100, eval_batch=2, seed=0)
+    calls = []
+
+    def evaluate(batch):
+        calls.extend(batch)
+        return [float(_few_networks(g)) for g in batch]
+
+    kw = dict(cost=lambda g: 0.0, allowed=lambda c: True, key=_few_networks)
+    state = run_evolution(cfg, 25, evaluate, workdir=tmp_path, **kw)
+    assert state.exhausted and state.iteration < cfg.max_iters
+    assert sorted(_few_networks(g) for g in state.tested) == list(range(7))   # each network once
+    assert len(calls) == 7 and state.top[0][1] == 0.0
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["exhausted"] and saved["candidate_key"] == "few_networks"
+    again = run_evolution(cfg, 25, evaluate, workdir=tmp_path, **kw)
+    assert again.top == state.top and len(calls) == 7
+
+
+def test_a_search_state_keyed_otherwise_is_refused_on_resume(tmp_path):
+    """A state written by a search that keyed candidates by gene vector (before network keys) would mix
+    aliases into the resumed top list: refused with one clear error."""
+    cfg = EvolutionConfig(population=6, select_num=6, top_k=2, mutation_num=2, crossover_num=2, max_iters=1,
+                          seed=0)
+    kw = dict(cost=lambda g: float(sum(g)), allowed=lambda c: True)
+    run_evolution(cfg, 25, _evaluate, workdir=tmp_path, **kw)
+    state = json.loads((tmp_path / "state.json").read_text())
+    del state["candidate_key"]                     # as states written before the key was recorded
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    bigger = dataclasses.replace(cfg, max_iters=2)
+    with pytest.raises(EvolutionError, match="told candidates apart by genes .* this one tells them apart by "
+                                             "few_networks"):
+        run_evolution(bigger, 25, _evaluate, workdir=tmp_path, key=_few_networks, **kw)
+    assert run_evolution(bigger, 25, _evaluate, workdir=tmp_path, **kw).iteration == 2   # same keying: resumes
+
+
+def test_a_carried_over_cache_answers_for_an_alias_of_a_cached_network(tmp_path):
+    """The corrected search starts from the first search's cache: a proposal that decodes to a cached
+    network is not evaluated again (it would get another fitness, another generator input)."""
+    cfg = EvolutionConfig(population=3, select_num=3, top_k=2, mutation_num=0, crossover_num=0, max_iters=1,
+                          random_tries=300, random_uniform_tries=100, seed=3)
+    aliases = {k: tuple([k] + [0] * 24) for k in range(7)}       # one gene vector per 'network'
+    (tmp_path / "tested.json").write_text(json.dumps(
+        {"fitness": "error", "tested": [[list(g), 10.0 + k] for k, g in aliases.items()]}))
+    calls = []
+
+    def evaluate(batch):
+        calls.extend(batch)
+        return [0.0 for _ in batch]
+
+    state = run_evolution(cfg, 25, evaluate, cost=lambda g: 0.0, allowed=lambda c: True, workdir=tmp_path,
+                          key=_few_networks)
+    assert calls == []                              # every network of the population was cached
+    assert all(e == 10.0 + _few_networks(g) for g, e in state.tested.items())
 
 
 def test_random_candidates_reach_a_budget_near_the_narrow_end_of_the_space():
@@ -176,11 +244,17 @@ class _Interrupt(Exception):
     pass
 
 
+def _coarse(genes):
+    """A network key under which several gene vectors are one candidate (as `MetaSpace.network_key`)."""
+    return tuple(v // 4 for v in genes)
+
+
+@pytest.mark.parametrize("key", [None, _coarse])
 @pytest.mark.parametrize("kill_after", [7, 25, 40])   # mid first iteration, mid later ones
-def test_a_search_interrupted_mid_way_ends_exactly_like_an_uninterrupted_one(tmp_path, kill_after):
+def test_a_search_interrupted_mid_way_ends_exactly_like_an_uninterrupted_one(tmp_path, kill_after, key):
     cfg = EvolutionConfig(population=12, select_num=12, top_k=4, mutation_num=5, crossover_num=4, max_iters=5,
                           eval_batch=3, seed=7)
-    kw = dict(cost=lambda g: float(sum(g)), allowed=lambda c: c <= 450)
+    kw = dict(cost=lambda g: float(sum(g)), allowed=lambda c: c <= 450, key=key)
     full = run_evolution(cfg, 25, _evaluate, workdir=tmp_path / "full", **kw)
 
     calls = []
@@ -316,3 +390,25 @@ def test_cost_batch_equals_the_one_by_one_cost(kind):
     assert len(set(one.tolist())) > 30                  # the rows are different networks
     with pytest.raises(Exception, match="batch wants"):
         cost.batch(ids[:, :5])
+
+
+def test_a_verified_pick_with_infinite_fitness_resumes_from_its_null_row(tmp_path):
+    """verify.json holds a diverged candidate's infinite fitness as null (strict JSON); the resumed check
+    reads it back as infinity (float(None) raised a TypeError)."""
+    from jaxnas import spec as S
+    from jaxnas.methods.metapruning.args import MetaPruningArgs
+    from jaxnas.methods.metapruning.constraint import Budget
+    from jaxnas.methods.metapruning.pipeline import Setup, pick_within_latency
+
+    space = get_space("mobilenet_v2", resolution=28, num_classes=10, in_channels=1, small_input=True,
+                      channel_multiple=8)
+    predicted = lambda g: S.macs(space.to_spec(g)) / 1e7  # noqa: E731  ms
+    u22 = space.uniform(22)
+    setup = Setup(MetaPruningArgs(verify_latency=1), space, Budget("latency_ms", predicted(u22), None), predicted,
+                  (predicted(space.uniform(0)), predicted(space.uniform(30))), 0, 1)
+    first = SimpleNamespace(top=[(u22, float("inf"))])
+    measure = lambda spec: S.macs(spec) / 1e7  # noqa: E731  as predicted: within the target
+    got = pick_within_latency(setup, first, None, measure, tmp_path, lambda m: None)
+    assert json.loads((tmp_path / "verify.json").read_text())["rows"][0]["fitness"] is None
+    resumed = pick_within_latency(setup, first, None, measure, tmp_path, lambda m: None)
+    assert got[:2] == resumed[:2] == (u22, float("inf"))

@@ -75,7 +75,7 @@ class EvolutionConfig:
                                  # log and the cache, which a resume with another metric must not reuse
 
 
-def _fitness(value: float | None) -> float:
+def read_fitness(value: float | None) -> float:
     """A saved fitness: the JSON files (strict JSON) hold a diverged candidate's infinity as null."""
     return float("inf") if value is None else float(value)
 
@@ -88,22 +88,27 @@ class EvolutionState:
     tested: dict[Genes, float]                       # every candidate evaluated in this search -> fitness
     rng: dict                                        # numpy bit generator state
     trace: list[dict] = dataclasses.field(default_factory=list)
+    candidate_key: str = "genes"                     # what tells two candidates apart (`run_evolution`'s key)
+    exhausted: bool = False                          # a generation found no new candidate: the search ended
 
     def to_json(self) -> dict:
         return {"iteration": self.iteration,
                 "population": [[list(g), c] for g, c in self.population],
                 "top": [[list(g), e] for g, e in self.top],
                 "tested": [[list(g), e] for g, e in self.tested.items()],
-                "rng": self.rng, "trace": self.trace}
+                "rng": self.rng, "trace": self.trace, "candidate_key": self.candidate_key,
+                "exhausted": self.exhausted}
 
     @staticmethod
     def from_json(d: dict) -> "EvolutionState":
         return EvolutionState(
             iteration=int(d["iteration"]),
             population=[(tuple(g), float(c)) for g, c in d["population"]],
-            top=[(tuple(g), _fitness(e)) for g, e in d["top"]],
-            tested={tuple(g): _fitness(e) for g, e in d["tested"]},
-            rng=d["rng"], trace=list(d.get("trace", [])))
+            top=[(tuple(g), read_fitness(e)) for g, e in d["top"]],
+            tested={tuple(g): read_fitness(e) for g, e in d["tested"]},
+            rng=d["rng"], trace=list(d.get("trace", [])),
+            # states written before candidates could be keyed by network were keyed by genes
+            candidate_key=str(d.get("candidate_key", "genes")), exhausted=bool(d.get("exhausted", False)))
 
 
 class Proposer:
@@ -190,7 +195,11 @@ class Proposer:
         Draws go in chunks, their costs computed at once where the cost function has a vectorised
         ``batch(ids (k, n)) -> (k,)`` (`CostFunction.batch`; ~1 ms per candidate one at a time, so the
         window above spent ~27 s of each 60 s iteration drawing); the accepted ones are those the one-by-one
-        loop would take, in the same order."""
+        loop would take, in the same order.
+
+        Returns fewer than `num` when the draws run out first: a budget that admits few networks of the space
+        (with candidates keyed by network, every one of them may have been evaluated).  `run_evolution`
+        decides what a short or empty population means."""
         cfg, out = self.cfg, []
         batch = getattr(self._cost, "batch", None)
         uniform = min(cfg.random_uniform_tries, cfg.random_tries)
@@ -207,11 +216,6 @@ class Proposer:
                     continue  # rejected whatever else holds; skips building the tuple and its key
                 if self._accept(tuple(int(v) for v in row), tested, proposed, out, value) and len(out) >= num:
                     return out
-        if len(out) < num:
-            raise EvolutionError(
-                f"only {len(out)} of {num} random candidates satisfy the constraint after {cfg.random_tries} "
-                "draws (most under a random upper or over a random lower id); the budget admits too few "
-                "networks of the space: relax it")
         return out
 
 
@@ -223,6 +227,11 @@ def _restore_rng(state: dict) -> np.random.Generator:
     bg = getattr(np.random, state["bit_generator"])()
     bg.state = state
     return np.random.Generator(bg)
+
+
+def key_name(key: Callable[[Genes], Hashable] | None) -> str:
+    """How a search's candidates are told apart, as its state records it (a resume must tell them apart alike)."""
+    return "genes" if key is None else getattr(key, "__name__", "custom")
 
 
 def fitness_label(metric: str, value: float) -> str:
@@ -240,6 +249,10 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
     candidate (default: the genes themselves; module docstring).
     `on_evaluated(n)` is called after each evaluated batch with the number of new evaluations so far in
     this session (tests use it to interrupt a search mid-iteration).
+
+    The search ends before `cfg.max_iters` when a generation proposes no new candidate (mutation, crossover
+    and `random_tries` random draws all found only evaluated ones or none within the constraint): a budget
+    that admits few networks, all evaluated.  A short generation is evaluated as it is.
     """
     say = log or (lambda _m: None)
     workdir = Path(workdir) if workdir is not None else None
@@ -251,9 +264,14 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
         if saved.get("fitness", "error") != cfg.fitness:
             raise EvolutionError(f"{cache_path} holds {saved.get('fitness', 'error')} fitness values but this search "
                                  f"ranks by {cfg.fitness} (search.args.fitness); use a fresh work dir or the same fitness")
-        cache = {tuple(g): _fitness(e) for g, e in saved["tested"]}
+        cache = {tuple(g): read_fitness(e) for g, e in saved["tested"]}
     if state_path is not None and state_path.is_file():
         state = EvolutionState.from_json(json.loads(state_path.read_text()))
+        if state.candidate_key != key_name(key):
+            raise EvolutionError(f"{state_path} is a search that told candidates apart by {state.candidate_key} "
+                                 f"(an earlier jaxnas), this one tells them apart by {key_name(key)}: its top list "
+                                 f"would mix the two; delete {state_path.parent} to search again (the trained "
+                                 "PruningNet and the fitness cache are kept), or use a fresh work dir")
         rng = _restore_rng(state.rng)
         proposer = Proposer(cfg, num_genes, rng, cost, allowed, key)
         say(f"evolution: resumed at iteration {state.iteration} ({len(state.tested)} candidates evaluated, "
@@ -261,24 +279,38 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
     else:
         rng = np.random.default_rng(cfg.seed)
         proposer = Proposer(cfg, num_genes, rng, cost, allowed, key)
-        state = EvolutionState(0, proposer.random(cfg.population, {}, {}), [], {}, _bitgen_state(rng))
+        first = proposer.random(cfg.population, {}, {})
+        if not first:
+            raise EvolutionError(f"no candidate satisfies the constraint in {cfg.random_tries} random draws (most "
+                                 "under a random upper or over a random lower id): the budget admits too few "
+                                 "networks of the space; relax it")
+        if len(first) < cfg.population:
+            say(f"evolution: the constraint admits only {len(first)} networks in {cfg.random_tries} random draws; "
+                f"the first population has {len(first)} of {cfg.population}")
+        state = EvolutionState(0, first, [], {}, _bitgen_state(rng), candidate_key=key_name(key))
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
+    # The cache answers by candidate: a cache carried over from another search (the corrected one) may hold
+    # an alias of a proposed network; its first entry is the network's fitness.
+    cached: dict[Hashable, float] = {}
+    for g, e in cache.items():
+        cached.setdefault(proposer.key(g), e)
     evaluated = 0
-    while state.iteration < cfg.max_iters:
+    while state.iteration < cfg.max_iters and not state.exhausted:
         t0 = time.perf_counter()
-        todo = [g for g, _ in state.population if g not in cache]
+        todo = [g for g, _ in state.population if proposer.key(g) not in cached]
         for start in range(0, len(todo), cfg.eval_batch):
             chunk = todo[start:start + cfg.eval_batch]
             for g, e in zip(chunk, evaluate(chunk)):
                 # a diverged candidate's loss is NaN, which a sort puts anywhere (top[0] included): worst instead
                 cache[g] = float(e) if np.isfinite(e) else float("inf")
+                cached.setdefault(proposer.key(g), cache[g])
             evaluated += len(chunk)
             if cache_path is not None:
                 atomic_write_json(cache_path, {"fitness": cfg.fitness, "tested": [[list(g), e] for g, e in cache.items()]})
             if on_evaluated is not None:
                 on_evaluated(evaluated)
-        fresh = [(g, cache[g]) for g, _ in state.population]
+        fresh = [(g, cached[proposer.key(g)]) for g, _ in state.population]
         for g, e in fresh:
             state.tested[g] = e
         state.top = sorted(state.top + fresh, key=lambda t: t[1])[:cfg.select_num]
@@ -297,6 +329,14 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
         crossover = proposer.crossover(parents, tested, proposed)
         rand = proposer.random(cfg.population - len(mutation) - len(crossover), tested, proposed)
         state.population = mutation + crossover + rand
+        if not state.population:
+            state.exhausted = True
+            say(f"evolution: iteration {state.iteration + 1} found no new candidate within the constraint "
+                f"({len(state.tested)} evaluated; {cfg.random_tries} random draws found none unevaluated): the "
+                "budget admits few networks and these were all; the search ends here")
+        elif len(state.population) < cfg.population:
+            say(f"evolution: iteration {state.iteration + 1}: only {len(state.population)} new candidates of "
+                f"{cfg.population} within the constraint (the budget admits few networks)")
         state.iteration += 1
         state.rng = _bitgen_state(rng)
         if state_path is not None:
@@ -304,4 +344,5 @@ def run_evolution(cfg: EvolutionConfig, num_genes: int, evaluate: Callable[[list
     return state
 
 
-__all__ = ["EvolutionConfig", "EvolutionError", "EvolutionState", "Proposer", "fitness_label", "run_evolution"]
+__all__ = ["EvolutionConfig", "EvolutionError", "EvolutionState", "Proposer", "fitness_label", "key_name",
+           "read_fitness", "run_evolution"]

@@ -30,7 +30,7 @@ from jaxnas.io_utils import atomic_write_json
 from jaxnas.methods.base import SearchContext, SearchError, SearchResult
 from jaxnas.methods.metapruning.args import MetaPruningArgs
 from jaxnas.methods.metapruning.constraint import Budget, BudgetError, CostFunction, check_reachable
-from jaxnas.methods.metapruning.evolution import EvolutionConfig, fitness_label
+from jaxnas.methods.metapruning.evolution import EvolutionConfig, fitness_label, read_fitness
 from jaxnas.methods.metapruning.latency_check import grid_reference, measure_against, row_ms
 from jaxnas.methods.metapruning.space import FAMILIES, GeneError, MetaSpace, get_space
 
@@ -103,7 +103,8 @@ def fitness_evaluator(cfg: Any, dataset: Any, args: MetaPruningArgs, model: Any,
     from jaxnas.methods.metapruning.fitness import FitnessEvaluator, calibration_images
 
     calib = calibration_images(dataset, calib_batches or args.calib_batches,
-                               args.calib_batch_size or pruningnet_batch_size(cfg, args), search_seed(cfg, args))
+                               args.calib_batch_size or pruningnet_batch_size(cfg, args), search_seed(cfg, args),
+                               cfg.data.augment)  # as the PruningNet was trained (training_config)
     return FitnessEvaluator(model, variables, calib, dataset.arrays("holdout"),
                             eval_batch_size=args.eval_batch_size or cfg.data.eval_batch_size,
                             momentum=args.recalib_momentum, candidates_per_call=args.candidates_per_call,
@@ -219,7 +220,8 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
 
         genes, fitness, verify, again = pick_within_latency(setup, state, search_again, measure_fn, workdir, log)
         if again is not None:
-            evaluated = len(set(state.tested) | set(again.tested))
+            # networks, not gene vectors: the corrected search's cache answers for aliases of earlier ones
+            evaluated = len({space.network_key(g) for g in [*state.tested, *again.tested]})
         seconds["verify"] = round(time.perf_counter() - t2, 1)
     record = setup.cost.record(genes)
     trace = [{"iteration": t["iteration"], "best_fitness": t["best_fitness"], "mean_top_k_fitness": t["mean_top_k_fitness"]}
@@ -284,7 +286,7 @@ def pick_within_latency(setup: Setup, state: Any, search_again: Callable[[Budget
     when it did not run)."""
     rows, hit = _verify_latency(setup, state.top, measure_fn, workdir / "verify.json", log)
     if hit is not None:
-        return tuple(rows[hit]["genes"]), float(rows[hit]["fitness"]), rows, None
+        return tuple(rows[hit]["genes"]), read_fitness(rows[hit]["fitness"]), rows, None
     corrected, ratio = corrected_budget(setup, rows)
     if corrected is None:
         again, more = None, []
@@ -299,11 +301,11 @@ def pick_within_latency(setup: Setup, state: Any, search_again: Callable[[Budget
         for r in more:
             r["corrected_search"] = True
         if hit is not None:
-            return tuple(more[hit]["genes"]), float(more[hit]["fitness"]), rows + more, again
+            return tuple(more[hit]["genes"]), read_fitness(more[hit]["fitness"]), rows + more, again
     best = min(rows + more, key=row_ms)
     log(f"metapruning: none of the {len(rows + more)} measured candidates is within the target; keeping the "
         f"fastest ({row_ms(best):.4f} ms): the latency table over-predicts the savings on this runtime")
-    return tuple(best["genes"]), float(best["fitness"]), rows + more, again
+    return tuple(best["genes"]), read_fitness(best["fitness"]), rows + more, again
 
 
 def result_metrics(setup: Setup, searched: Searched, spec: S.ArchSpec) -> dict[str, Any]:
