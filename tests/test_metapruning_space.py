@@ -57,6 +57,9 @@ def test_parse_accepts_the_originals_printout():
     ([14, 12, 11, 10] + OVERALL[4:] + MID, "different ids"),
     ("14,12,x", "not a number"),
     ("14,12.5", "not an integer"),
+    ("14,12,nan", "not an integer"),
+    ("14,12,inf", "not an integer"),
+    ("14,12,1e400", "not an integer"),
 ])
 def test_bad_gene_vectors_are_refused(bad, match):
     with pytest.raises(GeneError, match=match):

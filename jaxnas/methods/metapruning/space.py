@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from typing import Any, Iterable, Sequence
 
@@ -197,7 +198,7 @@ class MetaSpace:
                     f = float(t)
                 except ValueError:
                     raise GeneError(f"gene '{t}' is not a number; pass ids like 14,12,11") from None
-                if f != int(f):
+                if not math.isfinite(f) or f != int(f):
                     raise GeneError(f"gene '{t}' is not an integer scale id")
                 ids.append(int(f))
         else:
