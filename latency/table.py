@@ -258,8 +258,8 @@ class LatencyTable:
 
     # ------------------------------------------------------- compatibility
     def check_compatible(self, backend_fingerprint: FingerprintLike,
-                         keys: Sequence[str] = DEFAULT_COMPAT_KEYS) -> None:
-        """Raise :class:`TableError` naming every field in ``keys`` that differs."""
+                         keys: Sequence[str] = DEFAULT_COMPAT_KEYS, *, hint: str = REBUILD_HINT) -> None:
+        """Raise :class:`TableError` naming every field in ``keys`` that differs; ``hint``: the fix it ends with."""
         want = as_dict(backend_fingerprint)
         have = dict(self.fingerprint)
         have.setdefault("backend", self.backend)
@@ -267,7 +267,7 @@ class LatencyTable:
         if bad:
             diffs = ", ".join(f"{k} ({a!r} vs {b!r})" for k, a, b in bad)
             raise TableError(f"table was measured with {describe(have)} but requested "
-                             f"{describe(want)}; mismatched: {diffs}; {REBUILD_HINT}")
+                             f"{describe(want)}; mismatched: {diffs}; {hint}")
 
     def is_compatible(self, backend_fingerprint: FingerprintLike,
                       keys: Sequence[str] = DEFAULT_COMPAT_KEYS) -> bool:
@@ -280,25 +280,34 @@ class LatencyTable:
     @classmethod
     def open_or_create(cls, path: Union[str, "os.PathLike[str]"], backend_fingerprint: FingerprintLike,
                        meta: Optional[Mapping[str, Any]] = None, *,
-                       keys: Sequence[str] = DEFAULT_COMPAT_KEYS) -> "LatencyTable":
+                       keys: Sequence[str] = DEFAULT_COMPAT_KEYS, hint: Optional[str] = None) -> "LatencyTable":
         """Resume a table build: load ``path`` if it exists and is compatible, else start empty.
 
         Refuses (TableError) an existing file that is corrupt, measured with
         another setup (``keys``) or whose ``meta`` disagrees with ``meta`` on a
-        key both define.  Meta keys new in ``meta`` are added.  Nothing is
-        written until :meth:`save`.
+        key both define (each value shown in brief: a layer list can be
+        thousands of characters).  Meta keys new in ``meta`` are added.
+        Nothing is written until :meth:`save`.  ``hint``: the fix the errors
+        end with (default: delete the file, or use another path; the caller
+        builds what is missing).
         """
         path = Path(path)
+        hint = hint or "delete it or use another path (a missing table is measured anew)"
         if not path.exists():
             return cls.new(backend_fingerprint, meta)
-        table = cls.load(path)
-        table.check_compatible(backend_fingerprint, keys)
+        try:
+            table = cls.load(path)
+        except TableError as e:
+            raise TableError(f"{str(e).removesuffix(f'; delete it or {REBUILD_HINT}')}; {hint}") from None
+        try:
+            table.check_compatible(backend_fingerprint, keys, hint=hint)
+        except TableError as e:
+            raise TableError(f"{path}: {e}") from None
         if meta:
             clash = [k for k in meta if k in table.meta and _jsonish(table.meta[k]) != _jsonish(meta[k])]
             if clash:
-                parts = ", ".join(f"{k} ({table.meta[k]!r} vs {meta[k]!r})" for k in clash)
-                raise TableError(f"{path} was built for different settings: {parts}; use another "
-                                 f"path or {REBUILD_HINT}")
+                parts = ", ".join(f"{k} ({_brief(table.meta[k])} vs {_brief(meta[k])})" for k in clash)
+                raise TableError(f"{path} was built for different settings: {parts}; {hint}")
             table.meta.update({k: v for k, v in meta.items() if k not in table.meta})
         return table
 
@@ -312,6 +321,15 @@ def entry_stats(e: Mapping[str, Any]) -> TimingStats:
     return TimingStats(median=val("median"), mean=val("mean"), std=val("std"), p10=val("p10"), p90=val("p90"),
                        min=val("min") if e.get("min") is not None else val("p10"), count=int(e.get("count") or 0),
                        **protocol_fields(e))
+
+
+def _brief(v: Any, limit: int = 60) -> str:
+    """``repr(v)``, or for a long one its start and the length of the list it is."""
+    text = repr(v)
+    if len(text) <= limit:
+        return text
+    size = f", {len(v)} items" if isinstance(v, (list, tuple, dict)) else ""
+    return f"{text[:limit]}...{size}"
 
 
 def _jsonish(v: Any) -> Any:

@@ -24,8 +24,8 @@ def _stats(v: float) -> TimingStats:
     return TimingStats.from_samples([v * 0.9, v, v, v * 1.1, v * 1.3])
 
 
-def _table() -> LatencyTable:
-    t = LatencyTable.new(_fp(), meta={"space": "tfnas", "input_size": 224, "channel_grid": [8, 16, 24]})
+def _table(meta=None) -> LatencyTable:
+    t = LatencyTable.new(_fp(), meta=meta or {"space": "tfnas", "input_size": 224, "channel_grid": [8, 16, 24]})
     t.put("blk_a", _stats(1.0))
     t.put("blk_b", _stats(2.5), meta={"H": 56, "cin": 24})
     return t
@@ -108,15 +108,30 @@ def test_resume_with_open_or_create(tmp_path):
         LatencyTable.open_or_create(p, _fp(), {**meta, "input_size": 192})
 
 
+def test_a_meta_clash_is_one_short_line_with_the_callers_fix(tmp_path):
+    # A layer grid's meta holds its whole layer list (thousands of characters): the error shows it in brief.
+    layers = [{"cin_grid": list(range(0, 400, 8)), "cout_grid": list(range(0, 400, 8))}] * 40
+    p = _table(meta={"layers": layers}).save(tmp_path / "lat.json")
+    with pytest.raises(TableError) as ei:
+        LatencyTable.open_or_create(p, _fp(), {"layers": layers[:30]}, hint="point latency.table elsewhere")
+    msg = str(ei.value)
+    assert len(msg) < 400 and "40 items" in msg and "30 items" in msg and "\n" not in msg
+    assert msg.endswith("; point latency.table elsewhere")
+    p.write_text("{not json")
+    with pytest.raises(TableError, match=r"is not valid JSON .*; point latency.table elsewhere$"):
+        LatencyTable.open_or_create(p, _fp(), hint="point latency.table elsewhere")
+
+
 def test_refuses_mismatched_fingerprint(tmp_path):
     p = _table().save(tmp_path / "lat.json")
     with pytest.raises(TableError) as ei:
         LatencyTable.open_or_create(p, _fp(backend="tflite", runtime="ai-edge-litert 2.3.0",
                                            provider="XNNPACK"))
     msg = str(ei.value)
-    assert "table was measured with onnxruntime" in msg and "requested tflite" in msg
+    assert msg.startswith(f"{p}: table was measured with onnxruntime") and "requested tflite" in msg
     assert "backend ('onnxruntime' vs 'tflite')" in msg and "runtime" in msg
-    assert "Intel Xeon Gold 6130" in msg and "jaxnas latency build-table" in msg
+    assert "Intel Xeon Gold 6130" in msg and msg.endswith("delete it or use another path (a missing table is "
+                                                          "measured anew)")
     assert "threads (" not in msg  # threads match, so they are not listed as mismatched
     t = LatencyTable.load(p)
     with pytest.raises(TableError, match=r"threads \(1 vs 4\)"):
