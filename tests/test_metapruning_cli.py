@@ -90,6 +90,9 @@ def _search(capsys, tmp_path, *sets):
     (("search.target_latency_ms=null", "search.target_macs=20e6", "data.holdout=0"), "held-out split"),
     (("search.target_latency_ms=null",), "needs a target"),
     (("search.args.populaton=5",), "did you mean 'search.args.population'"),
+    (("search.args.seed=-1",), "search.args.seed: must be >= 0"),
+    (("train.seed=-1",), "train.seed"),
+    (("search.args.top_k=30", "search.args.select_num=20"), "top_k (30) must not exceed select_num (20)"),
 ])
 def test_bad_search_inputs_are_refused_before_any_training(capsys, tmp_path, sets, needle):
     code, _, err = _search(capsys, tmp_path, *sets)

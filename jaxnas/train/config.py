@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from jaxnas.schema import Fraction, Section
 
@@ -85,7 +85,7 @@ class TrainConfig(Section):
     section = "train"
 
     epochs: PositiveFloat = 10.0
-    seed: int = 0
+    seed: NonNegativeInt = 0  # numpy's generators (data order, sampling) take no negative seed
     label_smoothing: Fraction = 0.0
     log_every: PositiveInt = 50  # steps
     checkpoint_every: PositiveInt = 500  # steps

@@ -93,10 +93,13 @@ class MetaPruningArgs(Section):
             "population select_num top_k max_iters mutation_rounds crossover_tries random_tries calib_batches "
             "candidates_per_call eval_batch log_every checkpoint_every keep_checkpoints": ">= 1",
             "mutation_num crossover_num verify_latency": ">= 0",
-            "batch_size max_steps calib_batch_size eval_batch_size": ">= 1 or null"})
+            "batch_size max_steps calib_batch_size eval_batch_size": ">= 1 or null", "seed": ">= 0 or null"})
         if self.mutation_num + self.crossover_num > self.population:
             e.append(f"mutation_num + crossover_num ({self.mutation_num + self.crossover_num}) must not exceed "
                      f"population ({self.population})")
+        if self.top_k > self.select_num:
+            e.append(f"top_k ({self.top_k}) must not exceed select_num ({self.select_num}): the parents are drawn "
+                     "from the running top select_num")
         e += self.out_of_range({"mutation_prob": "in [0, 1]"})
         if self.random_range is not None:
             lo, hi = self.random_range
