@@ -119,3 +119,25 @@ def test_full_size_configs_validate_and_their_budgets_are_reachable():
         budget = make_budget(cfg, args)
         lo, hi = check_reachable(space, budget, CostFunction(space, budget.kind))
         assert lo < budget.max < hi, path.name
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (("search.target_macs=15e6", "search.args.min_latency_ms=0.3"), "search.args.min_latency_ms bounds a search.target_latency_ms window"),
+    (("search.target_macs=15e6", "search.args.min_macs=20e6"),
+     "search.args.min_macs (2e+07) is above search.target_macs (1.5e+07)"),
+    (("search.target_macs=15e6", "search.args.min_macs=14.9999e6"), "no network of the space falls in the budget"),
+    (("search.target_macs=15e6", "search.args.calib_batch_size=20000"), "search.args.calib_batch_size"),
+])
+def test_a_macs_budget_refuses_what_the_search_would_fail_on_after_training(capsys, tmp_path, sets, needle):
+    code, _, err = _search(capsys, tmp_path, "search.target_latency_ms=null", *sets)
+    assert code == 2 and needle in err and err.startswith("error: ") and err.count("\n") == 1
+    assert not (tmp_path / "w" / "pruningnet").exists()
+
+
+def test_pruningnet_from_is_checked_before_the_latency_grid(capsys, tmp_path):
+    (tmp_path / "empty" / "pruningnet").mkdir(parents=True)
+    for source, needle in (("missing", "does not exist"), ("empty", "holds no PruningNet checkpoint")):
+        code, _, err = _search(capsys, tmp_path, f"search.args.pruningnet_from={tmp_path / source}",
+                               f"latency.table={tmp_path / 'grid.json'}")
+        assert code == 2 and needle in err and err.count("\n") == 1
+    assert not (tmp_path / "grid.json").exists()   # the grid was not measured first

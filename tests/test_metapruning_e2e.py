@@ -132,3 +132,29 @@ def test_the_search_evaluates_each_network_once_whatever_its_gene_aliases(tmp_pa
     nets = [setup.space.network_key(g) for g in tested]
     assert len(tested) == 6 * 16 == searched.evaluated
     assert len(set(nets)) == len(nets)
+
+
+@pytest.mark.slow
+def test_pruningnet_from_a_search_of_another_space_is_one_line(tmp_path, capsys):
+    """A PruningNet trained for the quarter-width space, named by a half-width search: its checkpoint does not
+    restore into the search's PruningNet; the error names the key and the fix, not orbax's shape message."""
+    from jaxnas.config import load_config
+    from jaxnas.data import load_dataset
+    from jaxnas.methods.metapruning import pipeline
+    from jaxnas.methods.metapruning.args import MetaPruningArgs
+    from jaxnas.methods.metapruning.pruningnet import build_pruningnet, init_pruningnet
+    from jaxnas.methods.metapruning.training import train_pruningnet
+    from jaxnas.schema import validate
+
+    cfg = load_config(QUICK, [*TINY, "search.args.max_steps=1", "search.args.checkpoint_every=1"])
+    dataset = load_dataset(cfg.dataset_config())
+    args = validate(cfg.search.args, MetaPruningArgs, "search.args")
+    setup = pipeline.prepare(cfg, dataset, args, log=lambda _m: None)
+    model = build_pruningnet(setup.space)
+    train_pruningnet(model, init_pruningnet(model, 0), dataset, pipeline.training_config(cfg, setup),
+                     tmp_path / "a" / "pruningnet", log=lambda _m: None)
+    code = cli.main(["search", QUICK, "--workdir", str(tmp_path / "b"),
+                     *_sets(["search.args.width_mult=0.5", f"search.args.pruningnet_from={tmp_path / 'a'}"])])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: search.args.pruningnet_from:") and "trained for another space" in err

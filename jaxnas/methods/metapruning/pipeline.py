@@ -76,6 +76,17 @@ def make_budget(cfg: Any, args: MetaPruningArgs) -> Budget:
     s = cfg.search
     if s.target_macs is not None and s.target_latency_ms is not None:
         raise MetaPruningError("set one of search.target_macs and search.target_latency_ms, not both")
+    # A window's lower bound is of the target's kind; one of the other kind would be ignored.
+    for target, bound, other in (("target_macs", "min_latency_ms", "target_latency_ms"),
+                                 ("target_latency_ms", "min_macs", "target_macs")):
+        if getattr(s, target) is not None and getattr(args, bound) is not None:
+            raise MetaPruningError(f"search.args.{bound} bounds a search.{other} window, but the target is "
+                                   f"search.{target}: remove it or set its counterpart")
+    for target, bound in (("target_macs", "min_macs"), ("target_latency_ms", "min_latency_ms")):
+        cap, low = getattr(s, target), getattr(args, bound)
+        if cap is not None and low is not None and low > cap:
+            raise MetaPruningError(f"the window is empty: search.args.{bound} ({low:g}) is above search.{target} "
+                                   f"({cap:g}); lower the bound below the target")
     try:
         if s.target_macs is not None:
             return Budget(args.macs_counter, float(s.target_macs), args.min_macs)
@@ -121,9 +132,14 @@ def prepare(cfg: Any, dataset: Any, args: MetaPruningArgs, *, table_fn: Callable
         raise MetaPruningError("MetaPruning measures fitness on the held-out split, which is empty: set "
                                "data.holdout (e.g. 0.1)")
     batch_size = pruningnet_batch_size(cfg, args)
-    if dataset.num_examples("train") < batch_size:
-        raise MetaPruningError(f"the train split has {dataset.num_examples('train')} examples, fewer than the "
-                               f"PruningNet batch size {batch_size}")
+    n_train = dataset.num_examples("train")
+    if n_train < batch_size:
+        raise MetaPruningError(f"the train split has {n_train} examples, fewer than the PruningNet batch size "
+                               f"{batch_size}; lower search.args.batch_size (or data.batch_size)")
+    if n_train < (args.calib_batch_size or batch_size):
+        raise MetaPruningError(f"the train split has {n_train} examples, fewer than the BN recalibration batch "
+                               f"size {args.calib_batch_size}; lower search.args.calib_batch_size")
+    pruningnet_start(args)
     table = None
     if budget.kind == "latency_ms":
         if table_fn is None:
@@ -135,10 +151,49 @@ def prepare(cfg: Any, dataset: Any, args: MetaPruningArgs, *, table_fn: Callable
     except BudgetError as e:
         raise MetaPruningError(str(e)) from None
     seed = search_seed(cfg, args)
+    check_admits(space, budget, cost, evolution_config(Setup(args, space, budget, cost, reachable, seed, batch_size)))
     log(f"metapruning: {space.family} space ({space.num_genes} genes, {space.resolution} px"
         f"{', small input' if space.small_input else ''}), budget {budget.describe(budget.max)} in reachable "
         f"[{budget.describe(reachable[0])}, {budget.describe(reachable[1])}]")
     return Setup(args, space, budget, cost, reachable, seed, batch_size)
+
+
+def pruningnet_start(args: MetaPruningArgs) -> Path | None:
+    """The PruningNet training dir `search.args.pruningnet_from` names (None: train one), checked to hold a
+    checkpoint: a typo must not surface after the latency grid has been measured."""
+    from jaxnas.train.checkpoint import CHECKPOINT_DIR, CheckpointStore
+
+    if not args.pruningnet_from:
+        return None
+    start = Path(args.pruningnet_from) / "pruningnet"
+    if not start.is_dir():
+        raise MetaPruningError(f"search.args.pruningnet_from: {start} does not exist; point it at the work dir "
+                               "of an earlier MetaPruning search")
+    store = CheckpointStore(start / CHECKPOINT_DIR)
+    try:
+        empty = store.latest_step() is None
+    finally:
+        store.close()
+    if empty:
+        raise MetaPruningError(f"search.args.pruningnet_from: {start} holds no PruningNet checkpoint (its training "
+                               "did not get to one); resume that search first, or remove the key to train one")
+    return start
+
+
+def check_admits(space: MetaSpace, budget: Budget, cost: CostFunction, cfg: EvolutionConfig) -> None:
+    """Refuse a budget that admits no network in the search's own random draws (a window between the
+    narrowest and the widest network can still miss every network): the search would find no first
+    population, after the PruningNet's training.  One accepted draw ends the check."""
+    import numpy as np
+
+    from jaxnas.methods.metapruning.evolution import Proposer
+
+    found = Proposer(cfg, space.num_genes, np.random.default_rng(cfg.seed), cost, budget.allows,
+                     space.network_key).random(1, {}, {})
+    if not found:
+        raise MetaPruningError(f"no network of the space falls in the budget {budget.describe(budget.max)}"
+                               + (f" with the lower bound {budget.describe(budget.min)}" if budget.min is not None
+                                  else "") + f" in {cfg.random_tries} random draws; widen the window")
 
 
 def _from_args(cls: type, args: MetaPruningArgs, **overrides: Any) -> Any:
@@ -181,20 +236,24 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
     from jaxnas.methods.metapruning.evolution import run_evolution
     from jaxnas.methods.metapruning.pruningnet import build_pruningnet, init_pruningnet
     from jaxnas.methods.metapruning.training import train_pruningnet
+    from jaxnas.train.checkpoint import CheckpointError
 
     a, space, budget = setup.args, setup.space, setup.budget
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     model = build_pruningnet(space, cfg.model.depthwise)
     tcfg = training_config(cfg, setup)
-    start = None
-    if a.pruningnet_from:
-        start = Path(a.pruningnet_from) / "pruningnet"
-        if not start.is_dir():
-            raise MetaPruningError(f"search.args.pruningnet_from: {start} does not exist; point it at the work dir "
-                                   "of an earlier MetaPruning search")
-    variables, _ = train_pruningnet(model, init_pruningnet(model, setup.seed), dataset, tcfg, workdir / "pruningnet",
-                                    log=log, mesh=mesh, start_from=start)
+    start = pruningnet_start(a)
+    try:
+        variables, _ = train_pruningnet(model, init_pruningnet(model, setup.seed), dataset, tcfg,
+                                        workdir / "pruningnet", log=log, mesh=mesh, start_from=start)
+    except CheckpointError as e:
+        if start is None or str(start) not in str(e):
+            raise
+        raise MetaPruningError(f"search.args.pruningnet_from: the PruningNet in {start} was trained for another "
+                               "space (shapes or settings differ); point it at a search with the same space "
+                               "settings (search.args space, width_mult, channel_multiple; data image size and "
+                               "classes) or remove the key to train one") from None
     seconds["pruningnet"] = round(time.perf_counter() - t0, 1)
 
     t1 = time.perf_counter()
