@@ -91,6 +91,8 @@ def _search(capsys, tmp_path, *sets):
     (("search.target_latency_ms=null",), "needs a target"),
     (("search.args.populaton=5",), "did you mean 'search.args.population'"),
     (("search.args.seed=-1",), "search.args.seed: must be >= 0"),
+    (("search.target_latency_ms=null", "search.target_macs=1e9", "search.args.space=resnet50"),
+     "set model.small_input=false"),
     (("train.seed=-1",), "train.seed"),
     (("search.args.top_k=30", "search.args.select_num=20"), "top_k (30) must not exceed select_num (20)"),
 ])

@@ -59,9 +59,12 @@ def space_for(cfg: Any, dataset: Any, args: MetaPruningArgs) -> MetaSpace:
     if h != w:
         raise MetaPruningError(f"MetaPruning spaces take square inputs; the data is {h}x{w}")
     classes = cfg.model.num_classes or dataset.num_classes
+    if family == "resnet50" and cfg.model.small_input:
+        raise MetaPruningError("the resnet50 space has no small-input variant but model.small_input is true: set "
+                               "model.small_input=false, or search a MobileNet space")
     try:
         space = get_space(family, resolution=h, num_classes=classes, in_channels=c,
-                          small_input=bool(cfg.model.small_input) and family != "resnet50",
+                          small_input=bool(cfg.model.small_input),
                           width_mult=args.width_mult, channel_multiple=args.channel_multiple)
         S.validate(space.max_spec())
         S.validate(space.to_spec(space.uniform(0)))
