@@ -298,7 +298,8 @@ class LatencyTable:
         try:
             table = cls.load(path)
         except TableError as e:
-            raise TableError(f"{str(e).removesuffix(f'; delete it or {REBUILD_HINT}')}; {hint}") from None
+            text = str(e).removesuffix(f"; delete it or {REBUILD_HINT}").removesuffix(f"; {REBUILD_HINT}")
+            raise TableError(f"{text}; {hint}") from None
         try:
             table.check_compatible(backend_fingerprint, keys, hint=hint)
         except TableError as e:

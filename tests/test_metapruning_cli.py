@@ -92,7 +92,7 @@ def _search(capsys, tmp_path, *sets):
     (("search.args.populaton=5",), "did you mean 'search.args.population'"),
     (("search.args.seed=-1",), "search.args.seed: must be >= 0"),
     (("search.target_latency_ms=null", "search.target_macs=1e9", "search.args.space=resnet50"),
-     "set model.small_input=false"),
+     "set model.small_input=false"),   # quick.yaml sets it; a config that leaves it at its default is searched
     (("train.seed=-1",), "train.seed"),
     (("search.args.top_k=30", "search.args.select_num=20"), "top_k (30) must not exceed select_num (20)"),
 ])
@@ -127,7 +127,12 @@ def test_full_size_configs_validate_and_their_budgets_are_reachable():
     (("search.target_macs=15e6", "search.args.min_latency_ms=0.3"), "search.args.min_latency_ms bounds a search.target_latency_ms window"),
     (("search.target_macs=15e6", "search.args.min_macs=20e6"),
      "search.args.min_macs (2e+07) is above search.target_macs (1.5e+07)"),
-    (("search.target_macs=15e6", "search.args.min_macs=14.9999e6"), "no network of the space falls in the budget"),
+    (("search.target_macs=15e6", "search.args.min_macs=14.9999e6"),   # 100 MACs wide: no network of the space
+     "M MACs] (search.args.min_macs, search.target_macs) in 100000 random draws of ids in [0, 31); widen the "
+     "window (lower search.args.min_macs)"),
+    (("search.target_macs=5e6", "search.args.random_range=[20,31]"),
+     "no network of the space falls in the budget 5.000 M MACs (search.target_macs) in 100000 random draws of ids "
+     "in [20, 31); raise search.target_macs or widen search.args.random_range"),
     (("search.target_macs=15e6", "search.args.calib_batch_size=20000"), "search.args.calib_batch_size"),
 ])
 def test_a_macs_budget_refuses_what_the_search_would_fail_on_after_training(capsys, tmp_path, sets, needle):
@@ -143,3 +148,22 @@ def test_pruningnet_from_is_checked_before_the_latency_grid(capsys, tmp_path):
                                f"latency.table={tmp_path / 'grid.json'}")
         assert code == 2 and needle in err and err.count("\n") == 1
     assert not (tmp_path / "grid.json").exists()   # the grid was not measured first
+
+
+def test_a_resnet50_config_that_leaves_small_input_at_its_default_is_searched(tmp_path):
+    """model.small_input defaults to true (the zoo's small-input stem): only a resnet50 config that sets it is
+    refused (tests above), one that leaves it out gets the 224-px space."""
+    from types import SimpleNamespace
+
+    from jaxnas.config import load_config
+    from jaxnas.methods.metapruning.args import MetaPruningArgs
+    from jaxnas.methods.metapruning.pipeline import space_for
+    from jaxnas.schema import validate
+
+    text = (ROOT / "configs/metapruning/r50_1.0g.yaml").read_text()
+    assert "  small_input: false\n" in text
+    (tmp_path / "r50.yaml").write_text(text.replace("  small_input: false\n", ""))
+    cfg = load_config(str(tmp_path / "r50.yaml"))
+    data = SimpleNamespace(image_shape=(224, 224, 3), num_classes=1000)
+    space = space_for(cfg, data, validate(cfg.search.args, MetaPruningArgs, "search.args"))
+    assert space.family == "resnet50" and not space.small_input

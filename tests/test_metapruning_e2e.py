@@ -157,4 +157,5 @@ def test_pruningnet_from_a_search_of_another_space_is_one_line(tmp_path, capsys)
                      *_sets(["search.args.width_mult=0.5", f"search.args.pruningnet_from={tmp_path / 'a'}"])])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
-    assert err.startswith("error: search.args.pruningnet_from:") and "trained for another space" in err
+    assert err.startswith("error: search.args.pruningnet_from:") and "does not restore into this search's" in err
+    assert "width_mult" in err and "delete it" not in err

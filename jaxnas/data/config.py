@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from jaxnas.schema import Section
 
@@ -59,7 +59,7 @@ class DataConfig(Section):
     channels: int | None = None
     holdout: float | int = 0.1
     test_fraction: float = 0.2
-    seed: NonNegativeInt | None = None
+    seed: int | None = None
     augment: bool = True
     crop_padding: Annotated[int, Field(ge=0)] | None = None
     flip: bool = True

@@ -59,12 +59,14 @@ def space_for(cfg: Any, dataset: Any, args: MetaPruningArgs) -> MetaSpace:
     if h != w:
         raise MetaPruningError(f"MetaPruning spaces take square inputs; the data is {h}x{w}")
     classes = cfg.model.num_classes or dataset.num_classes
-    if family == "resnet50" and cfg.model.small_input:
+    # model.small_input defaults to true (the zoo's 28-32 px stem); only a resnet50 search that sets it is refused.
+    small_input = bool(cfg.model.small_input) and (family != "resnet50" or "small_input" in cfg.model.model_fields_set)
+    if family == "resnet50" and small_input:
         raise MetaPruningError("the resnet50 space has no small-input variant but model.small_input is true: set "
                                "model.small_input=false, or search a MobileNet space")
     try:
         space = get_space(family, resolution=h, num_classes=classes, in_channels=c,
-                          small_input=bool(cfg.model.small_input),
+                          small_input=small_input,
                           width_mult=args.width_mult, channel_multiple=args.channel_multiple)
         S.validate(space.max_spec())
         S.validate(space.to_spec(space.uniform(0)))
@@ -83,8 +85,9 @@ def make_budget(cfg: Any, args: MetaPruningArgs) -> Budget:
     for target, bound, other in (("target_macs", "min_latency_ms", "target_latency_ms"),
                                  ("target_latency_ms", "min_macs", "target_macs")):
         if getattr(s, target) is not None and getattr(args, bound) is not None:
+            mine = "min_macs" if bound == "min_latency_ms" else "min_latency_ms"
             raise MetaPruningError(f"search.args.{bound} bounds a search.{other} window, but the target is "
-                                   f"search.{target}: remove it or set its counterpart")
+                                   f"search.{target}: remove it (search.args.{mine} bounds this one)")
     for target, bound in (("target_macs", "min_macs"), ("target_latency_ms", "min_latency_ms")):
         cap, low = getattr(s, target), getattr(args, bound)
         if cap is not None and low is not None and low > cap:
@@ -172,11 +175,13 @@ def pruningnet_start(args: MetaPruningArgs) -> Path | None:
     if not start.is_dir():
         raise MetaPruningError(f"search.args.pruningnet_from: {start} does not exist; point it at the work dir "
                                "of an earlier MetaPruning search")
-    store = CheckpointStore(start / CHECKPOINT_DIR)
-    try:
-        empty = store.latest_step() is None
-    finally:
-        store.close()
+    empty = not (start / CHECKPOINT_DIR).is_dir()   # opening a missing store would create it in the source
+    if not empty:
+        store = CheckpointStore(start / CHECKPOINT_DIR)
+        try:
+            empty = store.latest_step() is None
+        finally:
+            store.close()
     if empty:
         raise MetaPruningError(f"search.args.pruningnet_from: {start} holds no PruningNet checkpoint (its training "
                                "did not get to one); resume that search first, or remove the key to train one")
@@ -194,9 +199,15 @@ def check_admits(space: MetaSpace, budget: Budget, cost: CostFunction, cfg: Evol
     found = Proposer(cfg, space.num_genes, np.random.default_rng(cfg.seed), cost, budget.allows,
                      space.network_key).random(1, {}, {})
     if not found:
-        raise MetaPruningError(f"no network of the space falls in the budget {budget.describe(budget.max)}"
-                               + (f" with the lower bound {budget.describe(budget.min)}" if budget.min is not None
-                                  else "") + f" in {cfg.random_tries} random draws; widen the window")
+        target, low = (("search.target_latency_ms", "search.args.min_latency_ms") if budget.kind == "latency_ms"
+                       else ("search.target_macs", "search.args.min_macs"))
+        where = (f"the window [{budget.describe(budget.min)}, {budget.describe(budget.max)}] ({low}, {target})"
+                 if budget.min is not None else f"the budget {budget.describe(budget.max)} ({target})")
+        raise MetaPruningError(
+            f"no network of the space falls in {where} in {cfg.random_tries} random draws of ids in "
+            f"[{cfg.random_low}, {cfg.random_high}); "
+            + (f"widen the window (lower {low})" if budget.min is not None else
+               f"raise {target} or widen search.args.random_range"))
 
 
 def _from_args(cls: type, args: MetaPruningArgs, **overrides: Any) -> Any:
@@ -239,7 +250,7 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
     from jaxnas.methods.metapruning.evolution import run_evolution
     from jaxnas.methods.metapruning.pruningnet import build_pruningnet, init_pruningnet
     from jaxnas.methods.metapruning.training import train_pruningnet
-    from jaxnas.train.checkpoint import CheckpointError
+    from jaxnas.train.checkpoint import CHECKPOINT_DIR, CheckpointError
 
     a, space, budget = setup.args, setup.space, setup.budget
     seconds: dict[str, float] = {}
@@ -247,16 +258,20 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
     model = build_pruningnet(space, cfg.model.depthwise)
     tcfg = training_config(cfg, setup)
     start = pruningnet_start(a)
+    # A fresh training restores from `start`: a checkpoint error then is about the source, not this work dir.
+    from_start = start is not None and not (workdir / "pruningnet" / CHECKPOINT_DIR).is_dir()
     try:
         variables, _ = train_pruningnet(model, init_pruningnet(model, setup.seed), dataset, tcfg,
                                         workdir / "pruningnet", log=log, mesh=mesh, start_from=start)
     except CheckpointError as e:
-        if start is None or str(start) not in str(e):
+        source = str((start / CHECKPOINT_DIR).absolute()) if start is not None else None
+        if not from_start or source not in str(e) or "cannot write" in str(e):
             raise
-        raise MetaPruningError(f"search.args.pruningnet_from: the PruningNet in {start} was trained for another "
-                               "space (shapes or settings differ); point it at a search with the same space "
-                               "settings (search.args space, width_mult, channel_multiple; data image size and "
-                               "classes) or remove the key to train one") from None
+        raise MetaPruningError(f"search.args.pruningnet_from: the PruningNet in {start} does not restore into this "
+                               f"search's ({str(e).removeprefix('checkpoint at ').removesuffix('; delete it or use a fresh --workdir')}); point it at a search with the "
+                               "same space (search.args space, width_mult, channel_multiple; data image size and "
+                               "classes) and optimizer (weight_decay, momentum: zero or not), or remove the key to "
+                               "train one") from None
     seconds["pruningnet"] = round(time.perf_counter() - t0, 1)
 
     t1 = time.perf_counter()
