@@ -124,7 +124,8 @@ def test_full_size_configs_validate_and_their_budgets_are_reachable():
 
 
 @pytest.mark.parametrize("sets,needle", [
-    (("search.target_macs=15e6", "search.args.min_latency_ms=0.3"), "search.args.min_latency_ms bounds a search.target_latency_ms window"),
+    (("search.target_macs=15e6", "search.args.min_latency_ms=0.3"),
+     "search.args.min_latency_ms bounds a search.target_latency_ms window"),
     (("search.target_macs=15e6", "search.args.min_macs=20e6"),
      "search.args.min_macs (2e+07) is above search.target_macs (1.5e+07)"),
     (("search.target_macs=15e6", "search.args.min_macs=14.9999e6"),   # 100 MACs wide: no network of the space

@@ -267,11 +267,12 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
         source = str((start / CHECKPOINT_DIR).absolute()) if start is not None else None
         if not from_start or source not in str(e) or "cannot write" in str(e):
             raise
+        cause = str(e).removeprefix("checkpoint at ").removesuffix("; delete it or use a fresh --workdir")
         raise MetaPruningError(f"search.args.pruningnet_from: the PruningNet in {start} does not restore into this "
-                               f"search's ({str(e).removeprefix('checkpoint at ').removesuffix('; delete it or use a fresh --workdir')}); point it at a search with the "
-                               "same space (search.args space, width_mult, channel_multiple; data image size and "
-                               "classes) and optimizer (weight_decay, momentum: zero or not), or remove the key to "
-                               "train one") from None
+                               f"search's PruningNet (checkpoint {cause}); point it at a search with the same space "
+                               "(search.args space, width_mult, channel_multiple; data image size and classes) and "
+                               "optimizer (weight_decay, momentum: zero or not), or remove the key to train one"
+                               ) from None
     seconds["pruningnet"] = round(time.perf_counter() - t0, 1)
 
     t1 = time.perf_counter()
