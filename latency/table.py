@@ -197,7 +197,7 @@ class LatencyTable:
         }
 
     @classmethod
-    def from_dict(cls, d: Any, *, source: str = "<dict>") -> "LatencyTable":
+    def from_dict(cls, d: Any, *, source: str = "<dict>", hint: str = REBUILD_HINT) -> "LatencyTable":
         """Validate and build; every problem is one :class:`TableError` naming ``source``."""
         if not isinstance(d, Mapping):
             raise TableError(f"{source}: a latency table must be a JSON object, got {type(d).__name__}")
@@ -208,7 +208,7 @@ class LatencyTable:
             raise TableError(f"{source}: 'schema_version' must be an integer, got {sv!r}")
         if sv != SCHEMA_VERSION:
             raise TableError(f"{source}: unsupported schema_version {sv} (this jaxnas reads "
-                             f"{SCHEMA_VERSION}); {REBUILD_HINT}")
+                             f"{SCHEMA_VERSION}); {hint}")
         units = d.get("units")
         if units != UNITS:
             raise TableError(f"{source}: units must be {UNITS!r} (milliseconds per batch), got {units!r}")
@@ -242,7 +242,9 @@ class LatencyTable:
         return atomic_write_text(path, text + "\n")
 
     @classmethod
-    def load(cls, path: Union[str, "os.PathLike[str]"]) -> "LatencyTable":
+    def load(cls, path: Union[str, "os.PathLike[str]"], *, hint: Optional[str] = None) -> "LatencyTable":
+        """The table at ``path``; ``hint``: the fix a file that is there but unusable ends with (default: delete
+        it or rebuild it with `jaxnas latency build-table`)."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -253,8 +255,8 @@ class LatencyTable:
         try:
             d = json.loads(text, parse_constant=_reject_constant)
         except (json.JSONDecodeError, ValueError) as e:
-            raise TableError(f"{path} is not valid JSON ({e}); delete it or {REBUILD_HINT}") from e
-        return cls.from_dict(d, source=str(path))
+            raise TableError(f"{path} is not valid JSON ({e}); {hint or f'delete it or {REBUILD_HINT}'}") from e
+        return cls.from_dict(d, source=str(path), hint=hint or REBUILD_HINT)
 
     # ------------------------------------------------------- compatibility
     def check_compatible(self, backend_fingerprint: FingerprintLike,
@@ -295,11 +297,7 @@ class LatencyTable:
         hint = hint or "delete it or use another path (a missing table is measured anew)"
         if not path.exists():
             return cls.new(backend_fingerprint, meta)
-        try:
-            table = cls.load(path)
-        except TableError as e:
-            text = str(e).removesuffix(f"; delete it or {REBUILD_HINT}").removesuffix(f"; {REBUILD_HINT}")
-            raise TableError(f"{text}; {hint}") from None
+        table = cls.load(path, hint=hint)
         try:
             table.check_compatible(backend_fingerprint, keys, hint=hint)
         except TableError as e:

@@ -48,6 +48,7 @@ class Setup:
     reachable: tuple[float, float]
     seed: int
     batch_size: int
+    pruningnet_from: Path | None = None   # the checked PruningNet training dir to start from (pruningnet_start)
 
 
 def space_for(cfg: Any, dataset: Any, args: MetaPruningArgs) -> MetaSpace:
@@ -81,16 +82,16 @@ def make_budget(cfg: Any, args: MetaPruningArgs) -> Budget:
     s = cfg.search
     if s.target_macs is not None and s.target_latency_ms is not None:
         raise MetaPruningError("set one of search.target_macs and search.target_latency_ms, not both")
-    # A window's lower bound is of the target's kind; one of the other kind would be ignored.
-    for target, bound, other in (("target_macs", "min_latency_ms", "target_latency_ms"),
-                                 ("target_latency_ms", "min_macs", "target_macs")):
-        if getattr(s, target) is not None and getattr(args, bound) is not None:
-            mine = "min_macs" if bound == "min_latency_ms" else "min_latency_ms"
-            raise MetaPruningError(f"search.args.{bound} bounds a search.{other} window, but the target is "
-                                   f"search.{target}: remove it (search.args.{mine} bounds this one)")
-    for target, bound in (("target_macs", "min_macs"), ("target_latency_ms", "min_latency_ms")):
+    # A window's lower bound is of the target's kind (one of the other kind would be ignored) and below it.
+    for target, bound, other, other_bound in (("target_macs", "min_macs", "target_latency_ms", "min_latency_ms"),
+                                              ("target_latency_ms", "min_latency_ms", "target_macs", "min_macs")):
         cap, low = getattr(s, target), getattr(args, bound)
-        if cap is not None and low is not None and low > cap:
+        if cap is None:
+            continue
+        if getattr(args, other_bound) is not None:
+            raise MetaPruningError(f"search.args.{other_bound} bounds a search.{other} window, but the target is "
+                                   f"search.{target}: remove it (search.args.{bound} bounds this one)")
+        if low is not None and low > cap:
             raise MetaPruningError(f"the window is empty: search.args.{bound} ({low:g}) is above search.{target} "
                                    f"({cap:g}); lower the bound below the target")
     try:
@@ -145,7 +146,7 @@ def prepare(cfg: Any, dataset: Any, args: MetaPruningArgs, *, table_fn: Callable
     if n_train < (args.calib_batch_size or batch_size):
         raise MetaPruningError(f"the train split has {n_train} examples, fewer than the BN recalibration batch "
                                f"size {args.calib_batch_size}; lower search.args.calib_batch_size")
-    pruningnet_start(args)
+    start = pruningnet_start(args)
     table = None
     if budget.kind == "latency_ms":
         if table_fn is None:
@@ -156,12 +157,12 @@ def prepare(cfg: Any, dataset: Any, args: MetaPruningArgs, *, table_fn: Callable
         reachable = check_reachable(space, budget, cost)
     except BudgetError as e:
         raise MetaPruningError(str(e)) from None
-    seed = search_seed(cfg, args)
-    check_admits(space, budget, cost, evolution_config(Setup(args, space, budget, cost, reachable, seed, batch_size)))
+    setup = Setup(args, space, budget, cost, reachable, search_seed(cfg, args), batch_size, start)
+    check_admits(setup)
     log(f"metapruning: {space.family} space ({space.num_genes} genes, {space.resolution} px"
         f"{', small input' if space.small_input else ''}), budget {budget.describe(budget.max)} in reachable "
         f"[{budget.describe(reachable[0])}, {budget.describe(reachable[1])}]")
-    return Setup(args, space, budget, cost, reachable, seed, batch_size)
+    return setup
 
 
 def pruningnet_start(args: MetaPruningArgs) -> Path | None:
@@ -188,7 +189,7 @@ def pruningnet_start(args: MetaPruningArgs) -> Path | None:
     return start
 
 
-def check_admits(space: MetaSpace, budget: Budget, cost: CostFunction, cfg: EvolutionConfig) -> None:
+def check_admits(setup: Setup) -> None:
     """Refuse a budget that admits no network in the search's own random draws (a window between the
     narrowest and the widest network can still miss every network): the search would find no first
     population, after the PruningNet's training.  One accepted draw ends the check."""
@@ -196,7 +197,8 @@ def check_admits(space: MetaSpace, budget: Budget, cost: CostFunction, cfg: Evol
 
     from jaxnas.methods.metapruning.evolution import Proposer
 
-    found = Proposer(cfg, space.num_genes, np.random.default_rng(cfg.seed), cost, budget.allows,
+    space, budget, cfg = setup.space, setup.budget, evolution_config(setup)
+    found = Proposer(cfg, space.num_genes, np.random.default_rng(cfg.seed), setup.cost, budget.allows,
                      space.network_key).random(1, {}, {})
     if not found:
         target, low = (("search.target_latency_ms", "search.args.min_latency_ms") if budget.kind == "latency_ms"
@@ -257,7 +259,7 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
     t0 = time.perf_counter()
     model = build_pruningnet(space, cfg.model.depthwise)
     tcfg = training_config(cfg, setup)
-    start = pruningnet_start(a)
+    start = setup.pruningnet_from
     # A fresh training restores from `start`: a checkpoint error then is about the source, not this work dir.
     from_start = start is not None and not (workdir / "pruningnet" / CHECKPOINT_DIR).is_dir()
     try:
