@@ -14,6 +14,12 @@ PruningNet (`shared/pruningnet`) in four variants: held-out top-1 error (the ori
 (`search.args.fitness`), each after BN recalibration over the search's `calib_batches` and over
 `--calib-more` batches.  Every training resumes from `<workdir>/rank_<fraction>/`; the result is written
 there too (`rank.json`).
+
+With `--seeds` 2 or more it also asks whether the candidates differ at all after retraining: a one-way
+ANOVA of their per-seed accuracies (F, p) and the spread of their mean accuracies against the spread seed
+noise alone would give (seed SD / sqrt(seeds)).  `--uniform 18,19,20` scores the space's uniform nets
+(every gene that id) with the same fitness variants, next to the candidates: does the PruningNet place its
+pick above the uniform nets a table compares it with?
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from metapruning_table import pretrain_pruningnet
-from scipy.stats import spearmanr
+from scipy.stats import f_oneway, spearmanr
 
 from jaxnas import allocator
 from jaxnas import spec as S
@@ -54,6 +60,20 @@ def fitness_variants(cfg, dataset, args: MetaPruningArgs, space, workdir: Path, 
     return out
 
 
+def seed_signal(acc_seeds: list[list[float]]) -> dict | None:
+    """Do candidates' retrained accuracies differ beyond seed noise?  None with fewer than 2 seeds each."""
+    if min(len(a) for a in acc_seeds) < 2:
+        return None
+    means = np.array([np.mean(a) for a in acc_seeds])
+    seed_sd = float(np.sqrt(np.mean([np.var(a, ddof=1) for a in acc_seeds])))
+    test = f_oneway(*acc_seeds)
+    return {"anova_f": float(test.statistic), "anova_p": float(test.pvalue),
+            "sd_of_means_points": 100 * float(np.std(means, ddof=1)),
+            "seed_sd_points": 100 * seed_sd,
+            "sd_of_means_if_equal_points": 100 * seed_sd / float(np.sqrt(min(len(a) for a in acc_seeds))),
+            "range_of_means_points": 100 * float(means.max() - means.min())}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True, help="a benchmarks/metapruning_table.py work dir")
@@ -61,6 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=8, help="candidates retrained")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--calib-more", type=int, default=16, help="BN calibration batches of the larger variants")
+    p.add_argument("--uniform", default="", help="uniform ids to score with the fitness variants, e.g. 18,19,20")
     p.add_argument("--set", action="append", default=[], help="config override a.b=c (e.g. train.epochs=0.1)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
@@ -88,16 +109,23 @@ def main(argv=None) -> int:
                      "test_accuracy_seeds": accs, "test_error": 100 * (1 - float(np.mean(accs)))})
         print(f"candidate {i}: {args.fitness} {fitness:.4g} (PruningNet), {macs / 1e6:.2f} M MACs, "
               f"retrained test error {rows[-1]['test_error']:.2f} %", flush=True)
-    variants = fitness_variants(cfg, dataset, args, space, search_dir.parent, [tuple(r["genes"]) for r in rows],
-                                a.calib_more)
+    uniform_ids = [int(t) for t in a.uniform.split(",") if t.strip()]
+    n_genes = len(chosen[0][0])
+    scored = [tuple(r["genes"]) for r in rows] + [(u,) * n_genes for u in uniform_ids]
+    variants = fitness_variants(cfg, dataset, args, space, search_dir.parent, scored, a.calib_more)
     for i, r in enumerate(rows):
         r["fitness_variants"] = {k: float(v[i]) for k, v in variants.items()}
+    uniform = [{"id": u, "macs": S.macs(space.to_spec(scored[len(rows) + j], residual_rule=args.residual_rule)),
+                "fitness_variants": {k: float(v[len(rows) + j]) for k, v in variants.items()}}
+               for j, u in enumerate(uniform_ids)]
+    variants = {k: v[:len(rows)] for k, v in variants.items()}
     err = [r["test_error"] for r in rows]
     result = {"workdir": str(search_dir), "candidates_tested": len(tested), "seeds": seeds,
               "train_epochs": cfg.train.epochs, "search_fitness": args.fitness, "rows": rows,
               "spearman_fitness_vs_retrained": float(spearmanr([r["search_fitness"] for r in rows], err).statistic),
               "spearman_variants_vs_retrained": {k: float(spearmanr(v, err).statistic) for k, v in variants.items()},
-              "spearman_macs_vs_retrained": float(spearmanr([-r["macs"] for r in rows], err).statistic)}
+              "spearman_macs_vs_retrained": float(spearmanr([-r["macs"] for r in rows], err).statistic),
+              "seed_signal": seed_signal([r["test_accuracy_seeds"] for r in rows]), "uniform": uniform}
     atomic_write_json(out / "rank.json", result)
     if a.json:
         print(json.dumps(result, indent=1))
@@ -108,6 +136,17 @@ def main(argv=None) -> int:
               f"{result['spearman_macs_vs_retrained']:.3f}")
         for k, v in result["spearman_variants_vs_retrained"].items():
             print(f"  fitness {k}: Spearman {v:.3f}")
+        sig = result["seed_signal"]
+        if sig is not None:
+            print(f"retrained accuracies: means spread {sig['sd_of_means_points']:.2f} points (SD; range "
+                  f"{sig['range_of_means_points']:.2f}), seed noise alone would give "
+                  f"{sig['sd_of_means_if_equal_points']:.2f} (seed SD {sig['seed_sd_points']:.2f}); one-way ANOVA "
+                  f"F {sig['anova_f']:.2f}, p {sig['anova_p']:.3f}")
+        for u in uniform:
+            print(f"uniform id {u['id']} ({u['macs'] / 1e6:.2f} M MACs): " + ", ".join(
+                f"{k} {v:.4g}" for k, v in u["fitness_variants"].items()))
+        for i, r in enumerate(rows):
+            print(f"candidate {i}: " + ", ".join(f"{k} {v:.4g}" for k, v in r["fitness_variants"].items()))
     return 0
 
 

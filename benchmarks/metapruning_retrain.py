@@ -7,7 +7,9 @@ architecture.  This script takes a finished table's work dir and retrains, per r
 the row's uniform baselines (the very nets the table picked, at the latencies it measured) from scratch
 for `--budget` epochs at `--seeds` seeds, with the table's own resolved config (its first search's
 `config.yaml`) plus `--set` overrides, and compares the mean test accuracies.  Seeds run in the outer
-loop, so a run stopped early still has whole seeds; every training resumes from `--workdir`.
+loop, so a run stopped early still has whole seeds; every training resumes from `--workdir`.  Each
+comparison also gets the difference of the means with a 95 % confidence interval (Welch's t) over the
+seeds: a table's "won" at 3-5 seeds per net is often inside it.
 
     python benchmarks/metapruning_retrain.py --table runs/metapruning-bench --budget 10 --seeds 2 \\
         --set data.augment=true --workdir runs/metapruning-retrain [--json]
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 from metapruning_table import baseline_spec
+from scipy.stats import ttest_ind
 
 from jaxnas import spec as S
 from jaxnas.config import load_config, override_config
@@ -40,6 +43,16 @@ def row_nets(row: dict, table_dir: Path, cfg, dataset, space) -> dict[str, dict]
             nets[base["name"]] = {"spec": baseline_spec(base["name"], cfg, dataset, space),
                                   "measured_ms": base["measured_ms"]}
     return nets
+
+
+def mean_difference(mine: list[float], theirs: list[float]) -> dict:
+    """Mean of `mine` minus mean of `theirs` in points, with Welch's 95 % interval and p (None under 2 seeds)."""
+    diff = 100 * (sum(mine) / len(mine) - sum(theirs) / len(theirs))
+    if min(len(mine), len(theirs)) < 2:
+        return {"points": diff, "ci95_points": None, "p": None}
+    test = ttest_ind(mine, theirs, equal_var=False)
+    ci = test.confidence_interval(0.95)
+    return {"points": diff, "ci95_points": [100 * float(ci.low), 100 * float(ci.high)], "p": float(test.pvalue)}
 
 
 def main(argv=None) -> int:
@@ -103,7 +116,8 @@ def main(argv=None) -> int:
                 "name": name, "macs": S.macs(nets[f][name]["spec"]), "measured_ms": nets[f][name]["measured_ms"],
                 "accuracy": sum(theirs) / len(theirs), "accuracy_seeds": theirs,
                 "beaten": sum(mine) / len(mine) > sum(theirs) / len(theirs),
-                "seeds_won": sum(m > b for m, b in zip(mine, theirs))})
+                "seeds_won": sum(m > b for m, b in zip(mine, theirs)),
+                "difference": mean_difference(mine, theirs)})
         rows.append(out)
     result = {"table": str(table_dir), "budget_epochs": a.budget, "table_budget_epochs": table["budget_epochs"],
               "seeds": seeds, "overrides": a.set, "train_examples": dataset.num_examples("train"),
@@ -117,6 +131,10 @@ def main(argv=None) -> int:
     for r in rows:
         for n in [r["metapruning"], *r["baselines"]]:
             won = f"  MP won {n['seeds_won']}/{len(seeds)}" if "seeds_won" in n else ""
+            d = n.get("difference")
+            if d is not None and d["ci95_points"] is not None:
+                lo, hi = d["ci95_points"]
+                won += f", MP - this {d['points']:+.2f} points (95 % CI {lo:+.2f} to {hi:+.2f}, p {d['p']:.2f})"
             print(f"{r['target_ms']:8.3f} {n['name']:>16} {n['macs'] / 1e6:7.2f}M {n['measured_ms']:7.3f} "
                   f"{n['accuracy']:7.4f}  {' '.join(f'{x:.4f}' for x in n['accuracy_seeds'])}{won}")
     return 0
