@@ -46,9 +46,10 @@ def row_nets(row: dict, table_dir: Path, cfg, dataset, space) -> dict[str, dict]
 
 
 def mean_difference(mine: list[float], theirs: list[float]) -> dict:
-    """Mean of `mine` minus mean of `theirs` in points, with Welch's 95 % interval and p (None under 2 seeds)."""
+    """Mean of `mine` minus mean of `theirs` in points, with Welch's 95 % interval and p (None under 2 seeds
+    each, or when neither varies across seeds: the test is undefined there)."""
     diff = 100 * (sum(mine) / len(mine) - sum(theirs) / len(theirs))
-    if min(len(mine), len(theirs)) < 2:
+    if min(len(mine), len(theirs)) < 2 or len(set(mine)) == len(set(theirs)) == 1:
         return {"points": diff, "ci95_points": None, "p": None}
     test = ttest_ind(mine, theirs, equal_var=False)
     ci = test.confidence_interval(0.95)
