@@ -38,6 +38,7 @@ from jaxnas.data import load_dataset
 from jaxnas.io_utils import atomic_write_json
 from jaxnas.methods.metapruning.args import MetaPruningArgs
 from jaxnas.methods.metapruning.pipeline import fitness_evaluator, space_for
+from jaxnas.methods.metapruning.space import NUM_SCALES
 from jaxnas.schema import validate
 from jaxnas.trainer import Trainer
 
@@ -61,17 +62,32 @@ def fitness_variants(cfg, dataset, args: MetaPruningArgs, space, workdir: Path, 
 
 
 def seed_signal(acc_seeds: list[list[float]]) -> dict | None:
-    """Do candidates' retrained accuracies differ beyond seed noise?  None with fewer than 2 seeds each."""
+    """Do candidates' retrained accuracies differ beyond seed noise?  None with fewer than 2 seeds each, or
+    when no candidate varies across seeds (no noise to compare with)."""
     if min(len(a) for a in acc_seeds) < 2:
         return None
     means = np.array([np.mean(a) for a in acc_seeds])
     seed_sd = float(np.sqrt(np.mean([np.var(a, ddof=1) for a in acc_seeds])))
+    if seed_sd == 0:
+        return None
     test = f_oneway(*acc_seeds)
     return {"anova_f": float(test.statistic), "anova_p": float(test.pvalue),
             "sd_of_means_points": 100 * float(np.std(means, ddof=1)),
             "seed_sd_points": 100 * seed_sd,
             "sd_of_means_if_equal_points": 100 * seed_sd / float(np.sqrt(min(len(a) for a in acc_seeds))),
             "range_of_means_points": 100 * float(means.max() - means.min())}
+
+
+def uniform_ids(text: str) -> list[int]:
+    """`--uniform`'s comma-separated scale ids, each in [0, NUM_SCALES)."""
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated scale ids like 18,19,20, got {text!r}") from None
+    bad = [i for i in ids if not 0 <= i < NUM_SCALES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"scale ids run from 0 to {NUM_SCALES - 1}, got {bad}")
+    return ids
 
 
 def main(argv=None) -> int:
@@ -81,7 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=8, help="candidates retrained")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--calib-more", type=int, default=16, help="BN calibration batches of the larger variants")
-    p.add_argument("--uniform", default="", help="uniform ids to score with the fitness variants, e.g. 18,19,20")
+    p.add_argument("--uniform", type=uniform_ids, default=[],
+                   help="uniform ids to score with the fitness variants, e.g. 18,19,20")
     p.add_argument("--set", action="append", default=[], help="config override a.b=c (e.g. train.epochs=0.1)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
@@ -109,15 +126,14 @@ def main(argv=None) -> int:
                      "test_accuracy_seeds": accs, "test_error": 100 * (1 - float(np.mean(accs)))})
         print(f"candidate {i}: {args.fitness} {fitness:.4g} (PruningNet), {macs / 1e6:.2f} M MACs, "
               f"retrained test error {rows[-1]['test_error']:.2f} %", flush=True)
-    uniform_ids = [int(t) for t in a.uniform.split(",") if t.strip()]
     n_genes = len(chosen[0][0])
-    scored = [tuple(r["genes"]) for r in rows] + [(u,) * n_genes for u in uniform_ids]
+    scored = [tuple(r["genes"]) for r in rows] + [(u,) * n_genes for u in a.uniform]
     variants = fitness_variants(cfg, dataset, args, space, search_dir.parent, scored, a.calib_more)
     for i, r in enumerate(rows):
         r["fitness_variants"] = {k: float(v[i]) for k, v in variants.items()}
     uniform = [{"id": u, "macs": S.macs(space.to_spec(scored[len(rows) + j], residual_rule=args.residual_rule)),
                 "fitness_variants": {k: float(v[len(rows) + j]) for k, v in variants.items()}}
-               for j, u in enumerate(uniform_ids)]
+               for j, u in enumerate(a.uniform)]
     variants = {k: v[:len(rows)] for k, v in variants.items()}
     err = [r["test_error"] for r in rows]
     result = {"workdir": str(search_dir), "candidates_tested": len(tested), "seeds": seeds,
