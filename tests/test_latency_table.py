@@ -121,7 +121,8 @@ def test_a_meta_clash_is_one_short_line_with_the_callers_fix(tmp_path):
     with pytest.raises(TableError, match=r"is not valid JSON .*; point latency.table elsewhere$"):
         LatencyTable.open_or_create(p, _fp(), hint="point latency.table elsewhere")
     p.write_text(json.dumps({**_table().to_dict(), "schema_version": 99}))
-    with pytest.raises(TableError, match=r"schema_version 99 \(this jaxnas reads \d+\); point latency.table else"):
+    with pytest.raises(TableError,
+                       match=r"schema_version 99 \(this jaxnas reads \d+\); point latency.table elsewhere$"):
         LatencyTable.open_or_create(p, _fp(), hint="point latency.table elsewhere")
 
 
