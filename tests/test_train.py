@@ -443,12 +443,27 @@ def test_corrupt_or_incompatible_checkpoint_raises_checkpoint_error(tmp_path):
     for f in (tmp_path / "w" / "checkpoints" / "2").rglob("*"):
         if f.is_file():
             f.write_bytes(b"\x00garbage")
-    with pytest.raises(CheckpointError, match=r"checkpoints/2 is corrupt or incompatible"):
+    with pytest.raises(CheckpointError, match=r"checkpoints/2 is corrupt or incompatible") as caught:
         fit(model, variables, ds, workdir=tmp_path / "w", **loop)
+    # The parts a caller words its own message from (metapruning's search.args.pruningnet_from).
+    e = caught.value
+    assert e.path == (tmp_path / "w" / "checkpoints" / "2").absolute() and not e.writing
+    assert str(e) == f"checkpoint at {e.problem}; delete it or use a fresh --workdir"
+    assert e.problem.startswith(f"{e.path} is corrupt or incompatible (")
     with pytest.raises(CheckpointError):
         load_variables(tmp_path / "w")
     with pytest.raises(CheckpointError, match="no trained weights"):
         load_variables(tmp_path / "empty")
+
+
+def test_a_checkpoint_write_error_says_it_is_one():
+    from pathlib import Path
+
+    from jaxnas.train.checkpoint import write_error
+
+    e = write_error("/runs/w/checkpoints/3", OSError("[Errno 28] No space left on device"))
+    assert e.writing and e.path == Path("/runs/w/checkpoints/3") and e.problem is None
+    assert str(e).startswith("cannot write the checkpoint /runs/w/checkpoints/3 (No space left on device)")
 
 
 def test_fit_with_choices_fn_distillation_and_no_batch_stats(tmp_path):

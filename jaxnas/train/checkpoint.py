@@ -29,7 +29,18 @@ _STATE_FIELDS = ("params", "batch_stats", "opt_state", "step", "rng")
 
 
 class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be read back into the current run."""
+    """A checkpoint that cannot be read back into the current run, or written.
+
+    For a caller that words its own message: `path` is the checkpoint concerned (None where the message is
+    all there is), `problem` what is wrong with it without the fix ("<path> is corrupt or incompatible
+    (<cause>)" for a failed read), and `writing` tells a failed write from a failed read."""
+
+    def __init__(self, message: str, *, path: Path | str | None = None, problem: str | None = None,
+                 writing: bool = False):
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        self.writing = writing
 
 
 def checkpoint_error(path: Path | str, err: BaseException | str) -> CheckpointError:
@@ -38,8 +49,8 @@ def checkpoint_error(path: Path | str, err: BaseException | str) -> CheckpointEr
         detail = f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
     else:
         detail = err
-    return CheckpointError(
-        f"checkpoint at {path} is corrupt or incompatible ({detail}); delete it or use a fresh --workdir")
+    problem = f"{path} is corrupt or incompatible ({detail})"
+    return CheckpointError(f"checkpoint at {problem}; delete it or use a fresh --workdir", path=path, problem=problem)
 
 
 _WRITE_FAILURES = ("No space left on device", "Permission denied", "Read-only file system", "Not a directory",
@@ -56,7 +67,8 @@ def _write_failure(err: BaseException) -> str:
 def write_error(path: Path | str, err: BaseException) -> CheckpointError:
     """One line for a checkpoint that could not be written (a full disk, a directory that is not writable)."""
     return CheckpointError(f"cannot write the checkpoint {path} ({_write_failure(err)}); free disk space or make "
-                           f"{Path(path).parent} writable, then rerun the same command to resume")
+                           f"{Path(path).parent} writable, then rerun the same command to resume",
+                           path=path, writing=True)
 
 
 def _carries(exc: BaseException | None, cause: str) -> bool:

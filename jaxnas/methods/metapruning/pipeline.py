@@ -266,14 +266,14 @@ def train_and_evolve(cfg: Any, dataset: Any, setup: Setup, workdir: Path, *,
         variables, _ = train_pruningnet(model, init_pruningnet(model, setup.seed), dataset, tcfg,
                                         workdir / "pruningnet", log=log, mesh=mesh, start_from=start)
     except CheckpointError as e:
-        source = str((start / CHECKPOINT_DIR).absolute()) if start is not None else None
-        if not from_start or source not in str(e) or "cannot write" in str(e):
+        # Only a failed read of the source's own checkpoints is about search.args.pruningnet_from.
+        if (not from_start or e.writing or e.problem is None
+                or not e.path.is_relative_to((start / CHECKPOINT_DIR).absolute())):
             raise
-        cause = str(e).removeprefix("checkpoint at ").removesuffix("; delete it or use a fresh --workdir")
         raise MetaPruningError(f"search.args.pruningnet_from: the PruningNet in {start} does not restore into this "
-                               f"search's PruningNet (checkpoint {cause}); point it at a search with the same space "
-                               "(search.args space, width_mult, channel_multiple; data image size and classes) and "
-                               "optimizer (weight_decay, momentum: zero or not), or remove the key to train one"
+                               f"search's PruningNet (checkpoint {e.problem}); point it at a search with the same "
+                               "space (search.args space, width_mult, channel_multiple; data image size and classes) "
+                               "and optimizer (weight_decay, momentum: zero or not), or remove the key to train one"
                                ) from None
     seconds["pruningnet"] = round(time.perf_counter() - t0, 1)
 
